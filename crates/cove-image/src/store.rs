@@ -1,0 +1,457 @@
+//! The image store: pulls an image reference into the content store, unpacks it once into a
+//! read-only root filesystem, and garbage-collects what nothing references.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cove_types::fs::{sync_dir, write_atomic};
+use cove_types::{Digest, ImageRef};
+use serde::{Deserialize, Serialize};
+
+use crate::content::{ContentError, ContentStore};
+use crate::distribution::{Credentials, DistributionError, Endpoint, FetchedManifest, RegistryClient, RegistryConfig};
+use crate::oci::{self, Descriptor, ImageConfigFile, ManifestOrIndex, RunConfig};
+use crate::unpack::{self, UnpackError};
+
+const COMPLETE_MARKER: &str = ".complete";
+/// Layers downloaded at once per pull.
+const PARALLEL_LAYERS: usize = 3;
+
+/// What a snapshot needs to know about an unpacked image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    /// Digest of the linux/amd64 manifest: the image's identity.
+    pub manifest_digest: Digest,
+    /// Entrypoint, cmd, env, workdir, user from the image config.
+    pub config: RunConfig,
+    /// Apparent size of the unpacked root filesystem in bytes.
+    pub size_bytes: u64,
+    /// Where the root filesystem is (read-only by convention).
+    #[serde(skip)]
+    pub rootfs: PathBuf,
+}
+
+/// Why a pull failed, worded for a snapshot's `errorReason`.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Every endpoint failed to produce the manifest.
+    #[error("{}", describe_attempts(.image, .attempts))]
+    Resolve {
+        /// The image.
+        image: String,
+        /// Each endpoint's failure, in the order tried.
+        attempts: Vec<DistributionError>,
+    },
+    /// No linux/amd64 image in the index, or the config says another platform.
+    #[error("image {image} is built for {found}, not linux/amd64; rebuild it with --platform=linux/amd64")]
+    WrongPlatform {
+        /// The image.
+        image: String,
+        /// The platforms it has.
+        found: String,
+    },
+    /// The manifest or config is not something we can use.
+    #[error("image {image} has an invalid manifest or config: {why}")]
+    InvalidImage {
+        /// The image.
+        image: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A blob download failed.
+    #[error("download {digest} of {image}: {source}")]
+    Download {
+        /// The image.
+        image: String,
+        /// The blob.
+        digest: Digest,
+        /// Cause.
+        #[source]
+        source: DistributionError,
+    },
+    /// Applying a layer failed.
+    #[error("unpack layer {digest} of {image}: {source}")]
+    Unpack {
+        /// The image.
+        image: String,
+        /// The layer.
+        digest: Digest,
+        /// Cause.
+        #[source]
+        source: UnpackError,
+    },
+    /// Local disk trouble.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The content store refused a blob.
+    #[error("store blob: {0}")]
+    Content(#[from] ContentError),
+}
+
+fn describe_attempts(image: &str, attempts: &[DistributionError]) -> String {
+    // Lead with the most telling failure: "not found" or "unauthorized" from someone who
+    // answered beats "unreachable" from someone who did not.
+    let rank = |e: &DistributionError| match e.kind() {
+        cove_types::ErrorKind::Unauthenticated => 0,
+        cove_types::ErrorKind::NotFound => 1,
+        cove_types::ErrorKind::InvalidArgument => 2,
+        _ => 3,
+    };
+    let lead = attempts.iter().min_by_key(|e| rank(e));
+    let headline = match lead.map(|e| e.kind()) {
+        Some(cove_types::ErrorKind::Unauthenticated) => format!("unauthorized to pull image {image}"),
+        Some(cove_types::ErrorKind::NotFound) => format!("image {image} not found"),
+        Some(cove_types::ErrorKind::Unavailable) => format!("cannot reach any registry for image {image}"),
+        _ => format!("cannot pull image {image}"),
+    };
+    let details: Vec<String> = attempts.iter().map(ToString::to_string).collect();
+    format!("{headline} ({})", details.join("; "))
+}
+
+impl PullError {
+    /// The error class.
+    pub fn kind(&self) -> cove_types::ErrorKind {
+        use cove_types::ErrorKind as K;
+        match self {
+            Self::Resolve { attempts, .. } => attempts.iter().map(DistributionError::kind).min_by_key(|k| match k {
+                K::Unauthenticated => 0,
+                K::NotFound => 1,
+                _ => 2,
+            }).unwrap_or(K::Unavailable),
+            Self::WrongPlatform { .. } | Self::InvalidImage { .. } => K::InvalidArgument,
+            Self::Download { source, .. } => source.kind(),
+            Self::Unpack { .. } => K::InvalidArgument,
+            Self::Io { .. } | Self::Content(_) => K::Internal,
+        }
+    }
+}
+
+type LockMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+type LeaseMap = Arc<Mutex<HashMap<Digest, usize>>>;
+
+/// Keeps a freshly pulled image safe from garbage collection until the caller has recorded
+/// that it uses it (containerd's lease). Dropping it releases the image.
+#[derive(Debug)]
+pub struct Lease {
+    digest: Digest,
+    leases: LeaseMap,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut m = self.leases.lock().expect("lease map is never poisoned");
+        if let Some(n) = m.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// A pulled image and the lease protecting it.
+#[derive(Debug)]
+pub struct Pulled {
+    /// The image.
+    pub record: ImageRecord,
+    /// Drop after recording the reference.
+    pub lease: Lease,
+}
+
+/// Images on disk; see the crate docs for the layout.
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    content: ContentStore,
+    client: RegistryClient,
+    /// One lock per blob digest and per image digest, so concurrent pulls of the same content
+    /// download and unpack it once.
+    locks: LockMap,
+    /// Pulls hold it shared; garbage collection holds it exclusively.
+    gc_lock: tokio::sync::RwLock<()>,
+    leases: LeaseMap,
+}
+
+impl ImageStore {
+    /// Opens the store under `root`, removing staging debris and images a crash left
+    /// without their completion marker.
+    pub fn open(root: &Path, registries: RegistryConfig) -> Result<Self, PullError> {
+        let content = ContentStore::open(root)?;
+        let tmp = root.join("tmp");
+        let images = root.join("images");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        std::fs::create_dir_all(&images).map_err(io_err("create", &images))?;
+        for e in std::fs::read_dir(&images).map_err(io_err("list", &images))?.flatten() {
+            if !e.path().join(COMPLETE_MARKER).exists() {
+                tracing::info!(path = %e.path().display(), "removing incomplete image left by a crash");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+            content,
+            client: RegistryClient::new(registries),
+            locks: Mutex::new(HashMap::new()),
+            gc_lock: tokio::sync::RwLock::new(()),
+            leases: Arc::default(),
+        })
+    }
+
+    /// The content store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    fn image_dir(&self, d: &Digest) -> PathBuf {
+        self.root.join("images").join(d.hex())
+    }
+
+    /// The unpacked image, if it is complete on disk.
+    pub fn image(&self, d: &Digest) -> Option<ImageRecord> {
+        let dir = self.image_dir(d);
+        if !dir.join(COMPLETE_MARKER).exists() {
+            return None;
+        }
+        let mut rec: ImageRecord = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        rec.rootfs = dir.join("rootfs");
+        Some(rec)
+    }
+
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("lock map is never poisoned").entry(key).or_default().clone()
+    }
+
+    /// Pulls `image` (mirrors first), downloads missing blobs, and unpacks the linux/amd64
+    /// root filesystem unless it already exists.
+    #[tracing::instrument(skip_all, fields(image = %image))]
+    pub async fn pull(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<Pulled, PullError> {
+        let _gc = self.gc_lock.read().await;
+        let record = self.pull_locked(image, creds).await?;
+        *self.leases.lock().expect("lease map is never poisoned").entry(record.manifest_digest.clone()).or_default() += 1;
+        let lease = Lease { digest: record.manifest_digest.clone(), leases: self.leases.clone() };
+        Ok(Pulled { record, lease })
+    }
+
+    async fn pull_locked(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<ImageRecord, PullError> {
+        let name = image.to_string();
+        let (ep, manifest, body) = self.resolve(image, creds).await?;
+        if let Some(rec) = self.image(&manifest.digest) {
+            tracing::debug!(digest = %manifest.digest, "image already unpacked");
+            return Ok(rec);
+        }
+        let invalid = |why: String| PullError::InvalidImage { image: name.clone(), why };
+        let config_desc = body.config.clone().ok_or_else(|| invalid("manifest has no config".into()))?;
+        let layers = body.layers.clone().unwrap_or_default();
+        let config_digest: Digest = config_desc.digest.parse().map_err(|e| invalid(format!("{e}")))?;
+        self.fetch(&ep, image, &config_desc, &config_digest, creds).await?;
+        let config_bytes = self.content.read(&config_digest).map_err(|source| PullError::Io {
+            op: "read config",
+            path: self.content.path(&config_digest),
+            source,
+        })?;
+        let config: ImageConfigFile =
+            serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?;
+        if !(config.os.is_empty() || config.os == "linux") || !(config.architecture.is_empty() || config.architecture == "amd64") {
+            return Err(PullError::WrongPlatform { image: name, found: format!("{}/{}", config.os, config.architecture) });
+        }
+        let diff_ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return Err(invalid(format!("{} layers but {} diff ids", layers.len(), diff_ids.len())));
+        }
+        let mut layer_digests = Vec::with_capacity(layers.len());
+        for l in &layers {
+            layer_digests.push(l.digest.parse::<Digest>().map_err(|e| invalid(format!("{e}")))?);
+        }
+
+        // Download layers, a few at a time.
+        for batch in layers.iter().zip(&layer_digests).collect::<Vec<_>>().chunks(PARALLEL_LAYERS) {
+            let futs = batch.iter().map(|(desc, d)| self.fetch(&ep, image, desc, d, creds));
+            for r in futures_util::future::join_all(futs).await {
+                r?;
+            }
+        }
+        self.content.put(&manifest.digest, &manifest.bytes)?;
+
+        // Unpack once per image, even when several snapshots pull it at the same time.
+        let lock = self.lock_for(format!("image:{}", manifest.digest));
+        let _guard = lock.lock().await;
+        if let Some(rec) = self.image(&manifest.digest) {
+            return Ok(rec);
+        }
+        let staging = self.root.join("tmp").join(format!("unpack-{}", uuid::Uuid::new_v4()));
+        let paths: Vec<(PathBuf, Digest, String)> = layer_digests
+            .iter()
+            .zip(&diff_ids)
+            .map(|(d, diff)| (self.content.path(d), d.clone(), diff.clone()))
+            .collect();
+        let run = config.config.clone().unwrap_or_default();
+        let dst = self.image_dir(&manifest.digest);
+        let manifest_bytes = manifest.bytes.clone();
+        let digest = manifest.digest.clone();
+        let image_name = name.clone();
+        let rec = tokio::task::spawn_blocking(move || {
+            let r = unpack_image(&staging, &dst, &paths, &manifest_bytes, &config_bytes, digest, run, &image_name);
+            if r.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            r
+        })
+        .await
+        .expect("the unpack task does not panic")?;
+        tracing::info!(digest = %rec.manifest_digest, size = rec.size_bytes, "image unpacked");
+        Ok(rec)
+    }
+
+    async fn fetch(
+        &self,
+        ep: &Endpoint,
+        image: &ImageRef,
+        desc: &Descriptor,
+        digest: &Digest,
+        creds: Option<&Credentials>,
+    ) -> Result<(), PullError> {
+        let lock = self.lock_for(format!("blob:{digest}"));
+        let _g = lock.lock().await;
+        self.client
+            .fetch_blob(ep, &image.repository, desc, digest, creds, &self.content)
+            .await
+            .map_err(|source| PullError::Download { image: image.to_string(), digest: digest.clone(), source })
+    }
+
+    /// Finds the image's linux/amd64 manifest on the first endpoint that has it.
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+    ) -> Result<(Endpoint, FetchedManifest, ManifestOrIndex), PullError> {
+        let name = image.to_string();
+        let mut attempts = Vec::new();
+        for ep in self.client.endpoints(image) {
+            let top = match self.client.manifest(&ep, &image.repository, &image.reference(), creds).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(endpoint = %ep.base, error = %e, "manifest fetch failed");
+                    attempts.push(e);
+                    continue;
+                }
+            };
+            let parsed: ManifestOrIndex = serde_json::from_slice(&top.bytes)
+                .map_err(|e| PullError::InvalidImage { image: name.clone(), why: format!("manifest is not valid JSON: {e}") })?;
+            let is_index = parsed.manifests.is_some()
+                || [oci::OCI_INDEX, oci::DOCKER_LIST].contains(&top.media_type.as_str())
+                || parsed.media_type.as_deref().is_some_and(|m| m == oci::OCI_INDEX || m == oci::DOCKER_LIST);
+            if !is_index {
+                return Ok((ep, top, parsed));
+            }
+            let entries = parsed.manifests.unwrap_or_default();
+            let chosen = entries.iter().find(|m| {
+                m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            });
+            let Some(chosen) = chosen else {
+                let found: Vec<String> = entries
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref())
+                    .filter(|p| p.os != "unknown")
+                    .map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_deref().map(|v| format!("/{v}")).unwrap_or_default()))
+                    .collect();
+                return Err(PullError::WrongPlatform { image: name, found: found.join(", ") });
+            };
+            let m = self
+                .client
+                .manifest(&ep, &image.repository, &chosen.digest, creds)
+                .await
+                .map_err(|e| PullError::Resolve { image: name.clone(), attempts: vec![e] })?;
+            let body: ManifestOrIndex = serde_json::from_slice(&m.bytes)
+                .map_err(|e| PullError::InvalidImage { image: name.clone(), why: format!("manifest is not valid JSON: {e}") })?;
+            self.content.put(&top.digest, &top.bytes)?;
+            return Ok((ep, m, body));
+        }
+        Err(PullError::Resolve { image: name, attempts })
+    }
+
+    /// Deletes images whose manifest digest is not in `keep`, then every blob no kept image
+    /// uses. Waits for pulls in progress. Returns the number of (images, blobs) removed.
+    pub async fn gc(&self, keep: &HashSet<Digest>) -> (usize, usize) {
+        let _g = self.gc_lock.write().await;
+        let mut keep = keep.clone();
+        keep.extend(self.leases.lock().expect("lease map is never poisoned").keys().cloned());
+        let mut used: HashSet<Digest> = HashSet::new();
+        let mut images_removed = 0;
+        if let Ok(rd) = std::fs::read_dir(self.root.join("images")) {
+            for e in rd.flatten() {
+                let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>() else { continue };
+                if keep.contains(&d) {
+                    used.insert(d.clone());
+                    if let Ok(bytes) = std::fs::read(e.path().join("manifest.json"))
+                        && let Ok(m) = serde_json::from_slice::<ManifestOrIndex>(&bytes)
+                    {
+                        for desc in m.config.iter().chain(m.layers.iter().flatten()) {
+                            if let Ok(d) = desc.digest.parse() {
+                                used.insert(d);
+                            }
+                        }
+                    }
+                } else if std::fs::remove_dir_all(e.path()).is_ok() {
+                    images_removed += 1;
+                }
+            }
+        }
+        let mut blobs_removed = 0;
+        for b in self.content.list() {
+            if !used.contains(&b) && self.content.delete(&b).is_ok() {
+                blobs_removed += 1;
+            }
+        }
+        tracing::info!(images_removed, blobs_removed, "garbage collected");
+        (images_removed, blobs_removed)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn unpack_image(
+    staging: &Path,
+    dst: &Path,
+    layers: &[(PathBuf, Digest, String)],
+    manifest: &[u8],
+    config: &[u8],
+    digest: Digest,
+    run: RunConfig,
+    image: &str,
+) -> Result<ImageRecord, PullError> {
+    let rootfs = staging.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
+    for (path, d, diff_id) in layers {
+        let reader = unpack::open_layer(path).map_err(io_err("open layer", path))?;
+        unpack::apply_layer(&rootfs, reader, Some(diff_id))
+            .map_err(|source| PullError::Unpack { image: image.to_string(), digest: d.clone(), source })?;
+    }
+    let rec = ImageRecord { manifest_digest: digest, config: run, size_bytes: unpack::tree_size(&rootfs), rootfs: dst.join("rootfs") };
+    write_atomic(&staging.join("manifest.json"), manifest).map_err(io_err("write", staging))?;
+    write_atomic(&staging.join("config.json"), config).map_err(io_err("write", staging))?;
+    let meta = serde_json::to_vec_pretty(&rec).expect("an image record always serializes");
+    write_atomic(&staging.join("meta.json"), &meta).map_err(io_err("write", staging))?;
+    if dst.exists() {
+        std::fs::remove_dir_all(dst).map_err(io_err("remove stale", dst))?;
+    }
+    std::fs::rename(staging, dst).map_err(io_err("move into place", dst))?;
+    write_atomic(&dst.join(COMPLETE_MARKER), b"").map_err(io_err("mark complete", dst))?;
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent).map_err(io_err("sync", parent))?;
+    }
+    Ok(rec)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PullError {
+    let path = path.to_path_buf();
+    move |source| PullError::Io { op, path, source }
+}

@@ -1,0 +1,540 @@
+//! Applying image layers to a root filesystem.
+//!
+//! Layers are applied in order into one directory. Each tar entry is placed with its parent
+//! path resolved *inside* the root (symlinks followed but clamped to the root, as
+//! containerd's `fs.RootPath` does), so no entry, link or whiteout can touch anything outside
+//! it. Entries whose own name contains `..` or is absolute are refused outright: a layer that
+//! tries that is malicious or broken, and the pull fails with the entry named.
+//!
+//! OCI whiteouts: `.wh.NAME` deletes `NAME` from lower layers; `.wh..wh..opq` empties its
+//! directory of lower-layer entries while keeping this layer's own.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use cove_types::Digest;
+use sha2::Digest as _;
+
+/// Symlink hops allowed while resolving one path (Linux's own limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// A failed layer application. Each variant names the layer entry involved.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// Reading the tar stream failed (corrupt or truncated layer).
+    #[error("read layer archive")]
+    ReadArchive(#[source] io::Error),
+    /// An entry's path is absolute or contains `..`.
+    #[error("layer entry {path:?} escapes the root filesystem")]
+    EscapingPath {
+        /// The entry path as in the archive.
+        path: String,
+    },
+    /// A hard link points outside the root or at something missing.
+    #[error("layer entry {path:?} is a hard link to {target:?}, which {why}")]
+    BadHardlink {
+        /// The entry path.
+        path: String,
+        /// Its link target.
+        target: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Too many symlinks while resolving a path.
+    #[error("too many symbolic links while resolving {path:?}")]
+    SymlinkLoop {
+        /// The entry path.
+        path: String,
+    },
+    /// Creating the entry on disk failed.
+    #[error("create {path:?} from layer entry")]
+    Create {
+        /// The entry path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The uncompressed stream does not hash to the config's diff id.
+    #[error("layer content does not match its diff id: expected {expected}, got {actual}")]
+    DiffIdMismatch {
+        /// From the image config.
+        expected: String,
+        /// Computed.
+        actual: Digest,
+    },
+}
+
+/// Opens a stored layer blob as an uncompressed tar stream, detecting gzip and zstd by their
+/// magic numbers (media types lie often enough that the bytes are the better witness).
+pub fn open_layer(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+    let mut f = std::fs::File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut f, &mut magic)?;
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let r = io::BufReader::with_capacity(1 << 20, head.chain(f));
+    if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Applies one uncompressed layer stream to `root`, checking it against `diff_id` when given.
+pub fn apply_layer(root: &Path, layer: impl Read, diff_id: Option<&str>) -> Result<(), UnpackError> {
+    let mut hashing = HashingReader { inner: layer, hasher: sha2::Sha256::new() };
+    {
+        let mut archive = tar::Archive::new(&mut hashing);
+        let mut applier = Applier { root, created: HashSet::new(), dir_times: Vec::new() };
+        for entry in archive.entries().map_err(UnpackError::ReadArchive)? {
+            let entry = entry.map_err(UnpackError::ReadArchive)?;
+            applier.entry(entry)?;
+        }
+        // Directory mtimes last: creating children changes them.
+        for (path, mtime) in applier.dir_times.iter().rev() {
+            set_mtime(path, *mtime);
+        }
+    }
+    // Drain the tar's zero padding so the hash covers the whole stream.
+    io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::ReadArchive)?;
+    let h: [u8; 32] = hashing.hasher.finalize().into();
+    let actual = Digest::sha256_from_bytes(&h);
+    if let Some(expected) = diff_id
+        && expected != actual.to_string()
+    {
+        return Err(UnpackError::DiffIdMismatch { expected: expected.to_string(), actual });
+    }
+    Ok(())
+}
+
+struct Applier<'a> {
+    root: &'a Path,
+    /// Paths this layer has put in place: an opaque marker keeps them.
+    created: HashSet<PathBuf>,
+    dir_times: Vec<(PathBuf, u64)>,
+}
+
+impl Applier<'_> {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw = entry.path_bytes().into_owned();
+        let raw_str = String::from_utf8_lossy(&raw).into_owned();
+        let rel = clean_relative(&raw_str).ok_or_else(|| UnpackError::EscapingPath { path: raw_str.clone() })?;
+        let Some(name) = rel.file_name().map(|n| n.to_os_string()) else {
+            return Ok(()); // the root itself ("./"): nothing to create
+        };
+        let create = |source| UnpackError::Create { path: raw_str.clone(), source };
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let parent = resolve_in_root(self.root, parent_rel).ok_or_else(|| UnpackError::SymlinkLoop { path: raw_str.clone() })?;
+        let name_str = name.to_string_lossy();
+
+        if name_str == OPAQUE_MARKER {
+            if let Ok(rd) = std::fs::read_dir(&parent) {
+                for child in rd.flatten() {
+                    let p = child.path();
+                    if !self.created.contains(&p) {
+                        remove_any(&p).map_err(create)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if let Some(victim) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            if victim.is_empty() || victim == "." || victim == ".." {
+                return Err(UnpackError::EscapingPath { path: raw_str });
+            }
+            remove_any(&parent.join(victim)).map_err(create)?;
+            return Ok(());
+        }
+
+        std::fs::create_dir_all(&parent).map_err(create)?;
+        let dst = parent.join(&name);
+        let header = entry.header().clone();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let mtime = header.mtime().unwrap_or(0);
+        let kind = header.entry_type();
+
+        match kind {
+            tar::EntryType::Directory => {
+                match std::fs::symlink_metadata(&dst) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&dst).map_err(create)?;
+                        std::fs::create_dir(&dst).map_err(create)?;
+                    }
+                    Err(_) => std::fs::create_dir(&dst).map_err(create)?,
+                }
+                self.dir_times.push((dst.clone(), mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                remove_any(&dst).map_err(create)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&dst)
+                    .map_err(create)?;
+                io::copy(&mut entry, &mut f).map_err(UnpackError::ReadArchive)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|b| OsString::from(String::from_utf8_lossy(&b).into_owned()));
+                let target = target.ok_or_else(|| create(io::Error::new(io::ErrorKind::InvalidData, "symlink without target")))?;
+                remove_any(&dst).map_err(create)?;
+                std::os::unix::fs::symlink(&target, &dst).map_err(create)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let bad = |why| UnpackError::BadHardlink { path: raw_str.clone(), target: target.clone(), why };
+                let target_rel = clean_relative(&target).ok_or_else(|| bad("escapes the root filesystem"))?;
+                let tparent = resolve_in_root(self.root, target_rel.parent().unwrap_or(Path::new("")))
+                    .ok_or_else(|| bad("goes through a symlink loop"))?;
+                let src = tparent.join(target_rel.file_name().ok_or_else(|| bad("names no file"))?);
+                match std::fs::symlink_metadata(&src) {
+                    Ok(m) if !m.is_dir() => {}
+                    Ok(_) => return Err(bad("is a directory")),
+                    Err(_) => return Err(bad("does not exist in this or a lower layer")),
+                }
+                if src != dst {
+                    remove_any(&dst).map_err(create)?;
+                    std::fs::hard_link(&src, &dst).map_err(create)?;
+                }
+                self.created.insert(dst);
+                return Ok(()); // a hard link shares the target's metadata
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                remove_any(&dst).map_err(create)?;
+                let ft = match kind {
+                    tar::EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                    tar::EntryType::Block => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
+                };
+                let dev = rustix::fs::makedev(
+                    header.device_major().ok().flatten().unwrap_or(0),
+                    header.device_minor().ok().flatten().unwrap_or(0),
+                );
+                let perm = rustix::fs::Mode::from_raw_mode(mode);
+                rustix::fs::mknodat(rustix::fs::CWD, &dst, ft, perm, dev).map_err(|e| create(e.into()))?;
+            }
+            // PAX/GNU headers are folded into their entries by the tar crate; anything else
+            // (sockets, unknown types) has no place in a root filesystem.
+            _ => return Ok(()),
+        }
+
+        if kind != tar::EntryType::Symlink {
+            // chown before chmod: chown clears set-uid/set-gid bits.
+            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(create)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).map_err(create)?;
+        } else {
+            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(create)?;
+        }
+        if let Ok(Some(exts)) = entry.pax_extensions() {
+            for ext in exts.flatten() {
+                let Ok(key) = ext.key() else { continue };
+                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
+                    // overlayfs reads trusted.overlay.* from lower dirs: an image must not
+                    // be able to plant them.
+                    if attr.starts_with("trusted.overlay.") {
+                        continue;
+                    }
+                    rustix::fs::lsetxattr(&dst, attr, ext.value_bytes(), rustix::fs::XattrFlags::empty())
+                        .map_err(|e| create(e.into()))?;
+                }
+            }
+        }
+        if kind != tar::EntryType::Directory {
+            set_mtime(&dst, mtime);
+        }
+        self.created.insert(dst);
+        Ok(())
+    }
+}
+
+/// Normalises an archive path to a relative one; `None` when it is absolute or has `..`.
+fn clean_relative(p: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Resolves `rel` under `root`, following symlinks found on the way but never leaving `root`
+/// (an absolute link target restarts at `root`, `..` stops at it). Missing components are
+/// kept as they are. `None` on a symlink loop.
+pub fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut pending: Vec<OsString> = rel.components().rev().filter_map(component_name).collect();
+    let mut resolved: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate: PathBuf = root.join(resolved.iter().collect::<PathBuf>()).join(&c);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return None;
+                }
+                let target = std::fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                pending.extend(target.components().rev().filter_map(component_name));
+            }
+            _ => resolved.push(c),
+        }
+    }
+    Some(root.join(resolved.iter().collect::<PathBuf>()))
+}
+
+fn component_name(c: Component<'_>) -> Option<OsString> {
+    match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::ParentDir => Some(OsString::from("..")),
+        _ => None,
+    }
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_mtime(p: &Path, mtime: u64) {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 },
+        last_modification: rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 },
+    };
+    // Best effort: a wrong mtime never makes a root filesystem unusable.
+    let _ = rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+}
+
+/// Total apparent size of regular files under `root` (hard links counted once).
+pub fn tree_size(root: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && (m.nlink() == 1 || seen.insert(m.ino())) {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tar in memory from (path, kind, content/link target) triples.
+    fn layer(entries: &[(&str, char, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_mtime(1_600_000_000);
+            match kind {
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                }
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                }
+                's' => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                }
+                'h' => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                }
+                _ => unreachable!(),
+            }
+            // Write the raw name so that tests can use paths the builder would refuse.
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            if matches!(kind, 's' | 'h') {
+                let ln = h.as_old_mut().linkname.as_mut();
+                ln[..data.len()].copy_from_slice(data.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, if *kind == 'f' { data.as_bytes() } else { &[][..] }).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn apply(root: &Path, entries: &[(&str, char, &str)]) -> Result<(), UnpackError> {
+        apply_layer(root, io::Cursor::new(layer(entries)), None)
+    }
+
+    #[test]
+    fn files_directories_and_symlinks_are_created_with_their_modes() {
+        let t = tempfile::tempdir().unwrap();
+        apply(t.path(), &[("etc/", 'd', ""), ("etc/hostname", 'f', "box\n"), ("bin/sh", 'f', "#!"), ("bin/ash", 's', "sh")]).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(), "box\n");
+        assert_eq!(std::fs::read_link(t.path().join("bin/ash")).unwrap(), Path::new("sh"));
+        let m = std::fs::metadata(t.path().join("bin/sh")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(m.mtime(), 1_600_000_000);
+    }
+
+    #[test]
+    fn a_whiteout_deletes_the_lower_file_and_is_not_itself_created() {
+        let t = tempfile::tempdir().unwrap();
+        apply(t.path(), &[("a/keep", 'f', "1"), ("a/gone", 'f', "2")]).unwrap();
+        apply(t.path(), &[("a/.wh.gone", 'f', "")]).unwrap();
+        assert!(t.path().join("a/keep").exists());
+        assert!(!t.path().join("a/gone").exists());
+        assert!(!t.path().join("a/.wh.gone").exists());
+    }
+
+    #[test]
+    fn an_opaque_directory_hides_lower_entries_but_keeps_its_own_layers_entries() {
+        let t = tempfile::tempdir().unwrap();
+        apply(t.path(), &[("d/old1", 'f', "x"), ("d/sub/old2", 'f', "y")]).unwrap();
+        apply(t.path(), &[("d/", 'd', ""), ("d/new", 'f', "z"), ("d/.wh..wh..opq", 'f', "")]).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(t.path().join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["new"]);
+    }
+
+    #[test]
+    fn entries_with_dot_dot_or_absolute_paths_fail_the_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for bad in ["../outside", "a/../../outside", "/outside"] {
+            let e = apply(&root, &[(bad, 'f', "pwned")]).unwrap_err();
+            assert!(matches!(e, UnpackError::EscapingPath { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("escapes the root"), "{e}");
+        }
+        assert!(!outside.exists());
+    }
+
+    #[test]
+    fn writing_through_a_symlink_that_points_outside_stays_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let victim_dir = t.path().join("victim");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&victim_dir).unwrap();
+        let abs = victim_dir.to_str().unwrap().to_string();
+        apply(&root, &[("evil", 's', &abs), ("rel", 's', "../../../victim"), ("evil/passwd", 'f', "x"), ("rel/shadow", 'f', "y")]).unwrap();
+        assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0, "nothing may land outside the root");
+        // The writes were clamped to the root, as a chroot would resolve them.
+        assert!(root.join(victim_dir.strip_prefix("/").unwrap()).join("passwd").exists());
+        assert!(root.join("victim/shadow").exists());
+    }
+
+    #[test]
+    fn hard_links_must_point_inside_the_root_at_existing_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let e = apply(&root, &[("x", 'h', "../../etc/passwd")]).unwrap_err();
+        assert!(matches!(e, UnpackError::BadHardlink { .. }), "{e}");
+        let e = apply(&root, &[("x", 'h', "missing")]).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        apply(&root, &[("a", 'f', "data"), ("b", 'h', "a")]).unwrap();
+        assert_eq!(std::fs::metadata(root.join("b")).unwrap().ino(), std::fs::metadata(root.join("a")).unwrap().ino());
+    }
+
+    #[test]
+    fn a_whiteout_of_dot_dot_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        let e = apply(&root, &[("a/.wh...", 'f', "")]).unwrap_err();
+        assert!(matches!(e, UnpackError::EscapingPath { .. }), "{e}");
+        assert!(t.path().exists() && root.exists());
+    }
+
+    #[test]
+    fn a_layer_that_does_not_match_its_diff_id_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = layer(&[("f", 'f', "x")]);
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let e = apply_layer(t.path(), io::Cursor::new(bytes.clone()), Some(&wrong)).unwrap_err();
+        assert!(matches!(e, UnpackError::DiffIdMismatch { .. }));
+        let right = crate::content::sha256(&bytes).to_string();
+        apply_layer(t.path(), io::Cursor::new(bytes), Some(&right)).unwrap();
+    }
+
+    #[test]
+    fn gzip_and_zstd_layers_are_detected_by_their_magic() {
+        let t = tempfile::tempdir().unwrap();
+        let raw = layer(&[("hello", 'f', "world")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &raw).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(io::Cursor::new(&raw), 3).unwrap();
+        for (name, bytes) in [("plain", raw.clone()), ("gz", gz), ("zst", zs)] {
+            let p = t.path().join(name);
+            std::fs::write(&p, &bytes).unwrap();
+            let root = t.path().join(format!("root-{name}"));
+            std::fs::create_dir(&root).unwrap();
+            apply_layer(&root, open_layer(&p).unwrap(), Some(&crate::content::sha256(&raw).to_string())).unwrap();
+            assert_eq!(std::fs::read_to_string(root.join("hello")).unwrap(), "world");
+        }
+    }
+
+    #[test]
+    fn a_truncated_archive_fails_instead_of_leaving_a_partial_success() {
+        let t = tempfile::tempdir().unwrap();
+        let mut bytes = layer(&[("big", 'f', &"x".repeat(5000))]);
+        bytes.truncate(1500);
+        assert!(apply_layer(t.path(), io::Cursor::new(bytes), None).is_err());
+    }
+}

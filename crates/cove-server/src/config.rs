@@ -1,0 +1,61 @@
+//! Server configuration, as parsed from flags and `COVE_*` variables by the binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cove_image::RegistryConfig;
+
+/// Two weeks: unused snapshots go inactive after this long.
+pub const DEFAULT_INACTIVE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Everything `cove server` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// Root of all state: database, blobs, images.
+    pub data_dir: PathBuf,
+    /// Mirrors and insecure registries.
+    pub registries: RegistryConfig,
+    /// Regions served; the first is the default.
+    pub regions: Vec<String>,
+    /// The bootstrap admin key, when given.
+    pub api_key: Option<String>,
+    /// Inactivity period before a snapshot is deactivated.
+    pub inactive_after: Duration,
+    /// How often to look for inactive snapshots.
+    pub sweep_interval: Duration,
+}
+
+/// A `--registry-mirror HOST=URL` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid registry mirror {0:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000")]
+pub struct BadMirror(pub String);
+
+/// Parses `HOST=URL`.
+pub fn parse_mirror(s: &str) -> Result<(String, String), BadMirror> {
+    let (host, url) = s.split_once('=').ok_or_else(|| BadMirror(s.to_string()))?;
+    let host = host.trim();
+    let url = url.trim().trim_end_matches('/');
+    let ok_url = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len();
+    if host.is_empty() || !ok_url {
+        return Err(BadMirror(s.to_string()));
+    }
+    let host = if host == "index.docker.io" || host == "registry-1.docker.io" { "docker.io" } else { host };
+    Ok((host.to_string(), url.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_parse_as_host_equals_url() {
+        assert_eq!(parse_mirror("docker.io=http://127.0.0.1:5000/").unwrap(), ("docker.io".into(), "http://127.0.0.1:5000".into()));
+        assert_eq!(parse_mirror("index.docker.io=https://m.example").unwrap().0, "docker.io");
+        for bad in ["docker.io", "=http://x", "docker.io=ftp://x", "docker.io=http://"] {
+            assert!(parse_mirror(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The Cove server: a Daytona-compatible HTTP API over the image store, with its metadata
+//! in SQLite.
+//!
+//! `api` is HTTP only (routes, extractors, error mapping); `service` holds every rule and
+//! background job; `store` is persistence behind a trait. Nothing here runs `runc` or
+//! parses tar files: that is `cove-image`'s (and later `cove-runtime`'s) job.
+
+pub mod api;
+pub mod config;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::sync::Arc;
+
+use cove_image::ImageStore;
+
+pub use config::ServerConfig;
+pub use state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is not usable.
+    #[error("create data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("open metadata store")]
+    Store(#[source] store::StoreError),
+    /// The image store could not be opened.
+    #[error("open image store")]
+    Images(#[source] cove_image::PullError),
+    /// Bootstrapping keys failed.
+    #[error("bootstrap api key")]
+    Bootstrap(#[source] service::keys::KeyError),
+    /// Resuming jobs failed.
+    #[error("resume unfinished jobs")]
+    Resume(#[source] service::snapshots::SnapshotError),
+    /// Binding the listener failed.
+    #[error("listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server ready to serve: state built, jobs resumed, and a key to show if one was made.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Application state.
+    pub state: AppState,
+    /// A freshly generated bootstrap key, to print once.
+    pub generated_key: Option<String>,
+}
+
+/// Opens the stores, bootstraps the admin key and resumes unfinished jobs.
+pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
+    let images = Arc::new(ImageStore::open(&cfg.data_dir, cfg.registries.clone()).map_err(StartError::Images)?);
+    let keys = service::keys::KeyService::new(store.clone());
+    let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
+    let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone());
+    snapshots.resume().await.map_err(StartError::Resume)?;
+    tokio::spawn(snapshots.clone().run_inactivity_sweeper(cfg.inactive_after, cfg.sweep_interval));
+    Ok(Prepared { state: AppState { store, keys, snapshots, started_at: chrono::Utc::now() }, generated_key })
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    cfg: &ServerConfig,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    tracing::info!(addr = %cfg.listen, data_dir = %cfg.data_dir.display(), regions = ?cfg.regions, "cove server listening");
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| StartError::Listen { addr: cfg.listen, source })
+}

@@ -1,0 +1,549 @@
+//! Snapshots: validation, the state machine, and the durable pull job.
+//!
+//! A snapshot row *is* its job record: `pending`/`pulling` rows are resumed at start, so a
+//! server killed mid-pull never leaves one stuck. The image store's staging and completion
+//! markers make sure a half-written rootfs is never used.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cove_image::ImageStore;
+use cove_types::dto::{CreateSnapshot, PaginatedSnapshots, SnapshotDto};
+use cove_types::reference::ParseRefError;
+use cove_types::{Digest, ErrorKind, ImageRef, SnapshotName, SnapshotState};
+
+use super::keys::Principal;
+use super::{iso, now_millis};
+use crate::store::{SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError};
+
+/// Resources when the request names none (the seed's defaults).
+pub const DEFAULT_CPU: i64 = 1;
+/// GiB.
+pub const DEFAULT_MEMORY_GIB: i64 = 1;
+/// GiB.
+pub const DEFAULT_DISK_GIB: i64 = 3;
+/// Used when neither the request nor the image has an entrypoint.
+pub const DEFAULT_ENTRYPOINT: [&str; 2] = ["sleep", "infinity"];
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE_SIZE: i64 = 100;
+/// Largest page.
+pub const MAX_PAGE_SIZE: i64 = 200;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Upper bounds on per-snapshot resources (a guard against typos such as memory=4096).
+const MAX_CPU: i64 = 128;
+const MAX_MEMORY_GIB: i64 = 1024;
+const MAX_DISK_GIB: i64 = 4096;
+const MAX_GPU: i64 = 8;
+
+/// A failed snapshot operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A field is missing or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The image reference is unusable.
+    #[error(transparent)]
+    ImageName(#[from] ParseRefError),
+    /// `buildInfo` needs the builder, which is not part of this server yet.
+    #[error("building snapshots from a Dockerfile (buildInfo) is not supported by this server yet; create the snapshot from an image name")]
+    BuildUnsupported,
+    /// The region is not served here.
+    #[error("region {region:?} not found; this server serves: {served}")]
+    RegionNotFound {
+        /// Asked for.
+        region: String,
+        /// Comma-separated list.
+        served: String,
+    },
+    /// Name taken.
+    #[error("snapshot with name \"{name}\" already exists for this organization")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// No such snapshot in the caller's organization.
+    #[error("snapshot {id_or_name} not found")]
+    NotFound {
+        /// What was asked for.
+        id_or_name: String,
+    },
+    /// The verb is not allowed in the current state.
+    #[error("cannot {verb} snapshot {name}: it is {state}{hint}")]
+    WrongState {
+        /// The verb.
+        verb: &'static str,
+        /// The snapshot.
+        name: String,
+        /// Its state.
+        state: SnapshotState,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// The store failed.
+    #[error("{op}: {source}")]
+    Store {
+        /// The operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl SnapshotError {
+    /// The error class.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) | Self::ImageName(_) => ErrorKind::InvalidArgument,
+            Self::BuildUnsupported => ErrorKind::Unimplemented,
+            Self::RegionNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NameTaken { .. } => ErrorKind::AlreadyExists,
+            Self::WrongState { .. } => ErrorKind::FailedPrecondition,
+            Self::Store { source, .. } => source.kind(),
+        }
+    }
+}
+
+fn store(op: &'static str) -> impl FnOnce(StoreError) -> SnapshotError {
+    move |source| SnapshotError::Store { op, source }
+}
+
+/// `GET /snapshots` query parameters, as received.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct ListParams {
+    /// 1-based.
+    pub page: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// Name substring.
+    pub name: Option<String>,
+    /// `name`, `state`, `lastUsedAt`, `createdAt`, `updatedAt`.
+    pub sort: Option<String>,
+    /// `asc` or `desc`.
+    pub order: Option<String>,
+}
+
+/// Snapshot operations and their background jobs.
+#[derive(Debug, Clone)]
+pub struct SnapshotService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    images: Arc<ImageStore>,
+    regions: Vec<String>,
+    /// Snapshot ids with a pull job running, so one snapshot never has two.
+    running: Mutex<HashSet<String>>,
+    gc: tokio::sync::Mutex<()>,
+}
+
+impl SnapshotService {
+    /// A service; call [`SnapshotService::resume`] once at start.
+    pub fn new(store: Arc<dyn Store>, images: Arc<ImageStore>, regions: Vec<String>) -> Self {
+        assert!(!regions.is_empty(), "the server always serves at least one region");
+        SnapshotService {
+            inner: Arc::new(Inner { store, images, regions, running: Mutex::new(HashSet::new()), gc: tokio::sync::Mutex::new(()) }),
+        }
+    }
+
+    /// Validates and records a snapshot, then starts pulling it. Answers with the `pending`
+    /// record; the SDK polls until `active` or `error`.
+    pub async fn create(&self, who: &Principal, req: CreateSnapshot) -> Result<SnapshotDto, SnapshotError> {
+        let name = SnapshotName::parse(&req.name).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        if req.build_info.is_some() {
+            if req.image_name.is_some() {
+                return Err(SnapshotError::Invalid("cannot specify an image name when using a build info entry".into()));
+            }
+            if req.entrypoint.is_some() {
+                return Err(SnapshotError::Invalid("cannot specify an entrypoint when using a build info entry; put an ENTRYPOINT in the Dockerfile".into()));
+            }
+            return Err(SnapshotError::BuildUnsupported);
+        }
+        let image_name = req
+            .image_name
+            .as_deref()
+            .ok_or_else(|| SnapshotError::Invalid("imageName is required when buildInfo is not given".into()))?;
+        ImageRef::parse_pinned(image_name)?;
+        let cpu = resource("cpu", req.cpu, DEFAULT_CPU, 1, MAX_CPU)?;
+        let mem = resource("memory", req.memory, DEFAULT_MEMORY_GIB, 1, MAX_MEMORY_GIB)?;
+        let disk = resource("disk", req.disk, DEFAULT_DISK_GIB, 1, MAX_DISK_GIB)?;
+        let gpu = resource("gpu", req.gpu, 0, 0, MAX_GPU)?;
+        let gpu_type = match req.gpu_type {
+            None => None,
+            Some(v) if v.len() == 1 && !v[0].trim().is_empty() => Some(v[0].clone()),
+            Some(_) => return Err(SnapshotError::Invalid("gpuType must list exactly one GPU type".into())),
+        };
+        if let Some(class) = req.sandbox_class.as_deref().filter(|c| *c != "container") {
+            return Err(SnapshotError::Invalid(format!("sandbox class {class:?} is not supported; this server runs \"container\" sandboxes")));
+        }
+        let region_id = self.region(req.region_id.as_deref())?;
+        let entrypoint = req.entrypoint.map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>()).filter(|e| !e.is_empty());
+        let now = now_millis();
+        let rec = SnapshotRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: who.org_id.clone(),
+            name: name.as_str().to_string(),
+            image_name: image_name.trim().to_string(),
+            state: SnapshotState::Pending,
+            error_reason: None,
+            cpu,
+            gpu,
+            gpu_type,
+            mem,
+            disk,
+            entrypoint,
+            region_id,
+            size_bytes: None,
+            image_digest: None,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+        };
+        self.inner.store.insert_snapshot(&rec).await.map_err(|e| match e {
+            StoreError::Duplicate { .. } => SnapshotError::NameTaken { name: rec.name.clone() },
+            e => store("create snapshot")(e),
+        })?;
+        tracing::info!(snapshot_id = %rec.id, name = %rec.name, image = %rec.image_name, "snapshot created");
+        self.spawn_pull(rec.id.clone());
+        Ok(to_dto(&rec))
+    }
+
+    fn region(&self, asked: Option<&str>) -> Result<String, SnapshotError> {
+        match asked {
+            None => Ok(self.inner.regions[0].clone()),
+            Some(r) if self.inner.regions.iter().any(|x| x == r) => Ok(r.to_string()),
+            Some(r) => Err(SnapshotError::RegionNotFound { region: r.to_string(), served: self.inner.regions.join(", ") }),
+        }
+    }
+
+    /// The regions served, default first.
+    pub fn regions(&self) -> &[String] {
+        &self.inner.regions
+    }
+
+    async fn find(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotRecord, SnapshotError> {
+        self.inner
+            .store
+            .get_snapshot(&who.org_id, id_or_name)
+            .await
+            .map_err(store("get snapshot"))?
+            .ok_or_else(|| SnapshotError::NotFound { id_or_name: id_or_name.to_string() })
+    }
+
+    /// One snapshot by id or name.
+    pub async fn get(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotDto, SnapshotError> {
+        Ok(to_dto(&self.find(who, id_or_name).await?))
+    }
+
+    /// A page of the caller's snapshots.
+    pub async fn list(&self, who: &Principal, p: ListParams) -> Result<PaginatedSnapshots, SnapshotError> {
+        let page = p.page.unwrap_or(1);
+        let limit = p.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if page < 1 {
+            return Err(SnapshotError::Invalid(format!("page must be at least 1 (got {page})")));
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(SnapshotError::Invalid(format!("limit must be between 1 and {MAX_PAGE_SIZE} (got {limit})")));
+        }
+        let sort = match p.sort.as_deref().unwrap_or("lastUsedAt") {
+            "lastUsedAt" => SnapshotSort::LastUsedAt,
+            "createdAt" => SnapshotSort::CreatedAt,
+            "updatedAt" => SnapshotSort::UpdatedAt,
+            "name" => SnapshotSort::Name,
+            "state" => SnapshotSort::State,
+            other => {
+                return Err(SnapshotError::Invalid(format!(
+                    "sort {other:?} is not one of name, state, lastUsedAt, createdAt, updatedAt"
+                )));
+            }
+        };
+        let ascending = match p.order.as_deref().unwrap_or("desc") {
+            "asc" => true,
+            "desc" => false,
+            other => return Err(SnapshotError::Invalid(format!("order {other:?} is not asc or desc"))),
+        };
+        let q = SnapshotQuery {
+            name: p.name.filter(|n| !n.is_empty()),
+            sort,
+            ascending,
+            offset: (page - 1).saturating_mul(limit),
+            limit,
+        };
+        let (items, total) = self.inner.store.list_snapshots(&who.org_id, &q).await.map_err(store("list snapshots"))?;
+        Ok(PaginatedSnapshots { items: items.iter().map(to_dto).collect(), total, page, total_pages: (total + limit - 1) / limit })
+    }
+
+    /// Makes an inactive snapshot usable again; a harmless no-op on an active one. When its
+    /// image was removed meanwhile, it is pulled again (`pending` → `pulling` → `active`).
+    pub async fn activate(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotDto, SnapshotError> {
+        let mut s = self.find(who, id_or_name).await?;
+        if !s.state.can_activate() {
+            return Err(wrong_state("activate", &s, "; only inactive snapshots can be activated"));
+        }
+        if s.state == SnapshotState::Active {
+            return Ok(to_dto(&s));
+        }
+        let image_present = s.image_digest.as_deref().and_then(|d| d.parse::<Digest>().ok()).is_some_and(|d| self.inner.images.image(&d).is_some());
+        let now = now_millis();
+        s.updated_at = now;
+        s.last_used_at = Some(now); // restart the inactivity clock
+        s.state = if image_present { SnapshotState::Active } else { SnapshotState::Pending };
+        if !self.inner.store.update_snapshot_if(&s, &[SnapshotState::Inactive]).await.map_err(store("activate snapshot"))? {
+            return Err(self.moved_on("activate", who, id_or_name).await);
+        }
+        if s.state == SnapshotState::Pending {
+            self.spawn_pull(s.id.clone());
+        }
+        tracing::info!(snapshot_id = %s.id, state = %s.state, "snapshot activated");
+        Ok(to_dto(&s))
+    }
+
+    /// Makes an active snapshot unavailable for new sandboxes (kept on disk).
+    pub async fn deactivate(&self, who: &Principal, id_or_name: &str) -> Result<(), SnapshotError> {
+        let mut s = self.find(who, id_or_name).await?;
+        if !s.state.can_deactivate() {
+            return Err(wrong_state("deactivate", &s, "; only active snapshots can be deactivated"));
+        }
+        if s.state == SnapshotState::Inactive {
+            return Ok(());
+        }
+        s.state = SnapshotState::Inactive;
+        s.updated_at = now_millis();
+        if !self.inner.store.update_snapshot_if(&s, &[SnapshotState::Active]).await.map_err(store("deactivate snapshot"))? {
+            return Err(self.moved_on("deactivate", who, id_or_name).await);
+        }
+        tracing::info!(snapshot_id = %s.id, "snapshot deactivated");
+        Ok(())
+    }
+
+    /// Deletes the record at once and frees its image in the background.
+    pub async fn delete(&self, who: &Principal, id_or_name: &str) -> Result<(), SnapshotError> {
+        let mut s = self.find(who, id_or_name).await?;
+        if !s.state.can_delete() {
+            return Err(wrong_state("delete", &s, "; it is already being removed"));
+        }
+        let from = s.state;
+        s.state = SnapshotState::Removing;
+        s.updated_at = now_millis();
+        if !self.inner.store.update_snapshot_if(&s, &[from]).await.map_err(store("delete snapshot"))? {
+            return Err(self.moved_on("delete", who, id_or_name).await);
+        }
+        self.inner.store.delete_snapshot(&s.id).await.map_err(store("delete snapshot"))?;
+        tracing::info!(snapshot_id = %s.id, name = %s.name, "snapshot deleted");
+        let this = self.clone();
+        tokio::spawn(async move { this.collect_garbage().await });
+        Ok(())
+    }
+
+    async fn moved_on(&self, verb: &'static str, who: &Principal, id_or_name: &str) -> SnapshotError {
+        match self.find(who, id_or_name).await {
+            Ok(s) => wrong_state(verb, &s, "; its state changed meanwhile, try again"),
+            Err(e) => e,
+        }
+    }
+
+    /// Resumes work a previous run left unfinished: pulls restart, half-deleted snapshots
+    /// finish deleting, and unreferenced images are collected.
+    pub async fn resume(&self) -> Result<(), SnapshotError> {
+        let st = &self.inner.store;
+        for s in st.snapshots_in_states_for_job(&[SnapshotState::Removing]).await.map_err(store("find removing snapshots"))? {
+            st.delete_snapshot(&s.id).await.map_err(store("finish deleting snapshot"))?;
+        }
+        for mut s in st.snapshots_in_states_for_job(&[SnapshotState::Building]).await.map_err(store("find building snapshots"))? {
+            s.state = SnapshotState::BuildFailed;
+            s.error_reason = Some("the server stopped during the build".into());
+            s.updated_at = now_millis();
+            st.update_snapshot_if(&s, &[SnapshotState::Building]).await.map_err(store("fail interrupted build"))?;
+        }
+        let pending = st
+            .snapshots_in_states_for_job(&[SnapshotState::Pending, SnapshotState::Pulling])
+            .await
+            .map_err(store("find unfinished pulls"))?;
+        self.collect_garbage().await;
+        for s in pending {
+            tracing::info!(snapshot_id = %s.id, state = %s.state, "resuming pull interrupted by a restart");
+            self.spawn_pull(s.id);
+        }
+        Ok(())
+    }
+
+    /// Deletes images and blobs that no snapshot references.
+    pub async fn collect_garbage(&self) {
+        let _g = self.inner.gc.lock().await;
+        match self.inner.store.referenced_images().await {
+            Ok(refs) => {
+                let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
+                self.inner.images.gc(&keep).await;
+            }
+            Err(e) => tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images"),
+        }
+    }
+
+    /// Every `interval`, moves snapshots unused for `after` to inactive. Runs forever.
+    pub async fn run_inactivity_sweeper(self, after: Duration, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let now = now_millis();
+            let before = now - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+            match self.inner.store.deactivate_unused(before, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "deactivated snapshots unused for the inactivity period"),
+                Err(e) => tracing::error!(error = %e, "inactivity sweep failed"),
+            }
+        }
+    }
+
+    fn spawn_pull(&self, id: String) {
+        if !self.inner.running.lock().expect("job set is never poisoned").insert(id.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.pull_job(&id).await;
+            this.inner.running.lock().expect("job set is never poisoned").remove(&id);
+        });
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn pull_job(&self, id: &str) {
+        let st = &self.inner.store;
+        let mut s = match st.get_snapshot_for_job(id).await {
+            Ok(Some(s)) if s.state.can_start_pull() => s,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "pull job cannot read its snapshot");
+                return;
+            }
+        };
+        s.state = SnapshotState::Pulling;
+        s.updated_at = now_millis();
+        match st.update_snapshot_if(&s, &[SnapshotState::Pending, SnapshotState::Pulling]).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "pull job cannot record the pulling state");
+                return;
+            }
+        }
+        let result = match ImageRef::parse_pinned(&s.image_name) {
+            Ok(r) => self.inner.images.pull(&r, None).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut lease = None;
+        match result {
+            Ok(pulled) => {
+                let rec = &pulled.record;
+                s.state = SnapshotState::Active;
+                s.error_reason = None;
+                s.size_bytes = Some(i64::try_from(rec.size_bytes).unwrap_or(i64::MAX));
+                s.image_digest = Some(rec.manifest_digest.to_string());
+                if s.entrypoint.is_none() {
+                    s.entrypoint = Some(entrypoint_from_image(&rec.config));
+                }
+                lease = Some(pulled.lease);
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "snapshot pull failed");
+                s.state = SnapshotState::Error;
+                s.error_reason = Some(reason);
+            }
+        }
+        s.updated_at = now_millis();
+        match st.update_snapshot_if(&s, &[SnapshotState::Pulling]).await {
+            Ok(true) => tracing::info!(state = %s.state, "snapshot pull finished"),
+            Ok(false) => {
+                // Deleted while pulling: drop what we fetched.
+                drop(lease);
+                self.collect_garbage().await;
+            }
+            Err(e) => tracing::error!(error = %e, "pull job cannot record its result; it resumes at the next start"),
+        }
+    }
+}
+
+fn resource(name: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, SnapshotError> {
+    let v = v.unwrap_or(default);
+    if v < min || v > max {
+        let unit = match name {
+            "memory" | "disk" => " GiB",
+            _ => "",
+        };
+        return Err(SnapshotError::Invalid(format!("{name} must be between {min} and {max}{unit} (got {v})")));
+    }
+    Ok(v)
+}
+
+fn wrong_state(verb: &'static str, s: &SnapshotRecord, hint: &'static str) -> SnapshotError {
+    SnapshotError::WrongState { verb, name: s.name.clone(), state: s.state, hint }
+}
+
+/// The image's own entrypoint (with its cmd as arguments) when it has one, else
+/// `sleep infinity`: a snapshot's sandboxes need a long-running first process, and an
+/// image that only has a `Cmd` (such as `python3`) would exit at once.
+pub fn entrypoint_from_image(cfg: &cove_image::oci::RunConfig) -> Vec<String> {
+    match cfg.entrypoint.as_ref().filter(|e| !e.is_empty()) {
+        Some(ep) => ep.iter().chain(cfg.cmd.iter().flatten()).cloned().collect(),
+        None => DEFAULT_ENTRYPOINT.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The wire form of a record.
+pub fn to_dto(s: &SnapshotRecord) -> SnapshotDto {
+    SnapshotDto {
+        id: s.id.clone(),
+        organization_id: s.org_id.clone(),
+        general: false,
+        name: s.name.clone(),
+        image_name: s.image_name.clone(),
+        state: s.state,
+        size: s.size_bytes.map(|b| ((b as f64 / GIB) * 10_000.0).round() / 10_000.0),
+        entrypoint: s.entrypoint.clone(),
+        cpu: s.cpu,
+        gpu: s.gpu,
+        gpu_type: s.gpu_type.clone(),
+        mem: s.mem,
+        disk: s.disk,
+        error_reason: s.error_reason.clone(),
+        created_at: iso(s.created_at),
+        updated_at: iso(s.updated_at),
+        last_used_at: s.last_used_at.map(iso),
+        region_ids: vec![s.region_id.clone()],
+        ref_: s.image_digest.clone(),
+        sandbox_class: "container".into(),
+        source_sandbox_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cove_image::oci::RunConfig;
+
+    #[test]
+    fn an_image_without_entrypoint_runs_sleep_infinity_even_if_it_has_a_cmd() {
+        let cfg = RunConfig { cmd: Some(vec!["python3".into()]), ..Default::default() };
+        assert_eq!(entrypoint_from_image(&cfg), ["sleep", "infinity"]);
+    }
+
+    #[test]
+    fn an_image_entrypoint_keeps_its_cmd_as_arguments() {
+        let cfg = RunConfig {
+            entrypoint: Some(vec!["/docker-entrypoint.sh".into()]),
+            cmd: Some(vec!["nginx".into(), "-g".into()]),
+            ..Default::default()
+        };
+        assert_eq!(entrypoint_from_image(&cfg), ["/docker-entrypoint.sh", "nginx", "-g"]);
+    }
+
+    #[test]
+    fn resources_out_of_range_name_the_field_and_the_bounds() {
+        let e = resource("memory", Some(0), 1, 1, 1024).unwrap_err().to_string();
+        assert_eq!(e, "memory must be between 1 and 1024 GiB (got 0)");
+        assert_eq!(resource("cpu", None, 1, 1, 128).unwrap(), 1);
+    }
+}

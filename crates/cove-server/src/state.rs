@@ -1,0 +1,20 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use crate::service::keys::KeyService;
+use crate::service::snapshots::SnapshotService;
+use crate::store::Store;
+
+/// Shared application state, built once in [`crate::serve`].
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Metadata.
+    pub store: Arc<dyn Store>,
+    /// Authentication and keys.
+    pub keys: KeyService,
+    /// Snapshots.
+    pub snapshots: SnapshotService,
+    /// When this server started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}

@@ -1,0 +1,210 @@
+//! Metadata persistence behind one small trait, so that PostgreSQL can follow SQLite.
+//!
+//! Records here are plain data; validation and state rules live in the services. Every
+//! state change that races with a background job goes through a compare-and-set
+//! ([`Store::update_snapshot_if`]) so a finished pull can never revive a deleted snapshot.
+
+mod sqlite;
+
+use std::collections::HashSet;
+
+use cove_types::SnapshotState;
+
+pub use sqlite::SqliteStore;
+
+/// Unix milliseconds.
+pub type Millis = i64;
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Organization {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Created.
+    pub created_at: Millis,
+}
+
+/// A stored API key (only its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub org_id: String,
+    /// Label.
+    pub name: String,
+    /// sha256 hex of the key.
+    pub key_hash: String,
+    /// First characters of the key.
+    pub prefix: String,
+    /// May create organizations.
+    pub admin: bool,
+    /// Created.
+    pub created_at: Millis,
+    /// Last authenticated.
+    pub last_used_at: Option<Millis>,
+}
+
+/// A snapshot row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    /// UUID.
+    pub id: String,
+    /// Owner.
+    pub org_id: String,
+    /// Name, unique per organization.
+    pub name: String,
+    /// Image reference as given.
+    pub image_name: String,
+    /// State.
+    pub state: SnapshotState,
+    /// Why it failed.
+    pub error_reason: Option<String>,
+    /// vCPUs.
+    pub cpu: i64,
+    /// GPUs.
+    pub gpu: i64,
+    /// GPU type.
+    pub gpu_type: Option<String>,
+    /// GiB.
+    pub mem: i64,
+    /// GiB.
+    pub disk: i64,
+    /// Command sandboxes run; `None` until known.
+    pub entrypoint: Option<Vec<String>>,
+    /// Region id.
+    pub region_id: String,
+    /// Unpacked size.
+    pub size_bytes: Option<i64>,
+    /// Manifest digest of the unpacked image.
+    pub image_digest: Option<String>,
+    /// Created.
+    pub created_at: Millis,
+    /// Last changed.
+    pub updated_at: Millis,
+    /// Last used by a sandbox.
+    pub last_used_at: Option<Millis>,
+}
+
+/// Sort keys for listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSort {
+    /// `createdAt`.
+    CreatedAt,
+    /// `updatedAt`.
+    UpdatedAt,
+    /// `lastUsedAt` (never used last).
+    LastUsedAt,
+    /// `name`.
+    Name,
+    /// `state`.
+    State,
+}
+
+/// A validated list query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotQuery {
+    /// Substring filter on the name.
+    pub name: Option<String>,
+    /// Sort key.
+    pub sort: SnapshotSort,
+    /// Ascending.
+    pub ascending: bool,
+    /// Rows to skip.
+    pub offset: i64,
+    /// Rows to return.
+    pub limit: i64,
+}
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the database failed.
+    #[error("open database {path}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("migrate database")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A uniqueness constraint refused the write.
+    #[error("{what} already exists")]
+    Duplicate {
+        /// What collided.
+        what: &'static str,
+    },
+    /// A query failed.
+    #[error("{op}")]
+    Query {
+        /// The operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored value could not be decoded.
+    #[error("decode {what}: {why}")]
+    Decode {
+        /// The column.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+impl StoreError {
+    /// The error class.
+    pub fn kind(&self) -> cove_types::ErrorKind {
+        match self {
+            Self::Duplicate { .. } => cove_types::ErrorKind::AlreadyExists,
+            _ => cove_types::ErrorKind::Internal,
+        }
+    }
+}
+
+/// Metadata storage. Snapshot lookups are always scoped to an organization, except the few
+/// calls background jobs make, which say so in their names.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Creates an organization.
+    async fn insert_org(&self, org: &Organization) -> Result<(), StoreError>;
+    /// The first organization created (the bootstrap one), if any.
+    async fn first_org(&self) -> Result<Option<Organization>, StoreError>;
+    /// Stores a new key.
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// A live (unrevoked) key by its hash.
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// An organization's live keys.
+    async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Revokes a key; false when the organization has no such live key.
+    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<bool, StoreError>;
+    /// Records a use of a key.
+    async fn touch_api_key(&self, id: &str, at: Millis) -> Result<(), StoreError>;
+    /// Number of live keys in all organizations.
+    async fn count_api_keys(&self) -> Result<i64, StoreError>;
+
+    /// Inserts a snapshot; [`StoreError::Duplicate`] when the name is taken in the organization.
+    async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError>;
+    /// A snapshot by id or, failing that, by name, within one organization.
+    async fn get_snapshot(&self, org_id: &str, id_or_name: &str) -> Result<Option<SnapshotRecord>, StoreError>;
+    /// A snapshot by id in any organization (for background jobs).
+    async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError>;
+    /// One page of an organization's snapshots, and the total count.
+    async fn list_snapshots(&self, org_id: &str, q: &SnapshotQuery) -> Result<(Vec<SnapshotRecord>, i64), StoreError>;
+    /// Writes `s` only if the stored state is one of `expected`; returns whether it did.
+    async fn update_snapshot_if(&self, s: &SnapshotRecord, expected: &[SnapshotState]) -> Result<bool, StoreError>;
+    /// Deletes a snapshot row.
+    async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError>;
+    /// Snapshots in the given states, in all organizations (for resuming jobs).
+    async fn snapshots_in_states_for_job(&self, states: &[SnapshotState]) -> Result<Vec<SnapshotRecord>, StoreError>;
+    /// Every image digest a snapshot row references.
+    async fn referenced_images(&self) -> Result<HashSet<String>, StoreError>;
+    /// Moves active snapshots not used since `before` to inactive; returns how many.
+    async fn deactivate_unused(&self, before: Millis, now: Millis) -> Result<u64, StoreError>;
+}

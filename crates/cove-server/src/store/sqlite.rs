@@ -1,0 +1,463 @@
+//! The embedded default store: SQLite through sqlx, in WAL mode.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cove_types::SnapshotState;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{ApiKeyRecord, Millis, Organization, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError};
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
+     entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at";
+
+impl SqliteStore {
+    /// Opens (creating) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "snapshot row", why: e.to_string() };
+    let state: String = r.try_get("state").map_err(get)?;
+    let entrypoint: Option<String> = r.try_get("entrypoint").map_err(get)?;
+    Ok(SnapshotRecord {
+        id: r.try_get("id").map_err(get)?,
+        org_id: r.try_get("org_id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        image_name: r.try_get("image_name").map_err(get)?,
+        state: SnapshotState::from_str(&state).map_err(|e| StoreError::Decode { what: "state", why: e.to_string() })?,
+        error_reason: r.try_get("error_reason").map_err(get)?,
+        cpu: r.try_get("cpu").map_err(get)?,
+        gpu: r.try_get("gpu").map_err(get)?,
+        gpu_type: r.try_get("gpu_type").map_err(get)?,
+        mem: r.try_get("mem").map_err(get)?,
+        disk: r.try_get("disk").map_err(get)?,
+        entrypoint: entrypoint
+            .map(|e| serde_json::from_str(&e))
+            .transpose()
+            .map_err(|e| StoreError::Decode { what: "entrypoint", why: e.to_string() })?,
+        region_id: r.try_get("region_id").map_err(get)?,
+        size_bytes: r.try_get("size_bytes").map_err(get)?,
+        image_digest: r.try_get("image_digest").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+        updated_at: r.try_get("updated_at").map_err(get)?,
+        last_used_at: r.try_get("last_used_at").map_err(get)?,
+    })
+}
+
+fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "api key row", why: e.to_string() };
+    Ok(ApiKeyRecord {
+        id: r.try_get("id").map_err(get)?,
+        org_id: r.try_get("org_id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        key_hash: r.try_get("key_hash").map_err(get)?,
+        prefix: r.try_get("prefix").map_err(get)?,
+        admin: r.try_get::<i64, _>("admin").map_err(get)? != 0,
+        created_at: r.try_get("created_at").map_err(get)?,
+        last_used_at: r.try_get("last_used_at").map_err(get)?,
+    })
+}
+
+fn entrypoint_json(e: &Option<Vec<String>>) -> Option<String> {
+    e.as_ref().map(|v| serde_json::to_string(v).expect("a list of strings always serializes"))
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_org(&self, org: &Organization) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&org.id)
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(q("insert organization"))?;
+        Ok(())
+    }
+
+    async fn first_org(&self) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM organizations ORDER BY created_at, id LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get first organization"))?;
+        row.map(|r| {
+            let get = |e: sqlx::Error| StoreError::Decode { what: "organization row", why: e.to_string() };
+            Ok(Organization {
+                id: r.try_get("id").map_err(get)?,
+                name: r.try_get("name").map_err(get)?,
+                created_at: r.try_get("created_at").map_err(get)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, org_id, name, key_hash, prefix, admin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(&k.org_id)
+        .bind(&k.name)
+        .bind(&k.key_hash)
+        .bind(&k.prefix)
+        .bind(i64::from(k.admin))
+        .bind(k.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Duplicate { what: "api key" } } else { q("insert api key")(e) })?;
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("find api key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND revoked_at IS NULL ORDER BY created_at, id")
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list api keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL")
+            .bind(at)
+            .bind(org_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("revoke api key"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn touch_api_key(&self, id: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("touch api key"))?;
+        Ok(())
+    }
+
+    async fn count_api_keys(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count api keys"))
+    }
+
+    async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({})", placeholders(18));
+        sqlx::query(&sql)
+            .bind(&s.id)
+            .bind(&s.org_id)
+            .bind(&s.name)
+            .bind(&s.image_name)
+            .bind(s.state.as_str())
+            .bind(&s.error_reason)
+            .bind(s.cpu)
+            .bind(s.gpu)
+            .bind(&s.gpu_type)
+            .bind(s.mem)
+            .bind(s.disk)
+            .bind(entrypoint_json(&s.entrypoint))
+            .bind(&s.region_id)
+            .bind(s.size_bytes)
+            .bind(&s.image_digest)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .bind(s.last_used_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StoreError::Duplicate { what: "snapshot" } } else { q("insert snapshot")(e) })?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, org_id: &str, id_or_name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get snapshot"))?;
+        row.as_ref().map(snapshot_from_row).transpose()
+    }
+
+    async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(q("get snapshot"))?;
+        row.as_ref().map(snapshot_from_row).transpose()
+    }
+
+    async fn list_snapshots(&self, org_id: &str, query: &SnapshotQuery) -> Result<(Vec<SnapshotRecord>, i64), StoreError> {
+        let col = match query.sort {
+            SnapshotSort::CreatedAt => "created_at",
+            SnapshotSort::UpdatedAt => "updated_at",
+            SnapshotSort::LastUsedAt => "COALESCE(last_used_at, 0)",
+            SnapshotSort::Name => "name",
+            SnapshotSort::State => "state",
+        };
+        let dir = if query.ascending { "ASC" } else { "DESC" };
+        let pattern = query.name.as_ref().map(|n| format!("%{}%", n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+        let filter = if pattern.is_some() { "AND name LIKE ? ESCAPE '\\'" } else { "" };
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? {filter} ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?"
+        );
+        let mut rq = sqlx::query(&sql).bind(org_id);
+        if let Some(p) = &pattern {
+            rq = rq.bind(p);
+        }
+        let rows = rq.bind(query.limit).bind(query.offset).fetch_all(&self.pool).await.map_err(q("list snapshots"))?;
+        let count_sql = format!("SELECT COUNT(*) FROM snapshots WHERE org_id = ? {filter}");
+        let mut cq = sqlx::query_scalar(&count_sql).bind(org_id);
+        if let Some(p) = &pattern {
+            cq = cq.bind(p);
+        }
+        let total: i64 = cq.fetch_one(&self.pool).await.map_err(q("count snapshots"))?;
+        Ok((rows.iter().map(snapshot_from_row).collect::<Result<_, _>>()?, total))
+    }
+
+    async fn update_snapshot_if(&self, s: &SnapshotRecord, expected: &[SnapshotState]) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE snapshots SET image_name = ?, state = ?, error_reason = ?, cpu = ?, gpu = ?, gpu_type = ?, mem = ?, \
+             disk = ?, entrypoint = ?, region_id = ?, size_bytes = ?, image_digest = ?, updated_at = ?, last_used_at = ? \
+             WHERE id = ? AND state IN ({})",
+            placeholders(expected.len())
+        );
+        let mut rq = sqlx::query(&sql)
+            .bind(&s.image_name)
+            .bind(s.state.as_str())
+            .bind(&s.error_reason)
+            .bind(s.cpu)
+            .bind(s.gpu)
+            .bind(&s.gpu_type)
+            .bind(s.mem)
+            .bind(s.disk)
+            .bind(entrypoint_json(&s.entrypoint))
+            .bind(&s.region_id)
+            .bind(s.size_bytes)
+            .bind(&s.image_digest)
+            .bind(s.updated_at)
+            .bind(s.last_used_at)
+            .bind(&s.id);
+        for st in expected {
+            rq = rq.bind(st.as_str());
+        }
+        let r = rq.execute(&self.pool).await.map_err(q("update snapshot"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM snapshots WHERE id = ?").bind(id).execute(&self.pool).await.map_err(q("delete snapshot"))?;
+        Ok(())
+    }
+
+    async fn snapshots_in_states_for_job(&self, states: &[SnapshotState]) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE state IN ({}) ORDER BY created_at",
+            placeholders(states.len())
+        );
+        let mut rq = sqlx::query(&sql);
+        for st in states {
+            rq = rq.bind(st.as_str());
+        }
+        let rows = rq.fetch_all(&self.pool).await.map_err(q("list snapshots by state"))?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+
+    async fn referenced_images(&self) -> Result<HashSet<String>, StoreError> {
+        let v: Vec<String> = sqlx::query_scalar("SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list referenced images"))?;
+        Ok(v.into_iter().collect())
+    }
+
+    async fn deactivate_unused(&self, before: Millis, now: Millis) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE snapshots SET state = 'inactive', updated_at = ? \
+             WHERE state = 'active' AND COALESCE(last_used_at, created_at) < ?",
+        )
+        .bind(now)
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(q("deactivate unused snapshots"))?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(id: &str, org: &str, name: &str, created: Millis) -> SnapshotRecord {
+        SnapshotRecord {
+            id: id.into(),
+            org_id: org.into(),
+            name: name.into(),
+            image_name: "busybox:1.36".into(),
+            state: SnapshotState::Pending,
+            error_reason: None,
+            cpu: 1,
+            gpu: 0,
+            gpu_type: None,
+            mem: 1,
+            disk: 3,
+            entrypoint: None,
+            region_id: "us".into(),
+            size_bytes: None,
+            image_digest: None,
+            created_at: created,
+            updated_at: created,
+            last_used_at: None,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("cove.db")).await.unwrap();
+        for org in ["o1", "o2"] {
+            s.insert_org(&Organization { id: org.into(), name: org.into(), created_at: 0 }).await.unwrap();
+        }
+        (d, s)
+    }
+
+    #[tokio::test]
+    async fn snapshot_names_are_unique_per_organization_only() {
+        let (_d, s) = store().await;
+        s.insert_snapshot(&snap("a", "o1", "same", 1)).await.unwrap();
+        let e = s.insert_snapshot(&snap("b", "o1", "same", 2)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Duplicate { .. }));
+        s.insert_snapshot(&snap("c", "o2", "same", 3)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_organization_cannot_read_anothers_snapshot_by_id_or_name() {
+        let (_d, s) = store().await;
+        s.insert_snapshot(&snap("a", "o1", "mine", 1)).await.unwrap();
+        assert!(s.get_snapshot("o2", "a").await.unwrap().is_none());
+        assert!(s.get_snapshot("o2", "mine").await.unwrap().is_none());
+        assert_eq!(s.get_snapshot("o1", "mine").await.unwrap().unwrap().id, "a");
+        assert_eq!(s.list_snapshots("o2", &all()).await.unwrap().1, 0);
+    }
+
+    fn all() -> SnapshotQuery {
+        SnapshotQuery { name: None, sort: SnapshotSort::CreatedAt, ascending: true, offset: 0, limit: 100 }
+    }
+
+    #[tokio::test]
+    async fn pages_are_stable_and_counted() {
+        let (_d, s) = store().await;
+        for i in 0..25 {
+            s.insert_snapshot(&snap(&format!("id{i:02}"), "o1", &format!("snap-{i:02}"), i)).await.unwrap();
+        }
+        let q = SnapshotQuery { offset: 10, limit: 10, ..all() };
+        let (items, total) = s.list_snapshots("o1", &q).await.unwrap();
+        assert_eq!(total, 25);
+        let names: Vec<_> = items.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names.first(), Some(&"snap-10"));
+        assert_eq!(names.len(), 10);
+        let q = SnapshotQuery { name: Some("-2".into()), ..all() };
+        assert_eq!(s.list_snapshots("o1", &q).await.unwrap().1, 5);
+        let q = SnapshotQuery { name: Some("%".into()), ..all() };
+        assert_eq!(s.list_snapshots("o1", &q).await.unwrap().1, 0, "LIKE wildcards in the filter are literal");
+    }
+
+    #[tokio::test]
+    async fn a_conditional_update_does_nothing_when_the_state_moved_on() {
+        let (_d, s) = store().await;
+        let mut r = snap("a", "o1", "x", 1);
+        s.insert_snapshot(&r).await.unwrap();
+        r.state = SnapshotState::Pulling;
+        assert!(s.update_snapshot_if(&r, &[SnapshotState::Pending]).await.unwrap());
+        r.state = SnapshotState::Active;
+        assert!(!s.update_snapshot_if(&r, &[SnapshotState::Pending]).await.unwrap());
+        assert_eq!(s.get_snapshot("o1", "a").await.unwrap().unwrap().state, SnapshotState::Pulling);
+    }
+
+    #[tokio::test]
+    async fn snapshots_unused_for_the_period_become_inactive() {
+        let (_d, s) = store().await;
+        let mut old = snap("a", "o1", "old", 10);
+        old.state = SnapshotState::Active;
+        let mut used = snap("b", "o1", "used", 10);
+        used.state = SnapshotState::Active;
+        used.last_used_at = Some(1_000);
+        s.insert_snapshot(&old).await.unwrap();
+        s.insert_snapshot(&used).await.unwrap();
+        assert_eq!(s.deactivate_unused(500, 2_000).await.unwrap(), 1);
+        assert_eq!(s.get_snapshot("o1", "old").await.unwrap().unwrap().state, SnapshotState::Inactive);
+        assert_eq!(s.get_snapshot("o1", "used").await.unwrap().unwrap().state, SnapshotState::Active);
+    }
+
+    #[tokio::test]
+    async fn revoked_keys_no_longer_authenticate() {
+        let (_d, s) = store().await;
+        let k = ApiKeyRecord {
+            id: "k".into(),
+            org_id: "o1".into(),
+            name: "ci".into(),
+            key_hash: "h".into(),
+            prefix: "cove_ab".into(),
+            admin: false,
+            created_at: 1,
+            last_used_at: None,
+        };
+        s.insert_api_key(&k).await.unwrap();
+        assert!(s.api_key_by_hash("h").await.unwrap().is_some());
+        assert!(!s.revoke_api_key("o2", "k", 2).await.unwrap(), "another organization cannot revoke it");
+        assert!(s.revoke_api_key("o1", "k", 2).await.unwrap());
+        assert!(s.api_key_by_hash("h").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,25 @@
+//! The error classes every module's error type maps to (after containerd's errdefs).
+
+/// What kind of failure happened, independent of which operation failed. The HTTP layer
+/// maps it to a status code; nothing else should branch on error strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The named object does not exist (404).
+    NotFound,
+    /// An object with that name already exists (409).
+    AlreadyExists,
+    /// The request itself is malformed or names impossible values (400).
+    InvalidArgument,
+    /// The object is in a state where the verb is not allowed (400).
+    FailedPrecondition,
+    /// No or a wrong credential (401).
+    Unauthenticated,
+    /// The credential is valid but may not do this (403).
+    PermissionDenied,
+    /// Known but not built yet (501).
+    Unimplemented,
+    /// A dependency such as a registry could not be reached (503).
+    Unavailable,
+    /// A bug or an IO failure on our side (500).
+    Internal,
+}
