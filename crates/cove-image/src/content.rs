@@ -99,7 +99,13 @@ impl ContentStore {
     pub fn ingest(&self) -> Result<Ingest, ContentError> {
         let path = self.root.join("ingest").join(uuid::Uuid::new_v4().to_string());
         let file = std::fs::File::create(&path).map_err(|source| ContentError::Write { path: path.clone(), source })?;
-        Ok(Ingest { path, file: std::io::BufWriter::with_capacity(1 << 20, file), hasher: sha2::Sha256::new(), size: 0, store: self.clone() })
+        Ok(Ingest {
+            path,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: sha2::Sha256::new(),
+            size: 0,
+            store: self.clone(),
+        })
     }
 
     /// Stores bytes already in memory (manifests, configs).

@@ -247,7 +247,11 @@ impl RegistryClient {
                 Ok(Some(chunk)) => ingest.write(&chunk).map_err(store_err)?,
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(DistributionError::Stream { base: ep.base.clone(), digest: digest.clone(), reason: error_chain(&e) });
+                    return Err(DistributionError::Stream {
+                        base: ep.base.clone(),
+                        digest: digest.clone(),
+                        reason: error_chain(&e),
+                    });
                 }
             }
         }
@@ -284,11 +288,8 @@ impl RegistryClient {
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let challenge = resp
-            .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(parse_challenge);
+        let challenge =
+            resp.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(parse_challenge);
         let auth = match challenge {
             Some(Some(Auth::Bearer { realm, service, scope })) => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
@@ -338,7 +339,9 @@ impl RegistryClient {
             access_token: Option<String>,
         }
         let t: Token = resp.json().await.map_err(|e| connect(ep, &e))?;
-        t.token.or(t.access_token).ok_or_else(|| unauthorized(ep, scope, creds.is_some(), "token endpoint returned no token"))
+        t.token
+            .or(t.access_token)
+            .ok_or_else(|| unauthorized(ep, scope, creds.is_some(), "token endpoint returned no token"))
     }
 }
 
@@ -368,7 +371,11 @@ fn basic(c: &Credentials) -> String {
 }
 
 fn unauthorized(ep: &Endpoint, repository: &str, with_creds: bool, body: &str) -> DistributionError {
-    let detail = if with_creds { "the stored credentials were rejected" } else { "authentication required and no credentials are configured for this registry" };
+    let detail = if with_creds {
+        "the stored credentials were rejected"
+    } else {
+        "authentication required and no credentials are configured for this registry"
+    };
     let msg: String = body.chars().take(200).collect();
     let detail = if msg.trim().is_empty() { detail.to_string() } else { format!("{detail}: {}", msg.trim()) };
     DistributionError::Unauthorized { base: ep.base.clone(), repository: repository.to_string(), detail }
@@ -387,7 +394,11 @@ fn connect(ep: &Endpoint, e: &reqwest::Error) -> DistributionError {
     } else {
         "request failed"
     };
-    let reason = if std::ptr::addr_eq(root, e as &dyn std::error::Error) { format!("{what}: {e}") } else { format!("{what}: {root}") };
+    let reason = if std::ptr::addr_eq(root, e as &dyn std::error::Error) {
+        format!("{what}: {e}")
+    } else {
+        format!("{what}: {root}")
+    };
     DistributionError::Connect { base: ep.base.clone(), reason }
 }
 
@@ -430,7 +441,11 @@ fn parse_challenge(h: &str) -> Option<Auth> {
         params.insert(k, val.to_string());
         s = tail;
     }
-    Some(Auth::Bearer { realm: params.remove("realm")?, service: params.remove("service"), scope: params.remove("scope") })
+    Some(Auth::Bearer {
+        realm: params.remove("realm")?,
+        service: params.remove("service"),
+        scope: params.remove("scope"),
+    })
 }
 
 fn base64(input: &[u8]) -> String {

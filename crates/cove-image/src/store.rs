@@ -68,7 +68,7 @@ pub enum PullError {
         digest: Digest,
         /// Cause.
         #[source]
-        source: DistributionError,
+        source: Box<DistributionError>,
     },
     /// Applying a layer failed.
     #[error("unpack layer {digest} of {image}: {source}")]
@@ -79,7 +79,7 @@ pub enum PullError {
         digest: Digest,
         /// Cause.
         #[source]
-        source: UnpackError,
+        source: Box<UnpackError>,
     },
     /// Local disk trouble.
     #[error("{op} {path}: {source}")]
@@ -122,11 +122,15 @@ impl PullError {
     pub fn kind(&self) -> cove_types::ErrorKind {
         use cove_types::ErrorKind as K;
         match self {
-            Self::Resolve { attempts, .. } => attempts.iter().map(DistributionError::kind).min_by_key(|k| match k {
-                K::Unauthenticated => 0,
-                K::NotFound => 1,
-                _ => 2,
-            }).unwrap_or(K::Unavailable),
+            Self::Resolve { attempts, .. } => attempts
+                .iter()
+                .map(DistributionError::kind)
+                .min_by_key(|k| match k {
+                    K::Unauthenticated => 0,
+                    K::NotFound => 1,
+                    _ => 2,
+                })
+                .unwrap_or(K::Unavailable),
             Self::WrongPlatform { .. } | Self::InvalidImage { .. } => K::InvalidArgument,
             Self::Download { source, .. } => source.kind(),
             Self::Unpack { .. } => K::InvalidArgument,
@@ -237,7 +241,8 @@ impl ImageStore {
     pub async fn pull(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<Pulled, PullError> {
         let _gc = self.gc_lock.read().await;
         let record = self.pull_locked(image, creds).await?;
-        *self.leases.lock().expect("lease map is never poisoned").entry(record.manifest_digest.clone()).or_default() += 1;
+        *self.leases.lock().expect("lease map is never poisoned").entry(record.manifest_digest.clone()).or_default() +=
+            1;
         let lease = Lease { digest: record.manifest_digest.clone(), leases: self.leases.clone() };
         Ok(Pulled { record, lease })
     }
@@ -261,8 +266,13 @@ impl ImageStore {
         })?;
         let config: ImageConfigFile =
             serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?;
-        if !(config.os.is_empty() || config.os == "linux") || !(config.architecture.is_empty() || config.architecture == "amd64") {
-            return Err(PullError::WrongPlatform { image: name, found: format!("{}/{}", config.os, config.architecture) });
+        if !(config.os.is_empty() || config.os == "linux")
+            || !(config.architecture.is_empty() || config.architecture == "amd64")
+        {
+            return Err(PullError::WrongPlatform {
+                image: name,
+                found: format!("{}/{}", config.os, config.architecture),
+            });
         }
         let diff_ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
         if diff_ids.len() != layers.len() {
@@ -322,10 +332,9 @@ impl ImageStore {
     ) -> Result<(), PullError> {
         let lock = self.lock_for(format!("blob:{digest}"));
         let _g = lock.lock().await;
-        self.client
-            .fetch_blob(ep, &image.repository, desc, digest, creds, &self.content)
-            .await
-            .map_err(|source| PullError::Download { image: image.to_string(), digest: digest.clone(), source })
+        self.client.fetch_blob(ep, &image.repository, desc, digest, creds, &self.content).await.map_err(|source| {
+            PullError::Download { image: image.to_string(), digest: digest.clone(), source: Box::new(source) }
+        })
     }
 
     /// Finds the image's linux/amd64 manifest on the first endpoint that has it.
@@ -345,8 +354,10 @@ impl ImageStore {
                     continue;
                 }
             };
-            let parsed: ManifestOrIndex = serde_json::from_slice(&top.bytes)
-                .map_err(|e| PullError::InvalidImage { image: name.clone(), why: format!("manifest is not valid JSON: {e}") })?;
+            let parsed: ManifestOrIndex = serde_json::from_slice(&top.bytes).map_err(|e| PullError::InvalidImage {
+                image: name.clone(),
+                why: format!("manifest is not valid JSON: {e}"),
+            })?;
             let is_index = parsed.manifests.is_some()
                 || [oci::OCI_INDEX, oci::DOCKER_LIST].contains(&top.media_type.as_str())
                 || parsed.media_type.as_deref().is_some_and(|m| m == oci::OCI_INDEX || m == oci::DOCKER_LIST);
@@ -354,15 +365,22 @@ impl ImageStore {
                 return Ok((ep, top, parsed));
             }
             let entries = parsed.manifests.unwrap_or_default();
-            let chosen = entries.iter().find(|m| {
-                m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            });
+            let chosen = entries
+                .iter()
+                .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"));
             let Some(chosen) = chosen else {
                 let found: Vec<String> = entries
                     .iter()
                     .filter_map(|m| m.platform.as_ref())
                     .filter(|p| p.os != "unknown")
-                    .map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_deref().map(|v| format!("/{v}")).unwrap_or_default()))
+                    .map(|p| {
+                        format!(
+                            "{}/{}{}",
+                            p.os,
+                            p.architecture,
+                            p.variant.as_deref().map(|v| format!("/{v}")).unwrap_or_default()
+                        )
+                    })
                     .collect();
                 return Err(PullError::WrongPlatform { image: name, found: found.join(", ") });
             };
@@ -371,8 +389,10 @@ impl ImageStore {
                 .manifest(&ep, &image.repository, &chosen.digest, creds)
                 .await
                 .map_err(|e| PullError::Resolve { image: name.clone(), attempts: vec![e] })?;
-            let body: ManifestOrIndex = serde_json::from_slice(&m.bytes)
-                .map_err(|e| PullError::InvalidImage { image: name.clone(), why: format!("manifest is not valid JSON: {e}") })?;
+            let body: ManifestOrIndex = serde_json::from_slice(&m.bytes).map_err(|e| PullError::InvalidImage {
+                image: name.clone(),
+                why: format!("manifest is not valid JSON: {e}"),
+            })?;
             self.content.put(&top.digest, &top.bytes)?;
             return Ok((ep, m, body));
         }
@@ -432,10 +452,18 @@ fn unpack_image(
     std::fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
     for (path, d, diff_id) in layers {
         let reader = unpack::open_layer(path).map_err(io_err("open layer", path))?;
-        unpack::apply_layer(&rootfs, reader, Some(diff_id))
-            .map_err(|source| PullError::Unpack { image: image.to_string(), digest: d.clone(), source })?;
+        unpack::apply_layer(&rootfs, reader, Some(diff_id)).map_err(|source| PullError::Unpack {
+            image: image.to_string(),
+            digest: d.clone(),
+            source: Box::new(source),
+        })?;
     }
-    let rec = ImageRecord { manifest_digest: digest, config: run, size_bytes: unpack::tree_size(&rootfs), rootfs: dst.join("rootfs") };
+    let rec = ImageRecord {
+        manifest_digest: digest,
+        config: run,
+        size_bytes: unpack::tree_size(&rootfs),
+        rootfs: dst.join("rootfs"),
+    };
     write_atomic(&staging.join("manifest.json"), manifest).map_err(io_err("write", staging))?;
     write_atomic(&staging.join("config.json"), config).map_err(io_err("write", staging))?;
     let meta = serde_json::to_vec_pretty(&rec).expect("an image record always serializes");

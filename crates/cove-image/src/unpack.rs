@@ -155,7 +155,8 @@ impl Applier<'_> {
         };
         let create = |source| UnpackError::Create { path: raw_str.clone(), source };
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let parent = resolve_in_root(self.root, parent_rel).ok_or_else(|| UnpackError::SymlinkLoop { path: raw_str.clone() })?;
+        let parent =
+            resolve_in_root(self.root, parent_rel).ok_or_else(|| UnpackError::SymlinkLoop { path: raw_str.clone() })?;
         let name_str = name.to_string_lossy();
 
         if name_str == OPAQUE_MARKER {
@@ -211,12 +212,14 @@ impl Applier<'_> {
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name_bytes().map(|b| OsString::from(String::from_utf8_lossy(&b).into_owned()));
-                let target = target.ok_or_else(|| create(io::Error::new(io::ErrorKind::InvalidData, "symlink without target")))?;
+                let target = target
+                    .ok_or_else(|| create(io::Error::new(io::ErrorKind::InvalidData, "symlink without target")))?;
                 remove_any(&dst).map_err(create)?;
                 std::os::unix::fs::symlink(&target, &dst).map_err(create)?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let target =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                 let bad = |why| UnpackError::BadHardlink { path: raw_str.clone(), target: target.clone(), why };
                 let target_rel = clean_relative(&target).ok_or_else(|| bad("escapes the root filesystem"))?;
                 let tparent = resolve_in_root(self.root, target_rel.parent().unwrap_or(Path::new("")))
@@ -421,7 +424,11 @@ mod tests {
     #[test]
     fn files_directories_and_symlinks_are_created_with_their_modes() {
         let t = tempfile::tempdir().unwrap();
-        apply(t.path(), &[("etc/", 'd', ""), ("etc/hostname", 'f', "box\n"), ("bin/sh", 'f', "#!"), ("bin/ash", 's', "sh")]).unwrap();
+        apply(
+            t.path(),
+            &[("etc/", 'd', ""), ("etc/hostname", 'f', "box\n"), ("bin/sh", 'f', "#!"), ("bin/ash", 's', "sh")],
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(), "box\n");
         assert_eq!(std::fs::read_link(t.path().join("bin/ash")).unwrap(), Path::new("sh"));
         let m = std::fs::metadata(t.path().join("bin/sh")).unwrap();
@@ -444,7 +451,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         apply(t.path(), &[("d/old1", 'f', "x"), ("d/sub/old2", 'f', "y")]).unwrap();
         apply(t.path(), &[("d/", 'd', ""), ("d/new", 'f', "z"), ("d/.wh..wh..opq", 'f', "")]).unwrap();
-        let mut names: Vec<_> = std::fs::read_dir(t.path().join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> =
+            std::fs::read_dir(t.path().join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names, ["new"]);
     }
@@ -471,7 +479,16 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&victim_dir).unwrap();
         let abs = victim_dir.to_str().unwrap().to_string();
-        apply(&root, &[("evil", 's', &abs), ("rel", 's', "../../../victim"), ("evil/passwd", 'f', "x"), ("rel/shadow", 'f', "y")]).unwrap();
+        apply(
+            &root,
+            &[
+                ("evil", 's', &abs),
+                ("rel", 's', "../../../victim"),
+                ("evil/passwd", 'f', "x"),
+                ("rel/shadow", 'f', "y"),
+            ],
+        )
+        .unwrap();
         assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0, "nothing may land outside the root");
         // The writes were clamped to the root, as a chroot would resolve them.
         assert!(root.join(victim_dir.strip_prefix("/").unwrap()).join("passwd").exists());

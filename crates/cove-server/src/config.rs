@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn mirrors_parse_as_host_equals_url() {
-        assert_eq!(parse_mirror("docker.io=http://127.0.0.1:5000/").unwrap(), ("docker.io".into(), "http://127.0.0.1:5000".into()));
+        assert_eq!(
+            parse_mirror("docker.io=http://127.0.0.1:5000/").unwrap(),
+            ("docker.io".into(), "http://127.0.0.1:5000".into())
+        );
         assert_eq!(parse_mirror("index.docker.io=https://m.example").unwrap().0, "docker.io");
         for bad in ["docker.io", "=http://x", "docker.io=ftp://x", "docker.io=http://"] {
             assert!(parse_mirror(bad).is_err(), "{bad}");

@@ -64,7 +64,8 @@ pub struct Prepared {
 
 /// Opens the stores, bootstraps the admin key and resumes unfinished jobs.
 pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
     let store: Arc<dyn store::Store> =
         Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
     let images = Arc::new(ImageStore::open(&cfg.data_dir, cfg.registries.clone()).map_err(StartError::Images)?);

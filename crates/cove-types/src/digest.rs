@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn digests_that_could_escape_a_directory_are_refused() {
-        for bad in ["sha256:../../etc/passwd", "sha256:ABCD", "md5:abcd", "sha256", &format!("sha256:{}", "g".repeat(64))] {
+        for bad in
+            ["sha256:../../etc/passwd", "sha256:ABCD", "md5:abcd", "sha256", &format!("sha256:{}", "g".repeat(64))]
+        {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

@@ -44,7 +44,9 @@ pub enum ParseRefError {
         input: String,
     },
     /// `latest`, `lts` or `stable`.
-    #[error("image {input:?} uses the tag \"{tag}\", which is not allowed: the latest, lts and stable tags move, so pin a version tag or a digest")]
+    #[error(
+        "image {input:?} uses the tag \"{tag}\", which is not allowed: the latest, lts and stable tags move, so pin a version tag or a digest"
+    )]
     FloatingTag {
         /// The refused text.
         input: String,
@@ -90,7 +92,8 @@ impl ImageRef {
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                let host = if first == "index.docker.io" || first == "registry-1.docker.io" { DOCKER_HUB } else { first };
+                let host =
+                    if first == "index.docker.io" || first == "registry-1.docker.io" { DOCKER_HUB } else { first };
                 (host.to_string(), path.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -104,7 +107,9 @@ impl ImageRef {
             repository
         };
         if !repository.split('/').all(valid_path_component) {
-            return Err(invalid("repository names use lowercase letters, digits and single separators (. _ __ -) between them"));
+            return Err(invalid(
+                "repository names use lowercase letters, digits and single separators (. _ __ -) between them",
+            ));
         }
         Ok(ImageRef { registry, repository, tag: tag.map(str::to_string), digest })
     }
@@ -180,7 +185,10 @@ mod tests {
     #[test]
     fn short_names_resolve_to_docker_hub_library() {
         let r = ImageRef::parse("python:3.12").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("docker.io", "library/python", Some("3.12")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "library/python", Some("3.12"))
+        );
         assert_eq!(r.to_string(), "docker.io/library/python:3.12");
         let r = ImageRef::parse("daytonaio/sandbox:0.4.3").unwrap();
         assert_eq!(r.repository, "daytonaio/sandbox");
@@ -227,7 +235,8 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused() {
-        for bad in ["", "UPPER/case:1", "a b:1", "x:tag with space", "x:-bad", "x@sha256:zz", "a//b:1", "a/-b:1", "x:"] {
+        for bad in ["", "UPPER/case:1", "a b:1", "x:tag with space", "x:-bad", "x@sha256:zz", "a//b:1", "a/-b:1", "x:"]
+        {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?}");
         }
     }

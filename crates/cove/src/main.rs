@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cove_server::config::{DEFAULT_INACTIVE_AFTER, parse_mirror};
 use cove_server::ServerConfig;
+use cove_server::config::{DEFAULT_INACTIVE_AFTER, parse_mirror};
 
 #[derive(Parser, Debug)]
 #[command(name = "cove", version, about = "Self-hosted sandboxes and snapshots, Daytona-compatible")]
@@ -53,9 +53,11 @@ struct ServerArgs {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
@@ -73,7 +75,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let mut regions: Vec<String> = Vec::new();
     for r in a.regions {
         let r = r.trim().to_string();
-        anyhow::ensure!(!r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)), "invalid region id {r:?}");
+        anyhow::ensure!(
+            !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)),
+            "invalid region id {r:?}"
+        );
         if !regions.contains(&r) {
             regions.push(r);
         }
@@ -96,7 +101,8 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         );
     }
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},

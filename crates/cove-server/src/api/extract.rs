@@ -32,9 +32,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Params(q.0))
-            .map_err(|e| ApiError::new(ErrorKind::InvalidArgument, format!("invalid query parameters: {}", e.body_text())))
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Params(q.0)).map_err(|e| {
+            ApiError::new(ErrorKind::InvalidArgument, format!("invalid query parameters: {}", e.body_text()))
+        })
     }
 }

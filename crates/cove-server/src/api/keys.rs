@@ -18,15 +18,26 @@ pub fn router() -> Router<AppState> {
         .route("/organizations", post(create_org))
 }
 
-async fn create(State(s): State<AppState>, Extension(who): Extension<Principal>, Body(b): Body<CreateApiKey>) -> Result<Json<CreatedApiKey>, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(b): Body<CreateApiKey>,
+) -> Result<Json<CreatedApiKey>, ApiError> {
     Ok(Json(s.keys.create(&who, &b.name).await?))
 }
 
-async fn list(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<Vec<ApiKeyDto>>, ApiError> {
+async fn list(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<ApiKeyDto>>, ApiError> {
     Ok(Json(s.keys.list(&who).await?))
 }
 
-async fn revoke(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.keys.revoke(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -37,7 +37,11 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found(req: Request) -> Response {
-    error::envelope(StatusCode::NOT_FOUND, format!("cannot {} {}", req.method(), req.uri().path()), req.uri().path().to_string())
+    error::envelope(
+        StatusCode::NOT_FOUND,
+        format!("cannot {} {}", req.method(), req.uri().path()),
+        req.uri().path().to_string(),
+    )
 }
 
 /// Resolves the bearer key to a [`Principal`](crate::service::keys::Principal) for the handlers.

@@ -38,25 +38,48 @@ async fn list(
     Ok(Json(s.snapshots.list(&who, p).await?))
 }
 
-async fn get_one(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<Json<SnapshotDto>, ApiError> {
+async fn get_one(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotDto>, ApiError> {
     Ok(Json(s.snapshots.get(&who, &id).await?))
 }
 
-async fn activate(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<Json<SnapshotDto>, ApiError> {
+async fn activate(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotDto>, ApiError> {
     Ok(Json(s.snapshots.activate(&who, &id).await?))
 }
 
-async fn deactivate(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn deactivate(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.snapshots.deactivate(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.snapshots.delete(&who, &id).await?;
     Ok(StatusCode::OK)
 }
 
-async fn build_logs_url(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<Json<()>, ApiError> {
+async fn build_logs_url(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<()>, ApiError> {
     let snap = s.snapshots.get(&who, &id).await?;
-    Err(ApiError::new(ErrorKind::NotFound, format!("snapshot {} has no build info: it was pulled from {}", snap.name, snap.image_name)))
+    Err(ApiError::new(
+        ErrorKind::NotFound,
+        format!("snapshot {} has no build info: it was pulled from {}", snap.name, snap.image_name),
+    ))
 }

@@ -21,7 +21,13 @@ async fn regions(State(s): State<AppState>) -> axum::Json<Vec<RegionDto>> {
         s.snapshots
             .regions()
             .iter()
-            .map(|r| RegionDto { id: r.clone(), name: r.clone(), region_type: "shared".into(), created_at: t.clone(), updated_at: t.clone() })
+            .map(|r| RegionDto {
+                id: r.clone(),
+                name: r.clone(),
+                region_type: "shared".into(),
+                created_at: t.clone(),
+                updated_at: t.clone(),
+            })
             .collect(),
     )
 }

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use cove_types::dto::{ApiKeyDto, CreatedApiKey, OrganizationDto};
 use cove_types::ErrorKind;
+use cove_types::dto::{ApiKeyDto, CreatedApiKey, OrganizationDto};
 use sha2::Digest as _;
 
 use super::{iso, now_millis};
@@ -112,7 +112,11 @@ impl KeyService {
         let org = match self.store.first_org().await.map_err(store("find bootstrap organization"))? {
             Some(o) => o,
             None => {
-                let o = Organization { id: uuid::Uuid::new_v4().to_string(), name: "default".into(), created_at: now_millis() };
+                let o = Organization {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    name: "default".into(),
+                    created_at: now_millis(),
+                };
                 self.store.insert_org(&o).await.map_err(store("create bootstrap organization"))?;
                 o
             }
@@ -153,7 +157,12 @@ impl KeyService {
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, KeyError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(KeyError::Missing)?;
-        let rec = self.store.api_key_by_hash(&hash_key(token)).await.map_err(store("authenticate"))?.ok_or(KeyError::Invalid)?;
+        let rec = self
+            .store
+            .api_key_by_hash(&hash_key(token))
+            .await
+            .map_err(store("authenticate"))?
+            .ok_or(KeyError::Invalid)?;
         // Recording the last use is informational; an error here must not fail the request.
         if let Err(e) = self.store.touch_api_key(&rec.id, now_millis()).await {
             tracing::warn!(key_id = %rec.id, error = %e, "could not record api key use");
@@ -193,7 +202,11 @@ impl KeyService {
         if !valid_name(name) {
             return Err(KeyError::BadName { what: "organization" });
         }
-        let org = Organization { id: uuid::Uuid::new_v4().to_string(), name: name.trim().to_string(), created_at: now_millis() };
+        let org = Organization {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.trim().to_string(),
+            created_at: now_millis(),
+        };
         self.store.insert_org(&org).await.map_err(store("create organization"))?;
         let key = new_key();
         let rec = self.insert(&org.id, "initial", &key, false).await?;

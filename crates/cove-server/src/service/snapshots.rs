@@ -47,7 +47,9 @@ pub enum SnapshotError {
     #[error(transparent)]
     ImageName(#[from] ParseRefError),
     /// `buildInfo` needs the builder, which is not part of this server yet.
-    #[error("building snapshots from a Dockerfile (buildInfo) is not supported by this server yet; create the snapshot from an image name")]
+    #[error(
+        "building snapshots from a Dockerfile (buildInfo) is not supported by this server yet; create the snapshot from an image name"
+    )]
     BuildUnsupported,
     /// The region is not served here.
     #[error("region {region:?} not found; this server serves: {served}")]
@@ -146,7 +148,13 @@ impl SnapshotService {
     pub fn new(store: Arc<dyn Store>, images: Arc<ImageStore>, regions: Vec<String>) -> Self {
         assert!(!regions.is_empty(), "the server always serves at least one region");
         SnapshotService {
-            inner: Arc::new(Inner { store, images, regions, running: Mutex::new(HashSet::new()), gc: tokio::sync::Mutex::new(()) }),
+            inner: Arc::new(Inner {
+                store,
+                images,
+                regions,
+                running: Mutex::new(HashSet::new()),
+                gc: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 
@@ -156,10 +164,15 @@ impl SnapshotService {
         let name = SnapshotName::parse(&req.name).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         if req.build_info.is_some() {
             if req.image_name.is_some() {
-                return Err(SnapshotError::Invalid("cannot specify an image name when using a build info entry".into()));
+                return Err(SnapshotError::Invalid(
+                    "cannot specify an image name when using a build info entry".into(),
+                ));
             }
             if req.entrypoint.is_some() {
-                return Err(SnapshotError::Invalid("cannot specify an entrypoint when using a build info entry; put an ENTRYPOINT in the Dockerfile".into()));
+                return Err(SnapshotError::Invalid(
+                    "cannot specify an entrypoint when using a build info entry; put an ENTRYPOINT in the Dockerfile"
+                        .into(),
+                ));
             }
             return Err(SnapshotError::BuildUnsupported);
         }
@@ -178,10 +191,15 @@ impl SnapshotService {
             Some(_) => return Err(SnapshotError::Invalid("gpuType must list exactly one GPU type".into())),
         };
         if let Some(class) = req.sandbox_class.as_deref().filter(|c| *c != "container") {
-            return Err(SnapshotError::Invalid(format!("sandbox class {class:?} is not supported; this server runs \"container\" sandboxes")));
+            return Err(SnapshotError::Invalid(format!(
+                "sandbox class {class:?} is not supported; this server runs \"container\" sandboxes"
+            )));
         }
         let region_id = self.region(req.region_id.as_deref())?;
-        let entrypoint = req.entrypoint.map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>()).filter(|e| !e.is_empty());
+        let entrypoint = req
+            .entrypoint
+            .map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>())
+            .filter(|e| !e.is_empty());
         let now = now_millis();
         let rec = SnapshotRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -216,7 +234,9 @@ impl SnapshotService {
         match asked {
             None => Ok(self.inner.regions[0].clone()),
             Some(r) if self.inner.regions.iter().any(|x| x == r) => Ok(r.to_string()),
-            Some(r) => Err(SnapshotError::RegionNotFound { region: r.to_string(), served: self.inner.regions.join(", ") }),
+            Some(r) => {
+                Err(SnapshotError::RegionNotFound { region: r.to_string(), served: self.inner.regions.join(", ") })
+            }
         }
     }
 
@@ -274,7 +294,12 @@ impl SnapshotService {
             limit,
         };
         let (items, total) = self.inner.store.list_snapshots(&who.org_id, &q).await.map_err(store("list snapshots"))?;
-        Ok(PaginatedSnapshots { items: items.iter().map(to_dto).collect(), total, page, total_pages: (total + limit - 1) / limit })
+        Ok(PaginatedSnapshots {
+            items: items.iter().map(to_dto).collect(),
+            total,
+            page,
+            total_pages: (total + limit - 1) / limit,
+        })
     }
 
     /// Makes an inactive snapshot usable again; a harmless no-op on an active one. When its
@@ -287,12 +312,22 @@ impl SnapshotService {
         if s.state == SnapshotState::Active {
             return Ok(to_dto(&s));
         }
-        let image_present = s.image_digest.as_deref().and_then(|d| d.parse::<Digest>().ok()).is_some_and(|d| self.inner.images.image(&d).is_some());
+        let image_present = s
+            .image_digest
+            .as_deref()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .is_some_and(|d| self.inner.images.image(&d).is_some());
         let now = now_millis();
         s.updated_at = now;
         s.last_used_at = Some(now); // restart the inactivity clock
         s.state = if image_present { SnapshotState::Active } else { SnapshotState::Pending };
-        if !self.inner.store.update_snapshot_if(&s, &[SnapshotState::Inactive]).await.map_err(store("activate snapshot"))? {
+        if !self
+            .inner
+            .store
+            .update_snapshot_if(&s, &[SnapshotState::Inactive])
+            .await
+            .map_err(store("activate snapshot"))?
+        {
             return Err(self.moved_on("activate", who, id_or_name).await);
         }
         if s.state == SnapshotState::Pending {
@@ -313,7 +348,13 @@ impl SnapshotService {
         }
         s.state = SnapshotState::Inactive;
         s.updated_at = now_millis();
-        if !self.inner.store.update_snapshot_if(&s, &[SnapshotState::Active]).await.map_err(store("deactivate snapshot"))? {
+        if !self
+            .inner
+            .store
+            .update_snapshot_if(&s, &[SnapshotState::Active])
+            .await
+            .map_err(store("deactivate snapshot"))?
+        {
             return Err(self.moved_on("deactivate", who, id_or_name).await);
         }
         tracing::info!(snapshot_id = %s.id, "snapshot deactivated");
@@ -350,10 +391,18 @@ impl SnapshotService {
     /// finish deleting, and unreferenced images are collected.
     pub async fn resume(&self) -> Result<(), SnapshotError> {
         let st = &self.inner.store;
-        for s in st.snapshots_in_states_for_job(&[SnapshotState::Removing]).await.map_err(store("find removing snapshots"))? {
+        for s in st
+            .snapshots_in_states_for_job(&[SnapshotState::Removing])
+            .await
+            .map_err(store("find removing snapshots"))?
+        {
             st.delete_snapshot(&s.id).await.map_err(store("finish deleting snapshot"))?;
         }
-        for mut s in st.snapshots_in_states_for_job(&[SnapshotState::Building]).await.map_err(store("find building snapshots"))? {
+        for mut s in st
+            .snapshots_in_states_for_job(&[SnapshotState::Building])
+            .await
+            .map_err(store("find building snapshots"))?
+        {
             s.state = SnapshotState::BuildFailed;
             s.error_reason = Some("the server stopped during the build".into());
             s.updated_at = now_millis();

@@ -141,7 +141,9 @@ impl Store for SqliteStore {
         .bind(k.created_at)
         .execute(&self.pool)
         .await
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Duplicate { what: "api key" } } else { q("insert api key")(e) })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) { StoreError::Duplicate { what: "api key" } } else { q("insert api key")(e) }
+        })?;
         Ok(())
     }
 
@@ -155,11 +157,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND revoked_at IS NULL ORDER BY created_at, id")
-            .bind(org_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list api keys"))?;
+        let rows =
+            sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND revoked_at IS NULL ORDER BY created_at, id")
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list api keys"))?;
         rows.iter().map(key_from_row).collect()
     }
 
@@ -214,7 +217,13 @@ impl Store for SqliteStore {
             .bind(s.last_used_at)
             .execute(&self.pool)
             .await
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Duplicate { what: "snapshot" } } else { q("insert snapshot")(e) })?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Duplicate { what: "snapshot" }
+                } else {
+                    q("insert snapshot")(e)
+                }
+            })?;
         Ok(())
     }
 
@@ -239,7 +248,11 @@ impl Store for SqliteStore {
         row.as_ref().map(snapshot_from_row).transpose()
     }
 
-    async fn list_snapshots(&self, org_id: &str, query: &SnapshotQuery) -> Result<(Vec<SnapshotRecord>, i64), StoreError> {
+    async fn list_snapshots(
+        &self,
+        org_id: &str,
+        query: &SnapshotQuery,
+    ) -> Result<(Vec<SnapshotRecord>, i64), StoreError> {
         let col = match query.sort {
             SnapshotSort::CreatedAt => "created_at",
             SnapshotSort::UpdatedAt => "updated_at",
@@ -248,7 +261,10 @@ impl Store for SqliteStore {
             SnapshotSort::State => "state",
         };
         let dir = if query.ascending { "ASC" } else { "DESC" };
-        let pattern = query.name.as_ref().map(|n| format!("%{}%", n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+        let pattern = query
+            .name
+            .as_ref()
+            .map(|n| format!("%{}%", n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let filter = if pattern.is_some() { "AND name LIKE ? ESCAPE '\\'" } else { "" };
         let sql = format!(
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? {filter} ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?"
@@ -298,7 +314,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM snapshots WHERE id = ?").bind(id).execute(&self.pool).await.map_err(q("delete snapshot"))?;
+        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete snapshot"))?;
         Ok(())
     }
 
@@ -316,10 +336,11 @@ impl Store for SqliteStore {
     }
 
     async fn referenced_images(&self) -> Result<HashSet<String>, StoreError> {
-        let v: Vec<String> = sqlx::query_scalar("SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list referenced images"))?;
+        let v: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list referenced images"))?;
         Ok(v.into_iter().collect())
     }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Cove need, only when missing:
+# Debian packages (runc, the OCI registry, static busybox, skopeo/umoci for the benchmark
+# baseline) and a virtualenv with the official Daytona SDK. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs apache2-utils curl ca-certificates)
+SDK_PY="daytona==0.226.1"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import daytona, pytest' 2>/dev/null \
+   || [[ $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("daytona"))' 2>/dev/null) != "${SDK_PY#*==}" ]]; then
+  echo "setup: creating .venv with the official Daytona SDK ($SDK_PY) and pytest"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "$SDK_PY" "pytest>=8" "pytest-timeout>=2"
+fi
