@@ -14,7 +14,7 @@ from daytona import (
 )
 from daytona_api_client.models.snapshot_state import SnapshotState
 
-from conftest import API_KEY, wait_until
+from harness import API_KEY, wait_until
 
 
 def sdk(server, **kw):

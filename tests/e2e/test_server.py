@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import API_KEY, Registry, wait_until
+from harness import API_KEY, Registry, wait_until
 import mkimage
 
 
@@ -73,7 +73,7 @@ def test_api_keys_are_shown_once_listed_without_secret_and_revocable(server):
 
 
 def test_a_generated_bootstrap_key_is_printed_once_and_works(cove, tmp_path):
-    from conftest import Cove
+    from harness import Cove
 
     srv = Cove(tmp_path / "gen", None).start(env_key=None)
     try:

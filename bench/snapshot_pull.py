@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""`make bench`: time from `POST /api/snapshots` to `active` for a few-MB image in a local
+registry, beside `skopeo copy` + `umoci unpack` of the same image measured in the same run.
+
+Every Cove run is cold: the previous snapshot is deleted and its blobs and rootfs garbage
+collected before the next one, so nothing is served from cache.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+os.environ.setdefault("COVE_BIN", str(ROOT / "target" / "release" / "cove"))
+
+import mkimage  # noqa: E402
+from harness import Cove, Registry, wait_until  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "15"))
+IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "4"))
+
+
+def cove_cold_pull(server, i):
+    t0 = time.perf_counter()
+    st, snap = server.api("POST", "/snapshots", {"name": f"bench-{i}", "imageName": "bench:1.0"})
+    assert st == 200, snap
+    while True:
+        st, snap = server.api("GET", f"/snapshots/{snap['id']}")
+        if snap["state"] in ("active", "error"):
+            break
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - t0
+    assert snap["state"] == "active", snap
+    assert server.api("DELETE", f"/snapshots/{snap['id']}")[0] == 200
+    blobs = server.data_dir / "blobs" / "sha256"
+    wait_until(lambda: not any(blobs.iterdir()) and not any((server.data_dir / "images").iterdir()), 30, 0.01, "gc")
+    return elapsed
+
+
+def skopeo_umoci(registry, work):
+    host = registry.url.removeprefix("http://")
+    layout, bundle = work / "layout", work / "bundle"
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/library/bench:1.0", f"oci:{layout}:bench"],
+        check=True,
+    )
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(work)
+    work.mkdir()
+    return elapsed
+
+
+def row(name, xs, base=None):
+    med = statistics.median(xs)
+    p90 = sorted(xs)[max(0, int(len(xs) * 0.9) - 1)]
+    ratio = f"{med / statistics.median(base):6.2f}x" if base else "   1.00x"
+    return f"{name:<44} {med * 1000:9.1f} {p90 * 1000:9.1f} {ratio}"
+
+
+def main():
+    tmp = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    registry = Registry(tmp / "registry")
+    server = None
+    try:
+        mkimage.push_image(registry.url, "library/bench", ["1.0"], random_mb=IMAGE_MB, seed="bench")
+        server = Cove(tmp / "cove", registry.url).start()
+        work = tmp / "baseline"
+        work.mkdir()
+        # One warm-up each (page cache, connection setup), not counted.
+        cove_cold_pull(server, "warmup")
+        skopeo_umoci(registry, work)
+        ours, base = [], []
+        for i in range(RUNS):  # interleaved so both see the same machine conditions
+            ours.append(cove_cold_pull(server, i))
+            base.append(skopeo_umoci(registry, work))
+        size = sum(p.stat().st_size for p in (tmp / "registry" / "data").rglob("*") if p.is_file())
+        print(f"\nSnapshot from a local-registry image (~{size / 1e6:.1f} MB stored), {RUNS} cold runs each")
+        print(f"{'':<44} {'p50 ms':>9} {'p90 ms':>9} {'vs base':>8}")
+        print(row("skopeo copy + umoci unpack (baseline)", base))
+        print(row("cove: POST /api/snapshots -> active", ours, base))
+        ratio = statistics.median(ours) / statistics.median(base)
+        print(f"\nratio cove/baseline = {ratio:.2f} (target <= 1.0)")
+    finally:
+        if server:
+            server.kill()
+        registry.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
