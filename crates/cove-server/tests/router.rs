@@ -1,0 +1,119 @@
+//! In-process tests of the HTTP layer: the router driven with `oneshot`, no sockets, a
+//! temporary data directory. Pulls here target a closed loopback port, so they fail fast.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cove_server::config::RegistryConfig;
+use cove_server::{ServerConfig, api, prepare};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const KEY: &str = "router-test-key";
+
+async fn app() -> (tempfile::TempDir, axum::Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        registries: RegistryConfig::default(),
+        regions: vec!["us".into(), "eu".into()],
+        api_key: Some(KEY.into()),
+        inactive_after: Duration::from_secs(3600),
+        sweep_interval: Duration::from_secs(3600),
+    };
+    let p = prepare(&cfg).await.unwrap();
+    (dir, api::app(p.state))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(body.map_or(Body::empty(), |b| Body::from(b.to_string()))).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    if bytes.is_empty() {
+        return (status, Value::Null);
+    }
+    assert_eq!(ctype.as_deref(), Some("application/json"), "every body is JSON");
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_missing_key_gets_a_401_in_the_daytona_envelope_with_the_full_path() {
+    let (_d, app) = app().await;
+    let (st, body) = call(&app, "GET", "/api/snapshots", None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["statusCode"], 401);
+    assert_eq!(body["error"], "Unauthorized");
+    assert_eq!(body["path"], "/api/snapshots");
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn create_answers_200_pending_with_the_seed_defaults() {
+    let (_d, app) = app().await;
+    let req = json!({"name": "s", "imageName": "127.0.0.1:1/x/y:1.0"});
+    let (st, body) = call(&app, "POST", "/api/snapshots", Some(req), Some(KEY)).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "pending");
+    assert_eq!(
+        (body["cpu"].as_i64(), body["mem"].as_i64(), body["disk"].as_i64(), body["gpu"].as_i64()),
+        (Some(1), Some(1), Some(3), Some(0))
+    );
+    assert_eq!(body["regionIds"], json!(["us"]));
+    assert_eq!(body["general"], false);
+    assert!(uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn a_duplicate_name_is_a_409_naming_the_name() {
+    let (_d, app) = app().await;
+    let req = json!({"name": "dup", "imageName": "127.0.0.1:1/x/y:1.0"});
+    assert_eq!(call(&app, "POST", "/api/snapshots", Some(req.clone()), Some(KEY)).await.0, StatusCode::OK);
+    let (st, body) = call(&app, "POST", "/api/snapshots", Some(req), Some(KEY)).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!(body["message"], "snapshot with name \"dup\" already exists for this organization");
+}
+
+#[tokio::test]
+async fn a_failed_pull_ends_in_error_with_a_reason_and_can_be_deleted() {
+    let (_d, app) = app().await;
+    let req = json!({"name": "unreachable", "imageName": "127.0.0.1:1/x/y:1.0"});
+    let (_, created) = call(&app, "POST", "/api/snapshots", Some(req), Some(KEY)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut body = Value::Null;
+    for _ in 0..200 {
+        body = call(&app, "GET", &format!("/api/snapshots/{id}"), None, Some(KEY)).await.1;
+        if body["state"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(body["state"], "error", "{body}");
+    assert!(body["errorReason"].as_str().unwrap().contains("cannot reach"), "{body}");
+    let (st, _) = call(&app, "POST", &format!("/api/snapshots/{id}/deactivate"), None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(call(&app, "DELETE", &format!("/api/snapshots/{id}"), None, Some(KEY)).await.0, StatusCode::OK);
+    assert_eq!(call(&app, "GET", &format!("/api/snapshots/{id}"), None, Some(KEY)).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unknown_routes_are_a_json_404_and_health_needs_no_key() {
+    let (_d, app) = app().await;
+    let (st, body) = call(&app, "GET", "/api/socket.io/", None, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(body["statusCode"], 404);
+    assert_eq!(call(&app, "GET", "/api/health", None, None).await.0, StatusCode::OK);
+}
