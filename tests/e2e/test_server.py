@@ -273,3 +273,30 @@ def test_a_server_killed_during_pulls_ends_every_snapshot_active_or_error(server
     rootfs = server.data_dir / "images" / snap["ref"].split(":")[1] / "rootfs"
     assert (rootfs / "data/random.bin").stat().st_size == 48 << 20
     assert (rootfs / "etc/cove-fixture").read_text() == "big\n"
+
+
+def test_bearer_token_auth_is_negotiated_from_the_registry_challenge(cove, registry):
+    from harness import TokenAuthFront
+
+    front = TokenAuthFront(registry.url)
+    try:
+        server = cove(extra=["--insecure-registry", front.host], mirror=None)
+        snap = server.wait_state(create(server, "tokened", f"{front.host}/library/python:3.12")["id"])
+        assert snap["state"] == "active", snap
+        assert front.token_requests, "the client asked the realm for a token"
+        assert "repository%3Alibrary%2Fpython%3Apull" in front.token_requests[0] or "repository:library/python:pull" in front.token_requests[0]
+    finally:
+        front.stop()
+
+
+def test_a_token_realm_that_wants_credentials_fails_the_pull_as_unauthorized(cove, registry):
+    from harness import TokenAuthFront
+
+    front = TokenAuthFront(registry.url, basic="user:secret")
+    try:
+        server = cove(extra=["--insecure-registry", front.host], mirror=None)
+        snap = server.wait_state(create(server, "denied", f"{front.host}/library/python:3.12")["id"])
+        assert snap["state"] == "error"
+        assert snap["errorReason"].startswith(f"unauthorized to pull image {front.host}/library/python:3.12"), snap
+    finally:
+        front.stop()

@@ -547,6 +547,65 @@ mod tests {
         }
     }
 
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn ownership_set_id_bits_devices_fifos_and_xattrs_are_kept() {
+        if !is_root() {
+            eprintln!("skipped: creating devices and foreign-owned files needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path("usr/bin/tool").unwrap();
+        h.set_size(2);
+        h.set_mode(0o4755);
+        h.set_uid(1000);
+        h.set_gid(2000);
+        h.set_cksum();
+        b.append_pax_extensions([
+            ("SCHILY.xattr.user.cove", &b"yes"[..]),
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ])
+        .unwrap();
+        b.append(&h, &b"hi"[..]).unwrap();
+        for (path, kind, major, minor) in
+            [("dev/null", tar::EntryType::Char, 1, 3), ("run/pipe", tar::EntryType::Fifo, 0, 0)]
+        {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_path(path).unwrap();
+            h.set_size(0);
+            h.set_mode(0o666);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        let bytes = b.into_inner().unwrap();
+        apply_layer(t.path(), io::Cursor::new(bytes), None).unwrap();
+
+        let m = std::fs::metadata(t.path().join("usr/bin/tool")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 2000));
+        assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "set-uid survives the chown");
+        let mut buf = [0u8; 8];
+        let n = rustix::fs::lgetxattr(t.path().join("usr/bin/tool"), "user.cove", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"yes");
+        assert!(
+            rustix::fs::lgetxattr(t.path().join("usr/bin/tool"), "trusted.overlay.opaque", &mut buf).is_err(),
+            "overlay control attributes from an image are dropped"
+        );
+        let dev = std::fs::metadata(t.path().join("dev/null")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&dev.file_type()));
+        assert_eq!(dev.rdev(), rustix::fs::makedev(1, 3));
+        let fifo = std::fs::metadata(t.path().join("run/pipe")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    }
+
     #[test]
     fn a_truncated_archive_fails_instead_of_leaving_a_partial_success() {
         let t = tempfile::tempdir().unwrap();
