@@ -32,7 +32,7 @@ YML
   fi
   for ref in library/python:3.12 library/python:3.11-slim library/python:3.12-slim library/ubuntu:22.04 library/alpine:3.21; do
     repo=${ref%%:*}; tag=${ref##*:}
-    if ! curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    if ! curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
          "http://127.0.0.1:$MIRROR_PORT/v2/$repo/manifests/$tag"; then
       python3 tests/fixtures/mkimage.py --registry "http://127.0.0.1:$MIRROR_PORT" --repo "$repo" --tag "$tag" >/dev/null
     fi
