@@ -250,7 +250,7 @@ impl RegistryClient {
                     return Err(DistributionError::Stream {
                         base: ep.base.clone(),
                         digest: digest.clone(),
-                        reason: error_chain(&e),
+                        reason: cove_types::error::chain(&e),
                     });
                 }
             }
@@ -400,21 +400,6 @@ fn connect(ep: &Endpoint, e: &reqwest::Error) -> DistributionError {
         format!("{what}: {root}")
     };
     DistributionError::Connect { base: ep.base.clone(), reason }
-}
-
-/// Flattens an error and its causes to one line (reqwest's own message omits the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.

@@ -23,3 +23,34 @@ pub enum ErrorKind {
     /// A bug or an IO failure on our side (500).
     Internal,
 }
+
+/// Renders an error and its causes on one line (`outer: inner: root`), skipping a cause whose
+/// text the outer message already contains.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_lists_each_cause_once() {
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(chain(&e), "outer: disk full");
+    }
+}

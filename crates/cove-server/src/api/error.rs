@@ -73,26 +73,12 @@ impl IntoResponse for ApiError {
 
 impl From<SnapshotError> for ApiError {
     fn from(e: SnapshotError) -> Self {
-        ApiError::new(e.kind(), error_chain(&e))
+        ApiError::new(e.kind(), cove_types::error::chain(&e))
     }
 }
 
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
-        ApiError::new(e.kind(), error_chain(&e))
+        ApiError::new(e.kind(), cove_types::error::chain(&e))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

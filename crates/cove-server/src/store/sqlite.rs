@@ -19,6 +19,7 @@ pub struct SqliteStore {
 
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
      entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at";
+const SNAPSHOT_COLUMN_COUNT: usize = 18;
 
 impl SqliteStore {
     /// Opens (creating) the database file and applies pending migrations.
@@ -89,6 +90,30 @@ fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         created_at: r.try_get("created_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
     })
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds every column of [`SNAPSHOT_COLUMNS`], in its order.
+fn bind_snapshot<'q>(q: SqliteQuery<'q>, s: &'q SnapshotRecord) -> SqliteQuery<'q> {
+    q.bind(&s.id)
+        .bind(&s.org_id)
+        .bind(&s.name)
+        .bind(&s.image_name)
+        .bind(s.state.as_str())
+        .bind(&s.error_reason)
+        .bind(s.cpu)
+        .bind(s.gpu)
+        .bind(&s.gpu_type)
+        .bind(s.mem)
+        .bind(s.disk)
+        .bind(entrypoint_json(&s.entrypoint))
+        .bind(&s.region_id)
+        .bind(s.size_bytes)
+        .bind(&s.image_digest)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.last_used_at)
 }
 
 fn entrypoint_json(e: &Option<Vec<String>>) -> Option<String> {
@@ -195,35 +220,11 @@ impl Store for SqliteStore {
     }
 
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
-        let sql = format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({})", placeholders(18));
-        sqlx::query(&sql)
-            .bind(&s.id)
-            .bind(&s.org_id)
-            .bind(&s.name)
-            .bind(&s.image_name)
-            .bind(s.state.as_str())
-            .bind(&s.error_reason)
-            .bind(s.cpu)
-            .bind(s.gpu)
-            .bind(&s.gpu_type)
-            .bind(s.mem)
-            .bind(s.disk)
-            .bind(entrypoint_json(&s.entrypoint))
-            .bind(&s.region_id)
-            .bind(s.size_bytes)
-            .bind(&s.image_digest)
-            .bind(s.created_at)
-            .bind(s.updated_at)
-            .bind(s.last_used_at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Duplicate { what: "snapshot" }
-                } else {
-                    q("insert snapshot")(e)
-                }
-            })?;
+        let sql =
+            format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({})", placeholders(SNAPSHOT_COLUMN_COUNT));
+        bind_snapshot(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
+            if is_unique_violation(&e) { StoreError::Duplicate { what: "snapshot" } } else { q("insert snapshot")(e) }
+        })?;
         Ok(())
     }
 
@@ -284,28 +285,14 @@ impl Store for SqliteStore {
     }
 
     async fn update_snapshot_if(&self, s: &SnapshotRecord, expected: &[SnapshotState]) -> Result<bool, StoreError> {
+        // Row-value assignment rewrites every column (id, owner and creation time with
+        // their unchanged values), so inserts and updates share one binding order.
         let sql = format!(
-            "UPDATE snapshots SET image_name = ?, state = ?, error_reason = ?, cpu = ?, gpu = ?, gpu_type = ?, mem = ?, \
-             disk = ?, entrypoint = ?, region_id = ?, size_bytes = ?, image_digest = ?, updated_at = ?, last_used_at = ? \
-             WHERE id = ? AND state IN ({})",
+            "UPDATE snapshots SET ({SNAPSHOT_COLUMNS}) = ({}) WHERE id = ? AND state IN ({})",
+            placeholders(SNAPSHOT_COLUMN_COUNT),
             placeholders(expected.len())
         );
-        let mut rq = sqlx::query(&sql)
-            .bind(&s.image_name)
-            .bind(s.state.as_str())
-            .bind(&s.error_reason)
-            .bind(s.cpu)
-            .bind(s.gpu)
-            .bind(&s.gpu_type)
-            .bind(s.mem)
-            .bind(s.disk)
-            .bind(entrypoint_json(&s.entrypoint))
-            .bind(&s.region_id)
-            .bind(s.size_bytes)
-            .bind(&s.image_digest)
-            .bind(s.updated_at)
-            .bind(s.last_used_at)
-            .bind(&s.id);
+        let mut rq = bind_snapshot(sqlx::query(&sql), s).bind(&s.id);
         for st in expected {
             rq = rq.bind(st.as_str());
         }
