@@ -1,0 +1,212 @@
+//! The per-sandbox writable disk: a sparse ext4 image loop-mounted at `<bundle>/disk`, holding
+//! the overlay's `upper/` and `work/`, so a full disk is a hard ENOSPC for that sandbox only
+//! (this kernel has no XFS or ext4 project quota). The overlay itself is mounted with
+//! `mount(2)`.
+
+use std::path::{Path, PathBuf};
+
+use crate::cmd::{self, CommandError};
+
+/// A failed disk or mount operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// Creating or sizing the sparse image file failed.
+    #[error("create disk image {path}")]
+    CreateImage {
+        /// The image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `mkfs.ext4` failed.
+    #[error("format disk image {path}")]
+    Format {
+        /// The image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// `mount -o loop` failed.
+    #[error("loop-mount {image} at {target}")]
+    MountImage {
+        /// The image.
+        image: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// A directory under the mounted disk could not be created.
+    #[error("create directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A lower dir path that overlayfs options cannot express.
+    #[error("overlay path {path} contains ',' ':' or a newline")]
+    UnsafeOverlayPath {
+        /// The path.
+        path: PathBuf,
+    },
+    /// `mount -t overlay` failed.
+    #[error("mount overlay at {target}")]
+    MountOverlay {
+        /// The mount point.
+        target: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `umount` failed even lazily.
+    #[error("unmount {target}")]
+    Unmount {
+        /// The mount point.
+        target: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates a sparse `size_mib` image and formats it ext4 (lazy init: a few MB on disk).
+pub async fn create_image(path: &Path, size_mib: u64) -> Result<(), DiskError> {
+    let f = std::fs::File::create(path).map_err(|source| DiskError::CreateImage { path: path.into(), source })?;
+    f.set_len(size_mib << 20).map_err(|source| DiskError::CreateImage { path: path.into(), source })?;
+    drop(f);
+    let args: [&std::ffi::OsStr; 7] = [
+        "-q".as_ref(),
+        "-F".as_ref(),
+        "-m".as_ref(),
+        "0".as_ref(),
+        "-E".as_ref(),
+        "lazy_itable_init=1,lazy_journal_init=1,nodiscard".as_ref(),
+        path.as_os_str(),
+    ];
+    cmd::run("mkfs.ext4", &args, None).await.map_err(|source| DiskError::Format { path: path.into(), source })?;
+    Ok(())
+}
+
+/// Loop-mounts `image` at `target` (created if needed) unless something is mounted there
+/// already, then makes sure `upper/` and `work/` exist. `mount -o loop` sets autoclear, so the
+/// loop device goes away with the unmount.
+pub async fn mount_image(image: &Path, target: &Path) -> Result<(), DiskError> {
+    std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
+    if !is_mountpoint(target) {
+        let args: [&std::ffi::OsStr; 4] = ["-o".as_ref(), "loop".as_ref(), image.as_os_str(), target.as_os_str()];
+        cmd::run("mount", &args, None).await.map_err(|source| DiskError::MountImage {
+            image: image.into(),
+            target: target.into(),
+            source,
+        })?;
+    }
+    for d in ["upper", "work"] {
+        let p = target.join(d);
+        std::fs::create_dir_all(&p).map_err(|source| DiskError::CreateDir { path: p.clone(), source })?;
+    }
+    Ok(())
+}
+
+fn check_overlay_path(p: &Path) -> Result<String, DiskError> {
+    let s = p.to_str().ok_or_else(|| DiskError::UnsafeOverlayPath { path: p.into() })?;
+    if s.contains([',', ':', '\n']) {
+        return Err(DiskError::UnsafeOverlayPath { path: p.into() });
+    }
+    Ok(s.to_string())
+}
+
+/// Mounts `lower` + `upper`/`work` as an overlay at `target` unless already mounted.
+pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), DiskError> {
+    std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
+    if is_mountpoint(target) {
+        return Ok(());
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        check_overlay_path(lower)?,
+        check_overlay_path(upper)?,
+        check_overlay_path(work)?
+    );
+    let data = std::ffi::CString::new(data).map_err(|_| DiskError::UnsafeOverlayPath { path: lower.into() })?;
+    rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+        .map_err(|e| DiskError::MountOverlay { target: target.into(), source: e.into() })
+}
+
+/// Unmounts `target` if it is a mount point; falls back to a lazy unmount when busy.
+pub fn unmount(target: &Path) -> Result<(), DiskError> {
+    use rustix::mount::UnmountFlags;
+    // Bounded: a stack of mounts on the same point is peeled one per round.
+    for _ in 0..16 {
+        if !is_mountpoint(target) {
+            break;
+        }
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::BUSY) => {
+                tracing::warn!(target = %target.display(), "mount busy, detaching lazily");
+                rustix::mount::unmount(target, UnmountFlags::DETACH)
+                    .map_err(|e| DiskError::Unmount { target: target.into(), source: e.into() })?;
+            }
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(DiskError::Unmount { target: target.into(), source: e.into() }),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point in our mount namespace (per `/proc/self/mountinfo`).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| unescape_mountinfo(m) == want)
+}
+
+/// Mount points under `dir` (for leak checks and cleanup).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn overlay_paths_with_separators_are_refused() {
+        assert!(check_overlay_path(Path::new("/a,b")).is_err());
+        assert!(check_overlay_path(Path::new("/a:b")).is_err());
+        assert!(check_overlay_path(Path::new("/data/images/abc/rootfs")).is_ok());
+    }
+}

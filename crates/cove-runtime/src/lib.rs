@@ -1,0 +1,21 @@
+//! Sandboxes as OCI bundles run by `runc` — the only crate in Cove that runs runc.
+//!
+//! Each sandbox is a directory `<root>/<id>/` holding a sparse ext4 disk (the hard disk
+//! quota), an overlay of the read-only image over that disk, generated `/etc` files and the
+//! agent's socket directory. It runs in its own pid, mount, uts, ipc and network namespaces
+//! (a named netns on an isolated bridge port), with CPU, memory (no extra swap) and pids
+//! limits in `<cgroup_parent>/<id>`, Docker's default capabilities and seccomp profile unless
+//! privileged. Sandboxes keep running when the server exits (`runc run -d`).
+
+mod cgroup;
+mod cmd;
+pub mod disk;
+pub mod net;
+pub mod oci;
+pub mod runc;
+mod runtime;
+pub mod seccomp;
+pub mod user;
+
+pub use cmd::CommandError;
+pub use runtime::{Runtime, RuntimeConfig, RuntimeError, SandboxSpec, SandboxStatus};

@@ -1,0 +1,225 @@
+//! Sandbox networking: one bridge with the first address of the CIDR, and per sandbox a named
+//! network namespace with a veth pair whose host end is an *isolated* bridge port (sandboxes
+//! reach the host, not each other) and whose peer is `eth0` inside. No forwarding, no NAT.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::cmd::{self, CommandError};
+
+/// Where `ip netns add` creates its bind mounts.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// A failed network operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The CIDR is not `a.b.c.d/n` with a usable prefix.
+    #[error("invalid IPv4 CIDR {cidr:?} (want e.g. 10.213.0.0/24, prefix 8..=30)")]
+    InvalidCidr {
+        /// The text.
+        cidr: String,
+    },
+    /// Creating or configuring the bridge failed.
+    #[error("set up bridge {bridge}")]
+    Bridge {
+        /// The bridge.
+        bridge: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// Creating the namespace or veth pair on the host side failed.
+    #[error("create network namespace {netns} with veth {veth}")]
+    CreateNamespace {
+        /// The namespace name.
+        netns: String,
+        /// The host-side veth.
+        veth: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// Configuring addresses and routes inside the namespace failed.
+    #[error("configure network namespace {netns}")]
+    ConfigureNamespace {
+        /// The namespace name.
+        netns: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// Deleting the namespace failed.
+    #[error("delete network namespace {netns}")]
+    DeleteNamespace {
+        /// The namespace name.
+        netns: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+}
+
+/// An IPv4 network: `.1` is the bridge, the rest (minus broadcast) are for sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: u32,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`; host bits are cleared.
+    pub fn parse(s: &str) -> Result<Self, NetError> {
+        let bad = || NetError::InvalidCidr { cidr: s.into() };
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Cidr { network: u32::from(addr) & mask, prefix })
+    }
+
+    /// Prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The bridge's address (network + 1), also the sandboxes' default gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + 1)
+    }
+
+    /// Whether `ip` is a sandbox address of this network.
+    pub fn contains_host(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        v >= self.network + 2 && v < self.broadcast()
+    }
+
+    fn broadcast(&self) -> u32 {
+        self.network | (u32::MAX >> self.prefix)
+    }
+
+    /// The lowest sandbox address not in `used`.
+    pub fn first_free(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        (self.network + 2..self.broadcast()).map(Ipv4Addr::from).find(|ip| !used.contains(ip))
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.network), self.prefix)
+    }
+}
+
+/// Path of a named namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Whether a network interface exists in the host namespace.
+pub fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Creates the bridge if missing, gives it the gateway address and brings it up (idempotent).
+pub async fn ensure_bridge(bridge: &str, cidr: &Cidr) -> Result<(), NetError> {
+    let err = |source| NetError::Bridge { bridge: bridge.into(), source };
+    if !link_exists(bridge) {
+        match cmd::run("ip", &["link", "add", bridge, "type", "bridge"], None).await {
+            Ok(_) => {}
+            // Lost a race with another runtime creating the same bridge.
+            Err(e) if e.stderr().contains("File exists") => {}
+            Err(e) => return Err(err(e)),
+        }
+        tracing::info!(bridge, %cidr, "created bridge");
+    }
+    let addr = format!("{}/{}", cidr.gateway(), cidr.prefix());
+    cmd::run("ip", &["addr", "replace", &addr, "dev", bridge], None).await.map_err(err)?;
+    cmd::run("ip", &["link", "set", bridge, "up"], None).await.map_err(err)?;
+    Ok(())
+}
+
+/// Creates namespace `netns` with `eth0` = `ip`, `lo` up and a default route via the bridge; the
+/// host end `veth` is an isolated port of `bridge`. Any leftover of the same names is removed
+/// first.
+pub async fn setup(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &Cidr) -> Result<(), NetError> {
+    teardown(netns, veth).await?;
+    let host = format!(
+        "netns add {netns}\n\
+         link add {veth} type veth peer name eth0 netns {netns}\n\
+         link set {veth} master {bridge}\n\
+         link set dev {veth} type bridge_slave isolated on\n\
+         link set {veth} up\n"
+    );
+    if let Err(source) = cmd::run("ip", &["-batch", "-"], Some(&host)).await {
+        let _ = teardown(netns, veth).await;
+        return Err(NetError::CreateNamespace { netns: netns.into(), veth: veth.into(), source });
+    }
+    let inside = format!(
+        "addr add {ip}/{prefix} dev eth0\n\
+         link set lo up\n\
+         link set eth0 up\n\
+         route add default via {gw}\n",
+        prefix = cidr.prefix(),
+        gw = cidr.gateway()
+    );
+    if let Err(source) = cmd::run("ip", &["-n", netns, "-batch", "-"], Some(&inside)).await {
+        let _ = teardown(netns, veth).await;
+        return Err(NetError::ConfigureNamespace { netns: netns.into(), source });
+    }
+    Ok(())
+}
+
+/// Deletes the namespace (which destroys `eth0` and with it the veth pair) and any stray host
+/// veth of that name. Missing pieces are fine.
+pub async fn teardown(netns: &str, veth: &str) -> Result<(), NetError> {
+    if netns_path(netns).exists() {
+        match cmd::run("ip", &["netns", "delete", netns], None).await {
+            Ok(_) => {}
+            Err(e) if e.stderr().contains("No such file") => {}
+            Err(source) => return Err(NetError::DeleteNamespace { netns: netns.into(), source }),
+        }
+    }
+    if link_exists(veth) {
+        let _ = cmd::run("ip", &["link", "delete", veth], None).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cidr_gives_the_bridge_dot_one_and_sandboxes_the_rest() {
+        let c = Cidr::parse("10.213.0.0/24").unwrap();
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 1));
+        assert_eq!(c.first_free(&[]), Some(Ipv4Addr::new(10, 213, 0, 2)));
+        assert!(c.contains_host(Ipv4Addr::new(10, 213, 0, 254)));
+        assert!(!c.contains_host(Ipv4Addr::new(10, 213, 0, 255)));
+        assert!(!c.contains_host(Ipv4Addr::new(10, 213, 0, 1)));
+        assert_eq!(c.to_string(), "10.213.0.0/24");
+    }
+
+    #[test]
+    fn allocation_takes_the_lowest_address_nobody_uses() {
+        let c = Cidr::parse("10.9.9.0/24").unwrap();
+        let used = [Ipv4Addr::new(10, 9, 9, 2), Ipv4Addr::new(10, 9, 9, 4)];
+        assert_eq!(c.first_free(&used), Some(Ipv4Addr::new(10, 9, 9, 3)));
+    }
+
+    #[test]
+    fn a_full_network_has_no_free_address() {
+        let c = Cidr::parse("10.0.0.0/30").unwrap();
+        assert_eq!(c.first_free(&[Ipv4Addr::new(10, 0, 0, 2)]), None);
+    }
+
+    #[test]
+    fn malformed_cidrs_are_rejected_and_host_bits_cleared() {
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/31", "x/24", "10.0.0/24"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Cidr::parse("10.1.2.77/24").unwrap().to_string(), "10.1.2.0/24");
+    }
+}

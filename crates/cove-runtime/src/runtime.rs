@@ -1,0 +1,760 @@
+//! [`Runtime`]: the lifecycle of sandboxes as OCI bundles under `<root>/<id>/`.
+//!
+//! ```text
+//! <root>/<id>/
+//!   spec.json      SandboxSpec + allocated IP (the durable record; written atomically)
+//!   config.json    generated OCI runtime spec (regenerated at every start)
+//!   disk.img       sparse ext4, size = disk_mib; survives stop
+//!   disk/          loop mount of disk.img: upper/ work/
+//!   rootfs/        overlay of the image (lower) and disk/upper
+//!   toolbox/       bind-mounted rw at /run/cove: the agent's toolbox.sock
+//!   etc/           generated hosts, hostname, resolv.conf (bind-mounted)
+//!   console.log    the sandbox's stdout/stderr;  runc.log: runc's own log
+//!   exit.json      what was observed when it last stopped (OOM)
+//! ```
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cove_types::fs::write_atomic;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cgroup;
+use crate::disk::{self, DiskError};
+use crate::net::{self, Cidr, NetError};
+use crate::oci::{self, BundleParams};
+use crate::runc::{Runc, RuncError};
+use crate::seccomp::{self, SeccompError};
+use crate::user::{self, UserError};
+
+/// How a [`Runtime`] lays out and isolates its sandboxes.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `<data-dir>/sandboxes`: one bundle directory per sandbox.
+    pub root: PathBuf,
+    /// runc's state directory (`runc --root`), e.g. `/run/cove/runc`.
+    pub runc_root: PathBuf,
+    /// Host path of the static in-sandbox agent, bind-mounted read-only.
+    pub agent_binary: PathBuf,
+    /// Bridge name, e.g. `cove0` (at most 15 bytes).
+    pub bridge: String,
+    /// e.g. `10.213.0.0/24`: `.1` is the bridge, sandboxes get the rest.
+    pub cidr: String,
+    /// e.g. `/cove` → cgroupsPath `/cove/<id>`.
+    pub cgroup_parent: String,
+    /// Short prefix (1–7 alphanumerics) for netns and veth names, e.g. `cv`.
+    pub name_prefix: String,
+    /// Docker-format seccomp profile; `None` ⇒ [`seccomp::DEFAULT_PROFILE`].
+    pub seccomp_profile: Option<PathBuf>,
+}
+
+/// What to run and with which limits; persisted in the bundle so `start` can recreate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Sandbox id (a uuid string; letters, digits, `-` and `_`).
+    pub id: String,
+    /// Read-only unpacked image rootfs (the overlay's lower dir).
+    pub lower: PathBuf,
+    /// Passed as arguments to the agent.
+    pub entrypoint: Vec<String>,
+    /// `K=V` (image env + user env); `HOME`/`PATH` defaults are added when missing.
+    pub env: Vec<String>,
+    /// Image `WORKDIR`.
+    pub workdir: Option<String>,
+    /// Image `USER`: name, uid, `uid:gid` or `name:group`.
+    pub user: Option<String>,
+    /// vCPUs: CFS quota `cpu * 100000` per period `100000`.
+    pub cpu: u32,
+    /// Memory limit in MiB; swap is limited to the same (no swap beyond it).
+    pub memory_mib: u64,
+    /// Size of the writable disk in MiB.
+    pub disk_mib: u64,
+    /// Process limit.
+    pub pids: u32,
+    /// All capabilities, no seccomp, no masked paths.
+    pub privileged: bool,
+}
+
+/// What a sandbox is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Its init process is alive (also while paused).
+    Running {
+        /// Host pid of the sandbox's init (the agent).
+        pid: u32,
+    },
+    /// The bundle exists but nothing runs. `exit_code` is `None` when unknown: a detached
+    /// container's init is reaped by the host's PID 1, not by us.
+    Stopped {
+        /// Exit code when known.
+        exit_code: Option<i32>,
+        /// The kernel OOM-killed a process of the sandbox during its last run.
+        oom_killed: bool,
+    },
+    /// No bundle and no container.
+    Missing,
+}
+
+/// A failed runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A configuration value is unusable.
+    #[error("invalid runtime configuration: {field}: {why}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A spec value is unusable.
+    #[error("invalid sandbox spec {id:?}: {why}")]
+    InvalidSpec {
+        /// The sandbox id.
+        id: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The seccomp profile could not be loaded or converted.
+    #[error("load seccomp profile")]
+    Seccomp(#[source] Box<SeccompError>),
+    /// A runtime directory could not be created or listed.
+    #[error("prepare directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bridge could not be set up.
+    #[error("set up the sandbox network")]
+    Bridge(#[source] Box<NetError>),
+    /// No bundle with that id.
+    #[error("sandbox {id} not found")]
+    NotFound {
+        /// The sandbox id.
+        id: String,
+    },
+    /// A bundle with that id exists.
+    #[error("sandbox {id} already exists")]
+    AlreadyExists {
+        /// The sandbox id.
+        id: String,
+    },
+    /// Every address of the CIDR is taken.
+    #[error("no free address left in {cidr}")]
+    NoFreeAddress {
+        /// The network.
+        cidr: String,
+    },
+    /// Reading or writing a bundle file failed.
+    #[error("{op} {path}")]
+    BundleFile {
+        /// `read`, `write` or `parse`.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating, mounting or unmounting the sandbox's disk or overlay failed.
+    #[error("storage of sandbox {id}")]
+    Storage {
+        /// The sandbox id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: Box<DiskError>,
+    },
+    /// Setting up or tearing down the sandbox's network namespace failed.
+    #[error("network of sandbox {id}")]
+    Network {
+        /// The sandbox id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: Box<NetError>,
+    },
+    /// The image's `USER` could not be resolved.
+    #[error("resolve the user of sandbox {id}")]
+    ResolveUser {
+        /// The sandbox id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: UserError,
+    },
+    /// runc failed.
+    #[error("runc")]
+    Runc(#[source] Box<RuncError>),
+    /// Removing the bundle directory failed.
+    #[error("remove bundle {path}")]
+    RemoveBundle {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// The error class for the API layer.
+    pub fn kind(&self) -> cove_types::ErrorKind {
+        use cove_types::ErrorKind as K;
+        match self {
+            Self::InvalidSpec { .. } | Self::ResolveUser { .. } => K::InvalidArgument,
+            Self::NotFound { .. } => K::NotFound,
+            Self::AlreadyExists { .. } => K::AlreadyExists,
+            Self::NoFreeAddress { .. } => K::Unavailable,
+            Self::InvalidConfig { .. }
+            | Self::Seccomp(_)
+            | Self::Dir { .. }
+            | Self::Bridge(_)
+            | Self::BundleFile { .. }
+            | Self::Storage { .. }
+            | Self::Network { .. }
+            | Self::Runc(_)
+            | Self::RemoveBundle { .. } => K::Internal,
+        }
+    }
+}
+
+impl From<RuncError> for RuntimeError {
+    fn from(e: RuncError) -> Self {
+        RuntimeError::Runc(Box::new(e))
+    }
+}
+
+/// The durable per-sandbox record (`spec.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    spec: SandboxSpec,
+    ip: Ipv4Addr,
+}
+
+/// What was seen when the sandbox last stopped (`exit.json`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct LastExit {
+    exit_code: Option<i32>,
+    oom_killed: bool,
+}
+
+const SPEC_FILE: &str = "spec.json";
+const EXIT_FILE: &str = "exit.json";
+/// How long to wait for a container to disappear after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(10);
+
+/// Runs sandboxes with runc. Sandboxes outlive the process: a new `Runtime` over the same
+/// directories finds them again (`list`, `status`).
+#[derive(Debug)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    cidr: Cidr,
+    runc: Runc,
+    seccomp: Value,
+    host_caps: u64,
+    ips: Mutex<HashMap<String, Ipv4Addr>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Valid ids: 1–64 of `[A-Za-z0-9_-]`, at least 8 of them alphanumeric (names derive from them).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id.bytes().filter(u8::is_ascii_alphanumeric).count() >= 8
+}
+
+/// The first `n` alphanumerics of the id, lower-cased.
+fn short_id(id: &str, n: usize) -> String {
+    id.chars().filter(char::is_ascii_alphanumeric).take(n).map(|c| c.to_ascii_lowercase()).collect()
+}
+
+fn io_file(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::BundleFile { op, path, source }
+}
+
+/// The host's resolv.conf without loopback resolvers (unreachable from a netns).
+fn resolv_conf() -> String {
+    sandbox_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
+fn sandbox_resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    for line in host.lines() {
+        let mut f = line.split_whitespace();
+        if f.next() == Some("nameserver") && f.next().is_some_and(|a| a.starts_with("127.") || a == "::1") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+impl Runtime {
+    /// Validates `cfg`, creates the directories and the bridge (idempotent), loads the seccomp
+    /// profile and finds the addresses of existing sandboxes.
+    pub async fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let bad = |field, why: &str| RuntimeError::InvalidConfig { field, why: why.into() };
+        if cfg.name_prefix.is_empty()
+            || cfg.name_prefix.len() > 7
+            || !cfg.name_prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(bad("name_prefix", "must be 1 to 7 ASCII letters or digits"));
+        }
+        if cfg.bridge.is_empty() || cfg.bridge.len() > 15 || cfg.bridge.contains(['/', ' ']) {
+            return Err(bad("bridge", "must be a 1 to 15 byte interface name"));
+        }
+        if !cfg.cgroup_parent.starts_with('/') || cfg.cgroup_parent.contains("..") {
+            return Err(bad("cgroup_parent", "must be an absolute cgroup path like /cove"));
+        }
+        if !cfg.agent_binary.is_file() {
+            return Err(bad("agent_binary", &format!("{} is not a file", cfg.agent_binary.display())));
+        }
+        let cidr = Cidr::parse(&cfg.cidr).map_err(|e| bad("cidr", &e.to_string()))?;
+        let mut cfg = cfg;
+        for p in [&mut cfg.root, &mut cfg.runc_root] {
+            std::fs::create_dir_all(&*p).map_err(|source| RuntimeError::Dir { path: p.clone(), source })?;
+            *p = std::fs::canonicalize(&*p).map_err(|source| RuntimeError::Dir { path: p.clone(), source })?;
+        }
+
+        let profile_path = cfg.seccomp_profile.clone().unwrap_or_else(|| seccomp::DEFAULT_PROFILE.into());
+        let profile = seccomp::load(&profile_path).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
+        let host_caps = oci::host_capabilities();
+        let caps = oci::capabilities(false, host_caps);
+        let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };
+        let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
+
+        net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
+
+        let rt = Runtime {
+            runc: Runc::new(&cfg.runc_root),
+            cidr,
+            seccomp,
+            host_caps,
+            ips: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            cfg,
+        };
+        for id in rt.list().await? {
+            match rt.read_record(&id) {
+                Ok(r) => {
+                    rt.ips_lock().insert(id, r.ip);
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "unreadable sandbox record")
+                }
+            }
+        }
+        tracing::info!(root = %rt.cfg.root.display(), bridge = %rt.cfg.bridge, cidr = %rt.cidr, "runtime ready");
+        Ok(rt)
+    }
+
+    fn ips_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ipv4Addr>> {
+        self.ips.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serializes lifecycle operations per sandbox.
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(id)
+    }
+
+    fn netns_name(&self, id: &str) -> String {
+        format!("{}{}", self.cfg.name_prefix, short_id(id, 8))
+    }
+
+    fn cgroups_path(&self, id: &str) -> String {
+        format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), id)
+    }
+
+    /// The sandbox's cgroup directory for `controller` (v1) or its unified directory (v2).
+    pub fn cgroup_dir(&self, id: &str, controller: &str) -> PathBuf {
+        cgroup::dir(controller, &self.cgroups_path(id))
+    }
+
+    /// Name of the sandbox's network namespace (under `/var/run/netns`) and of its host veth.
+    pub fn netns(&self, id: &str) -> String {
+        self.netns_name(id)
+    }
+
+    /// Host path of the agent's unix socket: `<root>/<id>/toolbox/toolbox.sock`. The directory
+    /// is writable by the sandbox: check that the path is a socket (not a symlink) before use.
+    pub fn socket_path(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("toolbox/toolbox.sock")
+    }
+
+    /// Path of the sandbox's console log (its stdout and stderr).
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("console.log")
+    }
+
+    /// The sandbox's address on the bridge network.
+    pub fn ip(&self, id: &str) -> Option<Ipv4Addr> {
+        self.ips_lock().get(id).copied()
+    }
+
+    /// The runc state directory (for `runc --root` in diagnostics and tests).
+    pub fn runc_root(&self) -> &Path {
+        &self.cfg.runc_root
+    }
+
+    fn read_record(&self, id: &str) -> Result<Record, RuntimeError> {
+        let path = self.bundle(id).join(SPEC_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                RuntimeError::NotFound { id: id.into() }
+            } else {
+                io_file("read", &path)(e)
+            }
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| io_file("parse", &path)(e.into()))
+    }
+
+    fn validate(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let bad = |why: &str| RuntimeError::InvalidSpec { id: spec.id.clone(), why: why.into() };
+        if !valid_id(&spec.id) {
+            return Err(bad("id must be 1-64 of [A-Za-z0-9_-] with at least 8 letters or digits"));
+        }
+        if !spec.lower.is_absolute() || !spec.lower.is_dir() {
+            return Err(bad(&format!("lower {} is not an absolute directory", spec.lower.display())));
+        }
+        if spec.cpu == 0 || spec.memory_mib < 6 || spec.disk_mib < 8 || spec.pids == 0 {
+            return Err(bad("cpu and pids must be positive, memory at least 6 MiB, disk at least 8 MiB"));
+        }
+        if spec.env.iter().any(|e| !e.contains('=') || e.contains('\0')) {
+            return Err(bad("env entries must be K=V without NUL"));
+        }
+        Ok(())
+    }
+
+    /// Creates the sandbox (record, disk, mounts, network, config) and starts it. On failure
+    /// nothing is left behind.
+    #[tracing::instrument(skip_all, fields(sandbox = %spec.id))]
+    pub async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.validate(spec)?;
+        let t0 = Instant::now();
+        let _guard = self.lock(&spec.id).await;
+        let bundle = self.bundle(&spec.id);
+        match std::fs::create_dir(&bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists { id: spec.id.clone() });
+            }
+            Err(source) => return Err(RuntimeError::Dir { path: bundle, source }),
+        }
+        let result = async {
+            let ip = self.allocate(&spec.id)?;
+            let record = Record { spec: spec.clone(), ip };
+            let path = bundle.join(SPEC_FILE);
+            let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
+            write_atomic(&path, &json).map_err(io_file("write", &path))?;
+            disk::create_image(&bundle.join("disk.img"), spec.disk_mib)
+                .await
+                .map_err(|source| RuntimeError::Storage { id: spec.id.clone(), source: Box::new(source) })?;
+            self.start_locked(&record).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %cove_types::error::chain(&e), "create failed, removing the sandbox");
+            if let Err(c) = self.remove_locked(&spec.id).await {
+                tracing::warn!(error = %cove_types::error::chain(&c), "cleanup after failed create");
+            }
+            return Err(e);
+        }
+        tracing::info!(ip = ?self.ip(&spec.id), ms = t0.elapsed().as_millis() as u64, "sandbox created");
+        Ok(())
+    }
+
+    fn allocate(&self, id: &str) -> Result<Ipv4Addr, RuntimeError> {
+        let mut ips = self.ips_lock();
+        if let Some(ip) = ips.get(id) {
+            return Ok(*ip);
+        }
+        let used: Vec<Ipv4Addr> = ips.values().copied().collect();
+        let ip =
+            self.cidr.first_free(&used).ok_or_else(|| RuntimeError::NoFreeAddress { cidr: self.cidr.to_string() })?;
+        ips.insert(id.to_string(), ip);
+        Ok(ip)
+    }
+
+    /// Starts a stopped sandbox again from its record; its files are kept. Starting a running
+    /// sandbox does nothing.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
+        let _guard = self.lock(id).await;
+        let record = self.read_record(id)?;
+        match self.runc.state(id).await? {
+            Some(s) if s.status != "stopped" => return Ok(()),
+            Some(_) => {
+                self.record_exit(id);
+                self.runc.delete(id).await?;
+            }
+            None => {}
+        }
+        self.ips_lock().insert(id.to_string(), record.ip);
+        self.start_locked(&record).await?;
+        tracing::info!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
+        Ok(())
+    }
+
+    /// Mounts, network, config and `runc run -d`; undoes mounts and network on failure.
+    async fn start_locked(&self, record: &Record) -> Result<(), RuntimeError> {
+        let id = &record.spec.id;
+        let result = self.start_steps(record).await;
+        if result.is_err() {
+            self.teardown(id).await;
+        }
+        result
+    }
+
+    async fn start_steps(&self, record: &Record) -> Result<(), RuntimeError> {
+        let spec = &record.spec;
+        let id = &spec.id;
+        let bundle = self.bundle(id);
+        let storage = |source: DiskError| RuntimeError::Storage { id: id.clone(), source: Box::new(source) };
+        let disk_dir = bundle.join("disk");
+        let rootfs = bundle.join("rootfs");
+        disk::mount_image(&bundle.join("disk.img"), &disk_dir).await.map_err(storage)?;
+        disk::mount_overlay(&spec.lower, &disk_dir.join("upper"), &disk_dir.join("work"), &rootfs).map_err(storage)?;
+
+        let toolbox = bundle.join("toolbox");
+        std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
+        let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
+
+        let user = user::resolve(&rootfs, spec.user.as_deref())
+            .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
+        let hostname = short_id(id, 12);
+        let etc = bundle.join("etc");
+        std::fs::create_dir_all(&etc).map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
+        let hosts =
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
+        for (name, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())] {
+            let p = etc.join(name);
+            write_atomic(&p, text.as_bytes()).map_err(io_file("write", &p))?;
+        }
+
+        let netns = self.netns_name(id);
+        net::setup(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)
+            .await
+            .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
+
+        let params = BundleParams {
+            id: id.clone(),
+            rootfs,
+            hostname,
+            entrypoint: spec.entrypoint.clone(),
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            user,
+            cpu: spec.cpu,
+            memory_mib: spec.memory_mib,
+            pids: spec.pids,
+            privileged: spec.privileged,
+            cgroups_path: self.cgroups_path(id),
+            netns_path: net::netns_path(&netns),
+            agent_binary: self.cfg.agent_binary.clone(),
+            toolbox_dir: toolbox,
+            etc_hosts: etc.join("hosts"),
+            etc_hostname: etc.join("hostname"),
+            etc_resolv: etc.join("resolv.conf"),
+            host_caps: self.host_caps,
+            nofile: oci::host_nofile_limit(),
+            seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
+        };
+        let path = bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(&oci::config(&params)).map_err(|e| io_file("write", &path)(e.into()))?;
+        write_atomic(&path, &json).map_err(io_file("write", &path))?;
+
+        let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
+        self.runc.run_detached(id, &bundle, &bundle.join("console.log"), &bundle.join("runc.log")).await?;
+        Ok(())
+    }
+
+    /// Unmounts the overlay and the disk and deletes the network namespace; best effort,
+    /// failures are logged.
+    async fn teardown(&self, id: &str) {
+        let bundle = self.bundle(id);
+        for m in [bundle.join("rootfs"), bundle.join("disk")] {
+            if let Err(e) = disk::unmount(&m) {
+                tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "unmount");
+            }
+        }
+        let netns = self.netns_name(id);
+        if let Err(e) = net::teardown(&netns, &netns).await {
+            tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "network teardown");
+        }
+    }
+
+    /// Writes `exit.json` from what the (stopped, not yet deleted) container's cgroup shows.
+    fn record_exit(&self, id: &str) {
+        let exit = LastExit { exit_code: None, oom_killed: cgroup::oom_killed(&self.cgroups_path(id)) };
+        let path = self.bundle(id).join(EXIT_FILE);
+        if path.parent().is_some_and(Path::exists)
+            && let Ok(json) = serde_json::to_vec(&exit)
+            && let Err(e) = write_atomic(&path, &json)
+        {
+            tracing::warn!(sandbox = %id, error = %e, "write exit record");
+        }
+    }
+
+    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.runc.state(id).await? {
+                None => return Ok(true),
+                Some(s) if s.status == "stopped" => return Ok(true),
+                Some(_) if Instant::now() >= deadline => return Ok(false),
+                Some(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// SIGTERM, SIGKILL after `grace` (at once when zero), wait, record OOM, `runc delete`,
+    /// then unmount and delete the netns. `disk.img` and the record stay.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let _guard = self.lock(id).await;
+        if !self.bundle(id).exists() && self.runc.state(id).await?.is_none() {
+            return Err(RuntimeError::NotFound { id: id.into() });
+        }
+        self.stop_locked(id, grace).await
+    }
+
+    async fn stop_locked(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
+        if let Some(state) = self.runc.state(id).await? {
+            if state.status == "paused" {
+                self.runc.resume(id).await;
+            }
+            if state.status != "stopped" {
+                let mut stopped = false;
+                if !grace.is_zero() {
+                    self.runc.kill(id, "TERM").await?;
+                    stopped = self.wait_stopped(id, grace).await?;
+                }
+                if !stopped {
+                    self.runc.kill(id, "KILL").await?;
+                    if !self.wait_stopped(id, KILL_WAIT).await? {
+                        return Err(RuncError::KillTimeout { id: id.into() }.into());
+                    }
+                }
+            }
+            self.record_exit(id);
+            self.runc.delete(id).await?;
+        }
+        self.teardown(id).await;
+        tracing::info!(sandbox = %id, ms = t0.elapsed().as_millis() as u64, "sandbox stopped");
+        Ok(())
+    }
+
+    /// Stops the sandbox if needed and removes everything it had. Missing is fine.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        if !valid_id(id) {
+            return Ok(());
+        }
+        let guard = self.lock(id).await;
+        self.remove_locked(id).await?;
+        drop(guard);
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        tracing::info!("sandbox destroyed");
+        Ok(())
+    }
+
+    async fn remove_locked(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_locked(id, Duration::ZERO).await?;
+        let bundle = self.bundle(id);
+        // Anything still mounted below the bundle (a crash between mounts) goes first, deepest
+        // first, so that remove_dir_all never descends into a mounted image.
+        let mut mounts = disk::mounts_under(&bundle);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            disk::unmount(&m).map_err(|source| RuntimeError::Storage { id: id.into(), source: Box::new(source) })?;
+        }
+        match std::fs::remove_dir_all(&bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RuntimeError::RemoveBundle { path: bundle, source }),
+        }
+        self.ips_lock().remove(id);
+        Ok(())
+    }
+
+    /// What the sandbox is doing, from `runc state`, its memory cgroup and `exit.json`.
+    pub async fn status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
+        if !valid_id(id) {
+            return Ok(SandboxStatus::Missing);
+        }
+        match self.runc.state(id).await? {
+            Some(s) if s.status == "stopped" => {
+                Ok(SandboxStatus::Stopped { exit_code: None, oom_killed: cgroup::oom_killed(&self.cgroups_path(id)) })
+            }
+            Some(s) => Ok(SandboxStatus::Running { pid: s.pid }),
+            None if self.bundle(id).is_dir() => {
+                let exit: LastExit = std::fs::read(self.bundle(id).join(EXIT_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                Ok(SandboxStatus::Stopped { exit_code: exit.exit_code, oom_killed: exit.oom_killed })
+            }
+            None => Ok(SandboxStatus::Missing),
+        }
+    }
+
+    /// Ids that have a bundle directory (to reconcile after a restart).
+    pub async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let root = &self.cfg.root;
+        let entries = std::fs::read_dir(root).map_err(|source| RuntimeError::Dir { path: root.clone(), source })?;
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_id(n))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_ids_are_valid_and_path_tricks_are_not() {
+        assert!(valid_id(&uuid::Uuid::new_v4().to_string()));
+        for bad in ["", "..", "../../etc", "a/b", "short", "with space 12345678"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_ids_keep_only_alphanumerics() {
+        assert_eq!(short_id("0B1C2D3E-aaaa-bbbb", 8), "0b1c2d3e");
+        assert_eq!(short_id("0b1c-2d3e-aaaa", 12), "0b1c2d3eaaaa");
+    }
+
+    #[test]
+    fn loopback_resolvers_are_dropped_from_resolv_conf() {
+        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch example.org\n";
+        assert_eq!(sandbox_resolv_conf(host), "# generated\nnameserver 10.255.255.53\nsearch example.org\n");
+    }
+}

@@ -1,0 +1,449 @@
+//! Integration tests: real sandboxes with runc, loop disks, overlays, netns and cgroups.
+//! They need root (skipped with a message otherwise), `runc`, `ip`, `mkfs.ext4` and a static
+//! busybox at /bin/busybox. Each test has its own bridge, CIDR, name prefix, cgroup parent and
+//! runc root, and cleans up in a Drop guard.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
+
+const BUSYBOX: &str = "/bin/busybox";
+/// Long-running entrypoint that exits promptly on SIGTERM.
+const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
+
+struct Env {
+    rt: Option<Runtime>,
+    cfg: RuntimeConfig,
+    lower: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Builds a busybox root filesystem: the binary, one symlink per applet, a few /etc files.
+fn build_rootfs(lower: &Path) {
+    for d in ["bin", "etc", "root", "tmp", "mnt", "proc", "sys", "dev", "www", "home/app"] {
+        std::fs::create_dir_all(lower.join(d)).unwrap();
+    }
+    std::fs::set_permissions(lower.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy(BUSYBOX, lower.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+        .unwrap();
+    std::fs::write(lower.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    std::fs::write(lower.join("www/index.html"), "hello\n").unwrap();
+}
+
+async fn setup(n: u32) -> Option<Env> {
+    if !is_root() {
+        eprintln!("skipping: sandbox tests need root");
+        return None;
+    }
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let lower = dir.path().join("lower");
+    build_rootfs(&lower);
+    // Stand-in agent: runs its arguments (the entrypoint) with the image's own shell.
+    let agent = dir.path().join("agent");
+    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = RuntimeConfig {
+        root: dir.path().join("sandboxes"),
+        runc_root: dir.path().join("runc"),
+        agent_binary: agent,
+        bridge: format!("cvb{n:02}{:05}", pid % 100_000),
+        cidr: format!("10.{}.{}.0/24", 100 + n, pid % 250),
+        cgroup_parent: format!("/cove-test-{pid}-{n}"),
+        name_prefix: format!("t{n:02}{:04}", pid % 10_000),
+        seccomp_profile: None,
+    };
+    let rt = Runtime::new(cfg.clone()).await.unwrap();
+    Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
+}
+
+impl Env {
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().unwrap()
+    }
+
+    fn spec(&self, script: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: uuid::Uuid::new_v4().to_string(),
+            lower: self.lower.clone(),
+            entrypoint: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec!["GREETING=hi".into()],
+            workdir: None,
+            user: None,
+            cpu: 1,
+            memory_mib: 128,
+            disk_mib: 32,
+            pids: 64,
+            privileged: false,
+        }
+    }
+
+    /// `runc exec <id> sh -c <script>`: (success, stdout + stderr).
+    async fn exec(&self, id: &str, script: &str) -> (bool, String) {
+        let out = tokio::process::Command::new("runc")
+            .arg("--root")
+            .arg(&self.cfg.runc_root)
+            .args(["exec", id, "sh", "-c", script])
+            .output()
+            .await
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(id)
+    }
+
+    async fn wait_status(&self, id: &str, timeout: Duration, pred: impl Fn(&SandboxStatus) -> bool) -> SandboxStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.rt().status(id).await.unwrap();
+            if pred(&s) || Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn mounts_containing(needle: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let n = needle.to_string_lossy();
+    info.lines().filter(|l| l.contains(&*n)).map(String::from).collect()
+}
+
+fn loop_devices_for(dir: &Path) -> Vec<String> {
+    let out = Command::new("losetup").arg("-a").output().unwrap();
+    let n = dir.to_string_lossy();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*n)).map(String::from).collect()
+}
+
+fn cgroup_controllers() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+fn rmdir_tree(p: &Path) {
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        drop(self.rt.take());
+        let runc = |args: &[&str]| {
+            let _ = Command::new("runc").arg("--root").arg(&self.cfg.runc_root).args(args).output();
+        };
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                runc(&["kill", &id, "KILL"]);
+                std::thread::sleep(Duration::from_millis(50));
+                runc(&["delete", "--force", &id]);
+            }
+        }
+        let mut mounts: Vec<String> =
+            mounts_containing(&self.cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).output();
+        }
+        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.cfg.name_prefix) {
+                    let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["link", "delete", &self.cfg.bridge]).output();
+        for c in cgroup_controllers() {
+            rmdir_tree(&c.join(self.cfg.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+fn read_trim(p: PathBuf) -> String {
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_sandbox_runs_with_its_limits_and_survives_a_runtime_restart() {
+    let Some(mut env) = setup(1).await else { return };
+    let spec = env.spec(IDLE);
+    let t0 = Instant::now();
+    env.rt().create(&spec).await.unwrap();
+    eprintln!("create took {:?}", t0.elapsed());
+    let id = spec.id.clone();
+    assert!(matches!(env.rt().status(&id).await.unwrap(), SandboxStatus::Running { pid } if pid > 0));
+    let ip = env.rt().ip(&id).unwrap();
+    assert_eq!(ip.octets()[3], 2, "first sandbox gets .2");
+
+    // Limits, read from the cgroup runc created (cgroup v1 on this machine, v2 elsewhere).
+    let v1 = Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
+    if v1 {
+        assert_eq!(read_trim(env.rt().cgroup_dir(&id, "cpu").join("cpu.cfs_quota_us")), "100000");
+        assert_eq!(read_trim(env.rt().cgroup_dir(&id, "cpu").join("cpu.cfs_period_us")), "100000");
+        let mem = env.rt().cgroup_dir(&id, "memory");
+        assert_eq!(read_trim(mem.join("memory.limit_in_bytes")), (128u64 << 20).to_string());
+        if mem.join("memory.memsw.limit_in_bytes").exists() {
+            assert_eq!(read_trim(mem.join("memory.memsw.limit_in_bytes")), (128u64 << 20).to_string());
+        }
+        assert_eq!(read_trim(env.rt().cgroup_dir(&id, "pids").join("pids.max")), "64");
+    } else {
+        assert_eq!(read_trim(env.rt().cgroup_dir(&id, "cpu").join("cpu.max")), "100000 100000");
+    }
+
+    // Inside: environment, hostname, address, working directory, user.
+    let (ok, out) =
+        env.exec(&id, "cat /proc/1/environ | tr '\\0' '\\n'; hostname; ip -4 addr show eth0; pwd; id -u").await;
+    assert!(ok, "{out}");
+    for want in ["GREETING=hi", "HOME=/root", "COVE_TOOLBOX_SOCKET=/run/cove/toolbox.sock", "COVE_WORKDIR=/root"] {
+        assert!(out.contains(want), "missing {want} in {out}");
+    }
+    assert!(out.contains(&format!("{ip}/24")), "{out}");
+    assert!(out.contains(&id.replace('-', "")[..12]), "hostname in {out}");
+    // The toolbox directory is shared with the host at the socket's directory.
+    let (ok, out) = env.exec(&id, "echo probe > /run/cove/probe && ls /.cove/cove-agent").await;
+    assert!(ok, "{out}");
+    assert_eq!(read_trim(env.rt().socket_path(&id).with_file_name("probe")), "probe");
+
+    // The sandbox outlives the runtime; a new one finds it and its address.
+    drop(env.rt.take());
+    env.rt = Some(Runtime::new(env.cfg.clone()).await.unwrap());
+    assert!(matches!(env.rt().status(&id).await.unwrap(), SandboxStatus::Running { .. }));
+    assert_eq!(env.rt().ip(&id), Some(ip));
+    assert_eq!(env.rt().list().await.unwrap(), vec![id.clone()]);
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_inside_survives_stop_and_start() {
+    let Some(env) = setup(2).await else { return };
+    let spec = env.spec(IDLE);
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let ip = env.rt().ip(&id).unwrap();
+    let (ok, out) = env.exec(&id, "echo persisted > /root/note.txt").await;
+    assert!(ok, "{out}");
+
+    let t0 = Instant::now();
+    env.rt().stop(&id, Duration::from_secs(5)).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(3), "TERM should stop it without waiting for the grace period");
+    assert_eq!(env.rt().status(&id).await.unwrap(), SandboxStatus::Stopped { exit_code: None, oom_killed: false });
+    assert!(mounts_containing(&env.bundle(&id)).is_empty(), "stop unmounts overlay and disk");
+    assert!(!Path::new("/var/run/netns").join(env.rt().netns(&id)).exists(), "stop deletes the netns");
+    assert!(env.bundle(&id).join("disk.img").exists(), "stop keeps the disk");
+
+    env.rt().start(&id).await.unwrap();
+    assert!(matches!(env.rt().status(&id).await.unwrap(), SandboxStatus::Running { .. }));
+    assert_eq!(env.rt().ip(&id), Some(ip), "a restart keeps the address");
+    let (ok, out) = env.exec(&id, "cat /root/note.txt").await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "persisted");
+    // Starting a running sandbox is a no-op.
+    env.rt().start(&id).await.unwrap();
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_leaves_no_mount_netns_veth_loop_device_or_cgroup_behind() {
+    let Some(env) = setup(3).await else { return };
+    let spec = env.spec(IDLE);
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let bundle = env.bundle(&id);
+    let netns = env.rt().netns(&id);
+    let cgroups: Vec<PathBuf> = ["memory", "cpu", "pids"].iter().map(|c| env.rt().cgroup_dir(&id, c)).collect();
+    assert_eq!(loop_devices_for(&bundle).len(), 1, "one loop device while running");
+    assert!(cgroups.iter().all(|c| c.exists()));
+    assert!(Path::new("/sys/class/net").join(&netns).exists(), "host veth exists");
+
+    env.rt().destroy(&id).await.unwrap();
+    assert!(!bundle.exists());
+    assert!(mounts_containing(&bundle).is_empty());
+    assert!(loop_devices_for(&bundle).is_empty(), "loop device detached");
+    assert!(!Path::new("/var/run/netns").join(&netns).exists());
+    assert!(!Path::new("/sys/class/net").join(&netns).exists(), "veth gone");
+    for c in &cgroups {
+        assert!(!c.exists(), "{} left behind", c.display());
+    }
+    assert_eq!(env.rt().status(&id).await.unwrap(), SandboxStatus::Missing);
+    assert_eq!(env.rt().ip(&id), None);
+    assert!(env.rt().list().await.unwrap().is_empty());
+    // Idempotent: destroying again (or something that never existed) is fine.
+    env.rt().destroy(&id).await.unwrap();
+    env.rt().destroy(&uuid::Uuid::new_v4().to_string()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_allocating_past_the_memory_limit_is_oom_killed_and_reported() {
+    let Some(env) = setup(4).await else { return };
+    let mut spec = env.spec("head -c 200m /dev/zero | tail; sleep 1000");
+    spec.memory_mib = 64;
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    // tail is OOM-killed; the sandbox keeps running but the kill is visible in the cgroup.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let oom_file = env.rt().cgroup_dir(&id, "memory").join(if Path::new("/sys/fs/cgroup/memory").exists() {
+        "memory.oom_control"
+    } else {
+        "memory.events"
+    });
+    loop {
+        let text = std::fs::read_to_string(&oom_file).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no OOM kill recorded: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.rt().stop(&id, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(env.rt().status(&id).await.unwrap(), SandboxStatus::Stopped { exit_code: None, oom_killed: true });
+
+    // When the init itself dies of it, status says so while the container is still there.
+    let mut spec = env.spec("head -c 200m /dev/zero | tail");
+    spec.memory_mib = 64;
+    let id2 = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let s = env.wait_status(&id2, Duration::from_secs(15), |s| matches!(s, SandboxStatus::Stopped { .. })).await;
+    assert_eq!(s, SandboxStatus::Stopped { exit_code: None, oom_killed: true });
+    env.rt().destroy(&id).await.unwrap();
+    env.rt().destroy(&id2).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pids_limit_stops_a_fork_loop() {
+    let Some(env) = setup(5).await else { return };
+    let mut spec = env.spec(IDLE);
+    spec.pids = 20;
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (_, out) =
+        env.exec(&id, "i=0; while [ $i -lt 40 ]; do sleep 30 >/dev/null 2>&1 & i=$((i+1)); done; echo looped").await;
+    assert!(out.contains("can't fork") || out.contains("Resource temporarily unavailable"), "{out}");
+    let current: u32 = read_trim(env.rt().cgroup_dir(&id, "pids").join("pids.current")).parse().unwrap();
+    assert!(current <= 20, "pids.current = {current}");
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_past_the_disk_size_fails_with_enospc_and_leaves_the_host_alone() {
+    let Some(env) = setup(6).await else { return };
+    let mut spec = env.spec(IDLE);
+    spec.disk_mib = 16;
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (ok, out) = env.exec(&id, "dd if=/dev/zero of=/big bs=1M count=32").await;
+    assert!(!ok, "dd should fail: {out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    let (ok, out) = env.exec(&id, "df -m / | tail -1").await;
+    assert!(ok, "{out}");
+    let img = std::fs::metadata(env.bundle(&id).join("disk.img")).unwrap();
+    assert!(img.blocks() * 512 <= 17 << 20, "disk.img uses {} bytes on the host", img.blocks() * 512);
+    assert!(!env.lower.join("big").exists(), "the image is untouched");
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_sandbox_cannot_mount_and_sees_only_its_own_processes() {
+    let Some(env) = setup(7).await else { return };
+    let spec = env.spec(IDLE);
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (ok, out) = env.exec(&id, "mount -t tmpfs x /mnt").await;
+    assert!(!ok, "mount must fail: {out}");
+    let (ok, out) = env.exec(&id, "ps -o pid,comm").await;
+    assert!(ok, "{out}");
+    let pids: Vec<u32> = out.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    // init sh, its sleep, the exec'd sh and ps: nothing of the host's.
+    assert!(pids.contains(&1) && pids.len() <= 5 && pids.iter().all(|p| *p < 100), "sandbox sees {out}");
+    let (ok, out) = env.exec(&id, "grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("CapBnd:\t00000000a80425fb"), "Docker's default capability set: {out}");
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "seccomp filter active: {out}");
+    // Masked paths are covered (/proc/timer_list by /dev/null), /proc/sys is read-only.
+    let (_, out) = env.exec(&id, "wc -c < /proc/timer_list; grep -c ' /proc/sys ro' /proc/self/mountinfo").await;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1"], "masked and read-only paths: {out}");
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_sandbox_can_mount() {
+    let Some(env) = setup(8).await else { return };
+    let mut spec = env.spec(IDLE);
+    spec.privileged = true;
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (ok, out) = env.exec(&id, "mount -t tmpfs x /mnt && grep Seccomp: /proc/self/status").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    env.rt().destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_cannot_reach_each_other_but_the_host_reaches_them() {
+    let Some(env) = setup(9).await else { return };
+    let a = env.spec("httpd -f -p 8080 -h /www");
+    let b = env.spec("httpd -f -p 8080 -h /www");
+    env.rt().create(&a).await.unwrap();
+    env.rt().create(&b).await.unwrap();
+    let ip_a = env.rt().ip(&a.id).unwrap();
+    let ip_b = env.rt().ip(&b.id).unwrap();
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(u32::from(ip_b), u32::from(ip_a) + 1, "lowest free addresses");
+
+    let connect = |ip: Ipv4Addr| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match TcpStream::connect_timeout(&SocketAddr::from((ip, 8080)), Duration::from_millis(500)) {
+                Ok(_) => return true,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(tokio::task::spawn_blocking(move || connect(ip_b)).await.unwrap(), "host reaches sandbox B");
+
+    // busybox-static's wget crashes here (static glibc); nc speaks HTTP well enough.
+    let get = |ip: Ipv4Addr| format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} 8080");
+    let (_, out) = env.exec(&a.id, &get(ip_a)).await;
+    assert!(out.contains("200 OK") && out.contains("hello"), "A reaches itself: {out}");
+    let (_, out) = env.exec(&a.id, &get(ip_b)).await;
+    assert!(!out.contains("200 OK"), "A must not reach B: {out}");
+    let gateway = Ipv4Addr::from(u32::from(ip_a) & 0xffff_ff00 | 1);
+    let (ok, out) = env.exec(&a.id, &format!("ping -c 1 -W 1 {gateway}")).await;
+    assert!(ok, "A pings the bridge (control): {out}");
+    let (ok, out) = env.exec(&a.id, &format!("ping -c 1 -W 1 {ip_b}")).await;
+    assert!(!ok, "A must not ping B: {out}");
+
+    // A third sandbox reuses the lowest free address after one is destroyed.
+    env.rt().destroy(&a.id).await.unwrap();
+    let c = env.spec(IDLE);
+    env.rt().create(&c).await.unwrap();
+    assert_eq!(env.rt().ip(&c.id), Some(ip_a));
+    env.rt().destroy(&b.id).await.unwrap();
+    env.rt().destroy(&c.id).await.unwrap();
+}
