@@ -3,15 +3,26 @@
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# The in-sandbox agent is a static glibc binary so it runs in any image (busybox, distroless).
+# The explicit --target keeps the static flag away from build scripts and proc macros.
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p cove-agent --target $(AGENT_TARGET)
 
-.PHONY: setup build run test test-rust test-e2e bench fmt lint clean
+.PHONY: setup build agent agent-debug run test test-rust test-e2e bench fmt lint clean
 
 setup:
 	@scripts/setup.sh
 
-## Release build of every binary into target/release/.
-build:
-	$(CARGO) build --release --workspace --bins
+## Release build of every binary into target/release/ (cove, and the static cove-agent).
+build: agent
+	$(CARGO) build --release -p cove
+
+agent:
+	$(AGENT_BUILD) --release
+	install -m 0755 target/$(AGENT_TARGET)/release/cove-agent target/release/cove-agent
+
+agent-debug:
+	$(AGENT_BUILD)
 
 ## Build, then run the server on the embedded defaults (SQLite + local disk under
 ## /var/lib/cove), with a local registry mirror seeded with fixture images.
@@ -20,21 +31,22 @@ run: setup build
 
 ## Every test: Rust unit and in-process tests, then end-to-end and SDK contract tests
 ## against the real binary, a real registry and the official Daytona SDK.
-test: setup
-	$(CARGO) build --workspace --bins
+test: setup agent-debug
+	$(CARGO) build -p cove
 	$(CARGO) test --workspace
 	.venv/bin/python -m pytest tests/e2e
 
 test-rust:
 	$(CARGO) test --workspace
 
-test-e2e: setup
-	$(CARGO) build --workspace --bins
+test-e2e: setup agent-debug
+	$(CARGO) build -p cove
 	.venv/bin/python -m pytest tests/e2e
 
 ## Figures side by side with a baseline measured in the same run.
 bench: setup build
 	.venv/bin/python bench/snapshot_pull.py
+	.venv/bin/python bench/sandbox_start.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 os.environ.setdefault("COVE_BIN", str(ROOT / "target" / "release" / "cove"))
+os.environ.setdefault("COVE_AGENT_BIN", str(ROOT / "target" / "release" / "cove-agent"))
 
 import mkimage  # noqa: E402
 from harness import Cove, Registry, wait_until  # noqa: E402
@@ -90,7 +91,7 @@ def main():
         print(f"\nratio cove/baseline = {ratio:.2f} (target <= 1.0)")
     finally:
         if server:
-            server.kill()
+            server.cleanup()
         registry.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

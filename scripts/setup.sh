@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs apache2-utils curl ca-certificates)
+APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 golang-github-containers-common
+              python3-minimal apache2-utils curl ca-certificates)
 SDK_PY="daytona==0.226.1"
 
 missing=()
@@ -24,4 +25,16 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import daytona, pytest'
   echo "setup: creating .venv with the official Daytona SDK ($SDK_PY) and pytest"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "$SDK_PY" "pytest>=8" "pytest-timeout>=2"
+fi
+
+# Node.js for the TypeScript SDK: the machine image ships one; Debian's is the fallback.
+if ! command -v npm >/dev/null; then
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
+# The official TypeScript SDK, for the TS contract test (versions pinned by package-lock.json).
+if [[ ! -d tests/e2e/ts/node_modules/@daytona/sdk ]]; then
+  echo "setup: installing @daytona/sdk for the TypeScript tests"
+  (cd tests/e2e/ts && npm ci --no-audit --no-fund --loglevel=error)
 fi

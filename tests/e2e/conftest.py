@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "fixtures"))
 import mkimage  # noqa: E402
-from harness import API_KEY, COVE_BIN, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
+from harness import AGENT_BIN, API_KEY, COVE_BIN, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -34,21 +34,39 @@ def big_image(registry):
 
 
 @pytest.fixture
-def cove(tmp_path, registry):
-    if not COVE_BIN.exists():
-        pytest.fail(f"{COVE_BIN} is missing: build it with `cargo build` (make test does)")
+def short_tmp():
+    """A short directory: unix socket paths (data dir + 57 characters) must fit in 108 bytes."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cove(short_tmp, registry):
+    for b in (COVE_BIN, AGENT_BIN):
+        if not b.exists():
+            pytest.fail(f"{b} is missing: build it with `make agent-debug` and `cargo build -p cove` (make test does)")
     servers = []
 
     def make(extra=(), data_dir=None, mirror=registry.url):
-        s = Cove(data_dir or tmp_path / f"data{len(servers)}", mirror, extra)
+        s = Cove(data_dir or short_tmp / f"d{len(servers)}", mirror, extra)
         servers.append(s)
         return s.start()
 
     yield make
     for s in servers:
-        s.kill(signal.SIGTERM)
+        s.cleanup()
 
 
 @pytest.fixture
 def server(cove):
     return cove()
+
+
+@pytest.fixture(scope="session")
+def registry_with_python(registry):
+    """An image with Debian's real python3 in it (for code_run)."""
+    mkimage.push_image(registry.url, "library/pyreal", ["3.11"], python=True, seed="python")
+    return registry

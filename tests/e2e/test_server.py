@@ -72,10 +72,10 @@ def test_api_keys_are_shown_once_listed_without_secret_and_revocable(server):
     assert API_KEY.encode() not in db and k["value"].encode() not in db
 
 
-def test_a_generated_bootstrap_key_is_printed_once_and_works(cove, tmp_path):
+def test_a_generated_bootstrap_key_is_printed_once_and_works(cove, short_tmp):
     from harness import Cove
 
-    srv = Cove(tmp_path / "gen", None).start(env_key=None)
+    srv = Cove(short_tmp / "gen", None).start(env_key=None)
     try:
         out = wait_until(lambda: "DAYTONA_API_KEY=" in srv.log_path.read_text() and srv.log_path.read_text(), 10, what="key banner")
         key = out.split("DAYTONA_API_KEY=")[1].split()[0]
@@ -86,7 +86,7 @@ def test_a_generated_bootstrap_key_is_printed_once_and_works(cove, tmp_path):
         assert srv.log_path.read_text().count(key) == 2, "the key is printed (in two lines) only at first start"
         assert srv.api("GET", "/snapshots", key=key)[0] == 200
     finally:
-        srv.kill()
+        srv.cleanup()
 
 
 # --- validation ------------------------------------------------------------------------------

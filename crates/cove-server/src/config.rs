@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cove_image::RegistryConfig;
+pub use cove_runtime::RuntimeConfig;
 
 /// Two weeks: unused snapshots go inactive after this long.
 pub const DEFAULT_INACTIVE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -26,6 +27,16 @@ pub struct ServerConfig {
     pub inactive_after: Duration,
     /// How often to look for inactive snapshots.
     pub sweep_interval: Duration,
+    /// Where and how sandboxes run.
+    pub runtime: RuntimeConfig,
+    /// Snapshot used by `POST /sandbox` when the request names none.
+    pub default_snapshot: Option<String>,
+    /// How clients reach this server (the toolbox proxy URL is derived from it).
+    pub public_url: String,
+    /// How often to check that started sandboxes are still running.
+    pub monitor_interval: Duration,
+    /// Processes allowed in one sandbox.
+    pub pids_limit: u32,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod toolbox;
 
 use std::sync::Arc;
 
@@ -42,6 +43,12 @@ pub enum StartError {
     /// Resuming jobs failed.
     #[error("resume unfinished jobs")]
     Resume(#[source] service::snapshots::SnapshotError),
+    /// The sandbox runtime could not be set up.
+    #[error("set up the sandbox runtime")]
+    Runtime(#[source] cove_runtime::RuntimeError),
+    /// Reconciling sandboxes with runc failed.
+    #[error("reconcile sandboxes")]
+    Reconcile(#[source] service::sandboxes::SandboxError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -72,9 +79,25 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     let keys = service::keys::KeyService::new(store.clone());
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone());
+    let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
+    let toolbox_url = format!("{}/toolbox", cfg.public_url.trim_end_matches('/'));
+    let sandboxes = service::sandboxes::SandboxService::new(
+        store.clone(),
+        runtime,
+        snapshots.clone(),
+        cfg.default_snapshot.clone(),
+        toolbox_url,
+        cfg.pids_limit,
+    );
+    // Sandboxes first: their images must count as referenced before snapshots collect garbage.
+    sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
     snapshots.resume().await.map_err(StartError::Resume)?;
     tokio::spawn(snapshots.clone().run_inactivity_sweeper(cfg.inactive_after, cfg.sweep_interval));
-    Ok(Prepared { state: AppState { store, keys, snapshots, started_at: chrono::Utc::now() }, generated_key })
+    tokio::spawn(sandboxes.clone().run_monitor(cfg.monitor_interval));
+    Ok(Prepared {
+        state: AppState { store, keys, snapshots, sandboxes, started_at: chrono::Utc::now() },
+        generated_key,
+    })
 }
 
 /// Serves the API until `shutdown` resolves.

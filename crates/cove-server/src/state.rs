@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::service::keys::KeyService;
+use crate::service::sandboxes::SandboxService;
 use crate::service::snapshots::SnapshotService;
 use crate::store::Store;
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub keys: KeyService,
     /// Snapshots.
     pub snapshots: SnapshotService,
+    /// Sandboxes.
+    pub sandboxes: SandboxService,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

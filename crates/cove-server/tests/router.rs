@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cove_server::config::RegistryConfig;
+use cove_server::config::{RegistryConfig, RuntimeConfig};
 use cove_server::{ServerConfig, api, prepare};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -22,6 +22,22 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         api_key: Some(KEY.into()),
         inactive_after: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
+        // These tests start no sandbox; the runtime only needs valid settings and a bridge
+        // of its own (shared by the tests in this file).
+        runtime: RuntimeConfig {
+            root: dir.path().join("sandboxes"),
+            runc_root: dir.path().join("runc"),
+            agent_binary: "/bin/busybox".into(),
+            bridge: "covert0".into(),
+            cidr: "10.214.7.0/24".into(),
+            cgroup_parent: "/cove-router-test".into(),
+            name_prefix: "cvrt".into(),
+            seccomp_profile: None,
+        },
+        default_snapshot: None,
+        public_url: "http://127.0.0.1:1".into(),
+        monitor_interval: Duration::from_secs(3600),
+        pids_limit: 64,
     };
     let p = prepare(&cfg).await.unwrap();
     (dir, api::app(p.state))

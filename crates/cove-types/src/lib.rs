@@ -10,10 +10,12 @@ pub mod error;
 pub mod fs;
 pub mod name;
 pub mod reference;
+pub mod sandbox;
 pub mod state;
 
 pub use digest::Digest;
 pub use error::ErrorKind;
 pub use name::SnapshotName;
 pub use reference::ImageRef;
+pub use sandbox::SandboxState;
 pub use state::SnapshotState;

@@ -48,6 +48,36 @@ struct ServerArgs {
     /// Seconds between inactivity sweeps.
     #[arg(long, env = "COVE_INACTIVITY_SWEEP_SECS", default_value_t = 3600)]
     inactivity_sweep_secs: u64,
+    /// Snapshot for `POST /api/sandbox` requests that name none.
+    #[arg(long, env = "COVE_DEFAULT_SNAPSHOT")]
+    default_snapshot: Option<String>,
+    /// URL clients use to reach this server (toolboxProxyUrl is derived from it); default http://LISTEN.
+    #[arg(long, env = "COVE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Private IPv4 range for sandbox addresses; the first address is the bridge's.
+    #[arg(long, env = "COVE_SANDBOX_CIDR", default_value = "10.213.0.0/16")]
+    sandbox_cidr: String,
+    /// Name of the host bridge sandboxes are attached to.
+    #[arg(long, env = "COVE_BRIDGE", default_value = "cove0")]
+    bridge: String,
+    /// Cgroup under which each sandbox gets its own.
+    #[arg(long, env = "COVE_CGROUP_PARENT", default_value = "/cove")]
+    cgroup_parent: String,
+    /// Prefix of network namespace and veth names.
+    #[arg(long, env = "COVE_NET_PREFIX", default_value = "cv")]
+    net_prefix: String,
+    /// runc's state directory.
+    #[arg(long, env = "COVE_RUNC_ROOT", default_value = "/run/cove/runc")]
+    runc_root: PathBuf,
+    /// The static in-sandbox agent (default: cove-agent next to this binary).
+    #[arg(long, env = "COVE_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
+    /// Processes allowed in one sandbox (a fork bomb stops there).
+    #[arg(long, env = "COVE_SANDBOX_PIDS_LIMIT", default_value_t = 4096)]
+    sandbox_pids_limit: u32,
+    /// Docker-format seccomp profile applied to unprivileged sandboxes.
+    #[arg(long, env = "COVE_SECCOMP_PROFILE")]
+    seccomp_profile: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +113,37 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             regions.push(r);
         }
     }
+    let agent_binary = match a.agent_binary {
+        Some(p) => p,
+        None => std::env::current_exe().context("find this binary")?.with_file_name("cove-agent"),
+    };
+    anyhow::ensure!(
+        agent_binary.is_file(),
+        "the sandbox agent {} is missing: build it with `make build` (or pass --agent-binary)",
+        agent_binary.display()
+    );
+    let public_url = a.public_url.unwrap_or_else(|| {
+        let host = if a.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { a.listen.ip().to_string() };
+        format!("http://{host}:{}", a.listen.port())
+    });
+    // Each sandbox's agent socket is <data-dir>/sandboxes/<uuid>/toolbox/toolbox.sock, and unix
+    // socket paths are limited to 107 bytes.
+    let data_len = a.data_dir.as_os_str().len();
+    anyhow::ensure!(
+        data_len <= 50,
+        "--data-dir {} is {data_len} bytes long; at most 50 are allowed so that sandbox agent sockets fit the 107-byte unix socket limit",
+        a.data_dir.display()
+    );
+    let runtime = cove_server::config::RuntimeConfig {
+        root: a.data_dir.join("sandboxes"),
+        runc_root: a.runc_root,
+        agent_binary,
+        bridge: a.bridge,
+        cidr: a.sandbox_cidr,
+        cgroup_parent: a.cgroup_parent,
+        name_prefix: a.net_prefix,
+        seccomp_profile: a.seccomp_profile,
+    };
     let cfg = ServerConfig {
         listen: a.listen,
         data_dir: a.data_dir,
@@ -91,6 +152,11 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         inactive_after: a.snapshot_inactive_after_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INACTIVE_AFTER),
         sweep_interval: Duration::from_secs(a.inactivity_sweep_secs.max(1)),
+        runtime,
+        default_snapshot: a.default_snapshot.filter(|s| !s.is_empty()),
+        public_url,
+        monitor_interval: Duration::from_secs(2),
+        pids_limit: a.sandbox_pids_limit.max(16),
     };
     let prepared = cove_server::prepare(&cfg).await.context("start cove server")?;
     if let Some(key) = &prepared.generated_key {

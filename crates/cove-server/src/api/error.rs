@@ -7,6 +7,7 @@ use cove_types::ErrorKind;
 use cove_types::dto::ErrorEnvelope;
 
 use crate::service::keys::KeyError;
+use crate::service::sandboxes::SandboxError;
 use crate::service::snapshots::SnapshotError;
 
 /// An error on its way to the client.
@@ -79,6 +80,12 @@ impl From<SnapshotError> for ApiError {
 
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
+        ApiError::new(e.kind(), cove_types::error::chain(&e))
+    }
+}
+
+impl From<SandboxError> for ApiError {
+    fn from(e: SandboxError) -> Self {
         ApiError::new(e.kind(), cove_types::error::chain(&e))
     }
 }

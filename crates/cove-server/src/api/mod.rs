@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod keys;
+mod sandboxes;
 mod snapshots;
 mod system;
 
@@ -25,11 +26,16 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .merge(snapshots::router())
         .merge(keys::router())
+        .merge(sandboxes::router())
         .merge(system::authed_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().merge(system::public_router()).merge(authed);
+    let toolbox = sandboxes::toolbox_router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .nest("/api", api)
+        .merge(toolbox)
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
         .layer(TraceLayer::new_for_http())

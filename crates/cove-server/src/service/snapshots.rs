@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cove_image::ImageStore;
+use cove_image::{ImageRecord, ImageStore};
 use cove_types::dto::{CreateSnapshot, PaginatedSnapshots, SnapshotDto};
 use cove_types::reference::ParseRefError;
 use cove_types::{Digest, ErrorKind, ImageRef, SnapshotName, SnapshotState};
@@ -83,6 +83,14 @@ pub enum SnapshotError {
         /// What to do instead.
         hint: &'static str,
     },
+    /// An active snapshot whose image is not on disk (removed by hand).
+    #[error(
+        "the image of snapshot {name} is missing from the data directory; deactivate and activate it to pull it again"
+    )]
+    ImageMissing {
+        /// The snapshot.
+        name: String,
+    },
     /// The store failed.
     #[error("{op}: {source}")]
     Store {
@@ -102,7 +110,7 @@ impl SnapshotError {
             Self::BuildUnsupported => ErrorKind::Unimplemented,
             Self::RegionNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
             Self::NameTaken { .. } => ErrorKind::AlreadyExists,
-            Self::WrongState { .. } => ErrorKind::FailedPrecondition,
+            Self::WrongState { .. } | Self::ImageMissing { .. } => ErrorKind::FailedPrecondition,
             Self::Store { source, .. } => source.kind(),
         }
     }
@@ -252,6 +260,50 @@ impl SnapshotService {
             .await
             .map_err(store("get snapshot"))?
             .ok_or_else(|| SnapshotError::NotFound { id_or_name: id_or_name.to_string() })
+    }
+
+    /// The snapshot a new sandbox will start from, with its unpacked image. An inactive
+    /// snapshot is activated, and one still pulling is waited for (up to `wait`), instead of
+    /// failing. Records the use (`lastUsedAt`).
+    pub async fn acquire_for_sandbox(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        wait: Duration,
+    ) -> Result<(SnapshotRecord, ImageRecord), SnapshotError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut s = self.find(who, id_or_name).await?;
+        if s.state == SnapshotState::Inactive {
+            self.activate(who, &s.id).await?;
+        }
+        loop {
+            s = self.find(who, &s.id).await?;
+            match s.state {
+                SnapshotState::Active => break,
+                SnapshotState::Pending | SnapshotState::Pulling | SnapshotState::Building
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    let hint = match &s.error_reason {
+                        Some(_) => "; see its errorReason",
+                        None => "; it must be active",
+                    };
+                    return Err(wrong_state("create a sandbox from", &s, hint));
+                }
+            }
+        }
+        let image = s
+            .image_digest
+            .as_deref()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .and_then(|d| self.inner.images.image(&d))
+            .ok_or_else(|| SnapshotError::ImageMissing { name: s.name.clone() })?;
+        let now = now_millis();
+        self.inner.store.touch_snapshot(&s.id, now).await.map_err(store("record snapshot use"))?;
+        s.last_used_at = Some(now);
+        Ok((s, image))
     }
 
     /// One snapshot by id or name.

@@ -8,7 +8,9 @@ mod sqlite;
 
 use std::collections::HashSet;
 
-use cove_types::SnapshotState;
+use std::collections::BTreeMap;
+
+use cove_types::{SandboxState, SnapshotState};
 
 pub use sqlite::SqliteStore;
 
@@ -86,6 +88,63 @@ pub struct SnapshotRecord {
     pub updated_at: Millis,
     /// Last used by a sandbox.
     pub last_used_at: Option<Millis>,
+}
+
+/// A sandbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRecord {
+    /// UUID.
+    pub id: String,
+    /// Owner.
+    pub org_id: String,
+    /// Name, unique per organization.
+    pub name: String,
+    /// The snapshot it was made from (may have been deleted since).
+    pub snapshot_id: Option<String>,
+    /// That snapshot's name.
+    pub snapshot_name: Option<String>,
+    /// The image its root filesystem is layered on.
+    pub image_digest: String,
+    /// User commands run as.
+    pub user: String,
+    /// Environment given at creation.
+    pub env: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Public preview links.
+    pub public: bool,
+    /// No network at all.
+    pub network_block_all: bool,
+    /// Runs privileged (explicit opt-in).
+    pub privileged: bool,
+    /// Region.
+    pub region_id: String,
+    /// vCPUs.
+    pub cpu: i64,
+    /// GPUs.
+    pub gpu: i64,
+    /// GiB.
+    pub mem: i64,
+    /// GiB.
+    pub disk: i64,
+    /// State.
+    pub state: SandboxState,
+    /// What the last verb asked for (`started`, `stopped`, `destroyed`).
+    pub desired_state: String,
+    /// Why it failed.
+    pub error_reason: Option<String>,
+    /// Minutes.
+    pub auto_stop: i64,
+    /// Minutes.
+    pub auto_archive: i64,
+    /// Minutes.
+    pub auto_delete: i64,
+    /// The agent's version, once it answered.
+    pub daemon_version: Option<String>,
+    /// Created.
+    pub created_at: Millis,
+    /// Last changed.
+    pub updated_at: Millis,
 }
 
 /// Sort keys for listing.
@@ -207,4 +266,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn referenced_images(&self) -> Result<HashSet<String>, StoreError>;
     /// Moves active snapshots not used since `before` to inactive; returns how many.
     async fn deactivate_unused(&self, before: Millis, now: Millis) -> Result<u64, StoreError>;
+    /// Records that a sandbox used a snapshot.
+    async fn touch_snapshot(&self, id: &str, at: Millis) -> Result<(), StoreError>;
+
+    /// Inserts a sandbox; [`StoreError::Duplicate`] when the name is taken in the organization.
+    async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError>;
+    /// A sandbox by id or, failing that, by name, within one organization.
+    async fn get_sandbox(&self, org_id: &str, id_or_name: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    /// An organization's sandboxes, newest first.
+    async fn list_sandboxes(&self, org_id: &str) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Writes `s` only if the stored state is one of `expected`; returns whether it did.
+    async fn update_sandbox_if(&self, s: &SandboxRecord, expected: &[SandboxState]) -> Result<bool, StoreError>;
+    /// Deletes a sandbox row.
+    async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError>;
+    /// Every sandbox row in all organizations (for reconciling at start).
+    async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError>;
 }

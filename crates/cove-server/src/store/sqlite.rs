@@ -5,11 +5,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cove_types::SnapshotState;
+use cove_types::{SandboxState, SnapshotState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{ApiKeyRecord, Millis, Organization, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError};
+use super::{
+    ApiKeyRecord, Millis, Organization, SandboxRecord, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError,
+};
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -20,6 +22,10 @@ pub struct SqliteStore {
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
      entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at";
 const SNAPSHOT_COLUMN_COUNT: usize = 18;
+const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
+     network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
+     auto_archive, auto_delete, daemon_version, created_at, updated_at";
+const SANDBOX_COLUMN_COUNT: usize = 26;
 
 impl SqliteStore {
     /// Opens (creating) the database file and applies pending migrations.
@@ -90,6 +96,73 @@ fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         created_at: r.try_get("created_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
     })
+}
+
+fn sandbox_from_row(r: &SqliteRow) -> Result<SandboxRecord, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "sandbox row", why: e.to_string() };
+    let json = |what: &'static str, v: String| {
+        serde_json::from_str(&v).map_err(|e| StoreError::Decode { what, why: e.to_string() })
+    };
+    let state: String = r.try_get("state").map_err(get)?;
+    Ok(SandboxRecord {
+        id: r.try_get("id").map_err(get)?,
+        org_id: r.try_get("org_id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        snapshot_id: r.try_get("snapshot_id").map_err(get)?,
+        snapshot_name: r.try_get("snapshot_name").map_err(get)?,
+        image_digest: r.try_get("image_digest").map_err(get)?,
+        user: r.try_get("user_name").map_err(get)?,
+        env: json("env", r.try_get("env").map_err(get)?)?,
+        labels: json("labels", r.try_get("labels").map_err(get)?)?,
+        public: r.try_get::<i64, _>("public").map_err(get)? != 0,
+        network_block_all: r.try_get::<i64, _>("network_block_all").map_err(get)? != 0,
+        privileged: r.try_get::<i64, _>("privileged").map_err(get)? != 0,
+        region_id: r.try_get("region_id").map_err(get)?,
+        cpu: r.try_get("cpu").map_err(get)?,
+        gpu: r.try_get("gpu").map_err(get)?,
+        mem: r.try_get("mem").map_err(get)?,
+        disk: r.try_get("disk").map_err(get)?,
+        state: SandboxState::from_str(&state).map_err(|e| StoreError::Decode { what: "state", why: e.to_string() })?,
+        desired_state: r.try_get("desired_state").map_err(get)?,
+        error_reason: r.try_get("error_reason").map_err(get)?,
+        auto_stop: r.try_get("auto_stop").map_err(get)?,
+        auto_archive: r.try_get("auto_archive").map_err(get)?,
+        auto_delete: r.try_get("auto_delete").map_err(get)?,
+        daemon_version: r.try_get("daemon_version").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+        updated_at: r.try_get("updated_at").map_err(get)?,
+    })
+}
+
+/// Binds every column of [`SANDBOX_COLUMNS`], in its order.
+fn bind_sandbox<'q>(q: SqliteQuery<'q>, s: &'q SandboxRecord) -> SqliteQuery<'q> {
+    let json = |m| serde_json::to_string(m).expect("a string map always serializes");
+    q.bind(&s.id)
+        .bind(&s.org_id)
+        .bind(&s.name)
+        .bind(&s.snapshot_id)
+        .bind(&s.snapshot_name)
+        .bind(&s.image_digest)
+        .bind(&s.user)
+        .bind(json(&s.env))
+        .bind(json(&s.labels))
+        .bind(i64::from(s.public))
+        .bind(i64::from(s.network_block_all))
+        .bind(i64::from(s.privileged))
+        .bind(&s.region_id)
+        .bind(s.cpu)
+        .bind(s.gpu)
+        .bind(s.mem)
+        .bind(s.disk)
+        .bind(s.state.as_str())
+        .bind(&s.desired_state)
+        .bind(&s.error_reason)
+        .bind(s.auto_stop)
+        .bind(s.auto_archive)
+        .bind(s.auto_delete)
+        .bind(&s.daemon_version)
+        .bind(s.created_at)
+        .bind(s.updated_at)
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -342,6 +415,74 @@ impl Store for SqliteStore {
         .await
         .map_err(q("deactivate unused snapshots"))?;
         Ok(r.rows_affected())
+    }
+
+    async fn touch_snapshot(&self, id: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE snapshots SET last_used_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("record snapshot use"))?;
+        Ok(())
+    }
+
+    async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ({})", placeholders(SANDBOX_COLUMN_COUNT));
+        bind_sandbox(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
+            if is_unique_violation(&e) { StoreError::Duplicate { what: "sandbox" } } else { q("insert sandbox")(e) }
+        })?;
+        Ok(())
+    }
+
+    async fn get_sandbox(&self, org_id: &str, id_or_name: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE org_id = ? AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get sandbox"))?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn list_sandboxes(&self, org_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE org_id = ? ORDER BY created_at DESC, id DESC");
+        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await.map_err(q("list sandboxes"))?;
+        rows.iter().map(sandbox_from_row).collect()
+    }
+
+    async fn update_sandbox_if(&self, s: &SandboxRecord, expected: &[SandboxState]) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE sandboxes SET ({SANDBOX_COLUMNS}) = ({}) WHERE id = ? AND state IN ({})",
+            placeholders(SANDBOX_COLUMN_COUNT),
+            placeholders(expected.len())
+        );
+        let mut rq = bind_sandbox(sqlx::query(&sql), s).bind(&s.id);
+        for st in expected {
+            rq = rq.bind(st.as_str());
+        }
+        let r = rq.execute(&self.pool).await.map_err(q("update sandbox"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete sandbox"))?;
+        Ok(())
+    }
+
+    async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(q("list all sandboxes"))?;
+        rows.iter().map(sandbox_from_row).collect()
     }
 }
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""`make bench`, sandboxes: API create → first `process/execute` answered, exec latency and
+idle memory, each beside a baseline measured in the same run on the same rootfs:
+`runc run -d` (no overlay, disk, agent or API) and `runc exec`. Docker is measured as a
+peer when a Docker engine answers."""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+os.environ.setdefault("COVE_BIN", str(ROOT / "target" / "release" / "cove"))
+os.environ.setdefault("COVE_AGENT_BIN", str(ROOT / "target" / "release" / "cove-agent"))
+
+import mkimage  # noqa: E402
+from harness import API_KEY, Cove, Registry  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "20"))
+EXEC_RUNS = int(os.environ.get("BENCH_EXEC_RUNS", "100"))
+IDLE = int(os.environ.get("BENCH_IDLE_SANDBOXES", "10"))
+
+
+def post(url, body):
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def ms(xs):
+    return statistics.median(xs) * 1000
+
+
+def row(name, xs, base=None, unit="ms"):
+    med = statistics.median(xs) * (1000 if unit == "ms" else 1)
+    p90 = sorted(xs)[max(0, int(len(xs) * 0.9) - 1)] * (1000 if unit == "ms" else 1)
+    ratio = f"{statistics.median(xs) / statistics.median(base):6.2f}x" if base else "   1.00x"
+    return f"{name:<52} {med:9.2f} {p90:9.2f} {ratio}"
+
+
+def runc_baseline(rootfs, work):
+    """`runc run -d` of the image rootfs, read-only, with limits and a fresh netns."""
+    bundle = work / "bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["sleep", "infinity"]
+    cfg["root"] = {"path": str(rootfs), "readonly": True}
+    cfg["linux"]["resources"] = {
+        "cpu": {"quota": 100000, "period": 100000},
+        "memory": {"limit": 1 << 30, "swap": 1 << 30},
+        "pids": {"limit": 4096},
+    }
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    state = work / "runc"
+    starts, execs = [], []
+    for i in range(RUNS):
+        cid = f"covebench{os.getpid()}x{i}"
+        cfg["linux"]["cgroupsPath"] = f"/cove-bench/{cid}"
+        (bundle / "config.json").write_text(json.dumps(cfg))
+        t0 = time.perf_counter()
+        subprocess.run(["runc", "--root", str(state), "run", "-d", "--bundle", str(bundle), cid],
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        starts.append(time.perf_counter() - t0)
+        if i == 0:
+            for _ in range(min(EXEC_RUNS, 30)):
+                t0 = time.perf_counter()
+                subprocess.run(["runc", "--root", str(state), "exec", cid, "true"], check=True)
+                execs.append(time.perf_counter() - t0)
+        subprocess.run(["runc", "--root", str(state), "kill", cid, "KILL"], capture_output=True)
+        for _ in range(100):
+            st = subprocess.run(["runc", "--root", str(state), "state", cid], capture_output=True, text=True).stdout
+            if '"stopped"' in st:
+                break
+            time.sleep(0.005)
+        subprocess.run(["runc", "--root", str(state), "delete", cid], capture_output=True)
+    return starts, execs
+
+
+def docker_peer():
+    if not shutil.which("docker"):
+        return None
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return None
+    return True
+
+
+def main():
+    tmp = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
+    registry = Registry(tmp / "registry")
+    server = None
+    try:
+        mkimage.push_image(registry.url, "library/python", ["3.12"], seed="bench")
+        server = Cove(tmp / "d", registry.url, extra=["--default-snapshot", "bench"]).start()
+        snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": "python:3.12"})
+        snap = server.wait_state(snap["id"])
+        rootfs = server.data_dir / "images" / snap["ref"].split(":")[1] / "rootfs"
+
+        # Warm-up (page cache, first loop device), not counted.
+        sb = post(server.api_url + "/sandbox", {})
+        server.api("DELETE", f"/sandbox/{sb['id']}")
+
+        creates, first_exec = [], []
+        for _ in range(RUNS):
+            t0 = time.perf_counter()
+            sb = post(server.api_url + "/sandbox", {})
+            r = post(f"{server.url}/toolbox/{sb['id']}/process/execute", {"command": "true"})
+            first_exec.append(time.perf_counter() - t0)
+            assert sb["state"] == "started" and r["exitCode"] == 0, (sb, r)
+            server.api("DELETE", f"/sandbox/{sb['id']}")
+        sb = post(server.api_url + "/sandbox", {})
+        execs = []
+        for _ in range(EXEC_RUNS):
+            t0 = time.perf_counter()
+            post(f"{server.url}/toolbox/{sb['id']}/process/execute", {"command": "true"})
+            execs.append(time.perf_counter() - t0)
+        server.api("DELETE", f"/sandbox/{sb['id']}")
+
+        ids = [post(server.api_url + "/sandbox", {})["id"] for _ in range(IDLE)]
+        time.sleep(1.0)
+        usage, rss = [], []
+        for i in ids:
+            cg = next(Path("/sys/fs/cgroup/memory").glob(f"**/{i}"))
+            usage.append(int((cg / "memory.usage_in_bytes").read_text()) / (1 << 20))
+            stat = dict(l.split() for l in (cg / "memory.stat").read_text().splitlines())
+            rss.append((int(stat["total_rss"]) + int(stat.get("total_mapped_file", 0))) / (1 << 20))
+        for i in ids:
+            server.api("DELETE", f"/sandbox/{i}")
+
+        base_starts, base_execs = runc_baseline(rootfs, tmp / "base")
+
+        print(f"\nSandboxes from a busybox snapshot, {RUNS} starts, {EXEC_RUNS} execs, {IDLE} idle sandboxes")
+        print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
+        print(row("runc run -d, same rootfs (baseline), ms", base_starts))
+        print(row("cove: POST /api/sandbox -> first execute answered, ms", first_exec, base_starts))
+        print(row("runc exec true (baseline), ms", base_execs))
+        print(row("cove: process/execute `true` via the server, ms", execs, base_execs))
+        print(row("cove: idle sandbox memory.usage_in_bytes, MiB", usage, unit="MiB"))
+        print(row("cove: idle sandbox rss + mapped files, MiB", rss, unit="MiB"))
+        print(f"\ntargets: start p50 <= 40 ms and <= 1.5x runc ({ms(first_exec) / ms(base_starts):.2f}x); "
+              f"exec p50 <= 3 ms ({ms(execs):.2f}); idle <= 8 MiB ({statistics.median(usage):.2f})")
+        if docker_peer():
+            print("docker: engine present (peer figures: run `docker run -d` separately)")
+        else:
+            print("docker: no Docker engine answers on this machine; peer figures skipped")
+    finally:
+        if server:
+            server.cleanup()
+        registry.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

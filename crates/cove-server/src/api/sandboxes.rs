@@ -1,0 +1,122 @@
+//! `/sandbox` and the toolbox proxy `/toolbox/{id}/…`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::routing::{any, get, post, put};
+use axum::{Extension, Json, Router};
+use cove_types::ErrorKind;
+use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto};
+
+use super::error::ApiError;
+use super::extract::{Body, Params};
+use crate::service::keys::Principal;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sandbox", post(create).get(list))
+        .route("/sandbox/{id}", get(get_one).delete(delete))
+        .route("/sandbox/{id}/start", post(start))
+        .route("/sandbox/{id}/stop", post(stop))
+        .route("/sandbox/{id}/labels", put(set_labels))
+        .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_url))
+}
+
+/// Mounted at the root, next to `/api`: `{toolboxProxyUrl}/{id}/{path}`.
+pub fn toolbox_router() -> Router<AppState> {
+    Router::new().route("/toolbox/{id}/{*path}", any(toolbox))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<CreateSandbox>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.create(&who, req).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    labels: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Params(q): Params<ListQuery>,
+) -> Result<Json<ListSandboxesResponse>, ApiError> {
+    Ok(Json(s.sandboxes.list(&who, q.labels.as_deref()).await?))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.get(&who, &id).await?))
+}
+
+async fn start(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.start(&who, &id).await?))
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.stop(&who, &id).await?))
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.delete(&who, &id).await?))
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Labels {
+    labels: BTreeMap<String, String>,
+}
+
+async fn set_labels(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Body(b): Body<Labels>,
+) -> Result<Json<Labels>, ApiError> {
+    Ok(Json(Labels { labels: s.sandboxes.set_labels(&who, &id, b.labels).await? }))
+}
+
+async fn toolbox_url(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.sandboxes.get(&who, &id).await?;
+    Ok(Json(serde_json::json!({ "url": s.sandboxes.toolbox_url() })))
+}
+
+async fn toolbox(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let socket = s.sandboxes.toolbox_socket(&who, &id).await?;
+    let target = match req.uri().query() {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    crate::toolbox::forward(&socket, req, &target)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Unavailable, cove_types::error::chain(&e)))
+}

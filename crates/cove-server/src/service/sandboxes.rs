@@ -1,0 +1,614 @@
+//! Sandboxes: creation from snapshots, start/stop/delete, reconciliation with `runc` after
+//! a restart, a monitor that notices sandboxes that died, and the lookup the toolbox proxy
+//! uses.
+//!
+//! `POST /sandbox` answers only once the agent inside answers `GET /version`, so clients
+//! get `started` straight away and never poll.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cove_runtime::{Runtime, RuntimeError, SandboxSpec, SandboxStatus};
+use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, SandboxListItem};
+use cove_types::{ErrorKind, SandboxState, SnapshotName};
+
+use super::keys::Principal;
+use super::snapshots::{SnapshotError, SnapshotService};
+use super::{iso, now_millis};
+use crate::store::{SandboxRecord, Store, StoreError};
+use crate::toolbox::{self, ToolboxError};
+
+/// Sandboxes get at most this many processes unless configured otherwise.
+pub const DEFAULT_PIDS_LIMIT: u32 = 4096;
+/// How long a stop waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the agent may take to answer after `runc run`.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a create waits for a snapshot that is still pulling.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
+
+/// A failed sandbox operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A field is missing or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Neither a snapshot in the request nor a server default.
+    #[error(
+        "no snapshot given and this server has no default snapshot; name one, or start the server with --default-snapshot NAME"
+    )]
+    NoSnapshot,
+    /// Dockerfile builds come with the builder.
+    #[error(
+        "creating sandboxes from an image build (buildInfo) is not supported by this server yet; create a snapshot and start the sandbox from it"
+    )]
+    BuildUnsupported,
+    /// The snapshot cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot asks for GPUs this machine does not have.
+    #[error("snapshot {snapshot} needs {gpu} GPU(s) but this machine has none")]
+    NoGpu {
+        /// Snapshot.
+        snapshot: String,
+        /// GPUs asked for.
+        gpu: i64,
+    },
+    /// Name taken.
+    #[error("sandbox with name \"{name}\" already exists for this organization")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// No such sandbox in the caller's organization.
+    #[error("sandbox {id_or_name} not found")]
+    NotFound {
+        /// What was asked for.
+        id_or_name: String,
+    },
+    /// The verb is not allowed now.
+    #[error("cannot {verb} sandbox {name}: it is {state}")]
+    WrongState {
+        /// The verb.
+        verb: &'static str,
+        /// The sandbox.
+        name: String,
+        /// Its state.
+        state: SandboxState,
+    },
+    /// Another verb is in flight.
+    #[error("sandbox {name} is {state}; wait for that to finish")]
+    Busy {
+        /// The sandbox.
+        name: String,
+        /// Its state.
+        state: SandboxState,
+    },
+    /// The runtime failed.
+    #[error("{op} sandbox {id}: {source}")]
+    Runtime {
+        /// The verb.
+        op: &'static str,
+        /// The sandbox.
+        id: String,
+        /// Cause.
+        #[source]
+        source: RuntimeError,
+    },
+    /// The agent did not come up.
+    #[error("sandbox {id} started but its agent did not answer: {source}")]
+    Agent {
+        /// The sandbox.
+        id: String,
+        /// Cause.
+        #[source]
+        source: ToolboxError,
+    },
+    /// The store failed.
+    #[error("{op}: {source}")]
+    Store {
+        /// The operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl SandboxError {
+    /// The error class.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } => ErrorKind::InvalidArgument,
+            Self::BuildUnsupported => ErrorKind::Unimplemented,
+            Self::Snapshot(e) => match e.kind() {
+                // A snapshot that does not exist is a bad request for a sandbox (Daytona: 400).
+                ErrorKind::NotFound => ErrorKind::InvalidArgument,
+                k => k,
+            },
+            Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::WrongState { .. } => ErrorKind::FailedPrecondition,
+            Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
+            Self::Store { source, .. } => source.kind(),
+        }
+    }
+}
+
+fn store(op: &'static str) -> impl FnOnce(StoreError) -> SandboxError {
+    move |source| SandboxError::Store { op, source }
+}
+
+/// Sandbox operations.
+#[derive(Debug, Clone)]
+pub struct SandboxService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
+    snapshots: SnapshotService,
+    default_snapshot: Option<String>,
+    toolbox_url: String,
+    has_gpu: bool,
+    pids_limit: u32,
+}
+
+impl SandboxService {
+    /// A service; `toolbox_url` is the public base of the toolbox proxy (`…/toolbox`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<Runtime>,
+        snapshots: SnapshotService,
+        default_snapshot: Option<String>,
+        toolbox_url: String,
+        pids_limit: u32,
+    ) -> Self {
+        let has_gpu = std::path::Path::new("/dev/nvidia0").exists();
+        SandboxService {
+            inner: Arc::new(Inner { store, runtime, snapshots, default_snapshot, toolbox_url, has_gpu, pids_limit }),
+        }
+    }
+
+    /// Creates a sandbox from a snapshot and answers once its agent is ready.
+    #[tracing::instrument(skip_all, fields(org_id = %who.org_id))]
+    pub async fn create(&self, who: &Principal, req: CreateSandbox) -> Result<SandboxDto, SandboxError> {
+        if req.build_info.is_some() {
+            return Err(SandboxError::BuildUnsupported);
+        }
+        if req.cpu.is_some() || req.memory.is_some() || req.disk.is_some() || req.gpu.is_some() {
+            return Err(SandboxError::Invalid(
+                "cannot specify sandbox resources when using a snapshot: the snapshot's resources apply".into(),
+            ));
+        }
+        let snapshot_ref = req
+            .snapshot
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| self.inner.default_snapshot.clone())
+            .ok_or(SandboxError::NoSnapshot)?;
+        let (snap, image) = self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await?;
+        if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
+            return Err(SandboxError::Invalid(format!(
+                "snapshot {} is available in region {}, not {t}",
+                snap.name, snap.region_id
+            )));
+        }
+        if snap.gpu > 0 && !self.inner.has_gpu {
+            return Err(SandboxError::NoGpu { snapshot: snap.name.clone(), gpu: snap.gpu });
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => SnapshotName::parse(n)
+                .map_err(|e| SandboxError::Invalid(e.to_string().replace("snapshot name", "sandbox name")))?
+                .as_str()
+                .to_string(),
+            None => id.clone(),
+        };
+        let env = req.env.unwrap_or_default();
+        if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(SandboxError::Invalid(format!("invalid environment variable name {k:?}")));
+        }
+        let user =
+            req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
+        let now = now_millis();
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            org_id: who.org_id.clone(),
+            name,
+            snapshot_id: Some(snap.id.clone()),
+            snapshot_name: Some(snap.name.clone()),
+            image_digest: image.manifest_digest.to_string(),
+            user: user.clone().unwrap_or_else(|| "root".into()),
+            env: env.clone(),
+            labels: req.labels.unwrap_or_default(),
+            public: req.public.unwrap_or(false),
+            network_block_all: req.network_block_all.unwrap_or(false),
+            privileged: req.privileged.unwrap_or(false),
+            region_id: snap.region_id.clone(),
+            cpu: snap.cpu,
+            gpu: snap.gpu,
+            mem: snap.mem,
+            disk: snap.disk,
+            state: SandboxState::Creating,
+            desired_state: "started".into(),
+            error_reason: None,
+            auto_stop: req.auto_stop_interval.unwrap_or(0),
+            auto_archive: req.auto_archive_interval.unwrap_or(10080),
+            auto_delete: req.auto_delete_interval.unwrap_or(-1),
+            daemon_version: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.insert_sandbox(&rec).await.map_err(|e| match e {
+            StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
+            e => store("create sandbox")(e),
+        })?;
+        let mut full_env: Vec<String> = image.config.env.clone().unwrap_or_default();
+        full_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        full_env.push(format!("COVE_SANDBOX_ID={id}"));
+        full_env.push(format!("DAYTONA_SANDBOX_ID={id}"));
+        full_env.push(format!("DAYTONA_SANDBOX_SNAPSHOT={}", snap.name));
+        let spec = SandboxSpec {
+            id: id.clone(),
+            lower: image.rootfs.clone(),
+            entrypoint: snap.entrypoint.clone().unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
+            env: full_env,
+            workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
+            user,
+            cpu: u32::try_from(rec.cpu).unwrap_or(1),
+            memory_mib: u64::try_from(rec.mem).unwrap_or(1) * 1024,
+            disk_mib: u64::try_from(rec.disk).unwrap_or(3) * 1024,
+            pids: self.inner.pids_limit,
+            privileged: rec.privileged,
+        };
+        let started = async {
+            self.inner.runtime.create(&spec).await.map_err(|source| SandboxError::Runtime {
+                op: "create",
+                id: id.clone(),
+                source,
+            })?;
+            self.wait_agent(&id).await
+        }
+        .await;
+        self.finish_start(&mut rec, started, SandboxState::Creating).await
+    }
+
+    async fn wait_agent(&self, id: &str) -> Result<String, SandboxError> {
+        toolbox::wait_ready(&self.inner.runtime.socket_path(id), READY_TIMEOUT)
+            .await
+            .map_err(|source| SandboxError::Agent { id: id.to_string(), source })
+    }
+
+    /// Records the outcome of a create or start: `started`, or `error` with the reason.
+    async fn finish_start(
+        &self,
+        rec: &mut SandboxRecord,
+        outcome: Result<String, SandboxError>,
+        from: SandboxState,
+    ) -> Result<SandboxDto, SandboxError> {
+        match outcome {
+            Ok(version) => {
+                rec.state = SandboxState::Started;
+                rec.daemon_version = Some(version);
+                rec.error_reason = None;
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %rec.id, error = %e, "sandbox failed to start");
+                rec.state = SandboxState::Error;
+                rec.error_reason = Some(cove_types::error::chain(&e));
+            }
+        }
+        rec.updated_at = now_millis();
+        if !self.inner.store.update_sandbox_if(rec, &[from]).await.map_err(store("record sandbox start"))? {
+            // Deleted meanwhile: report what is stored (or that it is gone).
+            return self.get_by_id(rec).await;
+        }
+        tracing::info!(sandbox_id = %rec.id, state = %rec.state, "sandbox start finished");
+        Ok(self.dto(rec))
+    }
+
+    async fn get_by_id(&self, rec: &SandboxRecord) -> Result<SandboxDto, SandboxError> {
+        let r = self.inner.store.get_sandbox(&rec.org_id, &rec.id).await.map_err(store("get sandbox"))?;
+        r.map(|r| self.dto(&r)).ok_or_else(|| SandboxError::NotFound { id_or_name: rec.id.clone() })
+    }
+
+    async fn find(&self, who: &Principal, id_or_name: &str) -> Result<SandboxRecord, SandboxError> {
+        self.inner
+            .store
+            .get_sandbox(&who.org_id, id_or_name)
+            .await
+            .map_err(store("get sandbox"))?
+            .ok_or_else(|| SandboxError::NotFound { id_or_name: id_or_name.to_string() })
+    }
+
+    /// One sandbox.
+    pub async fn get(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
+        Ok(self.dto(&self.find(who, id_or_name).await?))
+    }
+
+    /// The caller's sandboxes (one page: cursors are not needed at this scale yet).
+    pub async fn list(&self, who: &Principal, labels: Option<&str>) -> Result<ListSandboxesResponse, SandboxError> {
+        let filter: BTreeMap<String, String> = match labels.filter(|l| !l.is_empty()) {
+            Some(l) => serde_json::from_str(l)
+                .map_err(|e| SandboxError::Invalid(format!("labels must be a JSON object of strings: {e}")))?,
+            None => BTreeMap::new(),
+        };
+        let items = self.inner.store.list_sandboxes(&who.org_id).await.map_err(store("list sandboxes"))?;
+        let items = items
+            .iter()
+            .filter(|s| filter.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| SandboxListItem::from(&self.dto(s)))
+            .collect();
+        Ok(ListSandboxesResponse { items, next_cursor: None })
+    }
+
+    /// Starts a stopped (or crashed) sandbox again; its files are where they were.
+    pub async fn start(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
+        let mut rec = self.find(who, id_or_name).await?;
+        if rec.state == SandboxState::Started {
+            return Ok(self.dto(&rec));
+        }
+        self.transition(&mut rec, "start", SandboxState::Starting, "started").await?;
+        let id = rec.id.clone();
+        let outcome = async {
+            self.inner.runtime.start(&id).await.map_err(|source| SandboxError::Runtime {
+                op: "start",
+                id: id.clone(),
+                source,
+            })?;
+            self.wait_agent(&id).await
+        }
+        .await;
+        self.finish_start(&mut rec, outcome, SandboxState::Starting).await
+    }
+
+    /// Stops a sandbox, keeping its files. An ephemeral sandbox (autoDeleteInterval 0) is
+    /// deleted instead.
+    pub async fn stop(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
+        let mut rec = self.find(who, id_or_name).await?;
+        if rec.auto_delete == 0 {
+            return self.delete(who, id_or_name).await;
+        }
+        if rec.state == SandboxState::Stopped {
+            return Ok(self.dto(&rec));
+        }
+        self.transition(&mut rec, "stop", SandboxState::Stopping, "stopped").await?;
+        let result = self.inner.runtime.stop(&rec.id, STOP_GRACE).await;
+        match result {
+            Ok(()) => {
+                rec.state = SandboxState::Stopped;
+                rec.error_reason = None;
+            }
+            Err(source) => {
+                let e = SandboxError::Runtime { op: "stop", id: rec.id.clone(), source };
+                rec.state = SandboxState::Error;
+                rec.error_reason = Some(cove_types::error::chain(&e));
+            }
+        }
+        rec.updated_at = now_millis();
+        self.inner
+            .store
+            .update_sandbox_if(&rec, &[SandboxState::Stopping])
+            .await
+            .map_err(store("record sandbox stop"))?;
+        tracing::info!(sandbox_id = %rec.id, state = %rec.state, "sandbox stopped");
+        Ok(self.dto(&rec))
+    }
+
+    /// Destroys a sandbox and everything it had on disk; answers with its final record.
+    pub async fn delete(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
+        let mut rec = self.find(who, id_or_name).await?;
+        if !rec.state.can_delete() {
+            return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
+        }
+        let from = rec.state;
+        rec.state = SandboxState::Destroying;
+        rec.desired_state = "destroyed".into();
+        rec.updated_at = now_millis();
+        if !self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("delete sandbox"))? {
+            let now = self.find(who, id_or_name).await?;
+            return Err(SandboxError::Busy { name: now.name, state: now.state });
+        }
+        self.inner.runtime.destroy(&rec.id).await.map_err(|source| SandboxError::Runtime {
+            op: "destroy",
+            id: rec.id.clone(),
+            source,
+        })?;
+        self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
+        tracing::info!(sandbox_id = %rec.id, "sandbox destroyed");
+        let snapshots = self.inner.snapshots.clone();
+        tokio::spawn(async move { snapshots.collect_garbage().await });
+        rec.state = SandboxState::Destroyed;
+        Ok(self.dto(&rec))
+    }
+
+    /// Replaces a sandbox's labels.
+    pub async fn set_labels(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SandboxError> {
+        let mut rec = self.find(who, id_or_name).await?;
+        let from = rec.state;
+        rec.labels = labels;
+        rec.updated_at = now_millis();
+        if !self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("set labels"))? {
+            return Err(SandboxError::Busy { name: rec.name.clone(), state: from });
+        }
+        Ok(rec.labels)
+    }
+
+    async fn transition(
+        &self,
+        rec: &mut SandboxRecord,
+        verb: &'static str,
+        to: SandboxState,
+        desired: &str,
+    ) -> Result<(), SandboxError> {
+        let allowed = match verb {
+            "start" => rec.state.can_start(),
+            _ => rec.state.can_stop(),
+        };
+        if rec.state.is_transitional() {
+            return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
+        }
+        if !allowed {
+            return Err(SandboxError::WrongState { verb, name: rec.name.clone(), state: rec.state });
+        }
+        let from = rec.state;
+        rec.state = to;
+        rec.desired_state = desired.into();
+        rec.updated_at = now_millis();
+        if !self.inner.store.update_sandbox_if(rec, &[from]).await.map_err(store("record sandbox transition"))? {
+            return Err(SandboxError::Busy { name: rec.name.clone(), state: from });
+        }
+        Ok(())
+    }
+
+    /// The socket of a started sandbox's agent, for the toolbox proxy.
+    pub async fn toolbox_socket(&self, who: &Principal, id_or_name: &str) -> Result<PathBuf, SandboxError> {
+        let rec = self.find(who, id_or_name).await?;
+        if !rec.state.can_use_toolbox() {
+            return Err(SandboxError::WrongState { verb: "use the toolbox of", name: rec.name, state: rec.state });
+        }
+        Ok(self.inner.runtime.socket_path(&rec.id))
+    }
+
+    /// The toolbox base URL.
+    pub fn toolbox_url(&self) -> &str {
+        &self.inner.toolbox_url
+    }
+
+    /// Brings records in line with what really runs, after a restart: sandboxes keep running
+    /// while the server is down, so running ones are adopted, dead ones are marked with the
+    /// reason, half-deleted ones are finished.
+    pub async fn reconcile(&self) -> Result<(), SandboxError> {
+        let all = self.inner.store.all_sandboxes_for_job().await.map_err(store("list sandboxes"))?;
+        for mut rec in all {
+            if rec.state == SandboxState::Destroying {
+                if let Err(e) = self.inner.runtime.destroy(&rec.id).await {
+                    tracing::error!(sandbox_id = %rec.id, error = %e, "cannot finish destroying sandbox");
+                    continue;
+                }
+                self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
+                continue;
+            }
+            let status = self.inner.runtime.status(&rec.id).await;
+            let from = rec.state;
+            let (state, reason) = match status {
+                Ok(SandboxStatus::Running { .. }) => match self.wait_agent(&rec.id).await {
+                    Ok(v) => {
+                        rec.daemon_version = Some(v);
+                        (SandboxState::Started, None)
+                    }
+                    Err(e) => (SandboxState::Error, Some(cove_types::error::chain(&e))),
+                },
+                Ok(SandboxStatus::Stopped { exit_code, oom_killed }) => {
+                    // Unmount and release what the dead container held; files stay.
+                    if let Err(e) = self.inner.runtime.stop(&rec.id, Duration::ZERO).await {
+                        tracing::warn!(sandbox_id = %rec.id, error = %e, "cleanup of a stopped sandbox failed");
+                    }
+                    if rec.desired_state == "stopped" {
+                        (SandboxState::Stopped, None)
+                    } else {
+                        (SandboxState::Error, Some(death_reason(exit_code, oom_killed, rec.mem)))
+                    }
+                }
+                Ok(SandboxStatus::Missing) => (SandboxState::Stopped, None),
+                Err(e) => (SandboxState::Error, Some(format!("cannot read the sandbox's state: {e}"))),
+            };
+            if state != from || reason != rec.error_reason {
+                rec.state = state;
+                rec.error_reason = reason;
+                rec.updated_at = now_millis();
+                self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("reconcile sandbox"))?;
+                tracing::info!(sandbox_id = %rec.id, from = %from, to = %state, "sandbox reconciled");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `interval`, marks started sandboxes whose container died (e.g. OOM) as `error`.
+    pub async fn run_monitor(self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let Ok(all) = self.inner.store.all_sandboxes_for_job().await else { continue };
+            for mut rec in all.into_iter().filter(|r| r.state == SandboxState::Started) {
+                if let Ok(SandboxStatus::Stopped { exit_code, oom_killed }) = self.inner.runtime.status(&rec.id).await {
+                    if let Err(e) = self.inner.runtime.stop(&rec.id, Duration::ZERO).await {
+                        tracing::warn!(sandbox_id = %rec.id, error = %e, "cleanup of a dead sandbox failed");
+                    }
+                    rec.state = SandboxState::Error;
+                    rec.error_reason = Some(death_reason(exit_code, oom_killed, rec.mem));
+                    rec.updated_at = now_millis();
+                    if let Err(e) = self.inner.store.update_sandbox_if(&rec, &[SandboxState::Started]).await {
+                        tracing::error!(sandbox_id = %rec.id, error = %e, "cannot record a dead sandbox");
+                    } else {
+                        tracing::warn!(sandbox_id = %rec.id, reason = ?rec.error_reason, "sandbox died");
+                    }
+                }
+            }
+        }
+    }
+
+    fn dto(&self, r: &SandboxRecord) -> SandboxDto {
+        SandboxDto {
+            id: r.id.clone(),
+            organization_id: r.org_id.clone(),
+            name: r.name.clone(),
+            snapshot: r.snapshot_name.clone(),
+            user: r.user.clone(),
+            env: r.env.clone(),
+            labels: r.labels.clone(),
+            public: r.public,
+            network_block_all: r.network_block_all,
+            kvm: false,
+            target: r.region_id.clone(),
+            cpu: r.cpu,
+            gpu: r.gpu,
+            memory: r.mem,
+            disk: r.disk,
+            state: r.state,
+            desired_state: r.desired_state.clone(),
+            error_reason: r.error_reason.clone(),
+            auto_stop_interval: r.auto_stop,
+            auto_archive_interval: r.auto_archive,
+            auto_delete_interval: r.auto_delete,
+            volumes: Vec::new(),
+            created_at: iso(r.created_at),
+            updated_at: iso(r.updated_at),
+            sandbox_class: "container".into(),
+            daemon_version: r.daemon_version.clone(),
+            toolbox_proxy_url: self.inner.toolbox_url.clone(),
+        }
+    }
+}
+
+/// Why a sandbox's container ended, for `errorReason`.
+fn death_reason(exit_code: Option<i32>, oom_killed: bool, mem_gib: i64) -> String {
+    if oom_killed {
+        return format!("the sandbox ran out of memory (limit {mem_gib} GiB) and was killed");
+    }
+    match exit_code {
+        Some(c) => format!("the sandbox's main process exited with code {c}"),
+        None => "the sandbox's main process exited".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_death_names_the_memory_limit() {
+        assert_eq!(death_reason(Some(137), true, 1), "the sandbox ran out of memory (limit 1 GiB) and was killed");
+        assert!(death_reason(Some(3), false, 1).contains("code 3"));
+    }
+}

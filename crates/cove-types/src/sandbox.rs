@@ -1,0 +1,320 @@
+//! Sandbox states and the sandbox wire types (contract §4.3).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A sandbox's state, spelled as Daytona spells it.
+///
+/// ```text
+/// creating ─► started ◄─► stopped
+///    │           │  (stopping/starting in between)
+///    └► error ◄──┘
+/// any ─► destroying ─► destroyed
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    /// Being set up.
+    Creating,
+    /// Waiting for its snapshot to be pulled.
+    PullingSnapshot,
+    /// Starting again after a stop.
+    Starting,
+    /// Running; the toolbox answers.
+    Started,
+    /// Being stopped.
+    Stopping,
+    /// Stopped; its files are kept.
+    Stopped,
+    /// Failed; `errorReason` says why.
+    Error,
+    /// Being deleted.
+    Destroying,
+    /// Gone.
+    Destroyed,
+}
+
+impl SandboxState {
+    /// Every state.
+    pub const ALL: [SandboxState; 9] = [
+        Self::Creating,
+        Self::PullingSnapshot,
+        Self::Starting,
+        Self::Started,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Error,
+        Self::Destroying,
+        Self::Destroyed,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::PullingSnapshot => "pulling_snapshot",
+            Self::Starting => "starting",
+            Self::Started => "started",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+            Self::Destroying => "destroying",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    /// `start` is allowed from stopped and error (a crashed sandbox can be started again),
+    /// and is a no-op on a started one.
+    pub fn can_start(self) -> bool {
+        matches!(self, Self::Stopped | Self::Error | Self::Started)
+    }
+
+    /// `stop` is allowed from started, and is a no-op on a stopped one.
+    pub fn can_stop(self) -> bool {
+        matches!(self, Self::Started | Self::Stopped)
+    }
+
+    /// Anything not already going away can be deleted.
+    pub fn can_delete(self) -> bool {
+        !matches!(self, Self::Destroying | Self::Destroyed)
+    }
+
+    /// Toolbox calls are proxied only to a started sandbox.
+    pub fn can_use_toolbox(self) -> bool {
+        self == Self::Started
+    }
+
+    /// A verb is in flight; another must wait.
+    pub fn is_transitional(self) -> bool {
+        matches!(self, Self::Creating | Self::PullingSnapshot | Self::Starting | Self::Stopping | Self::Destroying)
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown state string.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown sandbox state {0:?}")]
+pub struct ParseSandboxStateError(pub String);
+
+impl FromStr for SandboxState {
+    type Err = ParseSandboxStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| ParseSandboxStateError(s.to_string()))
+    }
+}
+
+/// `POST /sandbox` body. Unknown keys are ignored (newer SDKs send more).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandbox {
+    /// Name (defaults to the id).
+    pub name: Option<String>,
+    /// Snapshot name or id (defaults to the server's default snapshot).
+    pub snapshot: Option<String>,
+    /// User inside the sandbox.
+    pub user: Option<String>,
+    /// Environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Public preview links.
+    pub public: Option<bool>,
+    /// Region.
+    pub target: Option<String>,
+    /// vCPUs (only with an image build).
+    pub cpu: Option<i64>,
+    /// GPUs.
+    pub gpu: Option<i64>,
+    /// GiB.
+    pub memory: Option<i64>,
+    /// GiB.
+    pub disk: Option<i64>,
+    /// Minutes of inactivity before stopping (0 = never).
+    pub auto_stop_interval: Option<i64>,
+    /// Minutes before archiving.
+    pub auto_archive_interval: Option<i64>,
+    /// Minutes after stop before deleting (0 = delete on stop, -1 = never).
+    pub auto_delete_interval: Option<i64>,
+    /// Block all network traffic.
+    pub network_block_all: Option<bool>,
+    /// Build from a Dockerfile instead of a snapshot.
+    pub build_info: Option<crate::dto::CreateBuildInfo>,
+    /// Run privileged (explicit opt-in).
+    pub privileged: Option<bool>,
+}
+
+/// The full sandbox DTO (create, get, start, stop, delete answers).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDto {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub organization_id: String,
+    /// Name.
+    pub name: String,
+    /// Snapshot name.
+    pub snapshot: Option<String>,
+    /// User.
+    pub user: String,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Public.
+    pub public: bool,
+    /// Network blocked.
+    pub network_block_all: bool,
+    /// Always false.
+    pub kvm: bool,
+    /// Region id.
+    pub target: String,
+    /// vCPUs.
+    pub cpu: i64,
+    /// GPUs.
+    pub gpu: i64,
+    /// GiB.
+    pub memory: i64,
+    /// GiB.
+    pub disk: i64,
+    /// State.
+    pub state: SandboxState,
+    /// Desired state.
+    pub desired_state: String,
+    /// Why it failed.
+    pub error_reason: Option<String>,
+    /// Minutes.
+    pub auto_stop_interval: i64,
+    /// Minutes.
+    pub auto_archive_interval: i64,
+    /// Minutes.
+    pub auto_delete_interval: i64,
+    /// Volumes (none yet).
+    pub volumes: Vec<serde_json::Value>,
+    /// ISO-8601.
+    pub created_at: String,
+    /// ISO-8601.
+    pub updated_at: String,
+    /// `container`.
+    pub sandbox_class: String,
+    /// The agent's version.
+    pub daemon_version: Option<String>,
+    /// Base URL of toolbox calls: `{toolboxProxyUrl}/{id}/process/execute`.
+    pub toolbox_proxy_url: String,
+}
+
+/// A list item (no env, kvm, volumes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxListItem {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub organization_id: String,
+    /// Name.
+    pub name: String,
+    /// Region.
+    pub target: String,
+    /// Snapshot name.
+    pub snapshot: Option<String>,
+    /// User.
+    pub user: String,
+    /// State.
+    pub state: SandboxState,
+    /// Why it failed.
+    pub error_reason: Option<String>,
+    /// Public.
+    pub public: bool,
+    /// Network blocked.
+    pub network_block_all: bool,
+    /// vCPUs.
+    pub cpu: i64,
+    /// GPUs.
+    pub gpu: i64,
+    /// GiB.
+    pub memory: i64,
+    /// GiB.
+    pub disk: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// ISO-8601.
+    pub created_at: String,
+    /// ISO-8601.
+    pub updated_at: String,
+    /// Toolbox base URL.
+    pub toolbox_proxy_url: String,
+}
+
+/// `GET /sandbox` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSandboxesResponse {
+    /// Items.
+    pub items: Vec<SandboxListItem>,
+    /// Next page cursor, when there is one.
+    pub next_cursor: Option<String>,
+}
+
+impl From<&SandboxDto> for SandboxListItem {
+    fn from(s: &SandboxDto) -> Self {
+        SandboxListItem {
+            id: s.id.clone(),
+            organization_id: s.organization_id.clone(),
+            name: s.name.clone(),
+            target: s.target.clone(),
+            snapshot: s.snapshot.clone(),
+            user: s.user.clone(),
+            state: s.state,
+            error_reason: s.error_reason.clone(),
+            public: s.public,
+            network_block_all: s.network_block_all,
+            cpu: s.cpu,
+            gpu: s.gpu,
+            memory: s.memory,
+            disk: s.disk,
+            labels: s.labels.clone(),
+            created_at: s.created_at.clone(),
+            updated_at: s.updated_at.clone(),
+            toolbox_proxy_url: s.toolbox_proxy_url.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sandbox_state_round_trips() {
+        for s in SandboxState::ALL {
+            assert_eq!(s.as_str().parse::<SandboxState>().unwrap(), s);
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+    }
+
+    #[test]
+    fn a_sandbox_in_transition_accepts_no_other_verb_but_delete() {
+        for s in SandboxState::ALL.into_iter().filter(|s| s.is_transitional()) {
+            assert!(!s.can_start() && !s.can_stop(), "{s}");
+        }
+        assert!(SandboxState::Creating.can_delete());
+        assert!(!SandboxState::Destroying.can_delete());
+    }
+
+    #[test]
+    fn the_python_sdk_create_body_parses() {
+        let b = r#"{"snapshot":"docker-dind","env":{},"labels":{"code-toolbox-language":"python"},"volumes":[]}"#;
+        let c: CreateSandbox = serde_json::from_str(b).unwrap();
+        assert_eq!(c.snapshot.as_deref(), Some("docker-dind"));
+        assert_eq!(c.labels.unwrap()["code-toolbox-language"], "python");
+    }
+}

@@ -1,0 +1,119 @@
+"""Sandboxes through the official Daytona Python SDK (unmodified): real runc sandboxes with
+the cove agent inside, from snapshots pulled out of a real registry."""
+
+import json
+import subprocess
+import time
+
+import pytest
+from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
+from daytona import SandboxState as SdkSandboxState
+
+from harness import API_KEY, wait_until
+
+
+@pytest.fixture
+def sbx(cove):
+    """A server with a default snapshot, and an SDK client for it."""
+    server = cove(extra=["--default-snapshot", "default-snap", "--sandbox-pids-limit", "256"])
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    daytona.snapshot.create(CreateSnapshotParams(name="default-snap", image="python:3.12"))
+    return server, daytona
+
+
+def test_create_with_no_arguments_starts_the_default_snapshot_and_runs_commands_through_a_shell(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create()
+    assert sandbox.state == SdkSandboxState.STARTED
+    r = sandbox.process.exec("echo hello; echo oops >&2; exit 3")
+    assert r.exit_code == 3
+    assert r.result == "hello\noops\n"
+    assert sandbox.process.exec("echo $DAYTONA_SANDBOX_ID").result.strip() == sandbox.id
+    sandbox.delete()
+
+
+def test_the_seed_compose_flow_uploads_a_file_and_reads_it_back(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="default-snap"))
+    compose = "services:\n  web:\n    image: nginx:alpine\n"
+    sandbox.fs.upload_file(compose.encode(), "docker-compose.yml")
+    r = sandbox.process.exec("cat docker-compose.yml && pwd")
+    assert r.result == compose + "/root\n", "relative paths land in the image's working directory"
+    sandbox.fs.upload_file(b"nested", "deep/er/file.txt")
+    assert sandbox.process.exec("cat /root/deep/er/file.txt").result == "nested"
+    sandbox.delete()
+
+
+def test_sessions_keep_state_and_async_commands_stream_their_logs(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create()
+    sandbox.process.create_session("s1")
+    r = sandbox.process.execute_session_command("s1", SessionExecuteRequest(command="cd /tmp && export GREETING=hi"))
+    assert r.exit_code == 0
+    r = sandbox.process.execute_session_command("s1", SessionExecuteRequest(command="echo $GREETING from $(pwd)"))
+    assert r.exit_code == 0 and r.output.strip() == "hi from /tmp"
+    started = time.monotonic()
+    cmd = sandbox.process.execute_session_command(
+        "s1", SessionExecuteRequest(command="for i in 1 2 3; do echo tick$i; sleep 0.3; done; echo bad >&2", run_async=True)
+    )
+    assert time.monotonic() - started < 0.8, "an async command answers at once"
+    logs = wait_until(
+        lambda: (l := sandbox.process.get_session_command_logs("s1", cmd.cmd_id)) and "bad" in l.stderr and l,
+        10,
+        0.1,
+        "the async command to finish",
+    )
+    assert logs.stdout == "tick1\ntick2\ntick3\n"
+    assert sandbox.process.get_session_command("s1", cmd.cmd_id).exit_code == 0
+    sandbox.process.delete_session("s1")
+    sandbox.delete()
+
+
+def test_stop_and_start_keep_the_sandboxes_files(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create()
+    sandbox.fs.upload_file(b"still here", "keep.txt")
+    sandbox.stop()
+    assert daytona.get(sandbox.id).state == SdkSandboxState.STOPPED
+    sandbox.start()
+    assert sandbox.process.exec("cat keep.txt").result == "still here"
+    sandbox.delete()
+
+
+def test_list_shows_the_sandbox_with_its_labels(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(labels={"team": "cove"}))
+    items = list(daytona.list())
+    assert [s.id for s in items] == [sandbox.id]
+    assert items[0].labels["team"] == "cove" and items[0].labels["code-toolbox-language"] == "python"
+    sandbox.delete()
+
+
+def test_code_run_uses_python_when_the_image_has_it(cove, registry_with_python):
+    server = cove()
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
+    r = sandbox.process.code_run("import sys\nprint(sum(range(10)), sys.version_info[0])")
+    assert r.exit_code == 0, r.result
+    assert r.result.strip() == "45 3"
+    sandbox.delete()
+
+
+def test_delete_leaves_no_mount_netns_veth_loop_device_or_cgroup_behind(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create()
+    bundle = server.data_dir / "sandboxes" / sandbox.id
+    assert bundle.exists()
+    sandbox.delete()
+    assert not bundle.exists()
+    mounts = open("/proc/mounts").read()
+    assert sandbox.id not in mounts
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n.startswith(server.net["prefix"]) and len(n.split()[0]) == len(server.net["prefix"]) + 8 for n in netns.splitlines())
+    links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout
+    assert not [l for l in json.loads(links) if l.get("master") == server.net["bridge"]]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert sandbox.id not in loops
+    for ctrl in ("memory", "cpu", "pids"):
+        assert not list((__import__("pathlib").Path("/sys/fs/cgroup") / ctrl).glob(f"**/{sandbox.id}"))
