@@ -51,7 +51,7 @@ def row(name, xs, base=None, unit="ms"):
 def runc_baseline(rootfs, work):
     """`runc run -d` of the image rootfs, read-only, with limits and a fresh netns."""
     bundle = work / "bundle"
-    bundle.mkdir()
+    bundle.mkdir(parents=True)
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
     cfg = json.loads((bundle / "config.json").read_text())
     cfg["process"]["terminal"] = False

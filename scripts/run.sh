@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 DATA_DIR=${COVE_DATA_DIR:-/var/lib/cove}
 MIRROR_PORT=${COVE_DEV_MIRROR_PORT:-5000}
-args=(--data-dir "$DATA_DIR" --region us --region eu --region us-east-1)
+args=(--data-dir "$DATA_DIR" --region us --region eu --region us-east-1
+      --default-snapshot "${COVE_DEFAULT_SNAPSHOT:-default}")
 
 if [[ ${COVE_DEV_MIRROR:-1} == 1 ]]; then
   MIRROR_DIR=${COVE_DEV_MIRROR_DIR:-/var/lib/cove-dev-mirror}

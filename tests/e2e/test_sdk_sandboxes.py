@@ -117,3 +117,35 @@ def test_delete_leaves_no_mount_netns_veth_loop_device_or_cgroup_behind(sbx):
     assert sandbox.id not in loops
     for ctrl in ("memory", "cpu", "pids"):
         assert not list((__import__("pathlib").Path("/sys/fs/cgroup") / ctrl).glob(f"**/{sandbox.id}"))
+
+
+def test_creating_from_an_inactive_snapshot_reactivates_it_and_records_its_use(sbx):
+    server, daytona = sbx
+    snap = daytona.snapshot.get("default-snap")
+    assert server.api("POST", f"/snapshots/{snap.id}/deactivate")[0] == 204
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="default-snap"))
+    assert sandbox.state == SdkSandboxState.STARTED
+    again = daytona.snapshot.get("default-snap")
+    assert again.state.value == "active"
+    assert again.last_used_at is not None
+    sandbox.delete()
+
+
+def test_without_a_snapshot_or_server_default_the_error_names_the_option(cove):
+    server = cove()
+    st, body = server.api("POST", "/sandbox", {"env": {}, "labels": {}})
+    assert st == 400 and "--default-snapshot" in body["message"], body
+    st, body = server.api("POST", "/sandbox", {"snapshot": "nope"})
+    assert st == 400 and "snapshot nope not found" in body["message"], body
+
+
+def test_labels_can_be_replaced_and_resources_come_from_the_snapshot(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars={"A": "1"}))
+    assert (sandbox.cpu, sandbox.memory, sandbox.disk) == (1, 1, 3)
+    assert sandbox.process.exec("echo $A").result == "1\n"
+    sandbox.set_labels({"stage": "test"})
+    assert daytona.get(sandbox.id).labels == {"stage": "test"}
+    st, body = server.api("POST", "/sandbox", {"snapshot": "default-snap", "cpu": 4})
+    assert st == 400 and "resources" in body["message"]
+    sandbox.delete()

@@ -272,6 +272,11 @@ fn valid_id(id: &str) -> bool {
         && id.bytes().filter(u8::is_ascii_alphanumeric).count() >= 8
 }
 
+/// Milliseconds since `t`, with a fraction (for the per-phase debug logs).
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
 /// The first `n` alphanumerics of the id, lower-cased.
 fn short_id(id: &str, n: usize) -> String {
     id.chars().filter(char::is_ascii_alphanumeric).take(n).map(|c| c.to_ascii_lowercase()).collect()
@@ -465,9 +470,11 @@ impl Runtime {
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
+            let t_img = Instant::now();
             disk::create_image(&bundle.join("disk.img"), spec.disk_mib)
                 .await
                 .map_err(|source| RuntimeError::Storage { id: spec.id.clone(), source: Box::new(source) })?;
+            tracing::debug!(image_ms = ms(t_img), "disk image ready");
             self.start_locked(&record).await
         }
         .await;
@@ -532,9 +539,12 @@ impl Runtime {
         let storage = |source: DiskError| RuntimeError::Storage { id: id.clone(), source: Box::new(source) };
         let disk_dir = bundle.join("disk");
         let rootfs = bundle.join("rootfs");
+        let t = Instant::now();
         disk::mount_image(&bundle.join("disk.img"), &disk_dir).await.map_err(storage)?;
         disk::mount_overlay(&spec.lower, &disk_dir.join("upper"), &disk_dir.join("work"), &rootfs).map_err(storage)?;
 
+        let mount_ms = ms(t);
+        let t = Instant::now();
         let toolbox = bundle.join("toolbox");
         std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
         let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
@@ -551,11 +561,15 @@ impl Runtime {
             write_atomic(&p, text.as_bytes()).map_err(io_file("write", &p))?;
         }
 
+        let files_ms = ms(t);
+        let t = Instant::now();
         let netns = self.netns_name(id);
         net::setup(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)
             .await
             .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
+        let net_ms = ms(t);
 
+        let t = Instant::now();
         let params = BundleParams {
             id: id.clone(),
             rootfs,
@@ -584,7 +598,10 @@ impl Runtime {
         write_atomic(&path, &json).map_err(io_file("write", &path))?;
 
         let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
+        let config_ms = ms(t);
+        let t = Instant::now();
         self.runc.run_detached(id, &bundle, &bundle.join("console.log"), &bundle.join("runc.log")).await?;
+        tracing::debug!(mount_ms, files_ms, net_ms, config_ms, runc_ms = ms(t), "start phases");
         Ok(())
     }
 

@@ -122,6 +122,8 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         "the sandbox agent {} is missing: build it with `make build` (or pass --agent-binary)",
         agent_binary.display()
     );
+    // runc resolves bind-mount sources from the bundle directory: the path must be absolute.
+    let agent_binary = std::fs::canonicalize(&agent_binary).context("resolve --agent-binary")?;
     let public_url = a.public_url.unwrap_or_else(|| {
         let host = if a.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { a.listen.ip().to_string() };
         format!("http://{host}:{}", a.listen.port())
