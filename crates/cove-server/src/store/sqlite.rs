@@ -45,6 +45,30 @@ impl SqliteStore {
         sqlx::migrate!("./migrations").run(&pool).await.map_err(StoreError::Migrate)?;
         Ok(SqliteStore { pool })
     }
+
+    /// One row of `table` in the organization, by id or else by name (an id match wins).
+    async fn get_scoped<T>(
+        &self,
+        table: &str,
+        columns: &str,
+        org_id: &str,
+        id_or_name: &str,
+        decode: fn(&SqliteRow) -> Result<T, StoreError>,
+        op: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE org_id = ? AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q(op))?;
+        row.as_ref().map(decode).transpose()
+    }
 }
 
 fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -302,18 +326,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_snapshot(&self, org_id: &str, id_or_name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(org_id)
-            .bind(id_or_name)
-            .bind(id_or_name)
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("get snapshot"))?;
-        row.as_ref().map(snapshot_from_row).transpose()
+        self.get_scoped("snapshots", SNAPSHOT_COLUMNS, org_id, id_or_name, snapshot_from_row, "get snapshot").await
     }
 
     async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
@@ -436,18 +449,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_sandbox(&self, org_id: &str, id_or_name: &str) -> Result<Option<SandboxRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE org_id = ? AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(org_id)
-            .bind(id_or_name)
-            .bind(id_or_name)
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("get sandbox"))?;
-        row.as_ref().map(sandbox_from_row).transpose()
+        self.get_scoped("sandboxes", SANDBOX_COLUMNS, org_id, id_or_name, sandbox_from_row, "get sandbox").await
     }
 
     async fn list_sandboxes(&self, org_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
