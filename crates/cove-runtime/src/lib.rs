@@ -12,6 +12,7 @@ mod cmd;
 pub mod disk;
 pub mod net;
 pub mod oci;
+mod pool;
 pub mod runc;
 mod runtime;
 pub mod seccomp;

@@ -150,8 +150,16 @@ impl Runc {
         Ok(())
     }
 
-    /// The container's state, or `None` when runc does not know it.
+    /// The container's state, or `None` when runc does not know it. runc keeps a container's
+    /// state in `<root>/<id>/`; without that directory it does not know the container either,
+    /// so that case is answered without running it.
     pub async fn state(&self, id: &str) -> Result<Option<State>, RuncError> {
+        if !id.is_empty() && !id.contains('/') && id != "." && id != ".." {
+            match std::fs::symlink_metadata(self.root.join(id)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                _ => {}
+            }
+        }
         match cmd::run(RUNC, &self.args(&["state", id]), None).await {
             Ok(out) => {
                 serde_json::from_str(&out).map(Some).map_err(|source| RuncError::ParseState { id: id.into(), source })

@@ -4,7 +4,8 @@
 //! <root>/<id>/
 //!   spec.json      SandboxSpec + allocated IP (the durable record; written atomically)
 //!   config.json    generated OCI runtime spec (regenerated at every start)
-//!   disk.img       sparse ext4, size = disk_mib; survives stop
+//!   disk.img       sparse ext4, size = disk_mib; survives stop (taken from <root>/.pool/
+//!                  when a pre-formatted image of that size is ready, see `pool`)
 //!   disk/          loop mount of disk.img: upper/ work/
 //!   rootfs/        overlay of the image (lower) and disk/upper
 //!   toolbox/       bind-mounted rw at /run/cove: the agent's toolbox.sock
@@ -27,6 +28,7 @@ use crate::cgroup;
 use crate::disk::{self, DiskError};
 use crate::net::{self, Cidr, NetError};
 use crate::oci::{self, BundleParams};
+use crate::pool::DiskPool;
 use crate::runc::{Runc, RuncError};
 use crate::seccomp::{self, SeccompError};
 use crate::user::{self, UserError};
@@ -245,7 +247,12 @@ struct LastExit {
     oom_killed: bool,
 }
 
+/// The smallest sandbox disk.
+const MIN_DISK_MIB: u64 = 8;
 const SPEC_FILE: &str = "spec.json";
+/// Pre-formatted disk images, under the root (so a rename moves one into a bundle); not a
+/// valid sandbox id, so never listed as one.
+const POOL_DIR: &str = ".pool";
 const EXIT_FILE: &str = "exit.json";
 /// How long to wait for a container to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -262,6 +269,13 @@ pub struct Runtime {
     host_caps: u64,
     ips: Mutex<HashMap<String, Ipv4Addr>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pool: Arc<DiskPool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
 }
 
 /// Valid ids: 1–64 of `[A-Za-z0-9_-]`, at least 8 of them alphanumeric (names derive from them).
@@ -270,6 +284,16 @@ fn valid_id(id: &str) -> bool {
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && id.bytes().filter(u8::is_ascii_alphanumeric).count() >= 8
+}
+
+/// Replaces `path` atomically (temp file + rename) without fsync: for the files regenerated
+/// at every start (`config.json`, `etc/*`), which need no durability.
+fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Milliseconds since `t`, with a fraction (for the per-phase debug logs).
@@ -340,8 +364,11 @@ impl Runtime {
         let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
 
         net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
+        let pool_dir = cfg.root.join(POOL_DIR);
+        let pool = DiskPool::open(pool_dir.clone()).map_err(|source| RuntimeError::Dir { path: pool_dir, source })?;
 
         let rt = Runtime {
+            pool: Arc::new(pool),
             runc: Runc::new(&cfg.runc_root),
             cidr,
             seccomp,
@@ -420,6 +447,23 @@ impl Runtime {
         &self.cfg.runc_root
     }
 
+    /// Keeps pre-formatted disk images of `size_mib` ready (in the background, from now on),
+    /// so that creates of that size skip `mkfs.ext4`. Sizes that creates ask for are kept
+    /// ready anyway after their first create; this warms one before any. Needs a tokio
+    /// runtime; sizes below the minimum disk are ignored.
+    pub fn warm_disk_pool(&self, size_mib: u64) {
+        if size_mib < MIN_DISK_MIB {
+            return;
+        }
+        self.pool.note_size(size_mib);
+        self.pool.refill();
+    }
+
+    /// Pre-formatted images of `size_mib` ready to be taken (diagnostics and tests).
+    pub fn disk_pool_ready(&self, size_mib: u64) -> usize {
+        self.pool.ready(size_mib)
+    }
+
     fn read_record(&self, id: &str) -> Result<Record, RuntimeError> {
         let path = self.bundle(id).join(SPEC_FILE);
         let bytes = std::fs::read(&path).map_err(|e| {
@@ -440,7 +484,7 @@ impl Runtime {
         if !spec.lower.is_absolute() || !spec.lower.is_dir() {
             return Err(bad(&format!("lower {} is not an absolute directory", spec.lower.display())));
         }
-        if spec.cpu == 0 || spec.memory_mib < 6 || spec.disk_mib < 8 || spec.pids == 0 {
+        if spec.cpu == 0 || spec.memory_mib < 6 || spec.disk_mib < MIN_DISK_MIB || spec.pids == 0 {
             return Err(bad("cpu and pids must be positive, memory at least 6 MiB, disk at least 8 MiB"));
         }
         if spec.env.iter().any(|e| !e.contains('=') || e.contains('\0')) {
@@ -470,14 +514,13 @@ impl Runtime {
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
-            let t_img = Instant::now();
-            disk::create_image(&bundle.join("disk.img"), spec.disk_mib)
-                .await
-                .map_err(|source| RuntimeError::Storage { id: spec.id.clone(), source: Box::new(source) })?;
-            tracing::debug!(image_ms = ms(t_img), "disk image ready");
-            self.start_locked(&record).await
+            tracing::debug!(record_ms = ms(t0), "record written");
+            self.start_locked(&record, true).await
         }
         .await;
+        // Replace the pool image this create took (or make the first of a new size), after
+        // the create so that mkfs does not compete with it for the CPU.
+        self.pool.refill();
         if let Err(e) = result {
             tracing::warn!(error = %cove_types::error::chain(&e), "create failed, removing the sandbox");
             if let Err(c) = self.remove_locked(&spec.id).await {
@@ -517,59 +560,81 @@ impl Runtime {
             None => {}
         }
         self.ips_lock().insert(id.to_string(), record.ip);
-        self.start_locked(&record).await?;
+        self.start_locked(&record, false).await?;
         tracing::info!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
         Ok(())
     }
 
-    /// Mounts, network, config and `runc run -d`; undoes mounts and network on failure.
-    async fn start_locked(&self, record: &Record) -> Result<(), RuntimeError> {
+    /// Disk (a new image first when `new_disk`), mounts, network, config and `runc run -d`;
+    /// undoes mounts and network on failure.
+    async fn start_locked(&self, record: &Record, new_disk: bool) -> Result<(), RuntimeError> {
         let id = &record.spec.id;
-        let result = self.start_steps(record).await;
+        let result = self.start_steps(record, new_disk).await;
         if result.is_err() {
             self.teardown(id).await;
         }
         result
     }
 
-    async fn start_steps(&self, record: &Record) -> Result<(), RuntimeError> {
+    /// Three independent branches run concurrently (their cost is mostly waiting for
+    /// `mount`, `mkfs.ext4` and `ip`): the disk (image, loop mount, overlay, then the image's
+    /// user, which lives on it), the network namespace, and the generated files. All three are
+    /// awaited even when one fails, so that the caller's teardown finds everything they made.
+    async fn start_steps(&self, record: &Record, new_disk: bool) -> Result<(), RuntimeError> {
         let spec = &record.spec;
         let id = &spec.id;
         let bundle = self.bundle(id);
         let storage = |source: DiskError| RuntimeError::Storage { id: id.clone(), source: Box::new(source) };
         let disk_dir = bundle.join("disk");
         let rootfs = bundle.join("rootfs");
-        let t = Instant::now();
-        disk::mount_image(&bundle.join("disk.img"), &disk_dir).await.map_err(storage)?;
-        disk::mount_overlay(&spec.lower, &disk_dir.join("upper"), &disk_dir.join("work"), &rootfs).map_err(storage)?;
-
-        let mount_ms = ms(t);
-        let t = Instant::now();
         let toolbox = bundle.join("toolbox");
-        std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
-        let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
-
-        let user = user::resolve(&rootfs, spec.user.as_deref())
-            .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
-        let hostname = short_id(id, 12);
         let etc = bundle.join("etc");
-        std::fs::create_dir_all(&etc).map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
-        let hosts =
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
-        for (name, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())] {
-            let p = etc.join(name);
-            write_atomic(&p, text.as_bytes()).map_err(io_file("write", &p))?;
-        }
-
-        let files_ms = ms(t);
-        let t = Instant::now();
+        let hostname = short_id(id, 12);
         let netns = self.netns_name(id);
-        net::setup(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)
-            .await
-            .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
-        let net_ms = ms(t);
-
         let t = Instant::now();
+
+        let disk_branch = async {
+            let image = bundle.join("disk.img");
+            let pooled = new_disk && self.pool.take(spec.disk_mib, &image);
+            if new_disk && !pooled {
+                disk::create_image(&image, spec.disk_mib).await.map_err(storage)?;
+            }
+            let image_ms = ms(t);
+            disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
+            disk::mount_overlay(&spec.lower, &disk_dir.join("upper"), &disk_dir.join("work"), &rootfs)
+                .map_err(storage)?;
+            let user = user::resolve(&rootfs, spec.user.as_deref())
+                .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
+            Ok::<_, RuntimeError>((user, pooled, image_ms, ms(t)))
+        };
+        let net_branch = async {
+            net::setup(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)
+                .await
+                .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
+            Ok::<_, RuntimeError>(ms(t))
+        };
+        let files_branch = async {
+            std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
+            let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
+            std::fs::create_dir_all(&etc).map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
+            let hosts =
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
+            for (name, text) in
+                [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())]
+            {
+                let p = etc.join(name);
+                write_replace(&p, text.as_bytes()).map_err(io_file("write", &p))?;
+            }
+            let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
+            Ok::<_, RuntimeError>(ms(t))
+        };
+        // Polled in this order: the disk and network branches start their commands, then the
+        // (synchronous) files are written while those run.
+        let (disk, net, files) = tokio::join!(disk_branch, net_branch, files_branch);
+        let (user, pooled, image_ms, disk_ms) = disk?;
+        let (net_ms, files_ms) = (net?, files?);
+        let prepare_ms = ms(t);
+
         let params = BundleParams {
             id: id.clone(),
             rootfs,
@@ -595,13 +660,22 @@ impl Runtime {
         };
         let path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&oci::config(&params)).map_err(|e| io_file("write", &path)(e.into()))?;
-        write_atomic(&path, &json).map_err(io_file("write", &path))?;
-
-        let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
-        let config_ms = ms(t);
-        let t = Instant::now();
+        write_replace(&path, &json).map_err(io_file("write", &path))?;
+        let config_ms = ms(t) - prepare_ms;
+        let t_runc = Instant::now();
         self.runc.run_detached(id, &bundle, &bundle.join("console.log"), &bundle.join("runc.log")).await?;
-        tracing::debug!(mount_ms, files_ms, net_ms, config_ms, runc_ms = ms(t), "start phases");
+        tracing::debug!(
+            new_disk,
+            pooled,
+            image_ms,
+            disk_ms,
+            net_ms,
+            files_ms,
+            prepare_ms,
+            config_ms,
+            runc_ms = ms(t_runc),
+            "start phases (disk, net and files concurrent; their times are since the start)"
+        );
         Ok(())
     }
 

@@ -447,3 +447,41 @@ async fn sandboxes_cannot_reach_each_other_but_the_host_reaches_them() {
     env.rt().destroy(&b.id).await.unwrap();
     env.rt().destroy(&c.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_disks_have_the_exact_size_and_a_failed_create_leaves_nothing_behind() {
+    let Some(env) = setup(10).await else { return };
+    env.rt().warm_disk_pool(24);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.rt().disk_pool_ready(24) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.rt().disk_pool_ready(24), 2, "the pool is warmed in the background");
+
+    // A create of the warmed size takes a pooled image; another size formats its own.
+    for size in [24, 20] {
+        let mut spec = env.spec(IDLE);
+        spec.disk_mib = size;
+        env.rt().create(&spec).await.unwrap();
+        let img = std::fs::metadata(env.bundle(&spec.id).join("disk.img")).unwrap();
+        assert_eq!(img.len(), size << 20, "disk.img is exactly {size} MiB");
+        let (ok, out) = env.exec(&spec.id, "df -m / | tail -1").await;
+        assert!(ok, "{out}");
+        env.rt().destroy(&spec.id).await.unwrap();
+    }
+
+    // The disk branch fails (unknown user) while the network branch succeeds: both are undone.
+    let mut spec = env.spec(IDLE);
+    spec.user = Some("nobody-here".into());
+    spec.disk_mib = 24;
+    let err = env.rt().create(&spec).await.unwrap_err();
+    assert_eq!(err.kind(), cove_types::ErrorKind::InvalidArgument, "{err}");
+    let bundle = env.bundle(&spec.id);
+    assert!(!bundle.exists());
+    assert!(mounts_containing(&bundle).is_empty());
+    assert!(loop_devices_for(&bundle).is_empty());
+    assert!(!Path::new("/var/run/netns").join(env.rt().netns(&spec.id)).exists());
+    assert!(!Path::new("/sys/class/net").join(env.rt().netns(&spec.id)).exists());
+    assert_eq!(env.rt().ip(&spec.id), None);
+    assert!(env.rt().list().await.unwrap().is_empty(), "the pool is not a sandbox");
+}

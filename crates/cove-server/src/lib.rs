@@ -80,6 +80,8 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone());
     let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
+    // Pre-format disks of the default size so the first sandboxes skip mkfs.
+    runtime.warm_disk_pool(u64::try_from(service::snapshots::DEFAULT_DISK_GIB).unwrap_or(3) * 1024);
     let toolbox_url = format!("{}/toolbox", cfg.public_url.trim_end_matches('/'));
     let sandboxes = service::sandboxes::SandboxService::new(
         store.clone(),

@@ -1,0 +1,266 @@
+//! A pool of pre-formatted disk images under `<root>/.pool/`, so that creating a sandbox
+//! renames a ready image into its bundle instead of running `mkfs.ext4` on the hot path.
+//!
+//! ```text
+//! <root>/.pool/
+//!   <size_mib>-<uuid>.img   finished: sparse ext4 of exactly size_mib MiB, never used
+//!   tmp-<uuid>              being formatted (removed when found at startup)
+//! ```
+//!
+//! Images are made one at a time by a single background task (tokio) for the few sizes asked
+//! for most recently, [`PER_SIZE`] of each. An image is handed out only when its name *and*
+//! its length say it has the requested size. Taking one is a `rename(2)` into the bundle (the
+//! pool lives on the same filesystem); whatever goes wrong there falls back to formatting a
+//! fresh image, so the pool only ever makes a create faster.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::disk;
+
+/// Ready images kept per size.
+pub(crate) const PER_SIZE: usize = 2;
+/// Sizes kept (most recently asked for first); images of older sizes are deleted.
+pub(crate) const MAX_SIZES: usize = 4;
+const TMP_PREFIX: &str = "tmp-";
+const SUFFIX: &str = ".img";
+
+#[derive(Debug, Default)]
+struct State {
+    /// Finished images by size in MiB.
+    ready: HashMap<u64, Vec<PathBuf>>,
+    /// Sizes to keep images of, most recently asked for first.
+    recent: VecDeque<u64>,
+    /// Whether the filler task is running.
+    filling: bool,
+}
+
+/// The image pool of one runtime.
+#[derive(Debug)]
+pub(crate) struct DiskPool {
+    dir: PathBuf,
+    state: Mutex<State>,
+    closed: AtomicBool,
+}
+
+/// `<size>-<uuid>.img` → size.
+fn parse_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let (size, id) = stem.split_once('-')?;
+    uuid::Uuid::parse_str(id).ok()?;
+    size.parse().ok().filter(|s| *s > 0)
+}
+
+/// Whether `path` is a regular file of exactly `size_mib` MiB (not following symlinks).
+fn has_size(path: &Path, size_mib: u64) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && Some(m.len()) == size_mib.checked_mul(1 << 20))
+}
+
+impl DiskPool {
+    /// Opens (creating) the pool directory: half-written and unrecognised files are removed,
+    /// finished images of the right length are adopted (their sizes count as recent).
+    pub(crate) fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut found: Vec<(u64, std::time::SystemTime, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            match parse_name(&name) {
+                Some(size) if has_size(&path, size) => {
+                    let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((size, mtime, path));
+                }
+                _ => {
+                    tracing::debug!(path = %path.display(), "removing stale pool file");
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                }
+            }
+        }
+        // Newest first: the sizes made last are the ones asked for last.
+        found.sort_by_key(|f| std::cmp::Reverse(f.1));
+        let mut st = State::default();
+        for (size, _, path) in found {
+            if !st.recent.contains(&size) && st.recent.len() < MAX_SIZES {
+                st.recent.push_back(size);
+            }
+            let ready = st.ready.entry(size).or_default();
+            if st.recent.contains(&size) && ready.len() < PER_SIZE {
+                ready.push(path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(DiskPool { dir, state: Mutex::new(st), closed: AtomicBool::new(false) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `size_mib` as most recently asked for; images of sizes that fall out are deleted.
+    pub(crate) fn note_size(&self, size_mib: u64) {
+        let evicted = {
+            let mut st = self.lock();
+            st.recent.retain(|s| *s != size_mib);
+            st.recent.push_front(size_mib);
+            let mut evicted = Vec::new();
+            while st.recent.len() > MAX_SIZES {
+                if let Some(old) = st.recent.pop_back() {
+                    evicted.extend(st.ready.remove(&old).unwrap_or_default());
+                }
+            }
+            evicted
+        };
+        for p in evicted {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Moves a ready image of exactly `size_mib` MiB to `dest`; `false` when there is none.
+    pub(crate) fn take(&self, size_mib: u64, dest: &Path) -> bool {
+        self.note_size(size_mib);
+        loop {
+            let Some(path) = self.lock().ready.get_mut(&size_mib).and_then(Vec::pop) else { return false };
+            // The name said so; the file must agree, or it is not used.
+            if !has_size(&path, size_mib) {
+                tracing::warn!(path = %path.display(), size_mib, "pool image has the wrong size, discarding it");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match std::fs::rename(&path, dest) {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "taking a pool image failed");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    /// Ready images of `size_mib` (for tests and diagnostics).
+    pub(crate) fn ready(&self, size_mib: u64) -> usize {
+        self.lock().ready.get(&size_mib).map_or(0, Vec::len)
+    }
+
+    /// Starts the background filler unless it runs already (needs a tokio runtime; without
+    /// one nothing happens).
+    pub(crate) fn refill(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        {
+            let mut st = self.lock();
+            if st.filling || self.next_size(&st).is_none() {
+                return;
+            }
+            st.filling = true;
+        }
+        let pool = Arc::clone(self);
+        handle.spawn(async move { pool.fill().await });
+    }
+
+    /// The most recent size with fewer than [`PER_SIZE`] ready images.
+    fn next_size(&self, st: &State) -> Option<u64> {
+        st.recent.iter().copied().find(|s| st.ready.get(s).map_or(0, Vec::len) < PER_SIZE)
+    }
+
+    /// Makes images one at a time until every recent size has [`PER_SIZE`]; stops at the
+    /// first failure (the next `refill` tries again).
+    async fn fill(&self) {
+        loop {
+            let size = {
+                let mut st = self.lock();
+                match self.next_size(&st) {
+                    Some(s) if !self.closed.load(Ordering::Relaxed) => s,
+                    _ => {
+                        st.filling = false;
+                        return;
+                    }
+                }
+            };
+            let tmp = self.dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
+            let t = std::time::Instant::now();
+            if let Err(e) = disk::create_image(&tmp, size).await {
+                tracing::warn!(error = %cove_types::error::chain(&e), size_mib = size, "pre-formatting a disk image failed");
+                let _ = std::fs::remove_file(&tmp);
+                self.lock().filling = false;
+                return;
+            }
+            let done = self.dir.join(format!("{size}-{}{SUFFIX}", uuid::Uuid::new_v4()));
+            let mut st = self.lock();
+            let wanted = st.recent.contains(&size) && !self.closed.load(Ordering::Relaxed);
+            if wanted && std::fs::rename(&tmp, &done).is_ok() {
+                st.ready.entry(size).or_default().push(done);
+                tracing::debug!(size_mib = size, mkfs_ms = t.elapsed().as_millis() as u64, "pool image ready");
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    /// Stops the filler after its current image (which it then deletes).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_finished_image_names_carry_a_size() {
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(parse_name(&format!("3072-{id}.img")), Some(3072));
+        for bad in [format!("tmp-{id}"), format!("3072-{id}"), format!("0-{id}.img"), "3072-x.img".into()] {
+            assert_eq!(parse_name(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn open_removes_half_written_and_mis_sized_files_and_adopts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, len: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(len).unwrap();
+        };
+        let (a, b, c) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        write(&format!("tmp-{a}"), 8 << 20);
+        write(&format!("8-{b}.img"), 8 << 20);
+        write(&format!("9-{c}.img"), 8 << 20);
+        write("junk", 1);
+        let pool = DiskPool::open(dir.path().to_path_buf()).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, vec![format!("8-{b}.img")]);
+        assert_eq!(pool.ready(8), 1);
+        assert_eq!(pool.ready(9), 0);
+
+        // Only the exact size is handed out, and a file that shrank behind our back is not.
+        let dest = dir.path().join("disk.img");
+        assert!(!pool.take(9, &dest));
+        std::fs::File::options().write(true).open(dir.path().join(format!("8-{b}.img"))).unwrap().set_len(1).unwrap();
+        assert!(!pool.take(8, &dest));
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn old_sizes_are_evicted_with_their_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = DiskPool::open(dir.path().to_path_buf()).unwrap();
+        let img = dir.path().join(format!("8-{}.img", uuid::Uuid::new_v4()));
+        std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+        pool.note_size(8);
+        pool.lock().ready.entry(8).or_default().push(img.clone());
+        for s in 9..9 + MAX_SIZES as u64 {
+            pool.note_size(s);
+        }
+        assert_eq!(pool.ready(8), 0);
+        assert!(!img.exists());
+        assert_eq!(pool.lock().recent.len(), MAX_SIZES);
+    }
+}
