@@ -48,8 +48,9 @@ def row(name, xs, base=None, unit="ms"):
     return f"{name:<52} {med:9.2f} {p90:9.2f} {ratio}"
 
 
-def runc_baseline(rootfs, work):
-    """`runc run -d` of the image rootfs, read-only, with limits and a fresh netns."""
+def runc_baseline(rootfs, work, seccomp=None):
+    """`runc run -d` of the image rootfs, read-only, with limits and a fresh netns (and, for
+    the second baseline, the same seccomp filter cove applies)."""
     bundle = work / "bundle"
     bundle.mkdir(parents=True)
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
@@ -57,6 +58,8 @@ def runc_baseline(rootfs, work):
     cfg["process"]["terminal"] = False
     cfg["process"]["args"] = ["sleep", "infinity"]
     cfg["root"] = {"path": str(rootfs), "readonly": True}
+    if seccomp:
+        cfg["linux"]["seccomp"] = seccomp
     cfg["linux"]["resources"] = {
         "cpu": {"quota": 100000, "period": 100000},
         "memory": {"limit": 1 << 30, "swap": 1 << 30},
@@ -135,15 +138,25 @@ def main():
             usage.append(int((cg / "memory.usage_in_bytes").read_text()) / (1 << 20))
             stat = dict(l.split() for l in (cg / "memory.stat").read_text().splitlines())
             rss.append((int(stat["total_rss"]) + int(stat.get("total_mapped_file", 0))) / (1 << 20))
+        keep = ids.pop()  # its config.json feeds the second baseline
         for i in ids:
             server.api("DELETE", f"/sandbox/{i}")
 
         base_starts, base_execs = runc_baseline(rootfs, tmp / "base")
+        cove_cfg = next((server.data_dir / "sandboxes").glob("*/config.json"), None)
+        sec_starts = None
+        if cove_cfg:
+            seccomp = json.loads(cove_cfg.read_text())["linux"].get("seccomp")
+            sec_starts, _ = runc_baseline(rootfs, tmp / "base-seccomp", seccomp)
 
         print(f"\nSandboxes from a busybox snapshot, {RUNS} starts, {EXEC_RUNS} execs, {IDLE} idle sandboxes")
         print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
         print(row("runc run -d, same rootfs (baseline), ms", base_starts))
         print(row("cove: POST /api/sandbox -> first execute answered, ms", first_exec, base_starts))
+        if sec_starts:
+            print(row("runc run -d with cove's seccomp filter, ms", sec_starts, base_starts))
+            print(row("cove vs that runc (same filter), ms", first_exec, sec_starts))
+        server.api("DELETE", f"/sandbox/{keep}")
         print(row("runc exec true (baseline), ms", base_execs))
         print(row("cove: process/execute `true` via the server, ms", execs, base_execs))
         print(row("cove: idle sandbox memory.usage_in_bytes, MiB", usage, unit="MiB"))

@@ -83,8 +83,9 @@ pub async fn version(socket: &Path) -> Result<String, ToolboxError> {
 
 /// Polls `GET /version` until the agent answers, up to `timeout`.
 pub async fn wait_ready(socket: &Path, timeout: Duration) -> Result<String, ToolboxError> {
+    // The agent is usually up within a few milliseconds of `runc run` returning: poll every
+    // millisecond rather than backing off, which would overshoot by as much as it waited.
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_micros(500);
     loop {
         match version(socket).await {
             Ok(v) => return Ok(v),
@@ -92,10 +93,7 @@ pub async fn wait_ready(socket: &Path, timeout: Duration) -> Result<String, Tool
                 tracing::debug!(error = %e, "agent not ready");
                 return Err(ToolboxError::NotReady(timeout));
             }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(20));
-            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
 }

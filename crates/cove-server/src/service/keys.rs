@@ -93,16 +93,22 @@ fn valid_name(n: &str) -> bool {
     !n.trim().is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control)
 }
 
+/// How often a key's `lastUsedAt` is written: every request would put a write transaction
+/// on the hot path of every toolbox call.
+const TOUCH_INTERVAL_MS: i64 = 60_000;
+
 /// Authentication and key management.
 #[derive(Debug, Clone)]
 pub struct KeyService {
     store: Arc<dyn Store>,
+    /// Key id → when its use was last written.
+    touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 impl KeyService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        KeyService { store }
+        KeyService { store, touched: Arc::default() }
     }
 
     /// Ensures the bootstrap organization and admin key exist. With `configured` (from
@@ -163,8 +169,15 @@ impl KeyService {
             .await
             .map_err(store("authenticate"))?
             .ok_or(KeyError::Invalid)?;
-        // Recording the last use is informational; an error here must not fail the request.
-        if let Err(e) = self.store.touch_api_key(&rec.id, now_millis()).await {
+        // Recording the last use is informational (to the minute); an error here must not
+        // fail the request.
+        let now = now_millis();
+        let due = {
+            let mut t = self.touched.lock().expect("touch map is never poisoned");
+            let last = t.get(&rec.id).copied().unwrap_or(i64::MIN);
+            (now.saturating_sub(last) >= TOUCH_INTERVAL_MS).then(|| t.insert(rec.id.clone(), now)).is_some()
+        };
+        if due && let Err(e) = self.store.touch_api_key(&rec.id, now).await {
             tracing::warn!(key_id = %rec.id, error = %e, "could not record api key use");
         }
         Ok(Principal { org_id: rec.org_id, key_id: rec.id, admin: rec.admin })
