@@ -97,18 +97,24 @@ fn valid_name(n: &str) -> bool {
 /// on the hot path of every toolbox call.
 const TOUCH_INTERVAL_MS: i64 = 60_000;
 
+/// How long a successful key lookup is reused. Revocation through this server clears it at
+/// once; the cache only spares the hot path (every toolbox call) a database round trip.
+const AUTH_CACHE_MS: i64 = 10_000;
+
 /// Authentication and key management.
 #[derive(Debug, Clone)]
 pub struct KeyService {
     store: Arc<dyn Store>,
     /// Key id → when its use was last written.
     touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Key hash → (principal, when looked up).
+    cache: Arc<std::sync::Mutex<std::collections::HashMap<String, (Principal, i64)>>>,
 }
 
 impl KeyService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        KeyService { store, touched: Arc::default() }
+        KeyService { store, touched: Arc::default(), cache: Arc::default() }
     }
 
     /// Ensures the bootstrap organization and admin key exist. With `configured` (from
@@ -163,15 +169,16 @@ impl KeyService {
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, KeyError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(KeyError::Missing)?;
-        let rec = self
-            .store
-            .api_key_by_hash(&hash_key(token))
-            .await
-            .map_err(store("authenticate"))?
-            .ok_or(KeyError::Invalid)?;
+        let hash = hash_key(token);
+        let now = now_millis();
+        if let Some((p, at)) = self.cache.lock().expect("auth cache is never poisoned").get(&hash)
+            && now.saturating_sub(*at) < AUTH_CACHE_MS
+        {
+            return Ok(p.clone());
+        }
+        let rec = self.store.api_key_by_hash(&hash).await.map_err(store("authenticate"))?.ok_or(KeyError::Invalid)?;
         // Recording the last use is informational (to the minute); an error here must not
         // fail the request.
-        let now = now_millis();
         let due = {
             let mut t = self.touched.lock().expect("touch map is never poisoned");
             let last = t.get(&rec.id).copied().unwrap_or(i64::MIN);
@@ -180,7 +187,9 @@ impl KeyService {
         if due && let Err(e) = self.store.touch_api_key(&rec.id, now).await {
             tracing::warn!(key_id = %rec.id, error = %e, "could not record api key use");
         }
-        Ok(Principal { org_id: rec.org_id, key_id: rec.id, admin: rec.admin })
+        let p = Principal { org_id: rec.org_id, key_id: rec.id, admin: rec.admin };
+        self.cache.lock().expect("auth cache is never poisoned").insert(hash, (p.clone(), now));
+        Ok(p)
     }
 
     /// Creates a key in the caller's organization.
@@ -201,6 +210,7 @@ impl KeyService {
     /// Revokes one of the caller's organization's keys.
     pub async fn revoke(&self, who: &Principal, id: &str) -> Result<(), KeyError> {
         if self.store.revoke_api_key(&who.org_id, id, now_millis()).await.map_err(store("revoke api key"))? {
+            self.cache.lock().expect("auth cache is never poisoned").retain(|_, (p, _)| p.key_id != id);
             Ok(())
         } else {
             Err(KeyError::NotFound { id: id.to_string() })

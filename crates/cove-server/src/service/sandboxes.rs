@@ -156,6 +156,9 @@ struct Inner {
     toolbox_url: String,
     has_gpu: bool,
     pids_limit: u32,
+    /// (organization, id or name) → (sandbox id, agent socket) of started sandboxes, so that
+    /// toolbox calls skip the database. Every transition away from `started` clears its entries.
+    sockets: std::sync::Mutex<std::collections::HashMap<(String, String), (String, PathBuf)>>,
 }
 
 impl SandboxService {
@@ -170,7 +173,16 @@ impl SandboxService {
     ) -> Self {
         let has_gpu = std::path::Path::new("/dev/nvidia0").exists();
         SandboxService {
-            inner: Arc::new(Inner { store, runtime, snapshots, default_snapshot, toolbox_url, has_gpu, pids_limit }),
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                snapshots,
+                default_snapshot,
+                toolbox_url,
+                has_gpu,
+                pids_limit,
+                sockets: Default::default(),
+            }),
         }
     }
 
@@ -407,6 +419,7 @@ impl SandboxService {
             return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
         }
         let from = rec.state;
+        self.forget_socket(&rec.id);
         rec.state = SandboxState::Destroying;
         rec.desired_state = "destroyed".into();
         rec.updated_at = now_millis();
@@ -462,6 +475,7 @@ impl SandboxService {
             return Err(SandboxError::WrongState { verb, name: rec.name.clone(), state: rec.state });
         }
         let from = rec.state;
+        self.forget_socket(&rec.id);
         rec.state = to;
         rec.desired_state = desired.into();
         rec.updated_at = now_millis();
@@ -473,11 +487,26 @@ impl SandboxService {
 
     /// The socket of a started sandbox's agent, for the toolbox proxy.
     pub async fn toolbox_socket(&self, who: &Principal, id_or_name: &str) -> Result<PathBuf, SandboxError> {
+        let key = (who.org_id.clone(), id_or_name.to_string());
+        if let Some((_, path)) = self.sockets().get(&key) {
+            return Ok(path.clone());
+        }
         let rec = self.find(who, id_or_name).await?;
         if !rec.state.can_use_toolbox() {
             return Err(SandboxError::WrongState { verb: "use the toolbox of", name: rec.name, state: rec.state });
         }
-        Ok(self.inner.runtime.socket_path(&rec.id))
+        let path = self.inner.runtime.socket_path(&rec.id);
+        self.sockets().insert(key, (rec.id, path.clone()));
+        Ok(path)
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), (String, PathBuf)>> {
+        self.inner.sockets.lock().expect("socket cache is never poisoned")
+    }
+
+    /// Forgets cached toolbox routes of a sandbox that is leaving `started`.
+    fn forget_socket(&self, sandbox_id: &str) {
+        self.sockets().retain(|_, (id, _)| id != sandbox_id);
     }
 
     /// The toolbox base URL.
@@ -542,6 +571,7 @@ impl SandboxService {
             let Ok(all) = self.inner.store.all_sandboxes_for_job().await else { continue };
             for mut rec in all.into_iter().filter(|r| r.state == SandboxState::Started) {
                 if let Ok(SandboxStatus::Stopped { exit_code, oom_killed }) = self.inner.runtime.status(&rec.id).await {
+                    self.forget_socket(&rec.id);
                     if let Err(e) = self.inner.runtime.stop(&rec.id, Duration::ZERO).await {
                         tracing::warn!(sandbox_id = %rec.id, error = %e, "cleanup of a dead sandbox failed");
                     }
