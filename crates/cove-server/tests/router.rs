@@ -133,3 +133,11 @@ async fn unknown_routes_are_a_json_404_and_health_needs_no_key() {
     assert_eq!(body["statusCode"], 404);
     assert_eq!(call(&app, "GET", "/api/health", None, None).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_network_block_the_server_cannot_enforce_is_refused_not_ignored() {
+    let (_d, app) = app().await;
+    let (st, body) = call(&app, "POST", "/api/sandbox", Some(json!({"networkBlockAll": true})), Some(KEY)).await;
+    assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("networkBlockAll"));
+}

@@ -40,6 +40,9 @@ pub enum SandboxError {
         "no snapshot given and this server has no default snapshot; name one, or start the server with --default-snapshot NAME"
     )]
     NoSnapshot,
+    /// A requested protection this server does not enforce yet: refused rather than ignored.
+    #[error("{0} is not supported by this server yet; the request was refused rather than run without it")]
+    Unsupported(&'static str),
     /// Dockerfile builds come with the builder.
     #[error(
         "creating sandboxes from an image build (buildInfo) is not supported by this server yet; create a snapshot and start the sandbox from it"
@@ -122,7 +125,7 @@ impl SandboxError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } => ErrorKind::InvalidArgument,
-            Self::BuildUnsupported => ErrorKind::Unimplemented,
+            Self::BuildUnsupported | Self::Unsupported(_) => ErrorKind::Unimplemented,
             Self::Snapshot(e) => match e.kind() {
                 // A snapshot that does not exist is a bad request for a sandbox (Daytona: 400).
                 ErrorKind::NotFound => ErrorKind::InvalidArgument,
@@ -196,6 +199,9 @@ impl SandboxService {
             return Err(SandboxError::Invalid(
                 "cannot specify sandbox resources when using a snapshot: the snapshot's resources apply".into(),
             ));
+        }
+        if req.network_block_all == Some(true) {
+            return Err(SandboxError::Unsupported("networkBlockAll"));
         }
         let snapshot_ref = req
             .snapshot
