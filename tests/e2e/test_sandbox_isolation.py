@@ -173,3 +173,27 @@ def test_a_sandbox_whose_agent_dies_is_reported_as_error(env):
     body = wait_until(lambda: (b := server.api("GET", f"/sandbox/{sb.id}")[1])["state"] == "error" and b, 15, what="error state")
     assert "exited" in body["errorReason"] or "killed" in body["errorReason"]
     daytona.get(sb.id).delete()
+
+
+def test_a_sandbox_cannot_point_the_server_at_a_host_socket(env, short_tmp):
+    import socket as pysocket
+    import threading
+
+    server, daytona = env
+    sb = box(daytona)
+    victim_path = short_tmp / "victim.sock"
+    victim = pysocket.socket(pysocket.AF_UNIX)
+    victim.bind(str(victim_path))
+    victim.listen(1)
+    victim.settimeout(3)
+    got = []
+    threading.Thread(target=lambda: got.append(victim.accept()), daemon=True).start()
+    sb.process.exec(f"rm -f /run/cove/toolbox.sock && ln -s {victim_path} /run/cove/toolbox.sock")
+    req = urllib.request.Request(
+        f"{server.url}/toolbox/{sb.id}/version", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 503
+    assert not got, "the host socket was never connected to"
+    victim.close()

@@ -4,13 +4,22 @@
 //! The caller's API key is authenticated by the server and never forwarded: the agent
 //! trusts whoever can reach its socket, which only the server can.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+
+/// Where a sandbox's agent listens, and which sandbox it must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentAddr {
+    /// The unix socket on the host (inside the sandbox's bind-mounted toolbox directory).
+    pub socket: PathBuf,
+    /// The sandbox id: the peer on the socket must run in that sandbox's cgroup.
+    pub sandbox_id: String,
+}
 
 /// A failed exchange with an agent.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +32,16 @@ pub enum ToolboxError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Whatever answered on the socket is not a process of that sandbox.
+    #[error(
+        "the socket of sandbox {sandbox_id} is served by a process outside it (pid {pid:?}); refusing to talk to it"
+    )]
+    ForeignPeer {
+        /// The sandbox.
+        sandbox_id: String,
+        /// The peer's pid, when the kernel told.
+        pid: Option<i32>,
     },
     /// The HTTP exchange failed.
     #[error("talk to the sandbox agent")]
@@ -40,24 +59,26 @@ pub enum ToolboxError {
     },
 }
 
-async fn send(socket: &Path, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ToolboxError> {
-    // The socket's directory is writable from inside the sandbox: refuse anything but a real
-    // socket, so a sandbox cannot point the server at another socket on the host with a
-    // symlink. (A swap between this check and the connect remains possible; passing the
-    // agent a listening socket created outside the sandbox would close that window.)
+async fn send(agent: &AgentAddr, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ToolboxError> {
+    let socket = &agent.socket;
+    let connect_err = |source| ToolboxError::Connect { path: socket.display().to_string(), source };
+    // The socket's directory is writable from inside the sandbox, so the path may have been
+    // replaced (say, by a symlink to another socket on the host). Refuse anything but a real
+    // socket, and after connecting, check that the peer runs in this sandbox's cgroup before
+    // a single byte is sent: that closes the window between the check and the connect.
     match std::fs::symlink_metadata(socket) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {}
-        Ok(_) => {
-            return Err(ToolboxError::Connect {
-                path: socket.display().to_string(),
-                source: std::io::Error::other("not a unix socket (replaced from inside the sandbox?)"),
-            });
-        }
-        Err(source) => return Err(ToolboxError::Connect { path: socket.display().to_string(), source }),
+        Ok(_) => return Err(connect_err(std::io::Error::other("not a unix socket"))),
+        Err(source) => return Err(connect_err(source)),
     }
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ToolboxError::Connect { path: socket.display().to_string(), source })?;
+    let stream = UnixStream::connect(socket).await.map_err(connect_err)?;
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    let in_sandbox = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok())
+        .is_some_and(|cg| cg.lines().any(|l| l.ends_with(&format!("/{}", agent.sandbox_id))));
+    if !in_sandbox {
+        return Err(ToolboxError::ForeignPeer { sandbox_id: agent.sandbox_id.clone(), pid });
+    }
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ToolboxError::Http)?;
     tokio::spawn(async move {
@@ -69,10 +90,10 @@ async fn send(socket: &Path, req: Request<Body>) -> Result<Response<hyper::body:
 }
 
 /// `GET /version` once; the agent's version when it answers 200.
-pub async fn version(socket: &Path) -> Result<String, ToolboxError> {
+pub async fn version(agent: &AgentAddr) -> Result<String, ToolboxError> {
     let req =
         Request::get("/version").header(header::HOST, "agent").body(Body::empty()).expect("a static request is valid");
-    let resp = send(socket, req).await?;
+    let resp = send(agent, req).await?;
     if !resp.status().is_success() {
         return Err(ToolboxError::Status { what: "GET /version", status: resp.status() });
     }
@@ -82,12 +103,12 @@ pub async fn version(socket: &Path) -> Result<String, ToolboxError> {
 }
 
 /// Polls `GET /version` until the agent answers, up to `timeout`.
-pub async fn wait_ready(socket: &Path, timeout: Duration) -> Result<String, ToolboxError> {
+pub async fn wait_ready(agent: &AgentAddr, timeout: Duration) -> Result<String, ToolboxError> {
     // The agent is usually up within a few milliseconds of `runc run` returning: poll every
     // millisecond rather than backing off, which would overshoot by as much as it waited.
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match version(socket).await {
+        match version(agent).await {
             Ok(v) => return Ok(v),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 tracing::debug!(error = %e, "agent not ready");
@@ -101,7 +122,7 @@ pub async fn wait_ready(socket: &Path, timeout: Duration) -> Result<String, Tool
 /// Forwards `req` to the agent as `path_and_query`, streaming both bodies; a WebSocket
 /// upgrade is bridged byte for byte once both sides have switched protocols.
 pub async fn forward(
-    socket: &Path,
+    agent: &AgentAddr,
     mut req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Body>, ToolboxError> {
@@ -116,7 +137,7 @@ pub async fn forward(
         out = out.header(name, value);
     }
     let out = out.header(header::HOST, "agent").body(body).expect("a request rebuilt from a valid one is valid");
-    let mut resp = send(socket, out).await?;
+    let mut resp = send(agent, out).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
@@ -138,4 +159,37 @@ pub async fn forward(
     let (mut parts, body) = resp.into_parts();
     parts.headers.entry(header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_served_by_a_process_outside_the_sandbox_gets_no_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolbox.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await.unwrap();
+            buf
+        });
+        let agent = AgentAddr { socket: path, sandbox_id: "3f1e2d4c-0000-4000-8000-000000000000".into() };
+        let err = version(&agent).await.unwrap_err();
+        assert!(matches!(err, ToolboxError::ForeignPeer { .. }), "{err}");
+        assert!(accepted.await.unwrap().is_empty(), "not a byte was sent to the foreign process");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_in_place_of_the_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("elsewhere.sock");
+        let _listener = tokio::net::UnixListener::bind(&real).unwrap();
+        let link = dir.path().join("toolbox.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let agent = AgentAddr { socket: link, sandbox_id: "any".into() };
+        assert!(matches!(version(&agent).await, Err(ToolboxError::Connect { .. })));
+    }
 }

@@ -111,12 +111,12 @@ async fn toolbox(
     Path((id, path)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let socket = s.sandboxes.toolbox_socket(&who, &id).await?;
+    let agent = s.sandboxes.toolbox_agent(&who, &id).await?;
     let target = match req.uri().query() {
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    crate::toolbox::forward(&socket, req, &target)
+    crate::toolbox::forward(&agent, req, &target)
         .await
         .map_err(|e| ApiError::new(ErrorKind::Unavailable, cove_types::error::chain(&e)))
 }

@@ -6,7 +6,6 @@
 //! get `started` straight away and never poll.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use super::keys::Principal;
 use super::snapshots::{SnapshotError, SnapshotService};
 use super::{iso, now_millis};
 use crate::store::{SandboxRecord, Store, StoreError};
-use crate::toolbox::{self, ToolboxError};
+use crate::toolbox::{self, AgentAddr, ToolboxError};
 
 /// Sandboxes get at most this many processes unless configured otherwise.
 pub const DEFAULT_PIDS_LIMIT: u32 = 4096;
@@ -161,7 +160,7 @@ struct Inner {
     pids_limit: u32,
     /// (organization, id or name) → (sandbox id, agent socket) of started sandboxes, so that
     /// toolbox calls skip the database. Every transition away from `started` clears its entries.
-    sockets: std::sync::Mutex<std::collections::HashMap<(String, String), (String, PathBuf)>>,
+    sockets: std::sync::Mutex<std::collections::HashMap<(String, String), AgentAddr>>,
 }
 
 impl SandboxService {
@@ -297,7 +296,7 @@ impl SandboxService {
     }
 
     async fn wait_agent(&self, id: &str) -> Result<String, SandboxError> {
-        toolbox::wait_ready(&self.inner.runtime.socket_path(id), READY_TIMEOUT)
+        toolbox::wait_ready(&self.agent(id), READY_TIMEOUT)
             .await
             .map_err(|source| SandboxError::Agent { id: id.to_string(), source })
     }
@@ -491,28 +490,32 @@ impl SandboxService {
         Ok(())
     }
 
-    /// The socket of a started sandbox's agent, for the toolbox proxy.
-    pub async fn toolbox_socket(&self, who: &Principal, id_or_name: &str) -> Result<PathBuf, SandboxError> {
+    /// Where a started sandbox's agent listens, for the toolbox proxy.
+    pub async fn toolbox_agent(&self, who: &Principal, id_or_name: &str) -> Result<AgentAddr, SandboxError> {
         let key = (who.org_id.clone(), id_or_name.to_string());
-        if let Some((_, path)) = self.sockets().get(&key) {
-            return Ok(path.clone());
+        if let Some(addr) = self.sockets().get(&key) {
+            return Ok(addr.clone());
         }
         let rec = self.find(who, id_or_name).await?;
         if !rec.state.can_use_toolbox() {
             return Err(SandboxError::WrongState { verb: "use the toolbox of", name: rec.name, state: rec.state });
         }
-        let path = self.inner.runtime.socket_path(&rec.id);
-        self.sockets().insert(key, (rec.id, path.clone()));
-        Ok(path)
+        let addr = self.agent(&rec.id);
+        self.sockets().insert(key, addr.clone());
+        Ok(addr)
     }
 
-    fn sockets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), (String, PathBuf)>> {
+    fn agent(&self, id: &str) -> AgentAddr {
+        AgentAddr { socket: self.inner.runtime.socket_path(id), sandbox_id: id.to_string() }
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), AgentAddr>> {
         self.inner.sockets.lock().expect("socket cache is never poisoned")
     }
 
     /// Forgets cached toolbox routes of a sandbox that is leaving `started`.
     fn forget_socket(&self, sandbox_id: &str) {
-        self.sockets().retain(|_, (id, _)| id != sandbox_id);
+        self.sockets().retain(|_, a| a.sandbox_id != sandbox_id);
     }
 
     /// The toolbox base URL.
