@@ -47,7 +47,7 @@ def test_the_cpu_quota_holds_a_busy_loop_to_one_core(env):
     before = int(acct.read_text())
     sb.process.exec("for i in 1 2; do (while :; do :; done) & done; sleep 2; kill $(jobs -p)")
     used = (int(acct.read_text()) - before) / 1e9
-    assert 1.0 < used < 2.6, f"two busy loops for 2 s used {used:.2f} CPU-seconds"
+    assert 0.5 < used < 2.6, f"two busy loops for 2 s under a 1-CPU quota used {used:.2f} CPU-seconds (4 without it)"
     sb.delete()
 
 
