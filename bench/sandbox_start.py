@@ -9,17 +9,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-os.environ.setdefault("COVE_BIN", str(ROOT / "target" / "release" / "cove"))
-os.environ.setdefault("COVE_AGENT_BIN", str(ROOT / "target" / "release" / "cove-agent"))
-
+import benchenv  # noqa: F401  (release binaries, fixtures on the path)
 import mkimage  # noqa: E402
 from harness import API_KEY, Cove, Registry  # noqa: E402
 

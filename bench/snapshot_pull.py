@@ -10,16 +10,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-os.environ.setdefault("COVE_BIN", str(ROOT / "target" / "release" / "cove"))
-os.environ.setdefault("COVE_AGENT_BIN", str(ROOT / "target" / "release" / "cove-agent"))
-
+import benchenv  # noqa: F401  (release binaries, fixtures on the path)
 import mkimage  # noqa: E402
 from harness import Cove, Registry, wait_until  # noqa: E402
 
