@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import benchenv  # noqa: F401  (release binaries, fixtures on the path)
+from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
 from harness import API_KEY, Cove, Registry  # noqa: E402
 
@@ -34,13 +34,6 @@ def post(url, body):
 
 def ms(xs):
     return statistics.median(xs) * 1000
-
-
-def row(name, xs, base=None, unit="ms"):
-    med = statistics.median(xs) * (1000 if unit == "ms" else 1)
-    p90 = sorted(xs)[max(0, int(len(xs) * 0.9) - 1)] * (1000 if unit == "ms" else 1)
-    ratio = f"{statistics.median(xs) / statistics.median(base):6.2f}x" if base else "   1.00x"
-    return f"{name:<52} {med:9.2f} {p90:9.2f} {ratio}"
 
 
 def runc_baseline(rootfs, work, seccomp=None):

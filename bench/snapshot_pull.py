@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchenv  # noqa: F401  (release binaries, fixtures on the path)
+from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
 from harness import Cove, Registry, wait_until  # noqa: E402
 
@@ -54,13 +54,6 @@ def skopeo_umoci(registry, work):
     return elapsed
 
 
-def row(name, xs, base=None):
-    med = statistics.median(xs)
-    p90 = sorted(xs)[max(0, int(len(xs) * 0.9) - 1)]
-    ratio = f"{med / statistics.median(base):6.2f}x" if base else "   1.00x"
-    return f"{name:<44} {med * 1000:9.1f} {p90 * 1000:9.1f} {ratio}"
-
-
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="cove-bench-"))
     registry = Registry(tmp / "registry")
@@ -80,8 +73,8 @@ def main():
         size = sum(p.stat().st_size for p in (tmp / "registry" / "data").rglob("*") if p.is_file())
         print(f"\nSnapshot from a local-registry image (~{size / 1e6:.1f} MB stored), {RUNS} cold runs each")
         print(f"{'':<44} {'p50 ms':>9} {'p90 ms':>9} {'vs base':>8}")
-        print(row("skopeo copy + umoci unpack (baseline)", base))
-        print(row("cove: POST /api/snapshots -> active", ours, base))
+        print(row("skopeo copy + umoci unpack (baseline)", base, width=44, digits=1))
+        print(row("cove: POST /api/snapshots -> active", ours, base, width=44, digits=1))
         ratio = statistics.median(ours) / statistics.median(base)
         print(f"\nratio cove/baseline = {ratio:.2f} (target <= 1.0)")
     finally:
