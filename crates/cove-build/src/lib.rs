@@ -1,0 +1,1 @@
+//! Dockerfile builds without a Docker engine (see ARCHITECTURE.md).
