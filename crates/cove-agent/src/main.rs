@@ -9,7 +9,9 @@
 //! Environment: `COVE_TOOLBOX_SOCKET` (default `/run/cove/toolbox.sock`), `COVE_TOOLBOX_PORT`
 //! (default 2280, 0 disables TCP), `COVE_WORKDIR` (default `$HOME`, else `/`),
 //! `COVE_RUNTIME_DIR` (session fifos; default the socket's directory), `COVE_NO_ENTRYPOINT=1`
-//! (start no entrypoint), `COVE_AGENT_LOG` (`error`..`trace`, default `info`).
+//! (start no entrypoint), `COVE_AGENT_LOG` (`error`..`trace`, default `info`), `COVE_ENV_FILE`
+//! (extra `K=V` entries, NUL-separated, applied to the agent's own environment at start and then
+//! deleted: how a sandbox taken from the server's warm pool receives the request's variables).
 
 mod error;
 mod files;
@@ -20,6 +22,8 @@ mod session;
 mod sys;
 mod users;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -47,6 +51,7 @@ fn main() {
         println!("cove-agent {}", env!("CARGO_PKG_VERSION"));
         return;
     }
+    load_env_file();
     if sys::getpid() == 1 {
         become_supervisor();
     }
@@ -67,6 +72,31 @@ fn main() {
         }
     };
     std::process::exit(rt.block_on(run(settings)));
+}
+
+/// Applies `COVE_ENV_FILE` (see the module docs); `COVE_*` keys in it are ignored.
+fn load_env_file() {
+    let Some(path) = std::env::var_os("COVE_ENV_FILE").filter(|p| !p.is_empty()) else { return };
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    for (key, value) in parse_env_file(&bytes) {
+        sys::set_env_single_threaded(key, value);
+    }
+    if let Err(e) = std::fs::remove_file(&path) {
+        eprintln!("cove-agent: remove {}: {e}", PathBuf::from(path).display());
+    }
+}
+
+/// `K=V` entries separated by NUL; entries without `=`, with an empty key or a `COVE_` key are
+/// skipped.
+fn parse_env_file(bytes: &[u8]) -> Vec<(&OsStr, &OsStr)> {
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|e| {
+            let eq = e.iter().position(|b| *b == b'=')?;
+            let (k, v) = (&e[..eq], &e[eq + 1..]);
+            (!k.is_empty() && !k.starts_with(b"COVE_")).then(|| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
+        })
+        .collect()
 }
 
 /// Forks; the parent never returns (it supervises and exits with the server's status).
@@ -169,4 +199,18 @@ async fn shutdown_signal() -> libc::c_int {
         })
     });
     futures_util::future::select_all(waits).await.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_yield_their_entries_and_skip_malformed_and_cove_keys() {
+        let got = parse_env_file(b"A=1\0B=x=y\0\0noequals\0=v\0COVE_TOOLBOX_SOCKET=/x\0MULTI=a\nb\0");
+        let got: Vec<(String, String)> =
+            got.iter().map(|(k, v)| (k.to_string_lossy().into(), v.to_string_lossy().into())).collect();
+        let want = [("A", "1"), ("B", "x=y"), ("MULTI", "a\nb")].map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(got, want);
+    }
 }

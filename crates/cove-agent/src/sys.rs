@@ -193,3 +193,13 @@ pub fn random_16() -> [u8; 16] {
 pub fn new_uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(random_16()).into_uuid()
 }
+
+/// Sets an environment variable of this process.
+///
+/// Only for `main` before anything else runs: the caller must guarantee that no other thread
+/// exists yet (`setenv` races with concurrent `getenv`).
+pub fn set_env_single_threaded(key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
+    // SAFETY: called from `main` before the tokio runtime or any other thread is started, so
+    // nothing can read the environment concurrently.
+    unsafe { std::env::set_var(key, value) }
+}

@@ -140,6 +140,26 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
         .map_err(|e| DiskError::MountOverlay { target: target.into(), source: e.into() })
 }
 
+/// Mounts an overlay of several lower dirs (topmost first) + `upper`/`work` at `target`, with
+/// redirects and metacopy off so that every change lands in `upper` as plain files, 0:0
+/// character-device whiteouts and opaque directories (what a layer diff reads). The options
+/// must fit in one page (about 4000 bytes of paths).
+pub fn mount_overlay_layers(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), DiskError> {
+    std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
+    if is_mountpoint(target) {
+        return Ok(());
+    }
+    let lower = lowers.iter().map(|l| check_overlay_path(l)).collect::<Result<Vec<_>, _>>()?.join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off",
+        check_overlay_path(upper)?,
+        check_overlay_path(work)?
+    );
+    let data = std::ffi::CString::new(data).map_err(|_| DiskError::UnsafeOverlayPath { path: target.into() })?;
+    rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+        .map_err(|e| DiskError::MountOverlay { target: target.into(), source: e.into() })
+}
+
 /// Unmounts `target` if it is a mount point; falls back to a lazy unmount when busy.
 pub fn unmount(target: &Path) -> Result<(), DiskError> {
     use rustix::mount::UnmountFlags;

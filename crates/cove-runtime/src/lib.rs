@@ -6,6 +6,9 @@
 //! (a named netns on an isolated bridge port), with CPU, memory (no extra swap) and pids
 //! limits in `<cgroup_parent>/<id>`, Docker's default capabilities and seccomp profile unless
 //! privileged. Sandboxes keep running when the server exits (`runc run -d`).
+//!
+//! One-shot build steps ([`Runtime::run_step`]) reuse the same isolation on a throw-away
+//! overlay whose upper dir the builder turns into a layer.
 
 mod cgroup;
 mod cmd;
@@ -16,7 +19,9 @@ mod pool;
 pub mod runc;
 mod runtime;
 pub mod seccomp;
+mod step;
 pub mod user;
 
 pub use cmd::CommandError;
 pub use runtime::{Runtime, RuntimeConfig, RuntimeError, SandboxSpec, SandboxStatus};
+pub use step::StepSpec;

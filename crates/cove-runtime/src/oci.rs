@@ -14,6 +14,8 @@ pub const AGENT_PATH: &str = "/.cove/cove-agent";
 pub const TOOLBOX_DIR: &str = "/run/cove";
 /// The agent's unix socket inside the sandbox.
 pub const TOOLBOX_SOCKET: &str = "/run/cove/toolbox.sock";
+/// Extra environment the agent applies at start (written by `Runtime::start_prepared`).
+pub const ENV_FILE: &str = "/run/cove/env";
 /// `PATH` when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period; the quota is `cpu * CPU_PERIOD`.
@@ -182,6 +184,16 @@ fn env_default(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
+/// Adds `K=V` entries to `env`, replacing entries with the same key (later ones win).
+pub fn merge_env(env: &mut Vec<String>, extra: &[String]) {
+    for e in extra {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        let prefix = format!("{key}=");
+        env.retain(|x| !x.starts_with(&prefix));
+        env.push(e.clone());
+    }
+}
+
 /// Replaces (or adds) `key=value`.
 fn env_set(env: &mut Vec<String>, key: &str, value: &str) {
     let prefix = format!("{key}=");
@@ -209,6 +221,7 @@ pub fn config(p: &BundleParams) -> Value {
     env_default(&mut env, "HOSTNAME", &p.hostname);
     env_set(&mut env, "COVE_SANDBOX_ID", &p.id);
     env_set(&mut env, "COVE_TOOLBOX_SOCKET", TOOLBOX_SOCKET);
+    env_set(&mut env, "COVE_ENV_FILE", ENV_FILE);
     env_set(&mut env, "COVE_WORKDIR", &cwd);
 
     let mut args = vec![AGENT_PATH.to_string()];
@@ -302,6 +315,13 @@ pub fn config(p: &BundleParams) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_env_entries_replace_those_with_the_same_key() {
+        let mut env = vec!["A=1".to_string(), "B=2".to_string()];
+        merge_env(&mut env, &["A=3".into(), "C=4".into(), "AB=5".into()]);
+        assert_eq!(env, ["B=2", "A=3", "C=4", "AB=5"]);
+    }
 
     fn params(privileged: bool) -> BundleParams {
         BundleParams {
@@ -429,6 +449,7 @@ mod tests {
         assert!(env.contains(&"HOME=/home/app"));
         assert!(!env.contains(&"HOME=/wrong"));
         assert!(env.contains(&"COVE_TOOLBOX_SOCKET=/run/cove/toolbox.sock"));
+        assert!(env.contains(&"COVE_ENV_FILE=/run/cove/env"));
         assert!(env.contains(&"COVE_WORKDIR=/home/app"));
         assert_eq!(c["process"]["cwd"], "/home/app");
         assert_eq!(c["process"]["user"], json!({"uid": 1000, "gid": 1000, "additionalGids": [10]}));

@@ -13,7 +13,7 @@ pub const RUNC: &str = "runc";
 /// A failed runc invocation.
 #[derive(Debug, thiserror::Error)]
 pub enum RuncError {
-    /// `runc run -d` failed; `log` is the end of runc's own log.
+    /// `runc run -d` or `runc create` failed; `log` is the end of runc's own log.
     #[error("runc run {id} failed ({status}): {log}")]
     Run {
         /// Container id.
@@ -31,6 +31,24 @@ pub enum RuncError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Releasing a created container through its exec fifo failed.
+    #[error("start container {id} through its exec fifo")]
+    StartFifo {
+        /// Container id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `runc start` of a created container failed.
+    #[error("runc start {id}")]
+    Start {
+        /// Container id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
     },
     /// `runc state` failed for another reason than "does not exist".
     #[error("runc state {id}")]
@@ -94,6 +112,9 @@ pub struct Runc {
     root: PathBuf,
 }
 
+/// How long a created container's init may take to write its exec fifo once released.
+const FIFO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn missing(e: &CommandError) -> bool {
     let s = e.stderr();
     s.contains("does not exist") || s.contains("not found")
@@ -115,6 +136,74 @@ impl Runc {
     /// `log`. Returns when runc has started the container and exited; the container outlives
     /// us (it is reparented to PID 1).
     pub async fn run_detached(&self, id: &str, bundle: &Path, console: &Path, log: &Path) -> Result<(), RuncError> {
+        self.launch(&["run", "--detach"], id, bundle, console, log).await
+    }
+
+    /// `runc create`: the container exists with its namespaces, mounts and cgroup, but its
+    /// process waits before `execve` until [`Runc::start`]. stdio and logs as `run_detached`.
+    pub async fn create(&self, id: &str, bundle: &Path, console: &Path, log: &Path) -> Result<(), RuncError> {
+        self.launch(&["create"], id, bundle, console, log).await
+    }
+
+    /// Starts a created container: its process proceeds to `execve`. Returns `Ok(false)` when
+    /// the container was not waiting to start (gone, running or stopped).
+    ///
+    /// This does what `runc start` does without paying for a second runc process (~10 ms):
+    /// runc's init blocks opening `<root>/<id>/exec.fifo` for writing until someone reads it;
+    /// reading it to the end releases the init, and removing it marks the container running
+    /// (runc reports `created` exactly while the fifo exists). Without the fifo (another runc
+    /// layout) it falls back to `runc start`.
+    pub async fn start(&self, id: &str) -> Result<bool, RuncError> {
+        let start_err = |source| RuncError::StartFifo { id: id.into(), source };
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return Ok(false);
+        }
+        let fifo = self.root.join(id).join("exec.fifo");
+        match std::fs::symlink_metadata(&fifo) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.root.join(id).join("state.json").exists() {
+                    return Ok(false);
+                }
+                return match cmd::run(RUNC, &self.args(&["start", id]), None).await {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if missing(&e)
+                            || e.stderr().contains("cannot start")
+                            || e.stderr().contains("not in created state") =>
+                    {
+                        Ok(false)
+                    }
+                    Err(source) => Err(RuncError::Start { id: id.into(), source }),
+                };
+            }
+            Err(e) => return Err(start_err(e)),
+        }
+        // The init's blocked open already counts as a writer, so a non-blocking reader cannot
+        // see a spurious end of file before it writes.
+        let mut rx = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&fifo).map_err(start_err)?;
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(FIFO_TIMEOUT, tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut buf)).await;
+        match read {
+            Ok(r) => {
+                r.map_err(start_err)?;
+            }
+            Err(_) => {
+                return Err(start_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "exec.fifo never closed")));
+            }
+        }
+        drop(rx);
+        if let Err(e) = std::fs::remove_file(&fifo)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(start_err(e));
+        }
+        // Nothing read: no init was waiting behind the fifo.
+        Ok(!buf.is_empty())
+    }
+
+    async fn launch(&self, sub: &[&str], id: &str, bundle: &Path, console: &Path, log: &Path) -> Result<(), RuncError> {
         let spawn_err = |source| RuncError::Spawn { id: id.into(), source };
         let out = std::fs::OpenOptions::new().create(true).append(true).open(console).map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
@@ -126,8 +215,7 @@ impl Runc {
             .arg(log)
             .arg("--log-format")
             .arg("text")
-            .arg("run")
-            .arg("--detach")
+            .args(sub)
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
@@ -191,5 +279,46 @@ impl Runc {
             Err(e) if missing(&e) => Ok(()),
             Err(source) => Err(RuncError::Delete { id: id.into(), source }),
         }
+    }
+}
+
+/// For one-shot build steps (`crate::step`).
+impl Runc {
+    /// `runc run` in the foreground: the container's stdout and stderr are `stdout` and
+    /// `stderr` (runc hands its own stdio to the container, and writes its own errors to the
+    /// same stderr), stdin is `/dev/null`, runc's log goes to `log`. The child exits with the
+    /// container's exit code (128 + n after signal n), or non-zero with an error in `log` when
+    /// runc itself failed; runc removes the container when it exits, unless it is killed.
+    pub fn spawn_foreground(
+        &self,
+        id: &str,
+        bundle: &Path,
+        log: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<tokio::process::Child, RuncError> {
+        tokio::process::Command::new(RUNC)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("text")
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| RuncError::Spawn { id: id.into(), source })
+    }
+
+    /// Ids of the containers in this state directory (`runc list` without running runc).
+    pub fn container_ids(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root)
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
     }
 }

@@ -55,7 +55,7 @@ pub struct RuntimeConfig {
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// Sandbox id (a uuid string; letters, digits, `-` and `_`).
     pub id: String,
@@ -147,6 +147,14 @@ pub enum RuntimeError {
         /// The sandbox id.
         id: String,
     },
+    /// `start_prepared` of a sandbox that is not waiting in runc's `created` state.
+    #[error("sandbox {id} is not prepared to start (it is {state})")]
+    NotPrepared {
+        /// The sandbox id.
+        id: String,
+        /// What runc says it is.
+        state: String,
+    },
     /// Every address of the CIDR is taken.
     #[error("no free address left in {cidr}")]
     NoFreeAddress {
@@ -213,6 +221,7 @@ impl RuntimeError {
             Self::InvalidSpec { .. } | Self::ResolveUser { .. } => K::InvalidArgument,
             Self::NotFound { .. } => K::NotFound,
             Self::AlreadyExists { .. } => K::AlreadyExists,
+            Self::NotPrepared { .. } => K::FailedPrecondition,
             Self::NoFreeAddress { .. } => K::Unavailable,
             Self::InvalidConfig { .. }
             | Self::Seccomp(_)
@@ -231,6 +240,15 @@ impl From<RuncError> for RuntimeError {
     fn from(e: RuncError) -> Self {
         RuntimeError::Runc(Box::new(e))
     }
+}
+
+/// How the prepared bundle is handed to runc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// `runc run -d`: the agent starts at once.
+    Run,
+    /// `runc create`: everything is set up, the agent waits for `runc start`.
+    Create,
 }
 
 /// The durable per-sandbox record (`spec.json`).
@@ -254,6 +272,8 @@ const SPEC_FILE: &str = "spec.json";
 /// valid sandbox id, so never listed as one.
 const POOL_DIR: &str = ".pool";
 const EXIT_FILE: &str = "exit.json";
+/// The host side of [`oci::ENV_FILE`], in the bundle's toolbox directory.
+const ENV_FILE: &str = "toolbox/env";
 /// How long to wait for a container to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -387,6 +407,7 @@ impl Runtime {
                 }
             }
         }
+        rt.remove_step_leftovers().await;
         tracing::info!(root = %rt.cfg.root.display(), bridge = %rt.cfg.bridge, cidr = %rt.cidr, "runtime ready");
         Ok(rt)
     }
@@ -497,6 +518,46 @@ impl Runtime {
     /// nothing is left behind.
     #[tracing::instrument(skip_all, fields(sandbox = %spec.id))]
     pub async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.create_with(spec, Launch::Run).await
+    }
+
+    /// Like [`Runtime::create`], but stops short of running the agent: disk, mounts, network,
+    /// cgroup and namespaces are ready and runc holds the process before `execve` until
+    /// [`Runtime::start_prepared`]. What a warm pool keeps, so that a create costs one
+    /// `runc start`.
+    #[tracing::instrument(skip_all, fields(sandbox = %spec.id))]
+    pub async fn prepare(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.create_with(spec, Launch::Create).await
+    }
+
+    /// Starts a sandbox made by [`Runtime::prepare`], adding `extra_env` (`K=V`) to its
+    /// environment: recorded in the spec (so later starts keep it) and handed to the agent
+    /// through [`oci::ENV_FILE`].
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn start_prepared(&self, id: &str, extra_env: &[String]) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
+        let _guard = self.lock(id).await;
+        let mut record = self.read_record(id)?;
+        if extra_env.iter().any(|e| !e.contains('=') || e.contains('\0')) {
+            return Err(RuntimeError::InvalidSpec { id: id.into(), why: "env entries must be K=V without NUL".into() });
+        }
+        if !extra_env.is_empty() {
+            oci::merge_env(&mut record.spec.env, extra_env);
+            let path = self.bundle(id).join(SPEC_FILE);
+            let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
+            write_atomic(&path, &json).map_err(io_file("write", &path))?;
+            let env_path = self.bundle(id).join(ENV_FILE);
+            write_replace(&env_path, extra_env.join("\0").as_bytes()).map_err(io_file("write", &env_path))?;
+        }
+        if !self.runc.start(id).await? {
+            let state = self.runc.state(id).await?.map_or_else(|| "not running".to_string(), |s| s.status);
+            return Err(RuntimeError::NotPrepared { id: id.into(), state });
+        }
+        tracing::info!(ms = ms(t0), "prepared sandbox started");
+        Ok(())
+    }
+
+    async fn create_with(&self, spec: &SandboxSpec, launch: Launch) -> Result<(), RuntimeError> {
         self.validate(spec)?;
         let t0 = Instant::now();
         let _guard = self.lock(&spec.id).await;
@@ -515,7 +576,7 @@ impl Runtime {
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
             tracing::debug!(record_ms = ms(t0), "record written");
-            self.start_locked(&record, true).await
+            self.start_locked(&record, true, launch).await
         }
         .await;
         // Replace the pool image this create took (or make the first of a new size), after
@@ -560,16 +621,16 @@ impl Runtime {
             None => {}
         }
         self.ips_lock().insert(id.to_string(), record.ip);
-        self.start_locked(&record, false).await?;
+        self.start_locked(&record, false, Launch::Run).await?;
         tracing::info!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
         Ok(())
     }
 
     /// Disk (a new image first when `new_disk`), mounts, network, config and `runc run -d`;
     /// undoes mounts and network on failure.
-    async fn start_locked(&self, record: &Record, new_disk: bool) -> Result<(), RuntimeError> {
+    async fn start_locked(&self, record: &Record, new_disk: bool, launch: Launch) -> Result<(), RuntimeError> {
         let id = &record.spec.id;
-        let result = self.start_steps(record, new_disk).await;
+        let result = self.start_steps(record, new_disk, launch).await;
         if result.is_err() {
             self.teardown(id).await;
         }
@@ -580,7 +641,7 @@ impl Runtime {
     /// `mount`, `mkfs.ext4` and `ip`): the disk (image, loop mount, overlay, then the image's
     /// user, which lives on it), the network namespace, and the generated files. All three are
     /// awaited even when one fails, so that the caller's teardown finds everything they made.
-    async fn start_steps(&self, record: &Record, new_disk: bool) -> Result<(), RuntimeError> {
+    async fn start_steps(&self, record: &Record, new_disk: bool, launch: Launch) -> Result<(), RuntimeError> {
         let spec = &record.spec;
         let id = &spec.id;
         let bundle = self.bundle(id);
@@ -616,6 +677,7 @@ impl Runtime {
         let files_branch = async {
             std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
             let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
+            let _ = std::fs::remove_file(bundle.join(ENV_FILE));
             std::fs::create_dir_all(&etc).map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
             let hosts =
                 format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
@@ -663,8 +725,13 @@ impl Runtime {
         write_replace(&path, &json).map_err(io_file("write", &path))?;
         let config_ms = ms(t) - prepare_ms;
         let t_runc = Instant::now();
-        self.runc.run_detached(id, &bundle, &bundle.join("console.log"), &bundle.join("runc.log")).await?;
+        let (console, log) = (bundle.join("console.log"), bundle.join("runc.log"));
+        match launch {
+            Launch::Run => self.runc.run_detached(id, &bundle, &console, &log).await?,
+            Launch::Create => self.runc.create(id, &bundle, &console, &log).await?,
+        }
         tracing::debug!(
+            ?launch,
             new_disk,
             pooled,
             image_ms,
@@ -822,6 +889,40 @@ impl Runtime {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+}
+
+/// What one-shot build steps (`crate::step`) share with sandboxes.
+impl Runtime {
+    pub(crate) fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn cidr(&self) -> &Cidr {
+        &self.cidr
+    }
+
+    /// The converted seccomp profile unprivileged sandboxes get.
+    pub(crate) fn seccomp_spec(&self) -> &Value {
+        &self.seccomp
+    }
+
+    pub(crate) fn host_caps(&self) -> u64 {
+        self.host_caps
+    }
+
+    /// Takes an address of the bridge network for `key` (never a sandbox id).
+    pub(crate) fn allocate_ip(&self, key: &str) -> Result<Ipv4Addr, RuntimeError> {
+        self.allocate(key)
+    }
+
+    pub(crate) fn release_ip(&self, key: &str) {
+        self.ips_lock().remove(key);
+    }
+
+    /// The host's resolv.conf as sandboxes get it.
+    pub(crate) fn resolv_conf(&self) -> String {
+        resolv_conf()
     }
 }
 

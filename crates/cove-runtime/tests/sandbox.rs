@@ -485,3 +485,30 @@ async fn pooled_disks_have_the_exact_size_and_a_failed_create_leaves_nothing_beh
     assert_eq!(env.rt().ip(&spec.id), None);
     assert!(env.rt().list().await.unwrap().is_empty(), "the pool is not a sandbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_sandbox_runs_nothing_until_started_and_then_gets_the_extra_env() {
+    let Some(env) = setup(11).await else { return };
+    let spec = env.spec("echo started > /root/marker; exec sleep 1000");
+    let id = spec.id.clone();
+    env.rt().prepare(&spec).await.unwrap();
+    let marker = env.bundle(&id).join("disk/upper/root/marker");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!marker.exists(), "the entrypoint ran before start_prepared");
+    assert!(matches!(env.rt().status(&id).await.unwrap(), SandboxStatus::Running { .. }));
+
+    env.rt().start_prepared(&id, &["EXTRA=1".into(), "GREETING=hello".into()]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(marker.exists(), "the entrypoint did not run after start_prepared");
+    assert_eq!(std::fs::read(env.bundle(&id).join("toolbox/env")).unwrap(), b"EXTRA=1\0GREETING=hello");
+    let record = std::fs::read_to_string(env.bundle(&id).join("spec.json")).unwrap();
+    assert!(record.contains("\"EXTRA=1\"") && record.contains("\"GREETING=hello\"") && !record.contains("GREETING=hi"));
+
+    let again = env.rt().start_prepared(&id, &[]).await.unwrap_err();
+    assert!(matches!(again, cove_runtime::RuntimeError::NotPrepared { .. }), "{again}");
+    env.rt().destroy(&id).await.unwrap();
+    assert!(!env.bundle(&id).exists());
+}
