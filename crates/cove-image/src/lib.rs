@@ -24,4 +24,4 @@ pub mod unpack;
 
 pub use content::ContentStore;
 pub use distribution::{Credentials, RegistryClient, RegistryConfig};
-pub use store::{ImageRecord, ImageStore, Lease, PullError, Pulled};
+pub use store::{ImageRecord, ImageStore, Lease, PullError, Pulled, StoredManifest};

@@ -32,6 +32,34 @@ pub struct ImageRecord {
     pub rootfs: PathBuf,
 }
 
+/// A local image's manifest and config, parsed and as stored (the raw bytes keep the fields
+/// Cove does not model, for builders that extend the image).
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// The image manifest.
+    pub manifest: ManifestOrIndex,
+    /// Its bytes (they hash to the image's digest).
+    pub manifest_bytes: Vec<u8>,
+    /// The image config.
+    pub config: ImageConfigFile,
+    /// Its bytes.
+    pub config_bytes: Vec<u8>,
+}
+
+/// An image whose blobs are all in the content store, ready to unpack.
+struct StoredImage {
+    /// For error messages.
+    name: String,
+    digest: Digest,
+    manifest_bytes: Vec<u8>,
+    config_bytes: Vec<u8>,
+    run: RunConfig,
+    /// Layer blobs, bottom first.
+    layers: Vec<Digest>,
+    /// One per layer.
+    diff_ids: Vec<String>,
+}
+
 /// Why a pull failed, worded for a snapshot's `errorReason`.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -95,6 +123,14 @@ pub enum PullError {
     /// The content store refused a blob.
     #[error("store blob: {0}")]
     Content(#[from] ContentError),
+    /// An image to import refers to a blob that is not in the content store.
+    #[error("import image {image}: blob {digest} is not in the content store")]
+    MissingBlob {
+        /// The image (its manifest digest).
+        image: String,
+        /// The missing blob.
+        digest: Digest,
+    },
 }
 
 fn describe_attempts(image: &str, attempts: &[DistributionError]) -> String {
@@ -134,6 +170,7 @@ impl PullError {
             Self::WrongPlatform { .. } | Self::InvalidImage { .. } => K::InvalidArgument,
             Self::Download { source, .. } => source.kind(),
             Self::Unpack { .. } => K::InvalidArgument,
+            Self::MissingBlob { .. } => K::FailedPrecondition,
             Self::Io { .. } | Self::Content(_) => K::Internal,
         }
     }
@@ -241,9 +278,7 @@ impl ImageStore {
     pub async fn pull(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<Pulled, PullError> {
         let _gc = self.gc_lock.read().await;
         let record = self.pull_locked(image, creds).await?;
-        *self.leases.lock().expect("lease map is never poisoned").entry(record.manifest_digest.clone()).or_default() +=
-            1;
-        let lease = Lease { digest: record.manifest_digest.clone(), leases: self.leases.clone() };
+        let lease = self.lease(&record.manifest_digest);
         Ok(Pulled { record, lease })
     }
 
@@ -259,29 +294,9 @@ impl ImageStore {
         let layers = body.layers.clone().unwrap_or_default();
         let config_digest: Digest = config_desc.digest.parse().map_err(|e| invalid(format!("{e}")))?;
         self.fetch(&ep, image, &config_desc, &config_digest, creds).await?;
-        let config_bytes = self.content.read(&config_digest).map_err(|source| PullError::Io {
-            op: "read config",
-            path: self.content.path(&config_digest),
-            source,
-        })?;
-        let config: ImageConfigFile =
-            serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?;
-        if !(config.os.is_empty() || config.os == "linux")
-            || !(config.architecture.is_empty() || config.architecture == "amd64")
-        {
-            return Err(PullError::WrongPlatform {
-                image: name,
-                found: format!("{}/{}", config.os, config.architecture),
-            });
-        }
-        let diff_ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
-        if diff_ids.len() != layers.len() {
-            return Err(invalid(format!("{} layers but {} diff ids", layers.len(), diff_ids.len())));
-        }
-        let mut layer_digests = Vec::with_capacity(layers.len());
-        for l in &layers {
-            layer_digests.push(l.digest.parse::<Digest>().map_err(|e| invalid(format!("{e}")))?);
-        }
+        let config_bytes = self.read_blob(&config_digest, "read config")?;
+        let (config, diff_ids) = check_config(&name, &config_bytes, layers.len())?;
+        let layer_digests = parse_layer_digests(&name, &layers)?;
 
         // Download layers, a few at a time.
         for batch in layers.iter().zip(&layer_digests).collect::<Vec<_>>().chunks(PARALLEL_LAYERS) {
@@ -291,26 +306,47 @@ impl ImageStore {
             }
         }
         self.content.put(&manifest.digest, &manifest.bytes)?;
+        let image = StoredImage {
+            name,
+            digest: manifest.digest.clone(),
+            manifest_bytes: manifest.bytes.clone(),
+            config_bytes,
+            run: config.config.unwrap_or_default(),
+            layers: layer_digests,
+            diff_ids,
+        };
+        self.unpack_stored(image).await
+    }
 
-        // Unpack once per image, even when several snapshots pull it at the same time.
-        let lock = self.lock_for(format!("image:{}", manifest.digest));
+    /// Unpacks an image whose manifest, config and layer blobs are all in the content store
+    /// into `images/<digest>/` (rootfs, manifest.json, config.json, meta.json, then the
+    /// completion marker), once per image even when several callers ask at the same time.
+    /// Shared by pulls and imports.
+    async fn unpack_stored(&self, image: StoredImage) -> Result<ImageRecord, PullError> {
+        let lock = self.lock_for(format!("image:{}", image.digest));
         let _guard = lock.lock().await;
-        if let Some(rec) = self.image(&manifest.digest) {
+        if let Some(rec) = self.image(&image.digest) {
             return Ok(rec);
         }
         let staging = self.root.join("tmp").join(format!("unpack-{}", uuid::Uuid::new_v4()));
-        let paths: Vec<(PathBuf, Digest, String)> = layer_digests
+        let paths: Vec<(PathBuf, Digest, String)> = image
+            .layers
             .iter()
-            .zip(&diff_ids)
+            .zip(&image.diff_ids)
             .map(|(d, diff)| (self.content.path(d), d.clone(), diff.clone()))
             .collect();
-        let run = config.config.clone().unwrap_or_default();
-        let dst = self.image_dir(&manifest.digest);
-        let manifest_bytes = manifest.bytes.clone();
-        let digest = manifest.digest.clone();
-        let image_name = name.clone();
+        let dst = self.image_dir(&image.digest);
         let rec = tokio::task::spawn_blocking(move || {
-            let r = unpack_image(&staging, &dst, &paths, &manifest_bytes, &config_bytes, digest, run, &image_name);
+            let r = unpack_image(
+                &staging,
+                &dst,
+                &paths,
+                &image.manifest_bytes,
+                &image.config_bytes,
+                image.digest,
+                image.run,
+                &image.name,
+            );
             if r.is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
@@ -320,6 +356,96 @@ impl ImageStore {
         .expect("the unpack task does not panic")?;
         tracing::info!(digest = %rec.manifest_digest, size = rec.size_bytes, "image unpacked");
         Ok(rec)
+    }
+
+    fn read_blob(&self, d: &Digest, op: &'static str) -> Result<Vec<u8>, PullError> {
+        self.content.read(d).map_err(|source| PullError::Io { op, path: self.content.path(d), source })
+    }
+
+    /// Keeps `digest` (an image's manifest digest or any single blob) from garbage collection
+    /// until the lease is dropped. Builders lease the blobs they write before they import
+    /// the image that references them.
+    pub fn lease(&self, digest: &Digest) -> Lease {
+        *self.leases.lock().expect("lease map is never poisoned").entry(digest.clone()).or_default() += 1;
+        Lease { digest: digest.clone(), leases: self.leases.clone() }
+    }
+
+    /// Imports a locally built image: its OCI (or Docker schema 2) manifest, config and
+    /// layer blobs must already be in the content store. Validates them, unpacks the root
+    /// filesystem exactly as a pull does, and returns it with a lease. Importing an image
+    /// that is already unpacked only takes the lease.
+    #[tracing::instrument(skip_all, fields(image = %manifest_digest))]
+    pub async fn import(&self, manifest_digest: &Digest) -> Result<Pulled, PullError> {
+        let _gc = self.gc_lock.read().await;
+        let record = self.import_locked(manifest_digest).await?;
+        let lease = self.lease(&record.manifest_digest);
+        Ok(Pulled { record, lease })
+    }
+
+    async fn import_locked(&self, digest: &Digest) -> Result<ImageRecord, PullError> {
+        let name = digest.to_string();
+        if let Some(rec) = self.image(digest) {
+            tracing::debug!("image already unpacked");
+            return Ok(rec);
+        }
+        let missing = |d: &Digest| PullError::MissingBlob { image: name.clone(), digest: d.clone() };
+        let invalid = |why: String| PullError::InvalidImage { image: name.clone(), why };
+        if !self.content.contains(digest) {
+            return Err(missing(digest));
+        }
+        let manifest_bytes = self.read_blob(digest, "read manifest")?;
+        let body: ManifestOrIndex =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+        match body.media_type.as_deref() {
+            Some(oci::OCI_MANIFEST | oci::DOCKER_MANIFEST) => {}
+            other => {
+                return Err(invalid(format!(
+                    "media type {} is not an image manifest ({} or {})",
+                    other.unwrap_or("(none)"),
+                    oci::OCI_MANIFEST,
+                    oci::DOCKER_MANIFEST
+                )));
+            }
+        }
+        if body.schema_version != 2 || body.manifests.is_some() {
+            return Err(invalid("not a schema version 2 image manifest".into()));
+        }
+        let config_desc = body.config.as_ref().ok_or_else(|| invalid("manifest has no config".into()))?;
+        let config_digest: Digest = config_desc.digest.parse().map_err(|e| invalid(format!("{e}")))?;
+        if !self.content.contains(&config_digest) {
+            return Err(missing(&config_digest));
+        }
+        let layers = body.layers.clone().unwrap_or_default();
+        let layer_digests = parse_layer_digests(&name, &layers)?;
+        if let Some(d) = layer_digests.iter().find(|d| !self.content.contains(d)) {
+            return Err(missing(d));
+        }
+        let config_bytes = self.read_blob(&config_digest, "read config")?;
+        let (config, diff_ids) = check_config(&name, &config_bytes, layers.len())?;
+        let image = StoredImage {
+            name,
+            digest: digest.clone(),
+            manifest_bytes,
+            config_bytes,
+            run: config.config.unwrap_or_default(),
+            layers: layer_digests,
+            diff_ids,
+        };
+        self.unpack_stored(image).await
+    }
+
+    /// The manifest and config of a local image (pulled or imported), from the content
+    /// store, falling back to the copies in the image directory; `None` when neither has it.
+    /// Builders extend a base image from this.
+    pub fn manifest(&self, d: &Digest) -> Option<StoredManifest> {
+        let dir = self.image_dir(d);
+        let manifest_bytes = self.content.read(d).or_else(|_| std::fs::read(dir.join("manifest.json"))).ok()?;
+        let manifest: ManifestOrIndex = serde_json::from_slice(&manifest_bytes).ok()?;
+        let config_digest: Digest = manifest.config.as_ref()?.digest.parse().ok()?;
+        let config_bytes =
+            self.content.read(&config_digest).or_else(|_| std::fs::read(dir.join("config.json"))).ok()?;
+        let config: ImageConfigFile = serde_json::from_slice(&config_bytes).ok()?;
+        Some(StoredManifest { manifest, manifest_bytes, config, config_bytes })
     }
 
     async fn fetch(
@@ -405,7 +531,8 @@ impl ImageStore {
         let _g = self.gc_lock.write().await;
         let mut keep = keep.clone();
         keep.extend(self.leases.lock().expect("lease map is never poisoned").keys().cloned());
-        let mut used: HashSet<Digest> = HashSet::new();
+        // A leased digest may also be a single blob (a build's layer before its import).
+        let mut used: HashSet<Digest> = keep.clone();
         let mut images_removed = 0;
         if let Ok(rd) = std::fs::read_dir(self.root.join("images")) {
             for e in rd.flatten() {
@@ -435,6 +562,38 @@ impl ImageStore {
         tracing::info!(images_removed, blobs_removed, "garbage collected");
         (images_removed, blobs_removed)
     }
+}
+
+/// Parses the config blob and checks it against the manifest: linux/amd64 (or unset), and
+/// one diff id per layer. Returns the config and the diff ids.
+fn check_config(image: &str, config_bytes: &[u8], layers: usize) -> Result<(ImageConfigFile, Vec<String>), PullError> {
+    let invalid = |why: String| PullError::InvalidImage { image: image.to_string(), why };
+    let config: ImageConfigFile =
+        serde_json::from_slice(config_bytes).map_err(|e| invalid(format!("config is not valid JSON: {e}")))?;
+    if !(config.os.is_empty() || config.os == "linux")
+        || !(config.architecture.is_empty() || config.architecture == "amd64")
+    {
+        return Err(PullError::WrongPlatform {
+            image: image.to_string(),
+            found: format!("{}/{}", config.os, config.architecture),
+        });
+    }
+    let diff_ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
+    if diff_ids.len() != layers {
+        return Err(invalid(format!("{layers} layers but {} diff ids", diff_ids.len())));
+    }
+    Ok((config, diff_ids))
+}
+
+fn parse_layer_digests(image: &str, layers: &[Descriptor]) -> Result<Vec<Digest>, PullError> {
+    layers
+        .iter()
+        .map(|l| {
+            l.digest
+                .parse::<Digest>()
+                .map_err(|e| PullError::InvalidImage { image: image.to_string(), why: format!("{e}") })
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
