@@ -109,10 +109,13 @@ def test_delete_leaves_no_mount_netns_veth_loop_device_or_cgroup_behind(sbx):
     assert not bundle.exists()
     mounts = open("/proc/mounts").read()
     assert sandbox.id not in mounts
+    # The sandbox's own netns and host veth are named prefix + its first 8 id characters (the
+    # warm pool's prepared sandboxes have theirs).
+    own = server.net["prefix"] + sandbox.id.replace("-", "")[:8].lower()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(n.startswith(server.net["prefix"]) and len(n.split()[0]) == len(server.net["prefix"]) + 8 for n in netns.splitlines())
+    assert own not in [n.split()[0] for n in netns.splitlines() if n.strip()]
     links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout
-    assert not [l for l in json.loads(links) if l.get("master") == server.net["bridge"]]
+    assert not [l for l in json.loads(links) if l.get("ifname", "").startswith(own)]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert sandbox.id not in loops
     for ctrl in ("memory", "cpu", "pids"):
@@ -149,3 +152,47 @@ def test_labels_can_be_replaced_and_resources_come_from_the_snapshot(sbx):
     st, body = server.api("POST", "/sandbox", {"snapshot": "default-snap", "cpu": 4})
     assert st == 400 and "resources" in body["message"]
     sandbox.delete()
+
+
+def unrecorded_bundles(server):
+    """Sandbox bundles on disk that the API does not list: the warm pool's prepared ones."""
+    listed = {s["id"] for s in server.api("GET", "/sandbox")[1]["items"]}
+    root = server.data_dir / "sandboxes"
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} - listed
+
+
+def test_a_create_taken_from_the_warm_pool_gets_the_requests_env_and_keeps_it_across_a_restart(sbx):
+    server, daytona = sbx
+    first = daytona.create()  # marks the default snapshot as in use: the pool fills behind it
+    wait_until(lambda: len(unrecorded_bundles(server)) >= 2, 30, what="two prepared sandboxes")
+    prepared = unrecorded_bundles(server)
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars={"GREETING": "hello pool", "PATH": "/x:/bin"}))
+    assert sandbox.id in prepared, "the create did not take a prepared sandbox"
+    r = sandbox.process.exec('echo "$GREETING|$PATH|$DAYTONA_SANDBOX_ID"')
+    assert r.result.strip() == f"hello pool|/x:/bin|{sandbox.id}"
+    sandbox.stop()
+    sandbox.start()
+    assert sandbox.process.exec('echo "$GREETING"').result.strip() == "hello pool"
+    # The agent consumed the env file; nothing is left for the sandbox to find.
+    assert sandbox.process.exec("ls /run/cove").result.split() == ["toolbox.sock"]
+    wait_until(lambda: len(unrecorded_bundles(server)) >= 2, 30, what="the pool refilled")
+    for s in (first, sandbox):
+        s.delete()
+
+
+def test_prepared_sandboxes_are_removed_when_the_server_stops_and_after_a_crash(sbx):
+    server, daytona = sbx
+    daytona.create().delete()
+    wait_until(lambda: len(unrecorded_bundles(server)) >= 2, 30, what="two prepared sandboxes")
+    server.kill(__import__("signal").SIGTERM)
+    assert not list((server.data_dir / "sandboxes").glob("*/spec.json")), "a graceful stop drains the pool"
+    server.start()
+    daytona.create().delete()
+    wait_until(lambda: len(unrecorded_bundles(server)) >= 2, 30, what="the pool refilled")
+    server.kill()  # SIGKILL: no drain
+    left = {p.parent.name for p in (server.data_dir / "sandboxes").glob("*/spec.json")}
+    assert len(left) >= 2
+    server.start()
+    assert not {p.parent.name for p in (server.data_dir / "sandboxes").glob("*/spec.json")} & left
+    runc = subprocess.run(["runc", "--root", server.net["runc_root"], "list", "-q"], capture_output=True, text=True)
+    assert not set(runc.stdout.split()) & left

@@ -1,6 +1,7 @@
 //! The services behind the HTTP handlers: all validation, state rules and background jobs.
 
 pub mod keys;
+pub mod pool;
 pub mod sandboxes;
 pub mod snapshots;
 

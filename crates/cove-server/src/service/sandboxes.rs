@@ -14,6 +14,7 @@ use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, Sand
 use cove_types::{ErrorKind, SandboxState, SnapshotName};
 
 use super::keys::Principal;
+use super::pool::{self, PoolKey, WarmPool};
 use super::snapshots::{SnapshotError, SnapshotService};
 use super::{iso, now_millis};
 use crate::store::{SandboxRecord, Store, StoreError};
@@ -158,9 +159,19 @@ struct Inner {
     toolbox_url: String,
     has_gpu: bool,
     pids_limit: u32,
+    pool: Arc<WarmPool>,
     /// (organization, id or name) → (sandbox id, agent socket) of started sandboxes, so that
     /// toolbox calls skip the database. Every transition away from `started` clears its entries.
     sockets: std::sync::Mutex<std::collections::HashMap<(String, String), AgentAddr>>,
+}
+
+/// How many prepared sandboxes to keep per snapshot, and for how long after its last use.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmPoolConfig {
+    /// Prepared sandboxes per snapshot and spec; 0 disables the pool.
+    pub size: usize,
+    /// A snapshot's prepared sandboxes are removed after this long without a create.
+    pub idle: Duration,
 }
 
 impl SandboxService {
@@ -172,12 +183,15 @@ impl SandboxService {
         default_snapshot: Option<String>,
         toolbox_url: String,
         pids_limit: u32,
+        warm_pool: WarmPoolConfig,
     ) -> Self {
         let has_gpu = std::path::Path::new("/dev/nvidia0").exists();
+        let pool = WarmPool::new(runtime.clone(), snapshots.clone(), warm_pool.size, warm_pool.idle);
         SandboxService {
             inner: Arc::new(Inner {
                 store,
                 runtime,
+                pool,
                 snapshots,
                 default_snapshot,
                 toolbox_url,
@@ -218,7 +232,32 @@ impl SandboxService {
         if snap.gpu > 0 && !self.inner.has_gpu {
             return Err(SandboxError::NoGpu { snapshot: snap.name.clone(), gpu: snap.gpu });
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let user =
+            req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
+        let privileged = req.privileged.unwrap_or(false);
+        let mut template_env: Vec<String> = image.config.env.clone().unwrap_or_default();
+        template_env.push(format!("DAYTONA_SANDBOX_SNAPSHOT={}", snap.name));
+        let key = PoolKey {
+            snapshot_id: snap.id.clone(),
+            image_digest: image.manifest_digest.to_string(),
+            template: SandboxSpec {
+                id: String::new(),
+                lower: image.rootfs.clone(),
+                entrypoint: snap.entrypoint.clone().unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
+                env: template_env,
+                workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
+                user: user.clone(),
+                cpu: u32::try_from(snap.cpu).unwrap_or(1),
+                memory_mib: u64::try_from(snap.mem).unwrap_or(1) * 1024,
+                disk_mib: u64::try_from(snap.disk).unwrap_or(3) * 1024,
+                pids: self.inner.pids_limit,
+                privileged,
+            },
+        };
+        // Privileged sandboxes are rare and never pooled: a prepared one would sit with every
+        // capability.
+        let pooled = if privileged { None } else { self.inner.pool.take(&key) };
+        let id = pooled.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => SnapshotName::parse(n)
                 .map_err(|e| SandboxError::Invalid(e.to_string().replace("snapshot name", "sandbox name")))?
@@ -230,8 +269,9 @@ impl SandboxService {
         if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return Err(SandboxError::Invalid(format!("invalid environment variable name {k:?}")));
         }
-        let user =
-            req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
+        if let Some(k) = env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+            return Err(SandboxError::Invalid(format!("environment variable {k} contains a NUL byte")));
+        }
         let now = now_millis();
         let mut rec = SandboxRecord {
             id: id.clone(),
@@ -245,7 +285,7 @@ impl SandboxService {
             labels: req.labels.unwrap_or_default(),
             public: req.public.unwrap_or(false),
             network_block_all: req.network_block_all.unwrap_or(false),
-            privileged: req.privileged.unwrap_or(false),
+            privileged,
             region_id: snap.region_id.clone(),
             cpu: snap.cpu,
             gpu: snap.gpu,
@@ -261,37 +301,42 @@ impl SandboxService {
             created_at: now,
             updated_at: now,
         };
-        self.inner.store.insert_sandbox(&rec).await.map_err(|e| match e {
-            StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
-            e => store("create sandbox")(e),
-        })?;
-        let mut full_env: Vec<String> = image.config.env.clone().unwrap_or_default();
-        full_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-        full_env.push(format!("COVE_SANDBOX_ID={id}"));
-        full_env.push(format!("DAYTONA_SANDBOX_ID={id}"));
-        full_env.push(format!("DAYTONA_SANDBOX_SNAPSHOT={}", snap.name));
-        let spec = SandboxSpec {
-            id: id.clone(),
-            lower: image.rootfs.clone(),
-            entrypoint: snap.entrypoint.clone().unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
-            env: full_env,
-            workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
-            user,
-            cpu: u32::try_from(rec.cpu).unwrap_or(1),
-            memory_mib: u64::try_from(rec.mem).unwrap_or(1) * 1024,
-            disk_mib: u64::try_from(rec.disk).unwrap_or(3) * 1024,
-            pids: self.inner.pids_limit,
-            privileged: rec.privileged,
-        };
+        if let Err(e) = self.inner.store.insert_sandbox(&rec).await {
+            if let Some(id) = pooled {
+                self.inner.pool.give_back(&key, id);
+            }
+            return Err(match e {
+                StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
+                e => store("create sandbox")(e),
+            });
+        }
+        let user_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let runtime_err = |op, source| SandboxError::Runtime { op, id: id.clone(), source };
         let started = async {
-            self.inner.runtime.create(&spec).await.map_err(|source| SandboxError::Runtime {
-                op: "create",
-                id: id.clone(),
-                source,
-            })?;
+            let cold = match pooled {
+                Some(_) => match self.inner.runtime.start_prepared(&id, &user_env).await {
+                    Ok(()) => false,
+                    Err(e @ cove_runtime::RuntimeError::NotPrepared { .. }) => {
+                        tracing::warn!(sandbox_id = %id, error = %e, "warm sandbox unusable, creating it again");
+                        self.inner.runtime.destroy(&id).await.map_err(|e| runtime_err("create", e))?;
+                        true
+                    }
+                    Err(e) => return Err(runtime_err("start", e)),
+                },
+                None => true,
+            };
+            if cold {
+                let mut spec = pool::spec_for(&key.template, &id);
+                cove_runtime::oci::merge_env(&mut spec.env, &user_env);
+                self.inner.runtime.create(&spec).await.map_err(|e| runtime_err("create", e))?;
+            }
             self.wait_agent(&id).await
         }
         .await;
+        if !privileged {
+            self.inner.pool.refill(&key);
+        }
+        tracing::debug!(sandbox_id = %id, warm = pooled.is_some(), "sandbox create finished");
         self.finish_start(&mut rec, started, SandboxState::Creating).await
     }
 
@@ -528,6 +573,20 @@ impl SandboxService {
     /// reason, half-deleted ones are finished.
     pub async fn reconcile(&self) -> Result<(), SandboxError> {
         let all = self.inner.store.all_sandboxes_for_job().await.map_err(store("list sandboxes"))?;
+        // Bundles without a record: warm-pool sandboxes of the previous run (a record is
+        // always written before a sandbox is started for a request).
+        let known: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+        let on_disk = self.inner.runtime.list().await.map_err(|source| SandboxError::Runtime {
+            op: "list",
+            id: String::new(),
+            source,
+        })?;
+        for id in on_disk.iter().filter(|id| !known.contains(id.as_str())) {
+            tracing::info!(sandbox_id = %id, "removing a sandbox without a record (warm pool of the last run)");
+            if let Err(e) = self.inner.runtime.destroy(id).await {
+                tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove it");
+            }
+        }
         for mut rec in all {
             if rec.state == SandboxState::Destroying {
                 if let Err(e) = self.inner.runtime.destroy(&rec.id).await {
@@ -570,6 +629,21 @@ impl SandboxService {
             }
         }
         Ok(())
+    }
+
+    /// Removes idle warm-pool sandboxes every `interval`; runs forever.
+    pub async fn run_pool_sweeper(self, interval: Duration) {
+        self.inner.pool.clone().run_sweeper(interval).await
+    }
+
+    /// Destroys the warm pool's waiting sandboxes (at shutdown).
+    pub async fn drain_pool(&self) {
+        self.inner.pool.drain().await
+    }
+
+    /// Prepared sandboxes waiting per snapshot id.
+    pub fn pool_ready(&self) -> std::collections::HashMap<String, usize> {
+        self.inner.pool.ready()
     }
 
     /// Every `interval`, marks started sandboxes whose container died (e.g. OOM) as `error`.

@@ -4,7 +4,7 @@
 //! server killed mid-pull never leaves one stuck. The image store's staging and completion
 //! markers make sure a half-written rootfs is never used.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +149,8 @@ struct Inner {
     /// Snapshot ids with a pull job running, so one snapshot never has two.
     running: Mutex<HashSet<String>>,
     gc: tokio::sync::Mutex<()>,
+    /// Image digests in use outside the database (warm-pool sandboxes), with use counts.
+    pinned: Mutex<HashMap<String, usize>>,
 }
 
 impl SnapshotService {
@@ -162,6 +164,7 @@ impl SnapshotService {
                 regions,
                 running: Mutex::new(HashSet::new()),
                 gc: tokio::sync::Mutex::new(()),
+                pinned: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -476,11 +479,33 @@ impl SnapshotService {
     pub async fn collect_garbage(&self) {
         let _g = self.inner.gc.lock().await;
         match self.inner.store.referenced_images().await {
-            Ok(refs) => {
+            Ok(mut refs) => {
+                refs.extend(self.pinned().keys().cloned());
                 let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
                 self.inner.images.gc(&keep).await;
             }
             Err(e) => tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images"),
+        }
+    }
+
+    fn pinned(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inner.pinned.lock().expect("pin map is never poisoned")
+    }
+
+    /// Keeps the image `digest` from garbage collection until as many [`Self::unpin_image`]s
+    /// (for sandboxes that exist before they are recorded: the warm pool's).
+    pub fn pin_image(&self, digest: &str) {
+        *self.pinned().entry(digest.to_string()).or_default() += 1;
+    }
+
+    /// Undoes one [`Self::pin_image`].
+    pub fn unpin_image(&self, digest: &str) {
+        let mut pinned = self.pinned();
+        if let Some(n) = pinned.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                pinned.remove(digest);
+            }
         }
     }
 
