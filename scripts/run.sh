@@ -42,4 +42,9 @@ YML
   args+=(--registry-mirror "docker.io=http://127.0.0.1:$MIRROR_PORT")
 fi
 
+# The object storage endpoint (build contexts, HTTPS on 127.0.0.1:9443) uses the server's own
+# CA; the Python SDK only trusts the system store, so install the CA there (idempotent).
+target/release/cove tls trust --data-dir "$DATA_DIR" ||
+  echo "run: could not install $DATA_DIR/tls/ca.pem in the system trust store; the Python SDK's context uploads will fail" >&2
+
 exec target/release/cove server "${args[@]}" "$@"

@@ -33,10 +33,14 @@ pub struct ServerConfig {
     pub default_snapshot: Option<String>,
     /// How clients reach this server (the toolbox proxy URL is derived from it).
     pub public_url: String,
+    /// Where the S3-compatible object storage endpoint (HTTPS) listens.
+    pub s3_listen: SocketAddr,
     /// How often to check that started sandboxes are still running.
     pub monitor_interval: Duration,
     /// Processes allowed in one sandbox.
     pub pids_limit: u32,
+    /// The warm pool of prepared sandboxes.
+    pub warm_pool: crate::service::sandboxes::WarmPoolConfig,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

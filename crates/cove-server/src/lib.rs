@@ -7,12 +7,15 @@
 
 pub mod api;
 pub mod config;
+pub mod s3;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod toolbox;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cove_image::ImageStore;
 
@@ -49,6 +52,9 @@ pub enum StartError {
     /// Reconciling sandboxes with runc failed.
     #[error("reconcile sandboxes")]
     Reconcile(#[source] service::sandboxes::SandboxError),
+    /// Object storage (credentials, objects, certificate) could not be set up.
+    #[error("set up object storage")]
+    ObjectStorage(#[source] s3::ObjectStorageError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -77,6 +83,12 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
     let images = Arc::new(ImageStore::open(&cfg.data_dir, cfg.registries.clone()).map_err(StartError::Images)?);
     let keys = service::keys::KeyService::new(store.clone());
+    let object_storage = s3::ObjectStorage::open(&s3::ObjectStorageConfig {
+        data_dir: cfg.data_dir.clone(),
+        listen: cfg.s3_listen,
+        public_host: s3::host_of_url(&cfg.public_url).unwrap_or_else(|| "127.0.0.1".into()),
+    })
+    .map_err(StartError::ObjectStorage)?;
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone());
     let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
@@ -90,14 +102,16 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         cfg.default_snapshot.clone(),
         toolbox_url,
         cfg.pids_limit,
+        cfg.warm_pool,
     );
     // Sandboxes first: their images must count as referenced before snapshots collect garbage.
     sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
     snapshots.resume().await.map_err(StartError::Resume)?;
     tokio::spawn(snapshots.clone().run_inactivity_sweeper(cfg.inactive_after, cfg.sweep_interval));
     tokio::spawn(sandboxes.clone().run_monitor(cfg.monitor_interval));
+    tokio::spawn(sandboxes.clone().run_pool_sweeper(Duration::from_secs(30).min(cfg.warm_pool.idle)));
     Ok(Prepared {
-        state: AppState { store, keys, snapshots, sandboxes, started_at: chrono::Utc::now() },
+        state: AppState { store, keys, snapshots, sandboxes, object_storage, started_at: chrono::Utc::now() },
         generated_key,
     })
 }
@@ -111,9 +125,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let s3_listener =
+        state.object_storage.bind().await.map_err(|source| StartError::Listen { addr: cfg.s3_listen, source })?;
+    let s3 = tokio::spawn(state.object_storage.clone().serve(s3_listener));
     tracing::info!(addr = %cfg.listen, data_dir = %cfg.data_dir.display(), regions = ?cfg.regions, "cove server listening");
-    axum::serve(listener, api::app(state))
+    let served = axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|source| StartError::Listen { addr: cfg.listen, source })
+        .map_err(|source| StartError::Listen { addr: cfg.listen, source });
+    s3.abort();
+    served
 }

@@ -18,6 +18,8 @@ pub struct AppState {
     pub snapshots: SnapshotService,
     /// Sandboxes.
     pub sandboxes: SandboxService,
+    /// Object storage for build contexts.
+    pub object_storage: crate::s3::ObjectStorage,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

@@ -36,8 +36,10 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         },
         default_snapshot: None,
         public_url: "http://127.0.0.1:1".into(),
+        s3_listen: "127.0.0.1:0".parse().unwrap(),
         monitor_interval: Duration::from_secs(3600),
         pids_limit: 64,
+        warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
     };
     let p = prepare(&cfg).await.unwrap();
     (dir, api::app(p.state))

@@ -19,7 +19,27 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the Cove server (API under /api).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
+    /// The local certificate authority of the object storage endpoint.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Create the CA under DATA_DIR/tls/ unless it exists.
+    Init(TlsArgs),
+    /// Install DATA_DIR/tls/ca.pem into the system trust store (creating the CA if needed).
+    Trust(TlsArgs),
+    /// Remove DATA_DIR/tls/ca.pem from the system trust store.
+    Untrust(TlsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// The server's data directory.
+    #[arg(long, env = "COVE_DATA_DIR", default_value = "/var/lib/cove")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +74,9 @@ struct ServerArgs {
     /// URL clients use to reach this server (toolboxProxyUrl is derived from it); default http://LISTEN.
     #[arg(long, env = "COVE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
+    #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
+    s3_listen: SocketAddr,
     /// Private IPv4 range for sandbox addresses; the first address is the bridge's.
     #[arg(long, env = "COVE_SANDBOX_CIDR", default_value = "10.213.0.0/16")]
     sandbox_cidr: String,
@@ -75,6 +98,13 @@ struct ServerArgs {
     /// Processes allowed in one sandbox (a fork bomb stops there).
     #[arg(long, env = "COVE_SANDBOX_PIDS_LIMIT", default_value_t = 4096)]
     sandbox_pids_limit: u32,
+    /// Sandboxes kept prepared (created, not yet started) per recently used snapshot, so that
+    /// a create costs one `runc start`; 0 disables the warm pool.
+    #[arg(long, env = "COVE_WARM_POOL_SIZE", default_value_t = 2)]
+    warm_pool_size: usize,
+    /// Prepared sandboxes of a snapshot are removed after this many seconds without a create.
+    #[arg(long, env = "COVE_WARM_POOL_IDLE_SECS", default_value_t = 600)]
+    warm_pool_idle_secs: u64,
     /// Docker-format seccomp profile applied to unprivileged sandboxes.
     #[arg(long, env = "COVE_SECCOMP_PROFILE")]
     seccomp_profile: Option<PathBuf>,
@@ -92,7 +122,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     match cli.command {
-        Command::Server(args) => rt.block_on(server(args)),
+        Command::Server(args) => rt.block_on(server(*args)),
+        Command::Tls(cmd) => tls(cmd),
     }
 }
 
@@ -157,8 +188,13 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         runtime,
         default_snapshot: a.default_snapshot.filter(|s| !s.is_empty()),
         public_url,
+        s3_listen: a.s3_listen,
         monitor_interval: Duration::from_secs(2),
         pids_limit: a.sandbox_pids_limit.max(16),
+        warm_pool: cove_server::service::sandboxes::WarmPoolConfig {
+            size: a.warm_pool_size.min(64),
+            idle: Duration::from_secs(a.warm_pool_idle_secs.max(1)),
+        },
     };
     let prepared = cove_server::prepare(&cfg).await.context("start cove server")?;
     if let Some(key) = &prepared.generated_key {
@@ -177,5 +213,36 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    cove_server::serve(&cfg, prepared.state, shutdown).await.context("serve the API")
+    let sandboxes = prepared.state.sandboxes.clone();
+    let served = cove_server::serve(&cfg, prepared.state, shutdown).await.context("serve the API");
+    // Started sandboxes keep running; the prepared ones nobody asked for go.
+    sandboxes.drain_pool().await;
+    served
+}
+
+fn tls(cmd: TlsCommand) -> anyhow::Result<()> {
+    use cove_server::tls::{TrustOutcome, TrustStore, ensure_ca, trust, untrust};
+    let store = TrustStore::debian();
+    match cmd {
+        TlsCommand::Init(a) => {
+            let ca = ensure_ca(&a.data_dir).context("create the certificate authority")?;
+            let verb = if ca.created { "created" } else { "exists" };
+            println!("CA {verb}: {} (sha256 {})", ca.cert_path.display(), ca.fingerprint);
+        }
+        TlsCommand::Trust(a) => match trust(&a.data_dir, &store).context("trust the certificate authority")? {
+            TrustOutcome::Installed(p) => println!(
+                "installed {} as {} and ran update-ca-certificates",
+                cove_server::s3::ca_path(&a.data_dir).display(),
+                p.display()
+            ),
+            TrustOutcome::AlreadyTrusted(p) => println!("already trusted: {}", p.display()),
+            other => println!("{other:?}"),
+        },
+        TlsCommand::Untrust(a) => match untrust(&a.data_dir, &store).context("untrust the certificate authority")? {
+            TrustOutcome::Removed(p) => println!("removed {} and ran update-ca-certificates", p.display()),
+            TrustOutcome::NotTrusted(p) => println!("not trusted: {} does not exist", p.display()),
+            other => println!("{other:?}"),
+        },
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod keys;
+mod object_storage;
 mod sandboxes;
 mod snapshots;
 mod system;
@@ -26,6 +27,7 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .merge(snapshots::router())
         .merge(keys::router())
+        .merge(object_storage::router())
         .merge(sandboxes::router())
         .merge(system::authed_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
