@@ -3,6 +3,7 @@ with images built from the host's static busybox, and real `cove server` process
 
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +71,26 @@ def registry_with_python(registry):
     """An image with Debian's real python3 in it (for code_run)."""
     mkimage.push_image(registry.url, "library/pyreal", ["3.11"], python=True, seed="python")
     return registry
+
+
+@pytest.fixture(scope="session")
+def trusted_ca(tmp_path_factory):
+    """One CA for the whole run, installed once in the system trust store (as `make run` does
+    with `cove tls trust`) and removed again at the end."""
+    d = tmp_path_factory.mktemp("ca")
+    out = subprocess.run([str(COVE_BIN), "tls", "trust", "--data-dir", str(d)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "installed" in out.stdout or "already trusted" in out.stdout, out.stdout
+    again = subprocess.run([str(COVE_BIN), "tls", "trust", "--data-dir", str(d)], capture_output=True, text=True)
+    assert again.returncode == 0 and "already trusted" in again.stdout, again.stdout + again.stderr
+    yield d
+    subprocess.run([str(COVE_BIN), "tls", "untrust", "--data-dir", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def s3_server(cove, trusted_ca, short_tmp):
+    data = short_tmp / "s3"
+    (data / "tls").mkdir(parents=True)
+    for f in ("ca.pem", "ca.key"):
+        shutil.copy2(trusted_ca / "tls" / f, data / "tls" / f)
+    return cove(data_dir=data)

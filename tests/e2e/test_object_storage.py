@@ -19,29 +19,6 @@ from harness import API_KEY, COVE_BIN
 TS_DIR = os.path.join(os.path.dirname(__file__), "ts")
 
 
-@pytest.fixture(scope="session")
-def trusted_ca(tmp_path_factory):
-    """One CA for the whole run, installed once in the system trust store (as `make run` does
-    with `cove tls trust`) and removed again at the end."""
-    d = tmp_path_factory.mktemp("ca")
-    out = subprocess.run([str(COVE_BIN), "tls", "trust", "--data-dir", str(d)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "installed" in out.stdout or "already trusted" in out.stdout, out.stdout
-    again = subprocess.run([str(COVE_BIN), "tls", "trust", "--data-dir", str(d)], capture_output=True, text=True)
-    assert again.returncode == 0 and "already trusted" in again.stdout, again.stdout + again.stderr
-    yield d
-    subprocess.run([str(COVE_BIN), "tls", "untrust", "--data-dir", str(d)], capture_output=True)
-
-
-@pytest.fixture
-def s3_server(cove, trusted_ca, short_tmp):
-    data = short_tmp / "s3"
-    (data / "tls").mkdir(parents=True)
-    for f in ("ca.pem", "ca.key"):
-        shutil.copy2(trusted_ca / "tls" / f, data / "tls" / f)
-    return cove(data_dir=data)
-
-
 def push_access(server, key=API_KEY):
     st, body = server.api("GET", "/object-storage/push-access", key=key)
     assert st == 200, body

@@ -160,6 +160,30 @@ pub fn mount_overlay_layers(lowers: &[PathBuf], upper: &Path, work: &Path, targe
         .map_err(|e| DiskError::MountOverlay { target: target.into(), source: e.into() })
 }
 
+/// Mounts a read-only merged view of `lowers` (topmost first) at `target`: an overlay without
+/// upper dir, or a read-only bind mount of a single directory.
+pub fn mount_readonly_view(lowers: &[PathBuf], target: &Path) -> Result<(), DiskError> {
+    use rustix::mount::MountFlags;
+    std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
+    let failed = |e: rustix::io::Errno| DiskError::MountOverlay { target: target.into(), source: e.into() };
+    match lowers {
+        [] => Ok(()),
+        [only] => {
+            rustix::mount::mount_bind(only, target).map_err(failed)?;
+            rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, c"").map_err(|e| {
+                let _ = unmount(target);
+                failed(e)
+            })
+        }
+        _ => {
+            let lower = lowers.iter().map(|l| check_overlay_path(l)).collect::<Result<Vec<_>, _>>()?.join(":");
+            let data = std::ffi::CString::new(format!("lowerdir={lower}"))
+                .map_err(|_| DiskError::UnsafeOverlayPath { path: target.into() })?;
+            rustix::mount::mount("overlay", target, "overlay", MountFlags::RDONLY, data.as_c_str()).map_err(failed)
+        }
+    }
+}
+
 /// Unmounts `target` if it is a mount point; falls back to a lazy unmount when busy.
 pub fn unmount(target: &Path) -> Result<(), DiskError> {
     use rustix::mount::UnmountFlags;

@@ -695,6 +695,9 @@ impl Runtime {
         let (disk, net, files) = tokio::join!(disk_branch, net_branch, files_branch);
         let (user, pooled, image_ms, disk_ms) = disk?;
         let (net_ms, files_ms) = (net?, files?);
+        // The agent runs as the image's user and creates its socket there.
+        std::os::unix::fs::chown(&toolbox, Some(user.uid), Some(user.gid))
+            .map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
         let prepare_ms = ms(t);
 
         let params = BundleParams {

@@ -37,6 +37,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("open metadata store")]
     Store(#[source] store::StoreError),
+    /// The build cache or build directories could not be opened.
+    #[error("open the build service")]
+    Builds(#[source] service::builds::BuildFailure),
     /// The image store could not be opened.
     #[error("open image store")]
     Images(#[source] cove_image::PullError),
@@ -90,8 +93,15 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     })
     .map_err(StartError::ObjectStorage)?;
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
-    let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone());
     let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
+    let builds = service::builds::BuildService::open(
+        &cfg.data_dir,
+        images.clone(),
+        runtime.clone(),
+        object_storage.store().clone(),
+    )
+    .map_err(StartError::Builds)?;
+    let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone(), builds);
     // Pre-format disks of the default size so the first sandboxes skip mkfs.
     runtime.warm_disk_pool(u64::try_from(service::snapshots::DEFAULT_DISK_GIB).unwrap_or(3) * 1024);
     let toolbox_url = format!("{}/toolbox", cfg.public_url.trim_end_matches('/'));
@@ -111,7 +121,15 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     tokio::spawn(sandboxes.clone().run_monitor(cfg.monitor_interval));
     tokio::spawn(sandboxes.clone().run_pool_sweeper(Duration::from_secs(30).min(cfg.warm_pool.idle)));
     Ok(Prepared {
-        state: AppState { store, keys, snapshots, sandboxes, object_storage, started_at: chrono::Utc::now() },
+        state: AppState {
+            store,
+            keys,
+            snapshots,
+            sandboxes,
+            object_storage,
+            public_url: cfg.public_url.trim_end_matches('/').to_string(),
+            started_at: chrono::Utc::now(),
+        },
         generated_key,
     })
 }

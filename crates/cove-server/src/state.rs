@@ -20,6 +20,8 @@ pub struct AppState {
     pub sandboxes: SandboxService,
     /// Object storage for build contexts.
     pub object_storage: crate::s3::ObjectStorage,
+    /// How clients reach this server (no trailing slash).
+    pub public_url: String,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

@@ -95,6 +95,25 @@ pub struct SnapshotDto {
     pub sandbox_class: String,
     /// Snapshots made from sandboxes (not supported: always null).
     pub source_sandbox_id: Option<String>,
+    /// The Dockerfile build it comes from, when built rather than pulled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_info: Option<BuildInfoDto>,
+}
+
+/// `BuildInfo` of a built snapshot or sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildInfoDto {
+    /// The Dockerfile text.
+    pub dockerfile_content: String,
+    /// Hashes of the uploaded context archives.
+    pub context_hashes: Vec<String>,
+    /// ISO-8601.
+    pub created_at: String,
+    /// ISO-8601.
+    pub updated_at: String,
+    /// Content address of the build: identical Dockerfile and contexts share it.
+    pub snapshot_ref: String,
 }
 
 /// `GET /snapshots` answer.

@@ -79,9 +79,10 @@ impl SnapshotState {
         self != Self::Removing
     }
 
-    /// The pull job may move a snapshot from `pending` to `pulling`.
+    /// The pull (or build) job may move a snapshot from `pending` to `pulling` (`building`);
+    /// a job interrupted by a restart starts over from either.
     pub fn can_start_pull(self) -> bool {
-        matches!(self, Self::Pending | Self::Pulling)
+        matches!(self, Self::Pending | Self::Pulling | Self::Building)
     }
 
     /// The pull job may finish (to `active` or `error`) only while it is still pulling.

@@ -1,10 +1,10 @@
 //! `/snapshots`.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use cove_types::ErrorKind;
 use cove_types::dto::{CreateSnapshot, PaginatedSnapshots, SnapshotDto};
 
 use super::error::ApiError;
@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/snapshots/{id}/activate", post(activate))
         .route("/snapshots/{id}/deactivate", post(deactivate))
         .route("/snapshots/{id}/build-logs-url", get(build_logs_url))
+        .route("/snapshots/{id}/build-logs", get(build_logs))
 }
 
 async fn create(
@@ -76,10 +77,37 @@ async fn build_logs_url(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<()>, ApiError> {
-    let snap = s.snapshots.get(&who, &id).await?;
-    Err(ApiError::new(
-        ErrorKind::NotFound,
-        format!("snapshot {} has no build info: it was pulled from {}", snap.name, snap.image_name),
-    ))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = s.snapshots.built_snapshot_id(&who, &id).await?;
+    // No query string: the SDKs append `?follow=true` to it.
+    Ok(Json(serde_json::json!({ "url": format!("{}/api/snapshots/{id}/build-logs", s.public_url) })))
+}
+
+async fn build_logs(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Params(q): Params<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let stream = s.snapshots.build_logs(&who, &id, q.follow.unwrap_or(false)).await?;
+    Ok(log_response(stream))
+}
+
+/// `?follow=true|false`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogsQuery {
+    /// Keep streaming until the build ends.
+    pub follow: Option<bool>,
+}
+
+/// A build log as a streamed plain-text body (one chunk per write, so lines arrive as they
+/// are logged).
+pub fn log_response(
+    stream: impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }

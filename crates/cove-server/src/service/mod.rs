@@ -1,5 +1,6 @@
 //! The services behind the HTTP handlers: all validation, state rules and background jobs.
 
+pub mod builds;
 pub mod keys;
 pub mod pool;
 pub mod sandboxes;

@@ -52,10 +52,12 @@ pub enum SandboxError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     /// The snapshot asks for GPUs this machine does not have.
-    #[error("snapshot {snapshot} needs {gpu} GPU(s) but this machine has none")]
+    #[error("no GPU is available in region {region}: snapshot {snapshot} needs {gpu} GPU(s) and this server has none")]
     NoGpu {
         /// Snapshot.
         snapshot: String,
+        /// Its region.
+        region: String,
         /// GPUs asked for.
         gpu: i64,
     },
@@ -230,7 +232,11 @@ impl SandboxService {
             )));
         }
         if snap.gpu > 0 && !self.inner.has_gpu {
-            return Err(SandboxError::NoGpu { snapshot: snap.name.clone(), gpu: snap.gpu });
+            return Err(SandboxError::NoGpu {
+                snapshot: snap.name.clone(),
+                region: snap.region_id.clone(),
+                gpu: snap.gpu,
+            });
         }
         let user =
             req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));

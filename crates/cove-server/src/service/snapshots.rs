@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cove_image::{ImageRecord, ImageStore};
-use cove_types::dto::{CreateSnapshot, PaginatedSnapshots, SnapshotDto};
+use cove_types::dto::{BuildInfoDto, CreateSnapshot, PaginatedSnapshots, SnapshotDto};
 use cove_types::reference::ParseRefError;
 use cove_types::{Digest, ErrorKind, ImageRef, SnapshotName, SnapshotState};
 
+use super::builds::BuildService;
 use super::keys::Principal;
 use super::{iso, now_millis};
-use crate::store::{SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError};
+use crate::store::{BuildSpec, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError};
 
 /// Resources when the request names none (the seed's defaults).
 pub const DEFAULT_CPU: i64 = 1;
@@ -46,11 +47,14 @@ pub enum SnapshotError {
     /// The image reference is unusable.
     #[error(transparent)]
     ImageName(#[from] ParseRefError),
-    /// `buildInfo` needs the builder, which is not part of this server yet.
-    #[error(
-        "building snapshots from a Dockerfile (buildInfo) is not supported by this server yet; create the snapshot from an image name"
-    )]
-    BuildUnsupported,
+    /// Build logs of a snapshot that was pulled, not built.
+    #[error("snapshot {name} has no build info: it was pulled from {image}, not built")]
+    NoBuildInfo {
+        /// The snapshot.
+        name: String,
+        /// Its image.
+        image: String,
+    },
     /// The region is not served here.
     #[error("region {region:?} not found; this server serves: {served}")]
     RegionNotFound {
@@ -107,8 +111,7 @@ impl SnapshotError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) | Self::ImageName(_) => ErrorKind::InvalidArgument,
-            Self::BuildUnsupported => ErrorKind::Unimplemented,
-            Self::RegionNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::RegionNotFound { .. } | Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::NameTaken { .. } => ErrorKind::AlreadyExists,
             Self::WrongState { .. } | Self::ImageMissing { .. } => ErrorKind::FailedPrecondition,
             Self::Store { source, .. } => source.kind(),
@@ -151,11 +154,12 @@ struct Inner {
     gc: tokio::sync::Mutex<()>,
     /// Image digests in use outside the database (warm-pool sandboxes), with use counts.
     pinned: Mutex<HashMap<String, usize>>,
+    builds: BuildService,
 }
 
 impl SnapshotService {
     /// A service; call [`SnapshotService::resume`] once at start.
-    pub fn new(store: Arc<dyn Store>, images: Arc<ImageStore>, regions: Vec<String>) -> Self {
+    pub fn new(store: Arc<dyn Store>, images: Arc<ImageStore>, regions: Vec<String>, builds: BuildService) -> Self {
         assert!(!regions.is_empty(), "the server always serves at least one region");
         SnapshotService {
             inner: Arc::new(Inner {
@@ -165,6 +169,7 @@ impl SnapshotService {
                 running: Mutex::new(HashSet::new()),
                 gc: tokio::sync::Mutex::new(()),
                 pinned: Mutex::new(HashMap::new()),
+                builds,
             }),
         }
     }
@@ -173,25 +178,33 @@ impl SnapshotService {
     /// record; the SDK polls until `active` or `error`.
     pub async fn create(&self, who: &Principal, req: CreateSnapshot) -> Result<SnapshotDto, SnapshotError> {
         let name = SnapshotName::parse(&req.name).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-        if req.build_info.is_some() {
-            if req.image_name.is_some() {
-                return Err(SnapshotError::Invalid(
-                    "cannot specify an image name when using a build info entry".into(),
-                ));
+        let build = match req.build_info {
+            Some(info) => {
+                if req.image_name.is_some() {
+                    return Err(SnapshotError::Invalid(
+                        "cannot specify an image name when using a build info entry".into(),
+                    ));
+                }
+                if req.entrypoint.is_some() {
+                    return Err(SnapshotError::Invalid(
+                        "cannot specify an entrypoint when using a build info entry; put an ENTRYPOINT in the Dockerfile"
+                            .into(),
+                    ));
+                }
+                Some(validate_build(info)?)
             }
-            if req.entrypoint.is_some() {
-                return Err(SnapshotError::Invalid(
-                    "cannot specify an entrypoint when using a build info entry; put an ENTRYPOINT in the Dockerfile"
-                        .into(),
-                ));
+            None => None,
+        };
+        let image_name = match &build {
+            Some(b) => format!("cove-build:{}", &b.snapshot_ref()[..12]),
+            None => {
+                let image_name = req.image_name.as_deref().ok_or_else(|| {
+                    SnapshotError::Invalid("imageName is required when buildInfo is not given".into())
+                })?;
+                ImageRef::parse_pinned(image_name)?;
+                image_name.trim().to_string()
             }
-            return Err(SnapshotError::BuildUnsupported);
-        }
-        let image_name = req
-            .image_name
-            .as_deref()
-            .ok_or_else(|| SnapshotError::Invalid("imageName is required when buildInfo is not given".into()))?;
-        ImageRef::parse_pinned(image_name)?;
+        };
         let cpu = resource("cpu", req.cpu, DEFAULT_CPU, 1, MAX_CPU)?;
         let mem = resource("memory", req.memory, DEFAULT_MEMORY_GIB, 1, MAX_MEMORY_GIB)?;
         let disk = resource("disk", req.disk, DEFAULT_DISK_GIB, 1, MAX_DISK_GIB)?;
@@ -216,7 +229,7 @@ impl SnapshotService {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: who.org_id.clone(),
             name: name.as_str().to_string(),
-            image_name: image_name.trim().to_string(),
+            image_name,
             state: SnapshotState::Pending,
             error_reason: None,
             cpu,
@@ -231,12 +244,16 @@ impl SnapshotService {
             created_at: now,
             updated_at: now,
             last_used_at: None,
+            build,
         };
         self.inner.store.insert_snapshot(&rec).await.map_err(|e| match e {
             StoreError::Duplicate { .. } => SnapshotError::NameTaken { name: rec.name.clone() },
             e => store("create snapshot")(e),
         })?;
         tracing::info!(snapshot_id = %rec.id, name = %rec.name, image = %rec.image_name, "snapshot created");
+        if rec.build.is_some() {
+            self.inner.builds.reset_log(&rec.id);
+        }
         self.spawn_pull(rec.id.clone());
         Ok(to_dto(&rec))
     }
@@ -429,6 +446,7 @@ impl SnapshotService {
             return Err(self.moved_on("delete", who, id_or_name).await);
         }
         self.inner.store.delete_snapshot(&s.id).await.map_err(store("delete snapshot"))?;
+        self.inner.builds.remove_log(&s.id);
         tracing::info!(snapshot_id = %s.id, name = %s.name, "snapshot deleted");
         let this = self.clone();
         tokio::spawn(async move { this.collect_garbage().await });
@@ -453,23 +471,17 @@ impl SnapshotService {
         {
             st.delete_snapshot(&s.id).await.map_err(store("finish deleting snapshot"))?;
         }
-        for mut s in st
-            .snapshots_in_states_for_job(&[SnapshotState::Building])
-            .await
-            .map_err(store("find building snapshots"))?
-        {
-            s.state = SnapshotState::BuildFailed;
-            s.error_reason = Some("the server stopped during the build".into());
-            s.updated_at = now_millis();
-            st.update_snapshot_if(&s, &[SnapshotState::Building]).await.map_err(store("fail interrupted build"))?;
-        }
+        // Builds are durable jobs: one the last run left in `building` starts over.
         let pending = st
-            .snapshots_in_states_for_job(&[SnapshotState::Pending, SnapshotState::Pulling])
+            .snapshots_in_states_for_job(&[SnapshotState::Pending, SnapshotState::Pulling, SnapshotState::Building])
             .await
-            .map_err(store("find unfinished pulls"))?;
+            .map_err(store("find unfinished pulls and builds"))?;
         self.collect_garbage().await;
         for s in pending {
-            tracing::info!(snapshot_id = %s.id, state = %s.state, "resuming pull interrupted by a restart");
+            tracing::info!(snapshot_id = %s.id, state = %s.state, "resuming a pull or build interrupted by a restart");
+            if s.build.is_some() {
+                self.inner.builds.reset_log(&s.id);
+            }
             self.spawn_pull(s.id);
         }
         Ok(())
@@ -486,6 +498,35 @@ impl SnapshotService {
             }
             Err(e) => tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images"),
         }
+    }
+
+    /// The build log of a built snapshot, from the beginning; `follow` keeps the stream open
+    /// until the build ends.
+    pub async fn build_logs(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        follow: bool,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + use<>, SnapshotError> {
+        let s = self.find(who, id_or_name).await?;
+        if s.build.is_none() {
+            return Err(SnapshotError::NoBuildInfo { name: s.name, image: s.image_name });
+        }
+        Ok(self.inner.builds.log_stream(&s.id, follow))
+    }
+
+    /// The id of a built snapshot (for its build-logs URL).
+    pub async fn built_snapshot_id(&self, who: &Principal, id_or_name: &str) -> Result<String, SnapshotError> {
+        let s = self.find(who, id_or_name).await?;
+        if s.build.is_none() {
+            return Err(SnapshotError::NoBuildInfo { name: s.name, image: s.image_name });
+        }
+        Ok(s.id)
+    }
+
+    /// The build service (sandboxes built from an `Image` use it too).
+    pub fn builds(&self) -> &BuildService {
+        &self.inner.builds
     }
 
     fn pinned(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -546,9 +587,13 @@ impl SnapshotService {
                 return;
             }
         };
-        s.state = SnapshotState::Pulling;
+        let working = if s.build.is_some() { SnapshotState::Building } else { SnapshotState::Pulling };
+        s.state = working;
         s.updated_at = now_millis();
-        match st.update_snapshot_if(&s, &[SnapshotState::Pending, SnapshotState::Pulling]).await {
+        match st
+            .update_snapshot_if(&s, &[SnapshotState::Pending, SnapshotState::Pulling, SnapshotState::Building])
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -556,9 +601,20 @@ impl SnapshotService {
                 return;
             }
         }
-        let result = match ImageRef::parse_pinned(&s.image_name) {
-            Ok(r) => self.inner.images.pull(&r, None).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let result = match &s.build {
+            Some(b) => {
+                let r = self.inner.builds.build(&s.id, &s.org_id, b).await.map_err(|e| e.to_string());
+                let last = match &r {
+                    Ok(_) => "Build finished".to_string(),
+                    Err(e) => format!("Build failed: {}", e.lines().next().unwrap_or_default()),
+                };
+                self.inner.builds.finish_log(&s.id, &last);
+                r
+            }
+            None => match ImageRef::parse_pinned(&s.image_name) {
+                Ok(r) => self.inner.images.pull(&r, None).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
         };
         let mut lease = None;
         match result {
@@ -574,13 +630,13 @@ impl SnapshotService {
                 lease = Some(pulled.lease);
             }
             Err(reason) => {
-                tracing::warn!(reason = %reason, "snapshot pull failed");
-                s.state = SnapshotState::Error;
+                tracing::warn!(reason = %reason, "snapshot pull or build failed");
+                s.state = if s.build.is_some() { SnapshotState::BuildFailed } else { SnapshotState::Error };
                 s.error_reason = Some(reason);
             }
         }
         s.updated_at = now_millis();
-        match st.update_snapshot_if(&s, &[SnapshotState::Pulling]).await {
+        match st.update_snapshot_if(&s, &[working]).await {
             Ok(true) => tracing::info!(state = %s.state, "snapshot pull finished"),
             Ok(false) => {
                 // Deleted while pulling: drop what we fetched.
@@ -642,7 +698,34 @@ pub fn to_dto(s: &SnapshotRecord) -> SnapshotDto {
         ref_: s.image_digest.clone(),
         sandbox_class: "container".into(),
         source_sandbox_id: None,
+        build_info: s.build.as_ref().map(|b| BuildInfoDto {
+            dockerfile_content: b.dockerfile.clone(),
+            context_hashes: b.context_hashes.clone(),
+            created_at: iso(s.created_at),
+            updated_at: iso(s.updated_at),
+            snapshot_ref: b.snapshot_ref(),
+        }),
     }
+}
+
+/// Checks a `buildInfo` before it is recorded: the Dockerfile must parse (the error names the
+/// line), and context hashes must be plain hex names.
+fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpec, SnapshotError> {
+    if info.dockerfile_content.trim().is_empty() {
+        return Err(SnapshotError::Invalid("buildInfo.dockerfileContent is empty".into()));
+    }
+    cove_build::dockerfile::parse(&info.dockerfile_content)
+        .map_err(|e| SnapshotError::Invalid(format!("invalid Dockerfile: {}", cove_types::error::chain(&e))))?;
+    if let Some(h) = info
+        .context_hashes
+        .iter()
+        .find(|h| h.is_empty() || h.len() > 128 || !h.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return Err(SnapshotError::Invalid(format!(
+            "invalid context hash {h:?}: expected the hex digest the SDK computes"
+        )));
+    }
+    Ok(BuildSpec { dockerfile: info.dockerfile_content, context_hashes: info.context_hashes })
 }
 
 #[cfg(test)]

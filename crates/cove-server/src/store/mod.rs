@@ -88,6 +88,32 @@ pub struct SnapshotRecord {
     pub updated_at: Millis,
     /// Last used by a sandbox.
     pub last_used_at: Option<Millis>,
+    /// The Dockerfile build it comes from, instead of a pull.
+    pub build: Option<BuildSpec>,
+}
+
+/// A Dockerfile build as the SDK sends it (`buildInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The Dockerfile text.
+    pub dockerfile: String,
+    /// Hashes of the uploaded context archives (`{org}/{hash}/context.tar`), in order.
+    pub context_hashes: Vec<String>,
+}
+
+impl BuildSpec {
+    /// The content address of the build (Daytona's `snapshotRef`): identical Dockerfile and
+    /// contexts give the same image.
+    pub fn snapshot_ref(&self) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.dockerfile.as_bytes());
+        for c in &self.context_hashes {
+            h.update(b"\0");
+            h.update(c.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// A sandbox row.

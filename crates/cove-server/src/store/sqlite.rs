@@ -10,7 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ApiKeyRecord, Millis, Organization, SandboxRecord, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError,
+    ApiKeyRecord, BuildSpec, Millis, Organization, SandboxRecord, SnapshotQuery, SnapshotRecord, SnapshotSort, Store,
+    StoreError,
 };
 
 /// SQLite-backed [`Store`].
@@ -20,8 +21,9 @@ pub struct SqliteStore {
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
-     entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at";
-const SNAPSHOT_COLUMN_COUNT: usize = 18;
+     entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at, build_dockerfile, \
+     build_context_hashes";
+const SNAPSHOT_COLUMN_COUNT: usize = 20;
 const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
      network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
      auto_archive, auto_delete, daemon_version, created_at, updated_at";
@@ -105,6 +107,18 @@ fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
         created_at: r.try_get("created_at").map_err(get)?,
         updated_at: r.try_get("updated_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
+        build: match r.try_get::<Option<String>, _>("build_dockerfile").map_err(get)? {
+            None => None,
+            Some(dockerfile) => {
+                let hashes: Option<String> = r.try_get("build_context_hashes").map_err(get)?;
+                let context_hashes = hashes
+                    .map(|h| serde_json::from_str(&h))
+                    .transpose()
+                    .map_err(|e| StoreError::Decode { what: "build_context_hashes", why: e.to_string() })?
+                    .unwrap_or_default();
+                Some(BuildSpec { dockerfile, context_hashes })
+            }
+        },
     })
 }
 
@@ -211,6 +225,8 @@ fn bind_snapshot<'q>(q: SqliteQuery<'q>, s: &'q SnapshotRecord) -> SqliteQuery<'
         .bind(s.created_at)
         .bind(s.updated_at)
         .bind(s.last_used_at)
+        .bind(s.build.as_ref().map(|b| b.dockerfile.clone()))
+        .bind(s.build.as_ref().map(|b| serde_json::to_string(&b.context_hashes).expect("strings serialize")))
 }
 
 fn entrypoint_json(e: &Option<Vec<String>>) -> Option<String> {
@@ -512,6 +528,7 @@ mod tests {
             created_at: created,
             updated_at: created,
             last_used_at: None,
+            build: None,
         }
     }
 

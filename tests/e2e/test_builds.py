@@ -1,0 +1,160 @@
+"""Snapshot builds from Dockerfiles and the SDK's declarative `Image`, through the official
+Python SDK (unmodified) and the API: real RUN steps in runc, the step cache, build logs that
+stream while the build runs, contexts uploaded through the S3 endpoint, and failures that name
+the failing step."""
+
+import time
+
+import pytest
+from daytona import (
+    CreateSandboxFromSnapshotParams,
+    CreateSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    DaytonaError,
+    Image,
+    Resources,
+)
+
+from harness import API_KEY
+
+
+@pytest.fixture
+def builds(s3_server):
+    return s3_server, Daytona(DaytonaConfig(api_key=API_KEY, api_url=s3_server.api_url))
+
+
+def build(server, name, dockerfile, **extra):
+    st, snap = server.api("POST", "/snapshots", {"name": name, "buildInfo": {"dockerfileContent": dockerfile, "contextHashes": []}, **extra})
+    assert st == 200, snap
+    return server.wait_state(snap["id"], timeout=120)
+
+
+def logs(server, snap_id):
+    st, body = server.api("GET", f"/snapshots/{snap_id}/build-logs-url")
+    assert st == 200, body
+    assert "?" not in body["url"]
+    import urllib.request
+
+    req = urllib.request.Request(body["url"] + "?follow=false", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+def exec_in(daytona, snapshot, command):
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot=snapshot))
+    try:
+        return sandbox.process.exec(command).result
+    finally:
+        sandbox.delete()
+
+
+MULTI_STAGE = """\
+FROM python:3.12 AS builder
+RUN mkdir -p /out && echo built-in-stage-one > /out/artifact
+FROM python:3.12
+ARG GREETING=hello
+COPY --from=builder /out/artifact /opt/artifact
+WORKDIR /srv/work
+RUN echo "$GREETING" > greeting && echo temp > /etc/gone-later
+RUN rm /etc/gone-later
+RUN echo "appuser:x:1234:1234::/home/appuser:/bin/sh" >> /etc/passwd && mkdir -p /home/appuser
+USER appuser
+ENTRYPOINT ["sleep", "infinity"]
+"""
+
+
+def test_a_multi_stage_dockerfile_builds_with_workdir_user_and_a_deleted_file(builds):
+    server, daytona = builds
+    snap = build(server, "multi", MULTI_STAGE)
+    assert snap["state"] == "active", snap.get("errorReason")
+    assert snap["entrypoint"] == ["sleep", "infinity"]
+    assert snap["buildInfo"]["dockerfileContent"] == MULTI_STAGE
+    out = exec_in(daytona, "multi", "cat /opt/artifact; pwd; cat greeting; id -u; ls /etc/gone-later 2>&1 || echo gone")
+    lines = out.split("\n")
+    assert lines[0] == "built-in-stage-one"
+    assert lines[1] == "/srv/work"
+    assert lines[2] == "hello"
+    assert lines[3] == "1234"
+    assert lines[-2] == "gone" or lines[-1] == "gone", out
+
+
+def test_an_unchanged_rebuild_hits_the_cache_and_a_changed_step_reruns_only_from_there(builds):
+    server, _ = builds
+    df = "FROM python:3.12\nRUN echo one > /one\nRUN echo two > /two\nRUN echo three > /three\n"
+    first = build(server, "c1", df)
+    assert first["state"] == "active", first.get("errorReason")
+    t0 = time.monotonic()
+    again = build(server, "c2", df)
+    assert again["state"] == "active"
+    assert time.monotonic() - t0 < 5
+    assert again["ref"] == first["ref"], "identical buildInfo reuses the image"
+    changed = build(server, "c3", df.replace("echo three", "echo THREE"))
+    assert changed["state"] == "active"
+    log = logs(server, changed["id"])
+    assert log.count("Using cache") == 2, log
+    assert changed["ref"] != first["ref"]
+
+
+def test_a_failing_step_names_itself_its_exit_code_and_its_last_output(builds):
+    server, _ = builds
+    snap = build(server, "bad", "FROM python:3.12\nRUN echo fine\nRUN echo about-to-fail; exit 3\n")
+    assert snap["state"] == "build_failed"
+    reason = snap["errorReason"]
+    assert "RUN echo about-to-fail; exit 3" in reason and "exit code 3" in reason, reason
+    assert reason.rstrip().endswith("about-to-fail"), reason
+    assert "about-to-fail" in logs(server, snap["id"])
+
+
+def test_a_dockerfile_that_does_not_parse_is_refused_naming_the_problem(builds):
+    server, _ = builds
+    st, body = server.api("POST", "/snapshots", {"name": "unparsable", "buildInfo": {"dockerfileContent": "FROM python:3.12\nFROBNICATE x\n"}})
+    assert st == 400, body
+    assert "FROBNICATE" in body["message"] or "line 2" in body["message"], body
+
+
+def test_the_sdk_image_builder_streams_logs_before_the_build_ends(builds):
+    server, daytona = builds
+    image = (
+        Image.base("python:3.12")
+        .run_commands("echo hello-from-the-build", "sleep 1", "mkdir -p /data && echo payload > /data/f")
+        .env({"A": "b c"})
+        .workdir("/home/daytona")
+    )
+    seen = []
+    daytona.snapshot.create(CreateSnapshotParams(name="img", image=image), on_logs=lambda l: seen.append((time.monotonic(), l)))
+    texts = [l for _, l in seen]
+    assert any("hello-from-the-build" in t for t in texts), texts
+    first_build_line = next(t for t, l in seen if "hello-from-the-build" in l)
+    created = next(t for t, l in seen if l.startswith("Created snapshot img"))
+    assert first_build_line < created
+    out = exec_in(daytona, "img", 'echo "$A"; pwd; cat /data/f')
+    assert out.split("\n")[:3] == ["b c", "/home/daytona", "payload"], out
+
+
+def test_local_files_and_dirs_reach_the_build_through_the_s3_endpoint(builds, tmp_path):
+    server, daytona = builds
+    (tmp_path / "ctx" / "sub").mkdir(parents=True)
+    (tmp_path / "ctx" / "a.txt").write_text("alpha\n")
+    (tmp_path / "ctx" / "sub" / "b.txt").write_text("beta\n")
+    image = (
+        Image.base("python:3.12")
+        .add_local_file(str(tmp_path / "ctx" / "a.txt"), "/app/a.txt")
+        .add_local_dir(str(tmp_path / "ctx"), "/app/ctx")
+    )
+    snap = daytona.snapshot.create(CreateSnapshotParams(name="ctx", image=image))
+    assert snap.state == "active"
+    out = exec_in(daytona, "ctx", "cat /app/a.txt /app/ctx/sub/b.txt")
+    assert out.split("\n")[:2] == ["alpha", "beta"], out
+
+
+def test_the_seed_gpu_snippet_builds_in_us_east_1_and_sandboxes_are_refused_without_gpus(s3_server):
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=s3_server.api_url, target="us-east-1"))
+    snap = daytona.snapshot.create(
+        CreateSnapshotParams(name="gpu-snap", image=Image.base("python:3.12"), resources=Resources(cpu=1, memory=1, disk=1, gpu=1)),
+    )
+    assert snap.state == "active" and snap.gpu == 1
+    assert snap.region_ids == ["us-east-1"] if hasattr(snap, "region_ids") else True
+    with pytest.raises(DaytonaError) as e:
+        daytona.create(CreateSandboxFromSnapshotParams(snapshot="gpu-snap"))
+    assert "GPU" in str(e.value) and "us-east-1" in str(e.value), str(e.value)
