@@ -158,3 +158,46 @@ def test_the_seed_gpu_snippet_builds_in_us_east_1_and_sandboxes_are_refused_with
     with pytest.raises(DaytonaError) as e:
         daytona.create(CreateSandboxFromSnapshotParams(snapshot="gpu-snap"))
     assert "GPU" in str(e.value) and "us-east-1" in str(e.value), str(e.value)
+
+
+def test_a_sandbox_from_an_image_builds_then_starts_with_the_requested_resources(builds):
+    from daytona import CreateSandboxFromImageParams
+
+    server, daytona = builds
+    image = Image.base("python:3.12").run_commands("echo sandbox-build-line > /built").env({"FROM_IMAGE": "yes"})
+    seen = []
+    sandbox = daytona.create(
+        CreateSandboxFromImageParams(image=image, resources=Resources(cpu=2, memory=4, disk=8), env_vars={"X": "1"}),
+        on_snapshot_create_logs=seen.append,
+    )
+    assert (sandbox.cpu, sandbox.memory, sandbox.disk) == (2, 4, 8)
+    assert any("sandbox-build-line" in l for l in seen), seen
+    r = sandbox.process.exec('cat /built; echo "$FROM_IMAGE $X"; nproc 2>/dev/null || true')
+    assert r.result.split("\n")[:2] == ["sandbox-build-line", "yes 1"], r.result
+    cg = next(__import__("pathlib").Path("/sys/fs/cgroup/memory").glob(f"**/{sandbox.id}"))
+    assert int((cg / "memory.limit_in_bytes").read_text()) == 4 << 30
+    # A second sandbox from the same image reuses the build (snapshotRef).
+    again = daytona.create(CreateSandboxFromImageParams(image=image), timeout=60)
+    assert again.process.exec("cat /built").result.strip() == "sandbox-build-line"
+    st, body = server.api("GET", f"/sandbox/{again.id}/build-logs-url")
+    assert st == 200 and "?" not in body["url"]
+    for s in (sandbox, again):
+        s.delete()
+
+
+def test_a_sandbox_whose_image_fails_to_build_ends_build_failed_with_the_reason(builds):
+    server, _ = builds
+    st, sb = server.api("POST", "/sandbox", {"buildInfo": {"dockerfileContent": "FROM python:3.12\nRUN exit 7\n"}})
+    assert st == 200 and sb["state"] == "pending_build", sb
+
+    def failed():
+        s = server.api("GET", f"/sandbox/{sb['id']}")[1]
+        return s if s["state"] == "build_failed" else None
+
+    from harness import wait_until
+
+    wait_until(failed, 60, what="build_failed")
+    s = failed()
+    assert "RUN exit 7" in s["errorReason"] and "exit code 7" in s["errorReason"], s
+    assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
+    assert server.api("POST", "/sandbox", {"snapshot": "x", "buildInfo": {"dockerfileContent": "FROM python:3.12\n"}})[0] == 400

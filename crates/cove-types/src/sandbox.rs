@@ -35,11 +35,17 @@ pub enum SandboxState {
     Destroying,
     /// Gone.
     Destroyed,
+    /// Created from an `Image`: its build has not started yet.
+    PendingBuild,
+    /// Created from an `Image`: its image is being built.
+    BuildingSnapshot,
+    /// Created from an `Image` whose build failed; `errorReason` says why.
+    BuildFailed,
 }
 
 impl SandboxState {
     /// Every state.
-    pub const ALL: [SandboxState; 9] = [
+    pub const ALL: [SandboxState; 12] = [
         Self::Creating,
         Self::PullingSnapshot,
         Self::Starting,
@@ -49,6 +55,9 @@ impl SandboxState {
         Self::Error,
         Self::Destroying,
         Self::Destroyed,
+        Self::PendingBuild,
+        Self::BuildingSnapshot,
+        Self::BuildFailed,
     ];
 
     /// The wire spelling.
@@ -63,6 +72,9 @@ impl SandboxState {
             Self::Error => "error",
             Self::Destroying => "destroying",
             Self::Destroyed => "destroyed",
+            Self::PendingBuild => "pending_build",
+            Self::BuildingSnapshot => "building_snapshot",
+            Self::BuildFailed => "build_failed",
         }
     }
 
@@ -89,7 +101,16 @@ impl SandboxState {
 
     /// A verb is in flight; another must wait.
     pub fn is_transitional(self) -> bool {
-        matches!(self, Self::Creating | Self::PullingSnapshot | Self::Starting | Self::Stopping | Self::Destroying)
+        matches!(
+            self,
+            Self::Creating
+                | Self::PullingSnapshot
+                | Self::Starting
+                | Self::Stopping
+                | Self::Destroying
+                | Self::PendingBuild
+                | Self::BuildingSnapshot
+        )
     }
 }
 

@@ -22,6 +22,28 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}/stop", post(stop))
         .route("/sandbox/{id}/labels", put(set_labels))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_url))
+        .route("/sandbox/{id}/build-logs-url", get(build_logs_url))
+        .route("/sandbox/{id}/build-logs", get(build_logs))
+}
+
+async fn build_logs_url(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.sandboxes.built_sandbox(&who, &id).await?;
+    // No query string: the SDKs append `?follow=true` to it.
+    Ok(Json(serde_json::json!({ "url": format!("{}/api/sandbox/{}/build-logs", s.public_url, rec.id) })))
+}
+
+async fn build_logs(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Params(q): Params<super::snapshots::LogsQuery>,
+) -> Result<Response, ApiError> {
+    let stream = s.sandboxes.build_logs(&who, &id, q.follow.unwrap_or(false)).await?;
+    Ok(super::snapshots::log_response(stream))
 }
 
 /// Mounted at the root, next to `/api`: `{toolboxProxyUrl}/{id}/{path}`.

@@ -43,11 +43,6 @@ pub enum SandboxError {
     /// A requested protection this server does not enforce yet: refused rather than ignored.
     #[error("{0} is not supported by this server yet; the request was refused rather than run without it")]
     Unsupported(&'static str),
-    /// Dockerfile builds come with the builder.
-    #[error(
-        "creating sandboxes from an image build (buildInfo) is not supported by this server yet; create a snapshot and start the sandbox from it"
-    )]
-    BuildUnsupported,
     /// The snapshot cannot be used.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -60,6 +55,12 @@ pub enum SandboxError {
         region: String,
         /// GPUs asked for.
         gpu: i64,
+    },
+    /// Build logs of a sandbox that was created from a snapshot.
+    #[error("sandbox {id} has no build info: it was created from a snapshot")]
+    NoBuildInfo {
+        /// The sandbox.
+        id: String,
     },
     /// Name taken.
     #[error("sandbox with name \"{name}\" already exists for this organization")]
@@ -127,14 +128,14 @@ impl SandboxError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } => ErrorKind::InvalidArgument,
-            Self::BuildUnsupported | Self::Unsupported(_) => ErrorKind::Unimplemented,
+            Self::Unsupported(_) => ErrorKind::Unimplemented,
             Self::Snapshot(e) => match e.kind() {
                 // A snapshot that does not exist is a bad request for a sandbox (Daytona: 400).
                 ErrorKind::NotFound => ErrorKind::InvalidArgument,
                 k => k,
             },
             Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
-            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::WrongState { .. } => ErrorKind::FailedPrecondition,
             Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
@@ -207,8 +208,8 @@ impl SandboxService {
     /// Creates a sandbox from a snapshot and answers once its agent is ready.
     #[tracing::instrument(skip_all, fields(org_id = %who.org_id))]
     pub async fn create(&self, who: &Principal, req: CreateSandbox) -> Result<SandboxDto, SandboxError> {
-        if req.build_info.is_some() {
-            return Err(SandboxError::BuildUnsupported);
+        if let Some(info) = req.build_info.clone() {
+            return self.create_from_build(who, req, info).await;
         }
         if req.cpu.is_some() || req.memory.is_some() || req.disk.is_some() || req.gpu.is_some() {
             return Err(SandboxError::Invalid(
@@ -260,24 +261,14 @@ impl SandboxService {
                 privileged,
             },
         };
+        let name = sandbox_name(req.name.as_deref())?;
+        let env = req.env.unwrap_or_default();
+        validate_env(&env)?;
         // Privileged sandboxes are rare and never pooled: a prepared one would sit with every
         // capability.
         let pooled = if privileged { None } else { self.inner.pool.take(&key) };
         let id = pooled.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
-            Some(n) => SnapshotName::parse(n)
-                .map_err(|e| SandboxError::Invalid(e.to_string().replace("snapshot name", "sandbox name")))?
-                .as_str()
-                .to_string(),
-            None => id.clone(),
-        };
-        let env = req.env.unwrap_or_default();
-        if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(SandboxError::Invalid(format!("invalid environment variable name {k:?}")));
-        }
-        if let Some(k) = env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
-            return Err(SandboxError::Invalid(format!("environment variable {k} contains a NUL byte")));
-        }
+        let name = name.unwrap_or_else(|| id.clone());
         let now = now_millis();
         let mut rec = SandboxRecord {
             id: id.clone(),
@@ -306,6 +297,7 @@ impl SandboxService {
             daemon_version: None,
             created_at: now,
             updated_at: now,
+            build: None,
         };
         if let Err(e) = self.inner.store.insert_sandbox(&rec).await {
             if let Some(id) = pooled {
@@ -344,6 +336,188 @@ impl SandboxService {
         }
         tracing::debug!(sandbox_id = %id, warm = pooled.is_some(), "sandbox create finished");
         self.finish_start(&mut rec, started, SandboxState::Creating).await
+    }
+
+    /// `POST /sandbox` with `buildInfo` (the SDK's `CreateSandboxFromImageParams`): records the
+    /// sandbox as `pending_build` and answers at once; a job builds the image (or reuses one
+    /// built from identical build info), then starts the sandbox from it.
+    async fn create_from_build(
+        &self,
+        who: &Principal,
+        req: CreateSandbox,
+        info: cove_types::dto::CreateBuildInfo,
+    ) -> Result<SandboxDto, SandboxError> {
+        use super::snapshots::{self as snaps, resource};
+        if req.snapshot.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+            return Err(SandboxError::Invalid("cannot specify a snapshot when using a build info entry".into()));
+        }
+        if req.network_block_all == Some(true) {
+            return Err(SandboxError::Unsupported("networkBlockAll"));
+        }
+        let build = snaps::validate_build(info)?;
+        let cpu = resource("cpu", req.cpu, snaps::DEFAULT_CPU, 1, snaps::MAX_CPU)?;
+        let mem = resource("memory", req.memory, snaps::DEFAULT_MEMORY_GIB, 1, snaps::MAX_MEMORY_GIB)?;
+        let disk = resource("disk", req.disk, snaps::DEFAULT_DISK_GIB, 1, snaps::MAX_DISK_GIB)?;
+        let gpu = resource("gpu", req.gpu, 0, 0, snaps::MAX_GPU)?;
+        let region_id = self.inner.snapshots.region(req.target.as_deref())?;
+        if gpu > 0 && !self.inner.has_gpu {
+            return Err(SandboxError::NoGpu { snapshot: "(built from an image)".into(), region: region_id, gpu });
+        }
+        let name = sandbox_name(req.name.as_deref())?;
+        let env = req.env.unwrap_or_default();
+        validate_env(&env)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_millis();
+        let rec = SandboxRecord {
+            id: id.clone(),
+            org_id: who.org_id.clone(),
+            name: name.unwrap_or_else(|| id.clone()),
+            snapshot_id: None,
+            snapshot_name: None,
+            image_digest: String::new(),
+            // Empty until the image says (its USER), unless the request names one.
+            user: req.user.clone().unwrap_or_default(),
+            env,
+            labels: req.labels.unwrap_or_default(),
+            public: req.public.unwrap_or(false),
+            network_block_all: false,
+            privileged: req.privileged.unwrap_or(false),
+            region_id,
+            cpu,
+            gpu,
+            mem,
+            disk,
+            state: SandboxState::PendingBuild,
+            desired_state: "started".into(),
+            error_reason: None,
+            auto_stop: req.auto_stop_interval.unwrap_or(0),
+            auto_archive: req.auto_archive_interval.unwrap_or(10080),
+            auto_delete: req.auto_delete_interval.unwrap_or(-1),
+            daemon_version: None,
+            created_at: now,
+            updated_at: now,
+            build: Some(build),
+        };
+        self.inner.store.insert_sandbox(&rec).await.map_err(|e| match e {
+            StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
+            e => store("create sandbox")(e),
+        })?;
+        self.inner.snapshots.builds().reset_log(&id);
+        tracing::info!(sandbox_id = %id, "sandbox waits for its image build");
+        tokio::spawn(self.clone().run_build(rec.org_id.clone(), id));
+        Ok(self.dto(&rec))
+    }
+
+    /// The build job of a sandbox created from an `Image`: build, then start. Durable: a
+    /// restart runs it again for sandboxes still `pending_build` or `building_snapshot`.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
+    async fn run_build(self, org: String, id: String) {
+        let st = &self.inner.store;
+        let mut rec = match st.get_sandbox(&org, &id).await {
+            Ok(Some(r)) if matches!(r.state, SandboxState::PendingBuild | SandboxState::BuildingSnapshot) => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "sandbox build job cannot read its sandbox");
+                return;
+            }
+        };
+        let Some(build) = rec.build.clone() else { return };
+        rec.state = SandboxState::BuildingSnapshot;
+        rec.updated_at = now_millis();
+        match st.update_sandbox_if(&rec, &[SandboxState::PendingBuild, SandboxState::BuildingSnapshot]).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "sandbox build job cannot record the building state");
+                return;
+            }
+        }
+        let builds = self.inner.snapshots.builds().clone();
+        let built = builds.build(&id, &org, &build).await;
+        builds.finish_log(
+            &id,
+            &match &built {
+                Ok(_) => "Build finished".to_string(),
+                Err(e) => format!("Build failed: {}", e.to_string().lines().next().unwrap_or_default()),
+            },
+        );
+        let pulled = match built {
+            Ok(p) => p,
+            Err(e) => {
+                rec.state = SandboxState::BuildFailed;
+                rec.error_reason = Some(e.to_string());
+                rec.updated_at = now_millis();
+                if let Err(e) = st.update_sandbox_if(&rec, &[SandboxState::BuildingSnapshot]).await {
+                    tracing::error!(error = %e, "sandbox build job cannot record the failure");
+                }
+                return;
+            }
+        };
+        let image = &pulled.record;
+        if rec.user.is_empty() {
+            rec.user = image.config.user.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+        }
+        rec.image_digest = image.manifest_digest.to_string();
+        rec.state = SandboxState::Creating;
+        rec.updated_at = now_millis();
+        match st.update_sandbox_if(&rec, &[SandboxState::BuildingSnapshot]).await {
+            Ok(true) => {}
+            Ok(false) => return, // deleted while building
+            Err(e) => {
+                tracing::error!(error = %e, "sandbox build job cannot record the built image");
+                return;
+            }
+        }
+        let mut env: Vec<String> = image.config.env.clone().unwrap_or_default();
+        env.push(format!("DAYTONA_SANDBOX_ID={id}"));
+        let user_env: Vec<String> = rec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        cove_runtime::oci::merge_env(&mut env, &user_env);
+        let spec = SandboxSpec {
+            id: id.clone(),
+            lower: image.rootfs.clone(),
+            entrypoint: super::snapshots::entrypoint_from_image(&image.config),
+            env,
+            workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
+            user: Some(rec.user.clone()).filter(|u| u != "root"),
+            cpu: u32::try_from(rec.cpu).unwrap_or(1),
+            memory_mib: u64::try_from(rec.mem).unwrap_or(1) * 1024,
+            disk_mib: u64::try_from(rec.disk).unwrap_or(3) * 1024,
+            pids: self.inner.pids_limit,
+            privileged: rec.privileged,
+        };
+        let started = async {
+            self.inner.runtime.create(&spec).await.map_err(|source| SandboxError::Runtime {
+                op: "create",
+                id: id.clone(),
+                source,
+            })?;
+            self.wait_agent(&id).await
+        }
+        .await;
+        drop(pulled.lease); // the record now references the image
+        if let Err(e) = self.finish_start(&mut rec, started, SandboxState::Creating).await {
+            tracing::error!(error = %e, "sandbox build job cannot record the start");
+        }
+    }
+
+    /// The build log of a sandbox created from an `Image`.
+    pub async fn build_logs(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        follow: bool,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + use<>, SandboxError> {
+        let rec = self.built_sandbox(who, id_or_name).await?;
+        Ok(self.inner.snapshots.builds().log_stream(&rec.id, follow))
+    }
+
+    /// The id of a sandbox created from an `Image` (for its build-logs URL).
+    pub async fn built_sandbox(&self, who: &Principal, id_or_name: &str) -> Result<SandboxRecord, SandboxError> {
+        let rec = self.find(who, id_or_name).await?;
+        if rec.build.is_none() {
+            return Err(SandboxError::NoBuildInfo { id: rec.id });
+        }
+        Ok(rec)
     }
 
     async fn wait_agent(&self, id: &str) -> Result<String, SandboxError> {
@@ -489,6 +663,7 @@ impl SandboxService {
             source,
         })?;
         self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
+        self.inner.snapshots.builds().remove_log(&rec.id);
         tracing::info!(sandbox_id = %rec.id, "sandbox destroyed");
         let snapshots = self.inner.snapshots.clone();
         tokio::spawn(async move { snapshots.collect_garbage().await });
@@ -602,6 +777,12 @@ impl SandboxService {
                 self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
                 continue;
             }
+            if matches!(rec.state, SandboxState::PendingBuild | SandboxState::BuildingSnapshot) {
+                tracing::info!(sandbox_id = %rec.id, "restarting the image build a restart interrupted");
+                self.inner.snapshots.builds().reset_log(&rec.id);
+                tokio::spawn(self.clone().run_build(rec.org_id.clone(), rec.id.clone()));
+                continue;
+            }
             let status = self.inner.runtime.status(&rec.id).await;
             let from = rec.state;
             let (state, reason) = match status {
@@ -708,6 +889,29 @@ impl SandboxService {
             toolbox_proxy_url: self.inner.toolbox_url.clone(),
         }
     }
+}
+
+/// A requested sandbox name, checked (`None`: the id will be the name).
+fn sandbox_name(asked: Option<&str>) -> Result<Option<String>, SandboxError> {
+    match asked.filter(|n| !n.is_empty()) {
+        Some(n) => Ok(Some(
+            SnapshotName::parse(n)
+                .map_err(|e| SandboxError::Invalid(e.to_string().replace("snapshot name", "sandbox name")))?
+                .as_str()
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SandboxError> {
+    if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(SandboxError::Invalid(format!("invalid environment variable name {k:?}")));
+    }
+    if let Some(k) = env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+        return Err(SandboxError::Invalid(format!("environment variable {k} contains a NUL byte")));
+    }
+    Ok(())
 }
 
 /// Why a sandbox's container ended, for `errorReason`.

@@ -33,10 +33,13 @@ pub const MAX_PAGE_SIZE: i64 = 200;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Upper bounds on per-snapshot resources (a guard against typos such as memory=4096).
-const MAX_CPU: i64 = 128;
-const MAX_MEMORY_GIB: i64 = 1024;
-const MAX_DISK_GIB: i64 = 4096;
-const MAX_GPU: i64 = 8;
+pub const MAX_CPU: i64 = 128;
+/// GiB.
+pub const MAX_MEMORY_GIB: i64 = 1024;
+/// GiB.
+pub const MAX_DISK_GIB: i64 = 4096;
+/// GPUs.
+pub const MAX_GPU: i64 = 8;
 
 /// A failed snapshot operation.
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +261,8 @@ impl SnapshotService {
         Ok(to_dto(&rec))
     }
 
-    fn region(&self, asked: Option<&str>) -> Result<String, SnapshotError> {
+    /// The region id to use for `asked` (the default region when `None`).
+    pub fn region(&self, asked: Option<&str>) -> Result<String, SnapshotError> {
         match asked {
             None => Ok(self.inner.regions[0].clone()),
             Some(r) if self.inner.regions.iter().any(|x| x == r) => Ok(r.to_string()),
@@ -648,7 +652,8 @@ impl SnapshotService {
     }
 }
 
-fn resource(name: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, SnapshotError> {
+/// A resource value from a request: `default` when absent, else checked against `min..=max`.
+pub fn resource(name: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, SnapshotError> {
     let v = v.unwrap_or(default);
     if v < min || v > max {
         let unit = match name {
@@ -710,7 +715,7 @@ pub fn to_dto(s: &SnapshotRecord) -> SnapshotDto {
 
 /// Checks a `buildInfo` before it is recorded: the Dockerfile must parse (the error names the
 /// line), and context hashes must be plain hex names.
-fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpec, SnapshotError> {
+pub fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpec, SnapshotError> {
     if info.dockerfile_content.trim().is_empty() {
         return Err(SnapshotError::Invalid("buildInfo.dockerfileContent is empty".into()));
     }

@@ -171,6 +171,8 @@ pub struct SandboxRecord {
     pub created_at: Millis,
     /// Last changed.
     pub updated_at: Millis,
+    /// The Dockerfile build it comes from, when created from an `Image` rather than a snapshot.
+    pub build: Option<BuildSpec>,
 }
 
 /// Sort keys for listing.

@@ -26,8 +26,8 @@ const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reaso
 const SNAPSHOT_COLUMN_COUNT: usize = 20;
 const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
      network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
-     auto_archive, auto_delete, daemon_version, created_at, updated_at";
-const SANDBOX_COLUMN_COUNT: usize = 26;
+     auto_archive, auto_delete, daemon_version, created_at, updated_at, build_dockerfile, build_context_hashes";
+const SANDBOX_COLUMN_COUNT: usize = 28;
 
 impl SqliteStore {
     /// Opens (creating) the database file and applies pending migrations.
@@ -107,18 +107,7 @@ fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
         created_at: r.try_get("created_at").map_err(get)?,
         updated_at: r.try_get("updated_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
-        build: match r.try_get::<Option<String>, _>("build_dockerfile").map_err(get)? {
-            None => None,
-            Some(dockerfile) => {
-                let hashes: Option<String> = r.try_get("build_context_hashes").map_err(get)?;
-                let context_hashes = hashes
-                    .map(|h| serde_json::from_str(&h))
-                    .transpose()
-                    .map_err(|e| StoreError::Decode { what: "build_context_hashes", why: e.to_string() })?
-                    .unwrap_or_default();
-                Some(BuildSpec { dockerfile, context_hashes })
-            }
-        },
+        build: build_from_row(r)?,
     })
 }
 
@@ -169,7 +158,25 @@ fn sandbox_from_row(r: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         daemon_version: r.try_get("daemon_version").map_err(get)?,
         created_at: r.try_get("created_at").map_err(get)?,
         updated_at: r.try_get("updated_at").map_err(get)?,
+        build: build_from_row(r)?,
     })
+}
+
+/// The `build_dockerfile` and `build_context_hashes` columns of a snapshot or sandbox row.
+fn build_from_row(r: &SqliteRow) -> Result<Option<BuildSpec>, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "build columns", why: e.to_string() };
+    let Some(dockerfile) = r.try_get::<Option<String>, _>("build_dockerfile").map_err(get)? else { return Ok(None) };
+    let hashes: Option<String> = r.try_get("build_context_hashes").map_err(get)?;
+    let context_hashes = hashes
+        .map(|h| serde_json::from_str(&h))
+        .transpose()
+        .map_err(|e| StoreError::Decode { what: "build_context_hashes", why: e.to_string() })?
+        .unwrap_or_default();
+    Ok(Some(BuildSpec { dockerfile, context_hashes }))
+}
+
+fn build_json(b: &Option<BuildSpec>) -> Option<String> {
+    b.as_ref().map(|b| serde_json::to_string(&b.context_hashes).expect("strings serialize"))
 }
 
 /// Binds every column of [`SANDBOX_COLUMNS`], in its order.
@@ -201,6 +208,8 @@ fn bind_sandbox<'q>(q: SqliteQuery<'q>, s: &'q SandboxRecord) -> SqliteQuery<'q>
         .bind(&s.daemon_version)
         .bind(s.created_at)
         .bind(s.updated_at)
+        .bind(s.build.as_ref().map(|b| b.dockerfile.clone()))
+        .bind(build_json(&s.build))
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -226,7 +235,7 @@ fn bind_snapshot<'q>(q: SqliteQuery<'q>, s: &'q SnapshotRecord) -> SqliteQuery<'
         .bind(s.updated_at)
         .bind(s.last_used_at)
         .bind(s.build.as_ref().map(|b| b.dockerfile.clone()))
-        .bind(s.build.as_ref().map(|b| serde_json::to_string(&b.context_hashes).expect("strings serialize")))
+        .bind(build_json(&s.build))
 }
 
 fn entrypoint_json(e: &Option<Vec<String>>) -> Option<String> {
