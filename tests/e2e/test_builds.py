@@ -201,3 +201,25 @@ def test_a_sandbox_whose_image_fails_to_build_ends_build_failed_with_the_reason(
     assert "RUN exit 7" in s["errorReason"] and "exit code 7" in s["errorReason"], s
     assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
     assert server.api("POST", "/sandbox", {"snapshot": "x", "buildInfo": {"dockerfileContent": "FROM python:3.12\n"}})[0] == 400
+
+
+def test_the_step_cache_is_listed_for_admins_only_and_a_prune_makes_steps_run_again(builds):
+    server, _ = builds
+    df = "FROM python:3.12\nRUN echo cached-step > /c\n"
+    assert build(server, "p1", df)["state"] == "active"
+    st, cache = server.api("GET", "/builds/cache")
+    assert st == 200, cache
+    steps = [e["step"] for e in cache["entries"]]
+    assert any("RUN echo cached-step > /c" in s for s in steps), steps
+    assert cache["count"] == len(cache["entries"]) and cache["totalBytes"] >= 0
+    st, org = server.api("POST", "/organizations", {"name": "other team"})
+    other = org["apiKey"]["value"]
+    assert server.api("GET", "/builds/cache", key=other)[0] == 403
+    assert server.api("DELETE", "/builds/cache", key=other)[0] == 403
+    st, pruned = server.api("DELETE", "/builds/cache")
+    assert st == 200 and pruned["entriesRemoved"] >= 1, pruned
+    assert server.api("GET", "/builds/cache")[1]["count"] == 0
+    # After the prune the same step runs again (a new last step avoids the snapshotRef reuse).
+    again = build(server, "p2", df + "RUN true\n")
+    assert again["state"] == "active"
+    assert "Using cache" not in logs(server, again["id"])

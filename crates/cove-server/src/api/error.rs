@@ -89,3 +89,9 @@ impl From<SandboxError> for ApiError {
         ApiError::new(e.kind(), cove_types::error::chain(&e))
     }
 }
+
+impl From<crate::service::builds::BuildFailure> for ApiError {
+    fn from(e: crate::service::builds::BuildFailure) -> Self {
+        ApiError::new(e.kind(), cove_types::error::chain(&e))
+    }
+}

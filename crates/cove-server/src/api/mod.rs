@@ -1,6 +1,7 @@
 //! HTTP only: routes, extractors, auth middleware and the error mapping. Each handler
 //! extracts, calls one service method and returns its typed answer.
 
+mod builds;
 mod error;
 mod extract;
 mod keys;
@@ -29,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .merge(keys::router())
         .merge(object_storage::router())
         .merge(sandboxes::router())
+        .merge(builds::router())
         .merge(system::authed_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().merge(system::public_router()).merge(authed);

@@ -89,6 +89,16 @@ fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+impl BuildFailure {
+    /// The error class.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::MissingContext { .. } => ErrorKind::FailedPrecondition,
+            Self::Build(_) | Self::Io { .. } | Self::Import(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 impl BuildService {
     /// Opens the step cache and the directories under `data_dir`.
     pub fn open(
@@ -112,6 +122,44 @@ impl BuildService {
     /// The step cache (listing and pruning).
     pub fn cache(&self) -> &Cache {
         &self.inner.cache
+    }
+
+    /// The step cache as `GET /builds/cache` shows it: entries (newest use first) and totals.
+    pub fn cache_report(&self) -> serde_json::Value {
+        let mut entries = self.inner.cache.list();
+        entries.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        let iso = |secs: u64| {
+            chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        };
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        let items: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "key": e.key,
+                    "step": e.step,
+                    "sizeBytes": e.size,
+                    "createdAt": iso(e.created),
+                    "lastUsedAt": iso(e.last_used),
+                    "layer": e.layer.as_ref().map(|l| l.digest.to_string()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "entries": items, "count": entries.len(), "totalBytes": total })
+    }
+
+    /// Removes cache entries unused for `unused_for_secs` (all when `None`).
+    pub async fn prune_cache(&self, unused_for_secs: Option<u64>) -> Result<serde_json::Value, BuildFailure> {
+        let what = match unused_for_secs {
+            Some(s) => cove_build::Prune::UnusedFor(Duration::from_secs(s)),
+            None => cove_build::Prune::All,
+        };
+        let report =
+            self.inner.cache.prune(what).await.map_err(|e| BuildFailure::Build(cove_types::error::chain(&e)))?;
+        tracing::info!(entries = report.entries, bytes = report.bytes, "build cache pruned");
+        Ok(serde_json::json!({ "entriesRemoved": report.entries, "bytesFreed": report.bytes }))
     }
 
     fn log_path(&self, key: &str) -> PathBuf {
