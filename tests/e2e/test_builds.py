@@ -223,3 +223,26 @@ def test_the_step_cache_is_listed_for_admins_only_and_a_prune_makes_steps_run_ag
     again = build(server, "p2", df + "RUN true\n")
     assert again["state"] == "active"
     assert "Using cache" not in logs(server, again["id"])
+
+
+def test_a_build_killed_with_the_server_runs_again_after_the_restart(builds):
+    server, _ = builds
+    df = "FROM python:3.12\nRUN echo slow-step-started; sleep 3; echo slow-step-done > /done\n"
+    st, snap = server.api("POST", "/snapshots", {"name": "durable", "buildInfo": {"dockerfileContent": df, "contextHashes": []}})
+    assert st == 200
+    from harness import wait_until
+
+    wait_until(lambda: "slow-step-started" in logs(server, snap["id"]), 30, what="the slow step to start")
+    server.kill()  # SIGKILL mid-step
+    server.start()
+    done = server.wait_state(snap["id"], timeout=120)
+    assert done["state"] == "active", done.get("errorReason")
+    log = logs(server, snap["id"])
+    assert "slow-step-started" in log and "Build finished" in log, log
+    # Nothing of the killed step is left mounted or running.
+    mounts = [l.split()[1] for l in open("/proc/mounts")]
+    assert not [m for m in mounts if m.startswith(str(server.data_dir)) and ("/build-tmp/" in m or "/.steps/" in m)]
+    import subprocess
+
+    runc = subprocess.run(["runc", "--root", server.net["runc_root"], "list", "-q"], capture_output=True, text=True)
+    assert not [c for c in runc.stdout.split() if c.startswith("step.")], runc.stdout
