@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p cove-agent --target $(AGENT_TARGET)
 
-.PHONY: setup build agent agent-debug run test test-rust test-e2e bench fmt lint clean
+.PHONY: setup build agent agent-debug run test test-rust test-e2e bench bench-setup fmt lint clean
 
 setup:
 	@scripts/setup.sh
@@ -44,9 +44,17 @@ test-e2e: setup agent-debug
 	.venv/bin/python -m pytest tests/e2e
 
 ## Figures side by side with a baseline measured in the same run.
-bench: setup build
+bench: setup bench-setup build
 	.venv/bin/python bench/snapshot_pull.py
 	.venv/bin/python bench/sandbox_start.py
+	.venv/bin/python bench/build.py
+
+## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
+bench-setup:
+	@command -v buildah >/dev/null || { echo "bench-setup: installing buildah"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends buildah >/dev/null \
+	  || echo "bench-setup: buildah could not be installed; bench/build.py skips its baseline"; }
 
 fmt:
 	$(CARGO) fmt --all

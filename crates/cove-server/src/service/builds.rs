@@ -306,7 +306,7 @@ impl BuildService {
         if let Err(e) = cove_types::fs::write_atomic(&ref_file, out.manifest_digest.to_string().as_bytes()) {
             tracing::warn!(error = %e, "cannot record the build's snapshotRef; an identical build will run again");
         }
-        log.line(&format!("Successfully built {} ({} cached steps)", out.manifest_digest, out.cache_hits));
+        tracing::info!(manifest = %out.manifest_digest, cache_hits = out.cache_hits, "image built");
         Ok(pulled)
     }
 }

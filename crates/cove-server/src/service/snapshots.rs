@@ -233,7 +233,9 @@ impl SnapshotService {
             org_id: who.org_id.clone(),
             name: name.as_str().to_string(),
             image_name,
-            state: SnapshotState::Pending,
+            // A build starts at once: answering `building` makes the SDKs open the log stream
+            // right away (they skip it while a snapshot is `pending`).
+            state: if build.is_some() { SnapshotState::Building } else { SnapshotState::Pending },
             error_reason: None,
             cpu,
             gpu,
