@@ -1,4 +1,7 @@
-//! `cove`: the server (`cove server`) and, in later versions, the command-line client.
+//! `cove`: the server (`cove server`) and the command-line client (`cove login`,
+//! `cove snapshot …`, `cove sandbox …`, `cove registry …`, `cove api-key …`; see `cli`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +17,8 @@ use cove_server::config::{DEFAULT_INACTIVE_AFTER, parse_mirror};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: cli::Global,
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,6 +28,8 @@ enum Command {
     /// The local certificate authority of the object storage endpoint.
     #[command(subcommand)]
     Tls(TlsCommand),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,19 +118,22 @@ struct ServerArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The server logs at info; client commands print their own output and only warnings.
+    let default_filter =
+        if matches!(cli.command, Command::Server(_)) { "info,sqlx=warn,tower_http=info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     match cli.command {
         Command::Server(args) => rt.block_on(server(*args)),
         Command::Tls(cmd) => tls(cmd),
+        Command::Client(cmd) => rt.block_on(cli::run(cmd, cli.global)),
     }
 }
 

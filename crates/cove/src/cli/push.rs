@@ -1,0 +1,436 @@
+//! `cove snapshot push LOCAL_IMAGE --name NAME`: read an image from the local Docker engine,
+//! an OCI layout (`oci:DIR[:TAG]`) or a `docker save` archive (`docker-archive:FILE`), push it
+//! into the server's built-in registry (chunked uploads, with a progress bar) and create a
+//! snapshot from it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::client::Client;
+use super::output::Progress;
+use super::snapshot::{Resources, finish, wait};
+use super::{Global, output};
+
+const CHUNK: usize = 8 << 20;
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// `cove snapshot push`.
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The image: a Docker engine image (`custom-alpine:3.21`), `oci:DIR[:TAG]` or `docker-archive:FILE`.
+    pub image: String,
+    /// Snapshot name.
+    #[arg(long)]
+    pub name: String,
+    /// Entrypoint (default: the image's, else `sleep infinity`).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    #[command(flatten)]
+    pub resources: Resources,
+}
+
+/// `GET /docker-registry/registry-push-access`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushAccess {
+    username: String,
+    secret: String,
+    registry_url: String,
+    project: String,
+}
+
+/// An image ready to push: blobs on disk, and its manifest.
+struct LocalImage {
+    manifest: Vec<u8>,
+    media_type: String,
+    /// (digest, path, size) of the config and every layer.
+    blobs: Vec<(String, PathBuf, u64)>,
+    tag: Option<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
+    let image = load(&a.image).await?;
+    let access: PushAccess = c.get_json("/docker-registry/registry-push-access").await?;
+    let (base, host) = match access.registry_url.split_once("://") {
+        Some((_, rest)) => {
+            (access.registry_url.trim_end_matches('/').to_string(), rest.trim_end_matches('/').to_string())
+        }
+        None => (format!("http://{}", access.registry_url.trim_end_matches('/')), access.registry_url.clone()),
+    };
+    let repo = format!("{}/{}", access.project, a.name.to_ascii_lowercase());
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&image.manifest)));
+    let tag = match image.tag.as_deref().filter(|t| *t != "latest" && !t.is_empty()) {
+        Some(t) => t.to_string(),
+        None => format!("pushed-{}", &digest[7..19]),
+    };
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", access.username, access.secret))
+    );
+    let total: u64 = image.blobs.iter().map(|b| b.2).sum();
+    let mut bar = Progress::new(format!("Pushing {}", a.image), total);
+    let t0 = Instant::now();
+    for (d, path, size) in &image.blobs {
+        push_blob(c, &base, &repo, &auth, d, path, *size, &mut bar).await?;
+    }
+    let url = format!("{base}/v2/{repo}/manifests/{tag}");
+    let resp = c
+        .http()
+        .put(&url)
+        .header("authorization", &auth)
+        .header("content-type", &image.media_type)
+        .body(image.manifest.clone())
+        .send()
+        .await
+        .context("push the manifest")?;
+    check(resp, "push the manifest").await?;
+    bar.finish();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("Pushed {:.1} MB in {secs:.2} s ({:.1} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / secs.max(1e-6));
+
+    let r = &a.resources;
+    let mut body = json!({
+        "name": a.name, "imageName": format!("{host}/{repo}:{tag}"),
+        "cpu": r.cpu, "memory": r.memory, "disk": r.disk, "gpu": r.gpu, "regionId": r.region,
+    });
+    if let Some(e) = &a.entrypoint {
+        body["entrypoint"] = json!(e.split_whitespace().collect::<Vec<_>>());
+    }
+    let created: Value = c.post_json("/snapshots", &body).await?;
+    let id = created["id"].as_str().context("the server answered without an id")?;
+    eprintln!("Creating snapshot {} from {}", a.name, body["imageName"].as_str().unwrap_or_default());
+    let done = wait(c, id).await?;
+    finish(&done, &a.name, g)?;
+    if g.format == super::output::Format::Table {
+        output::table(&["SNAPSHOT", "IMAGE"], &[vec![a.name, format!("{host}/{repo}:{tag}")]]);
+    }
+    Ok(())
+}
+
+async fn check(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    anyhow::bail!("{what}: {status}: {}", resp.text().await.unwrap_or_default())
+}
+
+/// Absolute URL of an upload `Location` (which may be relative).
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_blob(
+    c: &Client,
+    base: &str,
+    repo: &str,
+    auth: &str,
+    digest: &str,
+    path: &Path,
+    size: u64,
+    bar: &mut Progress,
+) -> anyhow::Result<()> {
+    let head = c.http().head(format!("{base}/v2/{repo}/blobs/{digest}")).header("authorization", auth).send().await?;
+    if head.status().is_success() {
+        bar.advance(size);
+        return Ok(());
+    }
+    let start = c
+        .http()
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .header("authorization", auth)
+        .header("content-length", "0")
+        .send()
+        .await
+        .context("start a blob upload")?;
+    let start = check(start, "start a blob upload").await?;
+    let mut location = location(&start, base)?;
+    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(&mut file, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let resp = c
+            .http()
+            .patch(&location)
+            .header("authorization", auth)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{offset}-{}", offset + n as u64 - 1))
+            .body(buf[..n].to_vec())
+            .send()
+            .await
+            .context("upload a blob chunk")?;
+        let resp = check(resp, "upload a blob chunk").await?;
+        location = location_or(&resp, base, &location);
+        offset += n as u64;
+        bar.advance(n as u64);
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = c
+        .http()
+        .put(format!("{location}{sep}digest={digest}"))
+        .header("authorization", auth)
+        .header("content-length", "0")
+        .send()
+        .await
+        .context("finish a blob upload")?;
+    check(resp, &format!("finish the upload of {digest}")).await?;
+    Ok(())
+}
+
+fn location(resp: &reqwest::Response, base: &str) -> anyhow::Result<String> {
+    let l = resp.headers().get("location").and_then(|v| v.to_str().ok()).context("the registry sent no Location")?;
+    Ok(absolute(base, l))
+}
+
+fn location_or(resp: &reqwest::Response, base: &str, old: &str) -> String {
+    location(resp, base).unwrap_or_else(|_| old.to_string())
+}
+
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let m = f.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    Ok(n)
+}
+
+/// Reads the image named on the command line.
+async fn load(image: &str) -> anyhow::Result<LocalImage> {
+    if let Some(rest) = image.strip_prefix("oci:") {
+        let (dir, tag) = match rest.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') => (d, Some(t.to_string())),
+            _ => (rest, None),
+        };
+        return load_oci(Path::new(dir), tag);
+    }
+    if let Some(file) = image.strip_prefix("docker-archive:") {
+        return load_archive(Path::new(file), None);
+    }
+    let tmp = tempfile::tempdir().context("create a temporary directory")?;
+    let tar = tmp.path().join("image.tar");
+    docker_save(image, &tar).await?;
+    let mut img = load_archive(&tar, Some(image))?;
+    img._tmp = Some(tmp);
+    Ok(img)
+}
+
+/// Refuses images that are not linux/amd64, with the seed's advice.
+fn check_platform(config: &[u8], image: &str) -> anyhow::Result<()> {
+    let v: Value = serde_json::from_slice(config).context("read the image config")?;
+    let (os, arch) = (v["os"].as_str().unwrap_or("linux"), v["architecture"].as_str().unwrap_or("amd64"));
+    if os != "linux" || arch != "amd64" {
+        anyhow::bail!(
+            "image {image} is built for {os}/{arch}; sandboxes run linux/amd64: rebuild it with `docker build --platform=linux/amd64` (or pull it with --platform=linux/amd64) and push again"
+        );
+    }
+    Ok(())
+}
+
+fn load_oci(dir: &Path, tag: Option<String>) -> anyhow::Result<LocalImage> {
+    let blob = |d: &str| dir.join("blobs").join(d.replace(':', "/"));
+    let index: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("index.json")).with_context(|| format!("{} is not an OCI layout", dir.display()))?,
+    )?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let chosen = match &tag {
+        Some(t) => manifests.iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == t.as_str()),
+        None if manifests.len() == 1 => manifests.first(),
+        None => anyhow::bail!("{} holds {} images: name one with oci:DIR:TAG", dir.display(), manifests.len()),
+    }
+    .with_context(|| format!("no image tagged {} in {}", tag.as_deref().unwrap_or("?"), dir.display()))?
+    .clone();
+    let mut desc = chosen;
+    let mut media = desc["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
+    if media == OCI_INDEX || media == DOCKER_LIST {
+        let idx: Value = serde_json::from_slice(&std::fs::read(blob(desc["digest"].as_str().unwrap_or_default()))?)?;
+        let all = idx["manifests"].as_array().cloned().unwrap_or_default();
+        desc = all
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .cloned()
+            .with_context(|| {
+                let found: Vec<String> = all
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}/{}",
+                            m["platform"]["os"].as_str().unwrap_or("?"),
+                            m["platform"]["architecture"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "the image has no linux/amd64 variant (it has {}): rebuild it with --platform=linux/amd64",
+                    found.join(", ")
+                )
+            })?;
+        media = desc["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
+    }
+    let manifest = std::fs::read(blob(desc["digest"].as_str().unwrap_or_default())).context("read the manifest")?;
+    let m: Value = serde_json::from_slice(&manifest)?;
+    let config_d = m["config"]["digest"].as_str().context("the manifest has no config")?.to_string();
+    check_platform(&std::fs::read(blob(&config_d))?, &dir.display().to_string())?;
+    let mut blobs = vec![(config_d.clone(), blob(&config_d), m["config"]["size"].as_u64().unwrap_or(0))];
+    for l in m["layers"].as_array().into_iter().flatten() {
+        let d = l["digest"].as_str().context("a layer without digest")?.to_string();
+        let p = blob(&d);
+        let size = std::fs::metadata(&p).with_context(|| format!("missing blob {d}"))?.len();
+        blobs.push((d, p, size));
+    }
+    Ok(LocalImage { manifest, media_type: media, blobs, tag, _tmp: None })
+}
+
+/// A `docker save` archive: `manifest.json` names the config and the layer tars. Layers are
+/// pushed as they are (uncompressed tars, or gzip where the archive has them) in an OCI manifest.
+fn load_archive(file: &Path, name: Option<&str>) -> anyhow::Result<LocalImage> {
+    let tmp = tempfile::tempdir().context("create a temporary directory")?;
+    let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().with_context(|| format!("{} is not a tar archive", file.display()))? {
+        let mut e = e?;
+        // `unpack_in` refuses absolute paths and `..`.
+        e.unpack_in(tmp.path()).context("extract the image archive")?;
+    }
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("manifest.json"))
+            .with_context(|| format!("{} has no manifest.json: not a `docker save` archive", file.display()))?,
+    )?;
+    let entries = manifest.as_array().cloned().unwrap_or_default();
+    let entry = match name {
+        Some(n) => entries
+            .iter()
+            .find(|e| {
+                e["RepoTags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x.as_str().is_some_and(|x| tag_matches(x, n))))
+            })
+            .or(entries.first()),
+        None => entries.first(),
+    }
+    .context("the archive holds no image")?
+    .clone();
+    let tag = entry["RepoTags"][0].as_str().and_then(|t| t.rsplit_once(':')).map(|(_, t)| t.to_string());
+    let config_path = tmp.path().join(entry["Config"].as_str().context("no Config in manifest.json")?);
+    let config = std::fs::read(&config_path)?;
+    check_platform(&config, name.unwrap_or(&file.display().to_string()))?;
+    let config_d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+    let mut blobs = vec![(config_d.clone(), config_path, config.len() as u64)];
+    let mut layers = Vec::new();
+    for l in entry["Layers"].as_array().into_iter().flatten() {
+        let p = tmp.path().join(l.as_str().context("a layer path is not a string")?);
+        let (d, size, gz) = hash_file(&p)?;
+        let media =
+            if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
+        layers.push(json!({ "mediaType": media, "digest": d, "size": size }));
+        blobs.push((d, p, size));
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len() },
+        "layers": layers,
+    }))?;
+    Ok(LocalImage { manifest, media_type: OCI_MANIFEST.into(), blobs, tag, _tmp: Some(tmp) })
+}
+
+fn tag_matches(repo_tag: &str, asked: &str) -> bool {
+    repo_tag == asked
+        || repo_tag.strip_prefix("docker.io/library/") == Some(asked)
+        || repo_tag == format!("{asked}:latest")
+}
+
+fn hash_file(p: &Path) -> anyhow::Result<(String, u64, bool)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut size, mut first) = (0u64, Vec::new());
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if first.is_empty() {
+            first = buf[..n.min(2)].to_vec();
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((format!("sha256:{}", hex::encode(h.finalize())), size, first == [0x1f, 0x8b]))
+}
+
+/// `GET /images/{name}/get` from the Docker engine's socket into `dest`.
+async fn docker_save(image: &str, dest: &Path) -> anyhow::Result<()> {
+    let sock = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let mut s = tokio::net::UnixStream::connect(&sock).await.with_context(|| {
+        format!(
+            "no Docker engine answers at {sock} (is dockerd running?); push an OCI layout with oci:DIR[:TAG] or a `docker save` file with docker-archive:FILE instead"
+        )
+    })?;
+    let path = format!("/images/{}/get", super::client::seg(image));
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await? == 0 {
+            anyhow::bail!("the Docker engine closed the connection");
+        }
+        head.push(byte[0]);
+        anyhow::ensure!(head.len() < 64 * 1024, "the Docker engine sent an oversized header");
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.split_whitespace().nth(1).unwrap_or_default();
+    if status != "200" {
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        anyhow::bail!("the Docker engine cannot export {image}: {status} {}", body.trim());
+    }
+    let mut out = tokio::fs::File::create(dest).await?;
+    tokio::io::copy(&mut s, &mut out).await.context("read the image from the Docker engine")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_amd64_image_is_refused_with_the_platform_advice() {
+        let e = check_platform(br#"{"os":"linux","architecture":"arm64"}"#, "custom-alpine:3.21").unwrap_err();
+        assert!(e.to_string().contains("--platform=linux/amd64"), "{e}");
+        check_platform(br#"{"os":"linux","architecture":"amd64"}"#, "x").unwrap();
+    }
+
+    #[test]
+    fn upload_locations_may_be_relative() {
+        assert_eq!(absolute("http://h:1", "/v2/a/blobs/uploads/u"), "http://h:1/v2/a/blobs/uploads/u");
+        assert_eq!(absolute("http://h:1", "http://o:2/x"), "http://o:2/x");
+    }
+}

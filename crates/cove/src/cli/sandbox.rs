@@ -1,0 +1,153 @@
+//! `cove sandbox …`.
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::Global;
+use super::client::{Client, seg};
+use super::output::{self, Format};
+
+/// `cove sandbox …`.
+#[derive(Subcommand, Debug)]
+pub enum SandboxCommand {
+    /// Create a sandbox from a snapshot (the server's default snapshot when none is given).
+    Create(CreateArgs),
+    /// List sandboxes.
+    List,
+    /// Run a command in a sandbox: `cove sandbox exec ID -- CMD ARGS…`; exits with its code.
+    Exec {
+        /// Sandbox id or name.
+        id: String,
+        /// The command (run through a shell, as the SDKs do).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+    },
+    /// Delete a sandbox.
+    Delete {
+        /// Sandbox id or name.
+        id: String,
+    },
+}
+
+/// `cove sandbox create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Snapshot name or id.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Sandbox name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `KEY=VALUE` environment (repeatable).
+    #[arg(long = "env", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// `KEY=VALUE` label (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+pub async fn run(c: Client, cmd: SandboxCommand, g: &Global) -> anyhow::Result<()> {
+    match cmd {
+        SandboxCommand::Create(a) => {
+            let env: serde_json::Map<String, Value> = a.env.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let labels: serde_json::Map<String, Value> = a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let s: Value = c
+                .post_json("/sandbox", &json!({ "snapshot": a.snapshot, "name": a.name, "env": env, "labels": labels }))
+                .await?;
+            match g.format {
+                Format::Json => output::json(&s),
+                Format::Table => print(std::slice::from_ref(&s)),
+            }
+            Ok(())
+        }
+        SandboxCommand::List => {
+            let page: Value = c.get_json("/sandbox").await?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            match g.format {
+                Format::Json => output::json(&items),
+                Format::Table => print(&items),
+            }
+            Ok(())
+        }
+        SandboxCommand::Exec { id, command, cwd } => {
+            let s: Value = c.get_json(&format!("/sandbox/{}", seg(&id))).await?;
+            let sid = s["id"].as_str().context("the sandbox has no id")?;
+            let toolbox = s["toolboxProxyUrl"].as_str().context("the sandbox has no toolbox URL")?;
+            let url = format!("{}/{sid}/process/execute", toolbox.trim_end_matches('/'));
+            let body = json!({ "command": shell_join(&command), "cwd": cwd });
+            let resp =
+                c.send(c.request_url(reqwest::Method::POST, &url).json(&body), "POST", "process/execute").await?;
+            let r: Value = resp.json().await.context("read the command's result")?;
+            let code = r["exitCode"].as_i64().unwrap_or(1);
+            match g.format {
+                Format::Json => output::json(&r),
+                Format::Table => print!("{}", r["result"].as_str().unwrap_or_default()),
+            }
+            if code != 0 {
+                std::process::exit(i32::try_from(code).unwrap_or(1).clamp(1, 255));
+            }
+            Ok(())
+        }
+        SandboxCommand::Delete { id } => {
+            c.delete(&format!("/sandbox/{}", seg(&id))).await?;
+            println!("Sandbox {id} deleted");
+            Ok(())
+        }
+    }
+}
+
+fn print(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            vec![
+                output::field(s, "id"),
+                output::field(s, "name"),
+                output::field(s, "state"),
+                output::field(s, "snapshot"),
+                format!("{}/{}/{}", output::field(s, "cpu"), output::field(s, "memory"), output::field(s, "disk")),
+                output::field(s, "target"),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "NAME", "STATE", "SNAPSHOT", "CPU/MEM/DISK", "REGION"], &rows);
+}
+
+/// Joins argv into one shell command line, quoting what needs it.
+fn shell_join(args: &[String]) -> String {
+    if args.len() == 1 {
+        return args[0].clone(); // `cove sandbox exec ID -- "echo a | wc"`: already a command line
+    }
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_quoted_for_the_shell_and_a_single_argument_is_a_command_line() {
+        assert_eq!(shell_join(&["echo a | wc -c".into()]), "echo a | wc -c");
+        assert_eq!(shell_join(&["echo".into(), "it's".into(), "x y".into()]), r"echo 'it'\''s' 'x y'");
+    }
+}
