@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Cove need, only when missing:
 # Debian packages (runc, the OCI registry, static busybox, skopeo/umoci for the benchmark
-# baseline) and a virtualenv with the official Daytona SDK. Safe to run again.
+# baseline, docker.io for the `snapshot push` test from a Docker engine) and a virtualenv with the official Daytona SDK. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 golang-github-containers-common
-              python3-minimal apache2-utils curl ca-certificates)
+              python3-minimal apache2-utils curl ca-certificates docker.io)
 SDK_PY="daytona==0.226.1"
 
 missing=()
@@ -20,11 +20,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import daytona, pytest' 2>/dev/null \
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import daytona, pytest, moto' 2>/dev/null \
    || [[ $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("daytona"))' 2>/dev/null) != "${SDK_PY#*==}" ]]; then
-  echo "setup: creating .venv with the official Daytona SDK ($SDK_PY) and pytest"
+  echo "setup: creating .venv with the official Daytona SDK ($SDK_PY), pytest and moto (STS/ECR emulator)"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "$SDK_PY" "pytest>=8" "pytest-timeout>=2"
+  .venv/bin/pip install -q --disable-pip-version-check "$SDK_PY" "pytest>=8" "pytest-timeout>=2" "moto[server]>=5"
 fi
 
 # Node.js for the TypeScript SDK: the machine image ships one; Debian's is the fallback.

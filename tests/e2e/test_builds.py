@@ -246,3 +246,27 @@ def test_a_build_killed_with_the_server_runs_again_after_the_restart(builds):
 
     runc = subprocess.run(["runc", "--root", server.net["runc_root"], "list", "-q"], capture_output=True, text=True)
     assert not [c for c in runc.stdout.split() if c.startswith("step.")], runc.stdout
+
+
+def test_a_dockerfile_can_build_from_an_image_pushed_to_the_built_in_registry(builds, registry):
+    import subprocess
+
+    server, daytona = builds
+    org = server.api("GET", "/object-storage/push-access")[1]["organizationId"]
+    here = server.url.split("://", 1)[1]
+    src = registry.url.split("://", 1)[1]
+    p = subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds", f"x:{API_KEY}",
+         f"docker://{src}/library/python:3.12", f"docker://{here}/{org}/base:1.0"],
+        capture_output=True, text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    snap = build(server, "from-own", f"FROM {here}/{org}/base:1.0\nRUN echo on-top > /on-top\n")
+    assert snap["state"] == "active", snap.get("errorReason")
+    assert exec_in(daytona, "from-own", "cat /on-top").strip() == "on-top"
+    st, other = server.api("POST", "/organizations", {"name": "intruder"})
+    key = other["apiKey"]["value"]
+    st, s2 = server.api("POST", "/snapshots", {"name": "steal", "buildInfo": {"dockerfileContent": f"FROM {here}/{org}/base:1.0\n"}}, key=key)
+    assert st == 200
+    failed = server.wait_state(s2["id"], key=key)
+    assert failed["state"] == "build_failed" and "not found" in failed["errorReason"], failed

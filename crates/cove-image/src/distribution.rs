@@ -145,12 +145,15 @@ impl DistributionError {
     }
 }
 
-/// HTTP client for registries, with a per-(endpoint, repository) token cache.
+/// HTTP client for registries, with a per-(endpoint, repository, credentials) token cache.
 #[derive(Debug)]
 pub struct RegistryClient {
     http: reqwest::Client,
     config: RegistryConfig,
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// (endpoint, repository, sha256 of the credentials or "") → `Authorization` value. The
+    /// credentials are part of the key so that a token obtained with one organization's
+    /// credentials is never reused for a pull with other (or no) credentials.
+    tokens: Mutex<HashMap<(String, String, String), String>>,
 }
 
 enum Auth {
@@ -271,7 +274,7 @@ impl RegistryClient {
         accept: Option<&str>,
         creds: Option<&Credentials>,
     ) -> Result<reqwest::Response, DistributionError> {
-        let key = (ep.base.clone(), repository.to_string());
+        let key = (ep.base.clone(), repository.to_string(), creds.map(fingerprint).unwrap_or_default());
         let cached = self.tokens.lock().expect("token cache lock is never poisoned").get(&key).cloned();
         let send = |auth: Option<String>| {
             let mut req = self.http.get(url);
@@ -368,6 +371,10 @@ async fn check(
 
 fn basic(c: &Credentials) -> String {
     format!("Basic {}", base64(format!("{}:{}", c.username, c.password).as_bytes()))
+}
+
+fn fingerprint(c: &Credentials) -> String {
+    sha256(format!("{}\0{}", c.username, c.password).as_bytes()).to_string()
 }
 
 fn unauthorized(ep: &Endpoint, repository: &str, with_creds: bool, body: &str) -> DistributionError {

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub pids_limit: u32,
     /// The warm pool of prepared sandboxes.
     pub warm_pool: crate::service::sandboxes::WarmPoolConfig,
+    /// STS and ECR endpoints for ECR registries (`None`: AWS's regional endpoints).
+    pub aws: crate::service::ecr::AwsEndpoints,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod registry;
 pub mod s3;
 pub mod service;
 pub mod state;
@@ -58,6 +59,12 @@ pub enum StartError {
     /// Object storage (credentials, objects, certificate) could not be set up.
     #[error("set up object storage")]
     ObjectStorage(#[source] s3::ObjectStorageError),
+    /// The built-in registry could not be opened.
+    #[error("open the built-in registry")]
+    Registry(#[source] registry::RegistryError),
+    /// The key that encrypts stored secrets could not be read or made.
+    #[error("open the secrets key")]
+    Secrets(#[source] service::secrets::SecretError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -101,7 +108,13 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         object_storage.store().clone(),
     )
     .map_err(StartError::Builds)?;
+    let registry = registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url)
+        .map_err(StartError::Registry)?;
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone(), builds);
+    snapshots.attach_registry(registry.clone());
+    let secrets = service::secrets::SecretBox::open(&cfg.data_dir).map_err(StartError::Secrets)?;
+    let docker_registries = service::registries::DockerRegistryService::new(store.clone(), secrets, cfg.aws.clone());
+    snapshots.attach_docker_registries(docker_registries.clone());
     // Pre-format disks of the default size so the first sandboxes skip mkfs.
     runtime.warm_disk_pool(u64::try_from(service::snapshots::DEFAULT_DISK_GIB).unwrap_or(3) * 1024);
     let toolbox_url = format!("{}/toolbox", cfg.public_url.trim_end_matches('/'));
@@ -126,6 +139,8 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             keys,
             snapshots,
             sandboxes,
+            registry,
+            docker_registries,
             object_storage,
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             started_at: chrono::Utc::now(),

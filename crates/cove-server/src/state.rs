@@ -18,6 +18,10 @@ pub struct AppState {
     pub snapshots: SnapshotService,
     /// Sandboxes.
     pub sandboxes: SandboxService,
+    /// The built-in OCI registry (`/v2/`).
+    pub registry: crate::registry::RegistryService,
+    /// The organizations' private registries (`/api/docker-registry`).
+    pub docker_registries: crate::service::registries::DockerRegistryService,
     /// Object storage for build contexts.
     pub object_storage: crate::s3::ObjectStorage,
     /// How clients reach this server (no trailing slash).

@@ -35,11 +35,14 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             seccomp_profile: None,
         },
         default_snapshot: None,
-        public_url: "http://127.0.0.1:1".into(),
+        // Not the host of the images below: those must be remote (unreachable) registries,
+        // not this server's built-in one.
+        public_url: "http://127.0.0.1:2".into(),
         s3_listen: "127.0.0.1:0".parse().unwrap(),
         monitor_interval: Duration::from_secs(3600),
         pids_limit: 64,
         warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
+        aws: Default::default(),
     };
     let p = prepare(&cfg).await.unwrap();
     (dir, api::app(p.state))
@@ -142,4 +145,34 @@ async fn a_network_block_the_server_cannot_enforce_is_refused_not_ignored() {
     let (st, body) = call(&app, "POST", "/api/sandbox", Some(json!({"networkBlockAll": true})), Some(KEY)).await;
     assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
     assert!(body["message"].as_str().unwrap().contains("networkBlockAll"));
+}
+
+#[tokio::test]
+async fn docker_registries_are_created_with_201_never_show_their_password_and_are_org_scoped() {
+    let (_d, app) = app().await;
+    let body = json!({"name": "r", "url": "https://registry.example.com/", "username": "u", "password": "hunter2"});
+    let (st, created) = call(&app, "POST", "/api/docker-registry", Some(body), Some(KEY)).await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    assert_eq!(created["url"], "registry.example.com");
+    assert_eq!(created["registryType"], "organization");
+    assert!(!created.to_string().contains("hunter2"), "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (st, org) = call(&app, "POST", "/api/organizations", Some(json!({"name": "other"})), Some(KEY)).await;
+    assert_eq!(st, StatusCode::OK, "{org}");
+    let other = org["apiKey"]["value"].as_str().unwrap();
+    let path = format!("/api/docker-registry/{id}");
+    assert_eq!(call(&app, "GET", &path, None, Some(other)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, "DELETE", &path, None, Some(other)).await.0, StatusCode::NOT_FOUND);
+    let (st, missing) = call(
+        &app,
+        "POST",
+        "/api/docker-registry",
+        Some(json!({"name": "x", "url": "x.io", "username": "u"})),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(missing["message"].as_str().unwrap().contains("password is required"), "{missing}");
+    assert_eq!(call(&app, "DELETE", &path, None, Some(KEY)).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(call(&app, "GET", &path, None, Some(KEY)).await.0, StatusCode::NOT_FOUND);
 }

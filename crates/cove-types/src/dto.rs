@@ -226,6 +226,127 @@ pub struct ErrorEnvelope {
     pub source: String,
 }
 
+/// `POST /docker-registry` body: Daytona's `CreateDockerRegistry` plus Cove's optional `type`
+/// and `roleArn` (the SDK never sends them, so its registries are `generic`).
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDockerRegistry {
+    /// Display name.
+    pub name: String,
+    /// Registry URL (fixed for `dockerhub` and `github`, so optional there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// User name (implied for `google` and `ecr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password, token or key; never returned, never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Project or namespace below the URL (required for `google`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// `dockerhub`, `google`, `github`, `ecr` or `generic` (the default).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The IAM role the server assumes for an `ecr` registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// `PATCH /docker-registry/{id}` body: Daytona's `UpdateDockerRegistry`; absent fields (and an
+/// empty password) keep their stored value.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateDockerRegistry {
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Registry URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// User name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// New password; absent or empty keeps the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Project or namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Must equal the stored type when given (a registry's type cannot change).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The IAM role of an `ecr` registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+macro_rules! redacted_registry_debug {
+    ($t:ty) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("name", &self.name)
+                    .field("url", &self.url)
+                    .field("username", &self.username)
+                    .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+                    .field("project", &self.project)
+                    .field("provider", &self.provider)
+                    .field("role_arn", &self.role_arn)
+                    .finish()
+            }
+        }
+    };
+}
+redacted_registry_debug!(CreateDockerRegistry);
+redacted_registry_debug!(UpdateDockerRegistry);
+
+/// A registry as the API returns it (`DockerRegistry`): never with its password.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerRegistryDto {
+    /// UUID.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Normalised URL: host[:port][/path], no scheme.
+    pub url: String,
+    /// User name.
+    pub username: String,
+    /// Project or namespace (`""` when none).
+    pub project: String,
+    /// Always `organization` for registries created through the API.
+    pub registry_type: String,
+    /// ISO-8601.
+    pub created_at: String,
+    /// ISO-8601.
+    pub updated_at: String,
+    /// Cove extension: `dockerhub`, `google`, `github`, `ecr` or `generic`.
+    pub provider: String,
+    /// Cove extension: the role assumed for an `ecr` registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// `GET /docker-registry/registry-push-access`: short-lived credentials for the built-in
+/// registry. Push `<registryUrl>/<project>/<name>:<tag>` with `username`/`secret` (Basic).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryPushAccessDto {
+    /// Any user name works; this is the one to use.
+    pub username: String,
+    /// The token (the Basic password); valid until `expires_at`.
+    pub secret: String,
+    /// `host[:port]` of the registry.
+    pub registry_url: String,
+    /// `internal`.
+    pub registry_id: String,
+    /// The organization's namespace: repositories are `<project>/<name>`.
+    pub project: String,
+    /// ISO-8601.
+    pub expires_at: String,
+}
+
 /// Formats a timestamp the way the SDK's pydantic models parse it: `2024-01-01T00:00:00.000Z`.
 pub fn iso8601(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -242,6 +363,17 @@ mod tests {
         let c: CreateSnapshot = serde_json::from_str(body).unwrap();
         assert_eq!((c.cpu, c.gpu, c.memory, c.disk), (Some(1), Some(1), Some(1), Some(1)));
         assert_eq!(c.region_id.as_deref(), Some("us-east-1"));
+    }
+
+    #[test]
+    fn registry_requests_never_print_their_password_and_take_the_sdk_body() {
+        let body = r#"{"name":"r","url":"x.io","username":"u","password":"hunter2","project":null}"#;
+        let c: CreateDockerRegistry = serde_json::from_str(body).unwrap();
+        assert_eq!((c.project.as_deref(), c.provider.as_deref()), (None, None));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let u: UpdateDockerRegistry = serde_json::from_str(r#"{"password":"hunter2","type":"ecr"}"#).unwrap();
+        assert_eq!(u.provider.as_deref(), Some("ecr"));
+        assert!(!format!("{u:?}").contains("hunter2"));
     }
 
     #[test]

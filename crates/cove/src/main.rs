@@ -115,6 +115,12 @@ struct ServerArgs {
     /// Docker-format seccomp profile applied to unprivileged sandboxes.
     #[arg(long, env = "COVE_SECCOMP_PROFILE")]
     seccomp_profile: Option<PathBuf>,
+    /// STS endpoint for ECR registries' AssumeRole (default: https://sts.REGION.amazonaws.com).
+    #[arg(long, env = "COVE_STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
+    /// ECR API endpoint for GetAuthorizationToken (default: https://api.ecr.REGION.amazonaws.com).
+    #[arg(long, env = "COVE_ECR_ENDPOINT")]
+    ecr_endpoint: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -204,6 +210,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         warm_pool: cove_server::service::sandboxes::WarmPoolConfig {
             size: a.warm_pool_size.min(64),
             idle: Duration::from_secs(a.warm_pool_idle_secs.max(1)),
+        },
+        aws: cove_server::service::ecr::AwsEndpoints {
+            sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
+            ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
         },
     };
     let prepared = cove_server::prepare(&cfg).await.context("start cove server")?;

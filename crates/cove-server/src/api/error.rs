@@ -78,6 +78,12 @@ impl From<SnapshotError> for ApiError {
     }
 }
 
+impl From<crate::service::registries::DockerRegistryError> for ApiError {
+    fn from(e: crate::service::registries::DockerRegistryError) -> Self {
+        ApiError::new(e.kind(), cove_types::error::chain(&e))
+    }
+}
+
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         ApiError::new(e.kind(), cove_types::error::chain(&e))

@@ -2,10 +2,12 @@
 //! extracts, calls one service method and returns its typed answer.
 
 mod builds;
+mod docker_registry;
 mod error;
 mod extract;
 mod keys;
 mod object_storage;
+mod registry_push;
 mod sandboxes;
 mod snapshots;
 mod system;
@@ -28,7 +30,9 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .merge(snapshots::router())
         .merge(keys::router())
+        .merge(docker_registry::router())
         .merge(object_storage::router())
+        .merge(registry_push::router())
         .merge(sandboxes::router())
         .merge(builds::router())
         .merge(system::authed_router())
@@ -40,6 +44,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .merge(toolbox)
+        .merge(crate::registry::router())
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
         .layer(TraceLayer::new_for_http())

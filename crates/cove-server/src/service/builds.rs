@@ -60,6 +60,14 @@ pub enum BuildFailure {
     Import(String),
 }
 
+/// Where FROM images come from: pulled as the building organization (its own registry
+/// repositories, its private registries' credentials).
+#[async_trait::async_trait]
+pub trait ImageSource: Send + Sync {
+    /// Pulls (or finds) `image` for organization `org`; the error is worded for `errorReason`.
+    async fn pull(&self, org: &str, image: &ImageRef) -> Result<Pulled, String>;
+}
+
 /// Builds images; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BuildService {
@@ -127,7 +135,7 @@ impl BuildService {
     /// The step cache as `GET /builds/cache` shows it: entries (newest use first) and totals.
     pub fn cache_report(&self) -> serde_json::Value {
         let mut entries = self.inner.cache.list();
-        entries.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         let iso = |secs: u64| {
             chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -233,7 +241,13 @@ impl BuildService {
     /// Builds `spec` for organization `org`, logging under `key`, and returns the unpacked
     /// image (leased). An image already built for the same snapshotRef is reused.
     #[tracing::instrument(skip_all, fields(key = %key, org_id = %org))]
-    pub async fn build(&self, key: &str, org: &str, spec: &BuildSpec) -> Result<Pulled, BuildFailure> {
+    pub async fn build(
+        &self,
+        key: &str,
+        org: &str,
+        spec: &BuildSpec,
+        source: &dyn ImageSource,
+    ) -> Result<Pulled, BuildFailure> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,6 +296,8 @@ impl BuildService {
             .map_err(|e| BuildFailure::Build(format!("extract the build context: {}", cove_types::error::chain(&e))))?;
 
         let backend = RuncBackend {
+            source,
+            org: org.to_string(),
             images: self.inner.images.clone(),
             runtime: self.inner.runtime.clone(),
             scratch: work.path().to_path_buf(),
@@ -326,7 +342,9 @@ async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// `cove-build`'s backend: images from the image store, RUN steps in runc, overlay views.
-struct RuncBackend {
+struct RuncBackend<'a> {
+    source: &'a dyn ImageSource,
+    org: String,
     images: Arc<ImageStore>,
     runtime: Arc<Runtime>,
     /// Per-build scratch space (mount points of views).
@@ -344,14 +362,15 @@ fn backend_err(
 }
 
 #[async_trait::async_trait]
-impl Backend for RuncBackend {
+impl Backend for RuncBackend<'_> {
     async fn base_image(&self, image: &str) -> Result<BaseImage, BackendError> {
         let op = format!("pull {image}");
         let r = ImageRef::parse(image).map_err(|e| backend_err(op.clone(), ErrorKind::InvalidArgument, e))?;
-        let pulled = self.images.pull(&r, None).await.map_err(|e| {
-            let kind = e.kind();
-            backend_err(op.clone(), kind, e)
-        })?;
+        let pulled = self
+            .source
+            .pull(&self.org, &r)
+            .await
+            .map_err(|e| backend_err(op.clone(), ErrorKind::FailedPrecondition, std::io::Error::other(e)))?;
         let digest = pulled.record.manifest_digest.clone();
         let rootfs = pulled.record.rootfs.clone();
         self.leases.lock().unwrap_or_else(|e| e.into_inner()).push(pulled.lease);

@@ -1,9 +1,12 @@
 //! The services behind the HTTP handlers: all validation, state rules and background jobs.
 
 pub mod builds;
+pub mod ecr;
 pub mod keys;
 pub mod pool;
+pub mod registries;
 pub mod sandboxes;
+pub mod secrets;
 pub mod snapshots;
 
 /// Now, in Unix milliseconds.

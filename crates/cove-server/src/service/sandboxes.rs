@@ -433,7 +433,7 @@ impl SandboxService {
             }
         }
         let builds = self.inner.snapshots.builds().clone();
-        let built = builds.build(&id, &org, &build).await;
+        let built = builds.build(&id, &org, &build, &self.inner.snapshots).await;
         builds.finish_log(
             &id,
             &match &built {

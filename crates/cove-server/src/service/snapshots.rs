@@ -158,6 +158,10 @@ struct Inner {
     /// Image digests in use outside the database (warm-pool sandboxes), with use counts.
     pinned: Mutex<HashMap<String, usize>>,
     builds: BuildService,
+    /// The built-in registry: its blobs are GC roots, and its images are imported, not pulled.
+    registry: std::sync::OnceLock<crate::registry::RegistryService>,
+    /// The organizations' private registries, whose credentials pulls use.
+    docker_registries: std::sync::OnceLock<super::registries::DockerRegistryService>,
 }
 
 impl SnapshotService {
@@ -173,6 +177,8 @@ impl SnapshotService {
                 gc: tokio::sync::Mutex::new(()),
                 pinned: Mutex::new(HashMap::new()),
                 builds,
+                registry: std::sync::OnceLock::new(),
+                docker_registries: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -499,6 +505,9 @@ impl SnapshotService {
         match self.inner.store.referenced_images().await {
             Ok(mut refs) => {
                 refs.extend(self.pinned().keys().cloned());
+                if let Some(r) = self.inner.registry.get() {
+                    refs.extend(r.gc_roots().iter().map(ToString::to_string));
+                }
                 let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
                 self.inner.images.gc(&keep).await;
             }
@@ -530,9 +539,36 @@ impl SnapshotService {
         Ok(s.id)
     }
 
+    /// Pulls `image` as organization `org` sees it: from this server's own registry (the
+    /// org's repositories), else from its source with the org's matching registry credentials.
+    pub async fn pull_for_org(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
+        if let Some(reg) = self.inner.registry.get().filter(|reg| reg.is_local(image)) {
+            return match reg.resolve_for_snapshot(org, image) {
+                Ok(d) => self.inner.images.import(&d).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{image}: {}", cove_types::error::chain(&e))),
+            };
+        }
+        match self.inner.docker_registries.get() {
+            Some(regs) => regs.pull(&self.inner.images, org, image).await,
+            None => self.inner.images.pull(image, None).await.map_err(|e| e.to_string()),
+        }
+    }
+
     /// The build service (sandboxes built from an `Image` use it too).
     pub fn builds(&self) -> &BuildService {
         &self.inner.builds
+    }
+
+    /// Connects the built-in registry (once, at start): images named after its host are
+    /// imported from it, and what it references survives garbage collection.
+    pub fn attach_registry(&self, registry: crate::registry::RegistryService) {
+        let _ = self.inner.registry.set(registry);
+    }
+
+    /// Connects the organizations' private registries (once, at start): pulls use the
+    /// credentials of the one matching the image.
+    pub fn attach_docker_registries(&self, registries: super::registries::DockerRegistryService) {
+        let _ = self.inner.docker_registries.set(registries);
     }
 
     fn pinned(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -609,7 +645,7 @@ impl SnapshotService {
         }
         let result = match &s.build {
             Some(b) => {
-                let r = self.inner.builds.build(&s.id, &s.org_id, b).await.map_err(|e| e.to_string());
+                let r = self.inner.builds.build(&s.id, &s.org_id, b, self).await.map_err(|e| e.to_string());
                 let last = match &r {
                     Ok(_) => "Build finished".to_string(),
                     Err(e) => format!("Build failed: {}", e.lines().next().unwrap_or_default()),
@@ -618,7 +654,7 @@ impl SnapshotService {
                 r
             }
             None => match ImageRef::parse_pinned(&s.image_name) {
-                Ok(r) => self.inner.images.pull(&r, None).await.map_err(|e| e.to_string()),
+                Ok(r) => self.pull_for_org(&s.org_id, &r).await,
                 Err(e) => Err(e.to_string()),
             },
         };
@@ -761,5 +797,12 @@ mod tests {
         let e = resource("memory", Some(0), 1, 1, 1024).unwrap_err().to_string();
         assert_eq!(e, "memory must be between 1 and 1024 GiB (got 0)");
         assert_eq!(resource("cpu", None, 1, 1, 128).unwrap(), 1);
+    }
+}
+
+#[async_trait::async_trait]
+impl super::builds::ImageSource for SnapshotService {
+    async fn pull(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
+        self.pull_for_org(org, image).await
     }
 }

@@ -175,6 +175,49 @@ pub struct SandboxRecord {
     pub build: Option<BuildSpec>,
 }
 
+/// A private registry of an organization (`/api/docker-registry`).
+#[derive(Clone, PartialEq)]
+pub struct RegistryRecord {
+    /// UUID.
+    pub id: String,
+    /// Owner.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Normalised URL (host[:port][/path], no scheme).
+    pub url: String,
+    /// User name.
+    pub username: String,
+    /// The password, token or key, sealed (never plain); `None` for ECR.
+    pub sealed_secret: Option<String>,
+    /// Project or namespace below the URL, `""` when none.
+    pub project: String,
+    /// `dockerhub`, `google`, `github`, `ecr` or `generic`.
+    pub provider: String,
+    /// The role assumed for ECR.
+    pub role_arn: Option<String>,
+    /// Created.
+    pub created_at: Millis,
+    /// Last changed.
+    pub updated_at: Millis,
+}
+
+impl std::fmt::Debug for RegistryRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("sealed_secret", &self.sealed_secret.as_ref().map(|_| "<sealed>"))
+            .field("project", &self.project)
+            .field("provider", &self.provider)
+            .field("role_arn", &self.role_arn)
+            .finish()
+    }
+}
+
 /// Sort keys for listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotSort {
@@ -309,4 +352,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError>;
     /// Every sandbox row in all organizations (for reconciling at start).
     async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    /// Inserts a registry.
+    async fn insert_registry(&self, r: &RegistryRecord) -> Result<(), StoreError>;
+    /// A registry by id within one organization.
+    async fn get_registry(&self, org_id: &str, id: &str) -> Result<Option<RegistryRecord>, StoreError>;
+    /// An organization's registries, newest first.
+    async fn list_registries(&self, org_id: &str) -> Result<Vec<RegistryRecord>, StoreError>;
+    /// Overwrites a registry (matched by organization and id); false when there is none.
+    async fn update_registry(&self, r: &RegistryRecord) -> Result<bool, StoreError>;
+    /// Deletes a registry; false when the organization has none with that id.
+    async fn delete_registry(&self, org_id: &str, id: &str) -> Result<bool, StoreError>;
 }

@@ -10,8 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ApiKeyRecord, BuildSpec, Millis, Organization, SandboxRecord, SnapshotQuery, SnapshotRecord, SnapshotSort, Store,
-    StoreError,
+    ApiKeyRecord, BuildSpec, Millis, Organization, RegistryRecord, SandboxRecord, SnapshotQuery, SnapshotRecord,
+    SnapshotSort, Store, StoreError,
 };
 
 /// SQLite-backed [`Store`].
@@ -108,6 +108,26 @@ fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
         updated_at: r.try_get("updated_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
         build: build_from_row(r)?,
+    })
+}
+
+const REGISTRY_COLUMNS: &str =
+    "id, org_id, name, url, username, secret, project, provider, role_arn, created_at, updated_at";
+
+fn registry_from_row(r: &SqliteRow) -> Result<RegistryRecord, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "registry row", why: e.to_string() };
+    Ok(RegistryRecord {
+        id: r.try_get("id").map_err(get)?,
+        org_id: r.try_get("org_id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        url: r.try_get("url").map_err(get)?,
+        username: r.try_get("username").map_err(get)?,
+        sealed_secret: r.try_get("secret").map_err(get)?,
+        project: r.try_get("project").map_err(get)?,
+        provider: r.try_get("provider").map_err(get)?,
+        role_arn: r.try_get("role_arn").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+        updated_at: r.try_get("updated_at").map_err(get)?,
     })
 }
 
@@ -510,6 +530,71 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(q("list all sandboxes"))?;
         rows.iter().map(sandbox_from_row).collect()
+    }
+
+    async fn insert_registry(&self, r: &RegistryRecord) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO docker_registries ({REGISTRY_COLUMNS}) VALUES ({})", placeholders(11));
+        sqlx::query(&sql)
+            .bind(&r.id)
+            .bind(&r.org_id)
+            .bind(&r.name)
+            .bind(&r.url)
+            .bind(&r.username)
+            .bind(&r.sealed_secret)
+            .bind(&r.project)
+            .bind(&r.provider)
+            .bind(&r.role_arn)
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(q("insert registry"))?;
+        Ok(())
+    }
+
+    async fn get_registry(&self, org_id: &str, id: &str) -> Result<Option<RegistryRecord>, StoreError> {
+        let sql = format!("SELECT {REGISTRY_COLUMNS} FROM docker_registries WHERE org_id = ? AND id = ?");
+        let row =
+            sqlx::query(&sql).bind(org_id).bind(id).fetch_optional(&self.pool).await.map_err(q("get registry"))?;
+        row.as_ref().map(registry_from_row).transpose()
+    }
+
+    async fn list_registries(&self, org_id: &str) -> Result<Vec<RegistryRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {REGISTRY_COLUMNS} FROM docker_registries WHERE org_id = ? ORDER BY created_at DESC, rowid DESC"
+        );
+        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await.map_err(q("list registries"))?;
+        rows.iter().map(registry_from_row).collect()
+    }
+
+    async fn update_registry(&self, r: &RegistryRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE docker_registries SET name = ?, url = ?, username = ?, secret = ?, project = ?, role_arn = ?, \
+             updated_at = ? WHERE org_id = ? AND id = ?",
+        )
+        .bind(&r.name)
+        .bind(&r.url)
+        .bind(&r.username)
+        .bind(&r.sealed_secret)
+        .bind(&r.project)
+        .bind(&r.role_arn)
+        .bind(r.updated_at)
+        .bind(&r.org_id)
+        .bind(&r.id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("update registry"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_registry(&self, org_id: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM docker_registries WHERE org_id = ? AND id = ?")
+            .bind(org_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete registry"))?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -1,0 +1,255 @@
+//! The `/v2/` routes: one catch-all, parsed by [`super::path`]; each arm authenticates,
+//! makes one service call and shapes the answer the distribution spec prescribes. Errors go
+//! out as `{"errors":[{"code","message","detail"}]}` through [`error_response`].
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use cove_types::Digest;
+
+use super::path::{self, Route};
+use super::service::{Caller, RegistryError};
+use crate::state::AppState;
+
+const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+const CHALLENGE: &str = "Basic realm=\"cove\"";
+
+/// `/v2/` and everything under it, without a body size limit (blobs stream to disk).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .layer(DefaultBodyLimit::disable())
+}
+
+#[derive(serde::Serialize)]
+struct Errors<'a> {
+    errors: [ErrorBody<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    detail: serde_json::Value,
+}
+
+/// The one mapping of a registry error to a response.
+fn error_response(e: RegistryError) -> Response {
+    let (status, code) = e.code();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %cove_types::error::chain(&e), "registry request failed");
+        "internal server error; see the server log".to_string()
+    } else {
+        cove_types::error::chain(&e)
+    };
+    let body = Errors { errors: [ErrorBody { code, message, detail: serde_json::Value::Null }] };
+    let mut resp = (status, axum::Json(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    }
+    resp
+}
+
+/// A response with `status`, `headers` and `body`.
+fn reply(status: StatusCode, headers: &[(&'static str, String)], body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(*k, v);
+        }
+    }
+    r
+}
+
+async fn caller(s: &AppState, headers: &HeaderMap) -> Result<Caller, RegistryError> {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    s.registry.authenticate(auth).await
+}
+
+/// `GET /v2/`: 200 for an authenticated caller, else the Basic challenge.
+async fn base(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    match caller(&s, &headers).await {
+        Ok(_) => reply(StatusCode::OK, &[("content-type", "application/json".into())], Body::from("{}")),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn dispatch(
+    State(s): State<AppState>,
+    Path(rest): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let result = async {
+        let who = caller(&s, &parts.headers).await?;
+        let route = path::parse(&rest)?;
+        handle(&s, &who, &parts.method, &parts.headers, &q, route, body).await
+    };
+    result.await.unwrap_or_else(error_response)
+}
+
+fn digest_param(q: &HashMap<String, String>) -> Result<Digest, RegistryError> {
+    let d = q.get("digest").ok_or(RegistryError::DigestMissing)?;
+    d.parse().map_err(|_| path::PathError::Digest(d.clone()).into())
+}
+
+fn range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn upload_headers(name: &str, id: &str, size: u64) -> [(&'static str, String); 3] {
+    [
+        ("location", format!("/v2/{name}/blobs/uploads/{id}")),
+        ("docker-upload-uuid", id.to_string()),
+        ("range", range(size)),
+    ]
+}
+
+fn created_blob(name: &str, d: &Digest) -> Response {
+    let h = [("location", format!("/v2/{name}/blobs/{d}")), ("docker-content-digest", d.to_string())];
+    reply(StatusCode::CREATED, &h, Body::empty())
+}
+
+/// The first byte of a `Content-Range: <start>-<end>` (an optional `bytes ` prefix allowed).
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let v = v.trim().trim_start_matches("bytes").trim().trim_start_matches('=');
+    v.split('-').next()?.trim().parse().ok()
+}
+
+async fn handle(
+    s: &AppState,
+    who: &Caller,
+    method: &Method,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    route: Route,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let reg = &s.registry;
+    let n = q.get("n").and_then(|v| v.parse::<usize>().ok());
+    let last = q.get("last").map(String::as_str);
+    match (method.clone(), route) {
+        (Method::GET | Method::HEAD, Route::Base) => {
+            Ok(reply(StatusCode::OK, &[("content-type", "application/json".into())], Body::from("{}")))
+        }
+        (Method::GET, Route::Catalog) => {
+            let (repos, more) = reg.catalog(who, n, last);
+            let mut h = vec![("content-type", "application/json".to_string())];
+            if let (true, Some(n), Some(l)) = (more, n, repos.last()) {
+                h.push(("link", format!("</v2/_catalog?n={n}&last={l}>; rel=\"next\"")));
+            }
+            Ok(reply(StatusCode::OK, &h, Body::from(serde_json::json!({ "repositories": repos }).to_string())))
+        }
+        (Method::GET, Route::Tags(name)) => {
+            let (tags, more) = reg.tags(who, &name, n, last)?;
+            let mut h = vec![("content-type", "application/json".to_string())];
+            if let (true, Some(n), Some(l)) = (more, n, tags.last()) {
+                h.push(("link", format!("</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\"")));
+            }
+            Ok(reply(StatusCode::OK, &h, Body::from(serde_json::json!({ "name": name, "tags": tags }).to_string())))
+        }
+        (m @ (Method::GET | Method::HEAD), Route::Manifest(name, r)) => {
+            let man = reg.manifest(who, &name, &r)?;
+            let h = [
+                ("content-type", man.media_type.clone()),
+                ("docker-content-digest", man.digest.to_string()),
+                ("content-length", man.bytes.len().to_string()),
+                ("etag", format!("\"{}\"", man.digest)),
+            ];
+            let b = if m == Method::HEAD { Body::empty() } else { Body::from(man.bytes) };
+            Ok(reply(StatusCode::OK, &h, b))
+        }
+        (Method::PUT, Route::Manifest(name, r)) => {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let bytes = axum::body::to_bytes(body, super::service::MAX_MANIFEST_BYTES + 1)
+                .await
+                .map_err(|e| RegistryError::ManifestInvalid(format!("read the body: {e}")))?;
+            let d = reg.put_manifest(who, &name, &r, ct, &bytes)?;
+            let h = [("location", format!("/v2/{name}/manifests/{d}")), ("docker-content-digest", d.to_string())];
+            Ok(reply(StatusCode::CREATED, &h, Body::empty()))
+        }
+        (Method::DELETE, Route::Manifest(name, r)) => {
+            reg.delete_manifest(who, &name, &r)?;
+            Ok(reply(StatusCode::ACCEPTED, &[], Body::empty()))
+        }
+        (m @ (Method::GET | Method::HEAD), Route::Blob(name, d)) => {
+            let (file, size) = reg.open_blob(who, &name, &d).await?;
+            let h = [
+                ("content-type", "application/octet-stream".to_string()),
+                ("docker-content-digest", d.to_string()),
+                ("content-length", size.to_string()),
+                ("etag", format!("\"{d}\"")),
+            ];
+            let b = if m == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10))
+            };
+            Ok(reply(StatusCode::OK, &h, b))
+        }
+        (Method::DELETE, Route::Blob(name, d)) => {
+            reg.delete_blob(who, &name, &d)?;
+            Ok(reply(StatusCode::ACCEPTED, &[], Body::empty()))
+        }
+        (Method::POST, Route::StartUpload(name)) => {
+            if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from"))
+                && let Ok(d) = mount.parse::<Digest>()
+                && reg.mount(who, &name, &d, from)?
+            {
+                return Ok(created_blob(&name, &d));
+            }
+            if q.contains_key("digest") && !q.contains_key("mount") {
+                let d = digest_param(q)?;
+                reg.upload_whole(who, &name, &d, body.into_data_stream()).await?;
+                return Ok(created_blob(&name, &d));
+            }
+            let id = reg.start_upload(who, &name)?;
+            Ok(reply(StatusCode::ACCEPTED, &upload_headers(&name, &id, 0), Body::empty()))
+        }
+        (Method::GET, Route::Upload(name, id)) => {
+            let size = reg.upload_status(who, &name, &id).await?;
+            Ok(reply(StatusCode::NO_CONTENT, &upload_headers(&name, &id, size), Body::empty()))
+        }
+        (Method::PATCH, Route::Upload(name, id)) => {
+            let start = content_range_start(headers);
+            match reg.upload_chunk(who, &name, &id, start, body.into_data_stream()).await {
+                Ok(size) => Ok(reply(StatusCode::ACCEPTED, &upload_headers(&name, &id, size), Body::empty())),
+                Err(e @ RegistryError::Upload(super::upload::UploadError::OutOfOrder { size, .. })) => {
+                    let mut r = error_response(e);
+                    for (k, v) in upload_headers(&name, &id, size) {
+                        if let Ok(v) = HeaderValue::from_str(&v) {
+                            r.headers_mut().insert(k, v);
+                        }
+                    }
+                    Ok(r)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        (Method::PUT, Route::Upload(name, id)) => {
+            let d = digest_param(q)?;
+            reg.upload_finish(who, &name, &id, &d, body.into_data_stream()).await?;
+            Ok(created_blob(&name, &d))
+        }
+        (Method::DELETE, Route::Upload(name, id)) => {
+            reg.upload_cancel(who, &name, &id).await?;
+            Ok(reply(StatusCode::NO_CONTENT, &[], Body::empty()))
+        }
+        (m, r) => Err(RegistryError::Unsupported(format!("{m} on {r:?}"))),
+    }
+}

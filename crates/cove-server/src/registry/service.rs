@@ -1,0 +1,721 @@
+//! The registry's rules: who may touch which repository, uploads into the shared content
+//! store, manifest validation, tags, and what the garbage collector must keep.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use cove_image::ImageStore;
+use cove_image::content::{ContentError, sha256};
+use cove_image::oci;
+use cove_types::dto::RegistryPushAccessDto;
+use cove_types::{Digest, ErrorKind, ImageRef};
+use futures_util::Stream;
+use serde::Deserialize;
+
+use super::path::{PathError, Reference, valid_name, valid_tag};
+use super::repos::{RepoError, Repos};
+use super::token::{TOKEN_PREFIX, TOKEN_TTL, TokenError, TokenIssuer};
+use super::upload::{UploadError, Uploads};
+use crate::service::keys::{KeyError, KeyService};
+
+/// The largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// The registry id the push-access answer names.
+pub const REGISTRY_ID: &str = "internal";
+
+/// The built-in registry.
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    images: Arc<ImageStore>,
+    repos: Repos,
+    uploads: Uploads,
+    tokens: TokenIssuer,
+    keys: KeyService,
+    /// `host[:port]` of the public URL: image names starting with it are served locally.
+    host: String,
+}
+
+/// Who is calling: every repository they reach is under `<org_id>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's organization.
+    pub org_id: String,
+}
+
+/// What a request does to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads.
+    Pull,
+    /// Writes or deletes.
+    Push,
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type (the `Content-Type`).
+    pub media_type: String,
+    /// The exact bytes pushed.
+    pub bytes: Vec<u8>,
+}
+
+/// A failed registry operation; [`RegistryError::code`] gives the distribution spec's
+/// status and error code.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No or unusable credentials.
+    #[error("authentication required: {0}")]
+    Unauthenticated(&'static str),
+    /// An API key that does not authenticate.
+    #[error("authenticate with an API key")]
+    Key(#[source] KeyError),
+    /// A push token that does not verify.
+    #[error("authenticate with a registry token")]
+    Token(#[source] TokenError),
+    /// A push outside the caller's organization.
+    #[error("repository {name} is outside your organization's namespace {org_id}/")]
+    Denied {
+        /// The repository.
+        name: String,
+        /// The caller's organization.
+        org_id: String,
+    },
+    /// A malformed path element.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// No such repository (for this caller).
+    #[error("repository {name} not found")]
+    NameUnknown {
+        /// The repository.
+        name: String,
+    },
+    /// No such blob in the repository.
+    #[error("blob {digest} not found in {name}")]
+    BlobUnknown {
+        /// The repository.
+        name: String,
+        /// The blob.
+        digest: Digest,
+    },
+    /// No such manifest or tag.
+    #[error("manifest {reference} not found in {name}")]
+    ManifestUnknown {
+        /// The repository.
+        name: String,
+        /// Tag or digest.
+        reference: String,
+    },
+    /// An upload step failed.
+    #[error("blob upload")]
+    Upload(#[source] UploadError),
+    /// `PUT` or monolithic `POST` without `?digest=`.
+    #[error("the digest query parameter is required to complete an upload")]
+    DigestMissing,
+    /// A manifest pushed by digest whose bytes hash differently.
+    #[error("manifest digest mismatch: the reference says {expected}, the body hashes to {actual}")]
+    ManifestDigest {
+        /// From the URL.
+        expected: Digest,
+        /// Of the body.
+        actual: Digest,
+    },
+    /// A manifest that is not one this registry stores.
+    #[error("invalid manifest: {0}")]
+    ManifestInvalid(String),
+    /// A manifest referencing a blob or child manifest the repository lacks.
+    #[error("manifest references {digest}, which is not in repository {name}")]
+    ManifestBlobUnknown {
+        /// The repository.
+        name: String,
+        /// What is missing.
+        digest: Digest,
+    },
+    /// Reading or writing repository metadata failed.
+    #[error("registry metadata")]
+    Metadata(#[from] RepoError),
+    /// Reading or writing the content store failed.
+    #[error("{op}")]
+    Content {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: ContentError,
+    },
+    /// Reading a blob failed.
+    #[error("{op} {digest}")]
+    Read {
+        /// What was being done.
+        op: &'static str,
+        /// The blob.
+        digest: Digest,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A method the endpoint does not have.
+    #[error("{0} is not supported")]
+    Unsupported(String),
+}
+
+impl RegistryError {
+    /// The HTTP status and the distribution spec's error code.
+    pub fn code(&self) -> (u16, &'static str) {
+        match self {
+            Self::Unauthenticated(_) => (401, "UNAUTHORIZED"),
+            Self::Key(e) if e.kind() == ErrorKind::Unauthenticated => (401, "UNAUTHORIZED"),
+            Self::Token(TokenError::Invalid | TokenError::Expired(_)) => (401, "UNAUTHORIZED"),
+            Self::Key(_) | Self::Token(_) => (500, "UNKNOWN"),
+            Self::Denied { .. } => (403, "DENIED"),
+            Self::Path(PathError::Name(_)) => (400, "NAME_INVALID"),
+            Self::Path(PathError::Tag(_)) => (400, "TAG_INVALID"),
+            Self::Path(PathError::Digest(_)) => (400, "DIGEST_INVALID"),
+            Self::Path(PathError::Upload(_)) => (404, "BLOB_UPLOAD_UNKNOWN"),
+            Self::Path(PathError::Unknown(_)) => (404, "NOT_FOUND"),
+            Self::NameUnknown { .. } => (404, "NAME_UNKNOWN"),
+            Self::BlobUnknown { .. } => (404, "BLOB_UNKNOWN"),
+            Self::ManifestUnknown { .. } => (404, "MANIFEST_UNKNOWN"),
+            Self::Upload(UploadError::Unknown { .. }) => (404, "BLOB_UPLOAD_UNKNOWN"),
+            Self::Upload(UploadError::OutOfOrder { .. }) => (416, "BLOB_UPLOAD_INVALID"),
+            Self::Upload(UploadError::Body(_)) => (400, "BLOB_UPLOAD_INVALID"),
+            Self::Upload(UploadError::Content(ContentError::DigestMismatch { .. })) => (400, "DIGEST_INVALID"),
+            Self::Upload(UploadError::Content(ContentError::SizeMismatch { .. })) => (400, "SIZE_INVALID"),
+            Self::Upload(UploadError::Content(_)) => (500, "UNKNOWN"),
+            Self::DigestMissing | Self::ManifestDigest { .. } => (400, "DIGEST_INVALID"),
+            Self::ManifestInvalid(_) => (400, "MANIFEST_INVALID"),
+            Self::ManifestBlobUnknown { .. } => (400, "MANIFEST_BLOB_UNKNOWN"),
+            Self::Metadata(_) | Self::Content { .. } | Self::Read { .. } => (500, "UNKNOWN"),
+            Self::Unsupported(_) => (405, "UNSUPPORTED"),
+        }
+    }
+
+    /// The class of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self.code().0 {
+            401 => ErrorKind::Unauthenticated,
+            403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            405 => ErrorKind::Unimplemented,
+            500 => ErrorKind::Internal,
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+/// The fields of a manifest or index this registry checks.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Doc {
+    #[serde(default)]
+    schema_version: u32,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Option<Vec<Desc>>,
+    #[serde(default)]
+    manifests: Option<Vec<Desc>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Desc {
+    digest: String,
+    /// Foreign (non-distributable) layers live elsewhere and need not be pushed.
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    platform: Option<oci::Platform>,
+}
+
+impl RegistryService {
+    /// Opens the registry under `data_dir` over the image store's content store.
+    pub fn open(
+        data_dir: &Path,
+        images: Arc<ImageStore>,
+        keys: KeyService,
+        public_url: &str,
+    ) -> Result<Self, RegistryError> {
+        let repos = Repos::open(data_dir)?;
+        let tokens = TokenIssuer::open(data_dir, TOKEN_TTL).map_err(RegistryError::Token)?;
+        let uploads = Uploads::new(images.content().clone());
+        let host = host_port(public_url);
+        Ok(RegistryService { inner: Arc::new(Inner { images, repos, uploads, tokens, keys, host }) })
+    }
+
+    /// `host[:port]` under which clients name this registry's images.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// Whether an image reference points at this registry.
+    pub fn is_local(&self, image: &ImageRef) -> bool {
+        image.registry.eq_ignore_ascii_case(&self.inner.host)
+    }
+
+    /// Resolves an `Authorization` header: HTTP Basic with any user name and an API key or
+    /// push token as the password, or `Bearer <API key or push token>`.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, RegistryError> {
+        let header = authorization.ok_or(RegistryError::Unauthenticated("send an API key as the Basic password"))?;
+        let (scheme, value) =
+            header.trim().split_once(' ').ok_or(RegistryError::Unauthenticated("malformed header"))?;
+        let secret = if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(RegistryError::Unauthenticated("malformed Basic credentials"))?;
+            let (_user, password) =
+                decoded.split_once(':').ok_or(RegistryError::Unauthenticated("malformed Basic credentials"))?;
+            password.to_string()
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            value.trim().to_string()
+        } else {
+            return Err(RegistryError::Unauthenticated("use Basic or Bearer authentication"));
+        };
+        if secret.starts_with(TOKEN_PREFIX) {
+            let org_id = self.inner.tokens.verify(&secret, chrono::Utc::now()).map_err(RegistryError::Token)?;
+            return Ok(Caller { org_id });
+        }
+        let p = self.inner.keys.authenticate(Some(&secret)).await.map_err(RegistryError::Key)?;
+        Ok(Caller { org_id: p.org_id })
+    }
+
+    /// Short-lived push credentials for an organization.
+    pub fn push_access(&self, org_id: &str) -> Result<RegistryPushAccessDto, RegistryError> {
+        let t = self.inner.tokens.issue(org_id, chrono::Utc::now()).map_err(RegistryError::Token)?;
+        tracing::info!(org_id = %org_id, expires_at = %t.expires_at, "issued a registry push token");
+        Ok(RegistryPushAccessDto {
+            username: "cove".into(),
+            secret: t.token,
+            registry_url: self.inner.host.clone(),
+            registry_id: REGISTRY_ID.into(),
+            project: org_id.to_string(),
+            expires_at: cove_types::dto::iso8601(t.expires_at),
+        })
+    }
+
+    /// Checks that `caller` may `access` repository `name`: only names under `<orgId>/`.
+    /// Another organization's repository does not exist for a reader and is denied to a
+    /// writer.
+    pub fn check(&self, caller: &Caller, name: &str, access: Access) -> Result<(), RegistryError> {
+        if owns(caller, name) {
+            return Ok(());
+        }
+        Err(match access {
+            Access::Pull => RegistryError::NameUnknown { name: name.to_string() },
+            Access::Push => RegistryError::Denied { name: name.to_string(), org_id: caller.org_id.clone() },
+        })
+    }
+
+    fn content(&self) -> &cove_image::ContentStore {
+        self.inner.images.content()
+    }
+
+    fn blob_readable(&self, name: &str, d: &Digest) -> bool {
+        let r = &self.inner.repos;
+        (r.has_blob(name, d) || r.manifest_media_type(name, d).is_some()) && self.content().contains(d)
+    }
+
+    /// A blob's size and an open file to stream it from.
+    pub async fn open_blob(
+        &self,
+        caller: &Caller,
+        name: &str,
+        d: &Digest,
+    ) -> Result<(tokio::fs::File, u64), RegistryError> {
+        self.check(caller, name, Access::Pull)?;
+        if !self.blob_readable(name, d) {
+            return Err(RegistryError::BlobUnknown { name: name.to_string(), digest: d.clone() });
+        }
+        let read = |source| RegistryError::Read { op: "open blob", digest: d.clone(), source };
+        let f = tokio::fs::File::open(self.content().path(d)).await.map_err(read)?;
+        let size = f.metadata().await.map_err(read)?.len();
+        Ok((f, size))
+    }
+
+    /// Unlinks a blob from the repository; the garbage collector frees it when nothing else
+    /// keeps it.
+    pub fn delete_blob(&self, caller: &Caller, name: &str, d: &Digest) -> Result<(), RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        if self.inner.repos.unlink_blob(name, d)? {
+            tracing::info!(repository = %name, digest = %d, "blob unlinked");
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown { name: name.to_string(), digest: d.clone() })
+        }
+    }
+
+    /// Starts a chunked upload; returns its id.
+    pub fn start_upload(&self, caller: &Caller, name: &str) -> Result<String, RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        self.inner.uploads.start(name).map_err(RegistryError::Upload)
+    }
+
+    /// Cross-repository mount: links `d` from `from` into `name` when the caller may read
+    /// `from` and it has the blob. Returns false (the client then uploads) otherwise.
+    pub fn mount(&self, caller: &Caller, name: &str, d: &Digest, from: &str) -> Result<bool, RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        if !valid_name(from) || self.check(caller, from, Access::Pull).is_err() || !self.blob_readable(from, d) {
+            return Ok(false);
+        }
+        self.inner.repos.link_blob(name, d)?;
+        tracing::debug!(repository = %name, from = %from, digest = %d, "blob mounted");
+        Ok(true)
+    }
+
+    /// A monolithic upload: the whole blob in one request.
+    pub async fn upload_whole<S, B, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        d: &Digest,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        self.check(caller, name, Access::Push)?;
+        self.linked_while(name, d, self.inner.uploads.put_whole(d, body)).await
+    }
+
+    /// Bytes received by an upload.
+    pub async fn upload_status(&self, caller: &Caller, name: &str, id: &str) -> Result<u64, RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        self.inner.uploads.status(name, id).await.map_err(RegistryError::Upload)
+    }
+
+    /// Appends a chunk; returns the new size.
+    pub async fn upload_chunk<S, B, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<u64, RegistryError>
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        self.check(caller, name, Access::Push)?;
+        self.inner.uploads.append(name, id, start, body).await.map_err(RegistryError::Upload)
+    }
+
+    /// Completes an upload with its last chunk and links the verified blob.
+    pub async fn upload_finish<S, B, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        id: &str,
+        d: &Digest,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        self.check(caller, name, Access::Push)?;
+        self.linked_while(name, d, self.inner.uploads.finish(name, id, d, body)).await
+    }
+
+    /// Links `d` before the upload commits it, so a garbage collection in between keeps it;
+    /// unlinks again if the upload fails and the blob was not linked before.
+    async fn linked_while(
+        &self,
+        name: &str,
+        d: &Digest,
+        upload: impl std::future::Future<Output = Result<u64, UploadError>>,
+    ) -> Result<(), RegistryError> {
+        let had = self.inner.repos.has_blob(name, d);
+        self.inner.repos.link_blob(name, d)?;
+        match upload.await {
+            Ok(size) => {
+                tracing::debug!(repository = %name, digest = %d, size, "blob uploaded");
+                Ok(())
+            }
+            Err(e) => {
+                if !had {
+                    self.inner.repos.unlink_blob(name, d)?;
+                }
+                Err(RegistryError::Upload(e))
+            }
+        }
+    }
+
+    /// Cancels an upload.
+    pub async fn upload_cancel(&self, caller: &Caller, name: &str, id: &str) -> Result<(), RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        self.inner.uploads.cancel(name, id).await.map_err(RegistryError::Upload)
+    }
+
+    /// Stores a manifest or index after checking that everything it references is in the
+    /// repository; tags it when `reference` is a tag. Returns its digest.
+    pub fn put_manifest(
+        &self,
+        caller: &Caller,
+        name: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::ManifestInvalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
+        let digest = sha256(bytes);
+        if let Reference::Digest(expected) = reference
+            && expected != &digest
+        {
+            return Err(RegistryError::ManifestDigest { expected: expected.clone(), actual: digest });
+        }
+        let doc: Doc =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(format!("not JSON: {e}")))?;
+        let media_type = manifest_media_type(content_type, &doc)?;
+        let repos = &self.inner.repos;
+        let missing = |d: Digest| RegistryError::ManifestBlobUnknown { name: name.to_string(), digest: d };
+        if is_index(&media_type) {
+            for child in doc.manifests.iter().flatten() {
+                let d = parse_ref_digest(&child.digest)?;
+                if repos.manifest_media_type(name, &d).is_none() {
+                    return Err(missing(d));
+                }
+            }
+        } else {
+            let config = doc.config.as_ref().ok_or_else(|| RegistryError::ManifestInvalid("no config".into()))?;
+            for desc in std::iter::once(config).chain(doc.layers.iter().flatten()) {
+                let d = parse_ref_digest(&desc.digest)?;
+                if desc.urls.is_empty() && !self.blob_readable(name, &d) {
+                    return Err(missing(d));
+                }
+            }
+        }
+        self.content().put(&digest, bytes).map_err(|source| RegistryError::Content { op: "store manifest", source })?;
+        repos.put_manifest(name, &digest, &media_type)?;
+        if let Reference::Tag(t) = reference {
+            repos.set_tag(name, t, &digest)?;
+        }
+        tracing::info!(repository = %name, reference = %reference, digest = %digest, media_type = %media_type, "manifest pushed");
+        Ok(digest)
+    }
+
+    /// A manifest by tag or digest.
+    pub fn manifest(&self, caller: &Caller, name: &str, reference: &Reference) -> Result<Manifest, RegistryError> {
+        self.check(caller, name, Access::Pull)?;
+        self.manifest_in(name, reference)
+    }
+
+    fn manifest_in(&self, name: &str, reference: &Reference) -> Result<Manifest, RegistryError> {
+        let repos = &self.inner.repos;
+        let unknown = || {
+            if repos.exists(name) {
+                RegistryError::ManifestUnknown { name: name.to_string(), reference: reference.to_string() }
+            } else {
+                RegistryError::NameUnknown { name: name.to_string() }
+            }
+        };
+        let digest = match reference {
+            Reference::Tag(t) => repos.resolve_tag(name, t).ok_or_else(unknown)?,
+            Reference::Digest(d) => d.clone(),
+        };
+        let media_type = repos.manifest_media_type(name, &digest).ok_or_else(unknown)?;
+        let bytes = self.content().read(&digest).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => unknown(),
+            _ => RegistryError::Read { op: "read manifest", digest: digest.clone(), source: e },
+        })?;
+        Ok(Manifest { digest, media_type, bytes })
+    }
+
+    /// Deletes a manifest (by digest, with its tags) or a tag.
+    pub fn delete_manifest(&self, caller: &Caller, name: &str, reference: &Reference) -> Result<(), RegistryError> {
+        self.check(caller, name, Access::Push)?;
+        let repos = &self.inner.repos;
+        let deleted = match reference {
+            Reference::Tag(t) => repos.delete_tag(name, t)?,
+            Reference::Digest(d) => repos.delete_manifest(name, d)?,
+        };
+        if !deleted {
+            return Err(RegistryError::ManifestUnknown { name: name.to_string(), reference: reference.to_string() });
+        }
+        tracing::info!(repository = %name, reference = %reference, "manifest deleted");
+        Ok(())
+    }
+
+    /// One page of a repository's tags (after `last`, at most `n`), and whether more follow.
+    pub fn tags(
+        &self,
+        caller: &Caller,
+        name: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        self.check(caller, name, Access::Pull)?;
+        if !self.inner.repos.exists(name) {
+            return Err(RegistryError::NameUnknown { name: name.to_string() });
+        }
+        Ok(page(self.inner.repos.tags(name), n, last))
+    }
+
+    /// One page of the caller's repositories.
+    pub fn catalog(&self, caller: &Caller, n: Option<usize>, last: Option<&str>) -> (Vec<String>, bool) {
+        let mine = self.inner.repos.repositories(&caller.org_id).into_iter().filter(|r| owns(caller, r)).collect();
+        page(mine, n, last)
+    }
+
+    /// Every digest the registry keeps alive: linked blobs, manifests and everything the
+    /// manifests reference (a blob unlinked by `DELETE` stays while a manifest uses it).
+    pub fn gc_roots(&self) -> HashSet<Digest> {
+        let r = self.inner.repos.referenced();
+        let mut keep = r.blobs;
+        for m in &r.manifests {
+            if let Ok(bytes) = self.content().read(m)
+                && let Ok(doc) = serde_json::from_slice::<Doc>(&bytes)
+            {
+                let descs = doc.config.iter().chain(doc.layers.iter().flatten()).chain(doc.manifests.iter().flatten());
+                keep.extend(descs.filter_map(|d| d.digest.parse().ok()));
+            }
+        }
+        keep.extend(r.manifests);
+        keep
+    }
+
+    /// The linux/amd64 image manifest an image name in this registry stands for, in the
+    /// organization `org_id` (another organization's repositories do not exist for it).
+    pub fn resolve_for_snapshot(&self, org_id: &str, image: &ImageRef) -> Result<Digest, RegistryError> {
+        let caller = Caller { org_id: org_id.to_string() };
+        let name = &image.repository;
+        if !valid_name(name) {
+            return Err(PathError::Name(name.clone()).into());
+        }
+        self.check(&caller, name, Access::Pull)?;
+        let reference = match (&image.digest, &image.tag) {
+            (Some(d), _) => Reference::Digest(d.clone()),
+            (None, Some(t)) if valid_tag(t) => Reference::Tag(t.clone()),
+            (None, t) => return Err(PathError::Tag(t.clone().unwrap_or_default()).into()),
+        };
+        let m = self.manifest_in(name, &reference)?;
+        if !is_index(&m.media_type) {
+            return Ok(m.digest);
+        }
+        let doc: Doc = serde_json::from_slice(&m.bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let child = doc
+            .manifests
+            .iter()
+            .flatten()
+            .find(|c| c.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+            .ok_or_else(|| RegistryError::ManifestInvalid(format!("{name}:{reference} has no linux/amd64 image")))?;
+        let d = parse_ref_digest(&child.digest)?;
+        Ok(self.manifest_in(name, &Reference::Digest(d))?.digest)
+    }
+}
+
+/// Whether `name` is under the caller's namespace `<orgId>/`.
+pub fn owns(caller: &Caller, name: &str) -> bool {
+    name.strip_prefix(caller.org_id.as_str()).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == oci::OCI_INDEX || media_type == oci::DOCKER_LIST
+}
+
+fn parse_ref_digest(s: &str) -> Result<Digest, RegistryError> {
+    s.parse().map_err(|_| RegistryError::ManifestInvalid(format!("invalid digest {s:?}")))
+}
+
+/// The manifest's media type: the request's `Content-Type` when it is a manifest type, else
+/// the document's `mediaType`, else what its fields say (an OCI index or manifest). The two,
+/// when both given, must agree.
+fn manifest_media_type(content_type: Option<&str>, doc: &Doc) -> Result<String, RegistryError> {
+    const KNOWN: [&str; 4] = [oci::OCI_MANIFEST, oci::OCI_INDEX, oci::DOCKER_MANIFEST, oci::DOCKER_LIST];
+    if doc.schema_version != 2 {
+        return Err(RegistryError::ManifestInvalid("schemaVersion must be 2".into()));
+    }
+    let header = content_type.map(|c| c.split(';').next().unwrap_or_default().trim()).filter(|c| KNOWN.contains(c));
+    let mt = match (header, doc.media_type.as_deref()) {
+        (Some(h), Some(d)) if h != d => {
+            return Err(RegistryError::ManifestInvalid(format!("Content-Type {h} differs from mediaType {d}")));
+        }
+        (Some(h), _) => h.to_string(),
+        (None, Some(d)) if KNOWN.contains(&d) => d.to_string(),
+        (None, Some(d)) => return Err(RegistryError::ManifestInvalid(format!("unsupported media type {d}"))),
+        (None, None) if doc.manifests.is_some() => oci::OCI_INDEX.to_string(),
+        (None, None) => oci::OCI_MANIFEST.to_string(),
+    };
+    if is_index(&mt) != doc.manifests.is_some() || (!is_index(&mt) && doc.config.is_none()) {
+        return Err(RegistryError::ManifestInvalid(format!("the document does not have the fields of a {mt}")));
+    }
+    Ok(mt)
+}
+
+/// Entries after `last`, at most `n`, and whether more follow.
+fn page(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> (Vec<String>, bool) {
+    let rest: Vec<String> = all.into_iter().filter(|x| last.is_none_or(|l| x.as_str() > l)).collect();
+    match n {
+        Some(n) if rest.len() > n => (rest.into_iter().take(n).collect(), true),
+        _ => (rest, false),
+    }
+}
+
+/// `host[:port]` of a URL (`http://127.0.0.1:3000/x` → `127.0.0.1:3000`).
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_owns_only_repositories_under_its_organization() {
+        let c = Caller { org_id: "org1".into() };
+        assert!(owns(&c, "org1/app") && owns(&c, "org1/a/b"));
+        assert!(!owns(&c, "org1") && !owns(&c, "org10/app") && !owns(&c, "org2/org1/app"));
+    }
+
+    #[test]
+    fn pages_start_after_last_and_say_whether_more_follow() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(page(all.clone(), Some(2), None), (vec!["a".to_string(), "b".to_string()], true));
+        assert_eq!(page(all.clone(), Some(2), Some("b")), (vec!["c".to_string(), "d".to_string()], false));
+        assert_eq!(page(all.clone(), None, Some("c")), (vec!["d".to_string()], false));
+        assert_eq!(page(all, Some(0), None).0.len(), 0);
+    }
+
+    #[test]
+    fn the_media_type_comes_from_the_header_or_the_document_and_must_fit_the_fields() {
+        let m: Doc = serde_json::from_str(r#"{"schemaVersion":2,"config":{"digest":"x"},"layers":[]}"#).unwrap();
+        assert_eq!(manifest_media_type(None, &m).unwrap(), oci::OCI_MANIFEST);
+        assert_eq!(manifest_media_type(Some(oci::DOCKER_MANIFEST), &m).unwrap(), oci::DOCKER_MANIFEST);
+        assert!(manifest_media_type(Some(oci::OCI_INDEX), &m).is_err());
+        let i: Doc =
+            serde_json::from_str(&format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#, oci::OCI_INDEX))
+                .unwrap();
+        assert_eq!(manifest_media_type(Some("application/json"), &i).unwrap(), oci::OCI_INDEX);
+        assert!(manifest_media_type(Some(oci::OCI_MANIFEST), &i).is_err());
+        let v1: Doc = serde_json::from_str(r#"{"schemaVersion":1}"#).unwrap();
+        assert!(manifest_media_type(None, &v1).is_err());
+    }
+
+    #[test]
+    fn the_registry_host_is_the_public_urls_authority() {
+        assert_eq!(host_port("http://127.0.0.1:3000"), "127.0.0.1:3000");
+        assert_eq!(host_port("https://Cove.Example/api"), "cove.example");
+    }
+}

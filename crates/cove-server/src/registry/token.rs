@@ -1,0 +1,196 @@
+//! Short-lived registry push tokens (`GET /api/docker-registry/registry-push-access`), made
+//! like the object-storage credentials (`crate::s3::creds`): the token carries its claims
+//! (organization, expiry, nonce) and an HMAC over them with a server secret kept in
+//! `<data-dir>/registry-token.key` (32 random bytes, 0600). Nothing is stored; a token works
+//! until it expires, across restarts. A separate secret keeps the two kinds of credentials
+//! from standing in for each other.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+
+use crate::s3::sigv4::{constant_time_eq, hmac_sha256};
+
+/// How long a push token stays valid.
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// File name of the server secret under the data directory.
+pub const SECRET_FILE: &str = "registry-token.key";
+/// Every token starts with this, so a password can be told apart from an API key.
+pub const TOKEN_PREFIX: &str = "cvr1.";
+
+/// Issues and checks push tokens.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    secret: [u8; 32],
+    ttl: Duration,
+}
+
+/// A token as handed out.
+#[derive(Clone)]
+pub struct PushToken {
+    /// The secret to present as a password or bearer token.
+    pub token: String,
+    /// The organization it opens.
+    pub org_id: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A failed issue or check of a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Not one of ours, or altered.
+    #[error("the registry token is malformed or was not issued by this server")]
+    Invalid,
+    /// Past its expiry.
+    #[error("the registry token expired at {0}")]
+    Expired(DateTime<Utc>),
+    /// The secret file could not be read.
+    #[error("read registry token secret {path}")]
+    ReadSecret {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The secret file could not be written.
+    #[error("create registry token secret {path}")]
+    WriteSecret {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No randomness.
+    #[error("generate random bytes: {0}")]
+    Random(getrandom::Error),
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer").field("secret", &"<redacted>").field("ttl", &self.ttl).finish()
+    }
+}
+
+impl std::fmt::Debug for PushToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushToken")
+            .field("token", &"<redacted>")
+            .field("org_id", &self.org_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl TokenIssuer {
+    /// Reads `<data_dir>/registry-token.key`, creating it (0600) on first start.
+    pub fn open(data_dir: &Path, ttl: Duration) -> Result<Self, TokenError> {
+        let path = data_dir.join(SECRET_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.try_into().map_err(|_| TokenError::ReadSecret {
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected exactly 32 bytes"),
+                })?;
+                Ok(Self::from_secret(secret, ttl))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret).map_err(TokenError::Random)?;
+                crate::tls::write_private(&path, &secret)
+                    .map_err(|source| TokenError::WriteSecret { path: path.clone(), source })?;
+                tracing::info!(path = %path.display(), "created the registry token secret");
+                Ok(Self::from_secret(secret, ttl))
+            }
+            Err(source) => Err(TokenError::ReadSecret { path, source }),
+        }
+    }
+
+    /// An issuer with a given secret.
+    pub fn from_secret(secret: [u8; 32], ttl: Duration) -> Self {
+        TokenIssuer { secret, ttl }
+    }
+
+    /// A new token for `org_id`, valid from `now` for the issuer's lifetime.
+    pub fn issue(&self, org_id: &str, now: DateTime<Utc>) -> Result<PushToken, TokenError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(TokenError::Random)?;
+        let expires_at = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
+        let claims = format!("{org_id}\n{}\n{}", expires_at.timestamp(), hex::encode(nonce));
+        let token = format!(
+            "{TOKEN_PREFIX}{}.{}",
+            URL_SAFE_NO_PAD.encode(claims.as_bytes()),
+            URL_SAFE_NO_PAD.encode(self.mac(&claims))
+        );
+        Ok(PushToken { token, org_id: org_id.to_string(), expires_at })
+    }
+
+    /// The organization a token opens, if it is ours and unexpired at `now`.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<String, TokenError> {
+        let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Invalid)?;
+        let (claims, mac) = rest.split_once('.').ok_or(TokenError::Invalid)?;
+        let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|_| TokenError::Invalid)?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Invalid)?;
+        let claims = String::from_utf8(claims).map_err(|_| TokenError::Invalid)?;
+        if !constant_time_eq(&self.mac(&claims), &mac) {
+            return Err(TokenError::Invalid);
+        }
+        let mut fields = claims.split('\n');
+        let (Some(org_id), Some(expiry), Some(_nonce), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let expires_at = expiry
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+            .ok_or(TokenError::Invalid)?;
+        if now >= expires_at {
+            return Err(TokenError::Expired(expires_at));
+        }
+        Ok(org_id.to_string())
+    }
+
+    fn mac(&self, claims: &str) -> [u8; 32] {
+        hmac_sha256(&self.secret, format!("registry-push\n{claims}").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::from_secret([3; 32], TOKEN_TTL)
+    }
+
+    #[test]
+    fn an_issued_token_names_its_organization_until_it_expires() {
+        let now = Utc::now();
+        let t = issuer().issue("org-a", now).unwrap();
+        assert!(t.token.starts_with(TOKEN_PREFIX));
+        assert_eq!(issuer().verify(&t.token, now).unwrap(), "org-a");
+        let later = now + chrono::Duration::seconds(3601);
+        assert!(matches!(issuer().verify(&t.token, later), Err(TokenError::Expired(_))));
+        assert!(!format!("{t:?}").contains(&t.token));
+    }
+
+    #[test]
+    fn forged_or_foreign_tokens_are_refused() {
+        let now = Utc::now();
+        let t = issuer().issue("org-a", now).unwrap();
+        let (claims, mac) = t.token.strip_prefix(TOKEN_PREFIX).unwrap().split_once('.').unwrap();
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        let forged = format!("{TOKEN_PREFIX}{}.{mac}", URL_SAFE_NO_PAD.encode(claims.replace("org-a", "org-b")));
+        assert!(matches!(issuer().verify(&forged, now), Err(TokenError::Invalid)));
+        let other = TokenIssuer::from_secret([4; 32], TOKEN_TTL);
+        assert!(matches!(other.verify(&t.token, now), Err(TokenError::Invalid)));
+        assert!(matches!(issuer().verify("cove_0123", now), Err(TokenError::Invalid)));
+    }
+}
