@@ -48,6 +48,7 @@ bench: setup bench-setup build
 	.venv/bin/python bench/snapshot_pull.py
 	.venv/bin/python bench/sandbox_start.py
 	.venv/bin/python bench/build.py
+	.venv/bin/python bench/push.py
 
 ## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
 bench-setup:

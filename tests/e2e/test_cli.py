@@ -118,3 +118,109 @@ def test_delete_all_removes_every_snapshot(cli):
     out = cli("snapshot", "delete", "--all")
     assert "Deleted 2 snapshots" in out.stdout
     assert json.loads(cli("snapshot", "list", "--format", "json").stdout)["total"] == 0
+
+
+def host_of(url):
+    return url.split("://", 1)[1].rstrip("/")
+
+
+def skopeo(*args):
+    p = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_snapshot_push_from_an_oci_layout_and_a_docker_archive_becomes_active_and_runs(cli, registry, tmp_path):
+    src = f"docker://{host_of(registry.url)}/library/python:3.12"
+    skopeo("copy", "--src-tls-verify=false", src, f"oci:{tmp_path / 'layout'}:3.12")
+    out = cli("snapshot", "push", f"oci:{tmp_path / 'layout'}:3.12", "--name", "pushed-oci", "--cpu", "1")
+    assert "pushed-oci is active" in out.stdout, out.stdout + out.stderr
+    assert "MB/s" in out.stderr
+    sb = json.loads(cli("sandbox", "create", "--snapshot", "pushed-oci", "--format", "json").stdout)
+    assert cli("sandbox", "exec", sb["id"], "--", "echo pushed-and-running").stdout == "pushed-and-running\n"
+    cli("sandbox", "delete", sb["id"])
+
+    skopeo("copy", "--src-tls-verify=false", src, f"docker-archive:{tmp_path / 'img.tar'}:custom-python:3.12")
+    out = cli("snapshot", "push", f"docker-archive:{tmp_path / 'img.tar'}", "--name", "pushed-archive")
+    assert "pushed-archive is active" in out.stdout, out.stdout + out.stderr
+    got = json.loads(cli("snapshot", "get", "pushed-archive", "--format", "json").stdout)
+    assert got["imageName"].endswith(":3.12"), got["imageName"]
+
+
+def test_snapshot_push_refuses_an_arm64_image_with_the_platform_advice(cli, registry, tmp_path):
+    src = f"docker://{host_of(registry.url)}/library/armonly:1.0"
+    skopeo("copy", "--src-tls-verify=false", "--override-arch", "arm64", src, f"oci:{tmp_path / 'arm'}:1.0")
+    out = cli("snapshot", "push", f"oci:{tmp_path / 'arm'}:1.0", "--name", "armsnap", check=False)
+    assert out.returncode != 0
+    assert "--platform=linux/amd64" in out.stderr and "arm64" in out.stderr, out.stderr
+    assert "armsnap" not in cli("snapshot", "list").stdout
+
+
+def test_snapshot_push_without_a_docker_engine_says_how_to_push_instead(cli):
+    if os.path.exists("/var/run/docker.sock"):
+        pytest.skip("a Docker engine is running here; the engine path is tested separately")
+    out = cli("snapshot", "push", "custom-alpine:3.21", "--name", "alpine-minimal", check=False)
+    assert out.returncode != 0 and "oci:DIR" in out.stderr and "docker-archive:FILE" in out.stderr, out.stderr
+
+
+def test_registries_are_added_listed_without_secrets_and_deleted(cli):
+    made = json.loads(cli(
+        "registry", "add", "--type", "generic", "--name", "corp", "--url", "registry.corp.example:5000",
+        "--username", "bot", "--password", "s3cret-value", "--format", "json",
+    ).stdout)
+    assert "s3cret-value" not in json.dumps(made)
+    listed = cli("registry", "list")
+    assert "corp" in listed.stdout and "s3cret-value" not in listed.stdout
+    hub = cli("registry", "add", "--type", "dockerhub", "--name", "hub", "--username", "me", "--password", "-",
+              input="pat-123\n", check=False)
+    assert hub.returncode == 0, hub.stderr
+    assert "docker.io" in cli("registry", "list").stdout
+    cli("registry", "delete", made["id"])
+    assert "corp" not in cli("registry", "list").stdout
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    """A Docker engine of its own (Debian's docker.io), on a private socket."""
+    import shutil
+    import urllib.request  # noqa: F401
+
+    exe = shutil.which("dockerd")
+    if not exe:
+        pytest.skip("dockerd (Debian's docker.io) is not installed")
+    d = tmp_path_factory.mktemp("dockerd")
+    sock = d / "docker.sock"
+    log = open(d / "dockerd.log", "w")
+    proc = subprocess.Popen(
+        [exe, "--data-root", str(d / "root"), "--exec-root", str(d / "exec"), "--host", f"unix://{sock}",
+         "--pidfile", str(d / "dockerd.pid"), "--iptables=false", "--bridge=none"],
+        stdout=log, stderr=log,
+    )
+    from harness import wait_until
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError((d / "dockerd.log").read_text()[-2000:])
+        return subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode == 0
+
+    wait_until(up, 60, what="dockerd")
+    yield f"unix://{sock}"
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def test_the_seeds_push_flow_from_a_docker_engine(cli, registry, dockerd, tmp_path):
+    archive = tmp_path / "alpine.tar"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/library/python:3.12",
+           f"docker-archive:{archive}:custom-alpine:3.21")
+    docker = ["docker", "-H", dockerd]
+    subprocess.run([*docker, "load", "-i", str(archive)], check=True, capture_output=True)
+    images = subprocess.run([*docker, "images"], check=True, capture_output=True, text=True).stdout
+    assert "custom-alpine" in images and "3.21" in images
+    cli.env["DOCKER_HOST"] = dockerd
+    out = cli("snapshot", "push", "custom-alpine:3.21", "--name", "alpine-minimal")
+    assert "alpine-minimal is active" in out.stdout, out.stdout + out.stderr
+    sb = json.loads(cli("sandbox", "create", "--snapshot", "alpine-minimal", "--format", "json").stdout)
+    assert cli("sandbox", "exec", sb["id"], "--", "echo from-docker").stdout == "from-docker\n"
+    cli("sandbox", "delete", sb["id"])

@@ -64,12 +64,12 @@ impl Progress {
 
     /// Adds `n` bytes.
     pub fn advance(&mut self, n: u64) {
-        self.done = (self.done + n).min(self.total.max(self.done + n));
+        self.done += n;
         self.draw(false);
     }
 
     fn draw(&mut self, end: bool) {
-        let pct = if self.total == 0 { 100 } else { self.done * 100 / self.total };
+        let pct = (self.done * 100).checked_div(self.total).unwrap_or(100).min(100);
         let decile = pct / 10;
         if !self.tty && !end && decile == self.last_decile {
             return;

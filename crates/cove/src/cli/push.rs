@@ -56,7 +56,8 @@ struct LocalImage {
     /// (digest, path, size) of the config and every layer.
     blobs: Vec<(String, PathBuf, u64)>,
     tag: Option<String>,
-    _tmp: Option<tempfile::TempDir>,
+    /// Temporary directories the blobs live in, removed when the image is dropped.
+    _tmp: Vec<tempfile::TempDir>,
 }
 
 pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
@@ -234,7 +235,7 @@ async fn load(image: &str) -> anyhow::Result<LocalImage> {
     let tar = tmp.path().join("image.tar");
     docker_save(image, &tar).await?;
     let mut img = load_archive(&tar, Some(image))?;
-    img._tmp = Some(tmp);
+    img._tmp.push(tmp);
     Ok(img)
 }
 
@@ -301,7 +302,7 @@ fn load_oci(dir: &Path, tag: Option<String>) -> anyhow::Result<LocalImage> {
         let size = std::fs::metadata(&p).with_context(|| format!("missing blob {d}"))?.len();
         blobs.push((d, p, size));
     }
-    Ok(LocalImage { manifest, media_type: media, blobs, tag, _tmp: None })
+    Ok(LocalImage { manifest, media_type: media, blobs, tag, _tmp: Vec::new() })
 }
 
 /// A `docker save` archive: `manifest.json` names the config and the layer tars. Layers are
@@ -354,7 +355,7 @@ fn load_archive(file: &Path, name: Option<&str>) -> anyhow::Result<LocalImage> {
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len() },
         "layers": layers,
     }))?;
-    Ok(LocalImage { manifest, media_type: OCI_MANIFEST.into(), blobs, tag, _tmp: Some(tmp) })
+    Ok(LocalImage { manifest, media_type: OCI_MANIFEST.into(), blobs, tag, _tmp: vec![tmp] })
 }
 
 fn tag_matches(repo_tag: &str, asked: &str) -> bool {
