@@ -175,7 +175,7 @@ def test_registries_are_added_listed_without_secrets_and_deleted(cli):
               input="pat-123\n", check=False)
     assert hub.returncode == 0, hub.stderr
     assert "docker.io" in cli("registry", "list").stdout
-    cli("registry", "delete", made["id"])
+    cli("registry", "delete", "corp")
     assert "corp" not in cli("registry", "list").stdout
 
 
@@ -224,3 +224,32 @@ def test_the_seeds_push_flow_from_a_docker_engine(cli, registry, dockerd, tmp_pa
     sb = json.loads(cli("sandbox", "create", "--snapshot", "alpine-minimal", "--format", "json").stdout)
     assert cli("sandbox", "exec", sb["id"], "--", "echo from-docker").stdout == "from-docker\n"
     cli("sandbox", "delete", sb["id"])
+
+
+def test_docker_push_into_the_built_in_registry_then_a_snapshot_of_it(cli, registry, dockerd, tmp_path):
+    archive = tmp_path / "img.tar"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/library/python:3.12",
+           f"docker-archive:{archive}:local/app:2.0")
+    here = host_of(cli.server.url)
+    org = cli.server.api("GET", "/object-storage/push-access")[1]["organizationId"]
+    env = dict(cli.env, DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    docker = ["docker", "-H", dockerd]
+
+    def run(*args, input=None):
+        p = subprocess.run([*docker, *args], env=env, capture_output=True, text=True, input=input, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    run("load", "-i", str(archive))
+    run("login", here, "-u", "anyone", "--password-stdin", input=API_KEY)
+    run("tag", "local/app:2.0", f"{here}/{org}/app:2.0")
+    run("push", f"{here}/{org}/app:2.0")
+    import base64
+    import urllib.request
+
+    auth = base64.b64encode(f"x:{API_KEY}".encode()).decode()
+    req = urllib.request.Request(f"{cli.server.url}/v2/{org}/app/tags/list", headers={"Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["tags"] == ["2.0"]
+    out = cli("snapshot", "create", "from-docker-push", "--image", f"{here}/{org}/app:2.0")
+    assert "from-docker-push is active" in out.stdout

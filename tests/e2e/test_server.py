@@ -106,7 +106,9 @@ def test_a_generated_bootstrap_key_is_printed_once_and_works(cove, short_tmp):
         ({"name": "x", "imageName": "ubuntu:22.04", "cpu": "2"}, 400, "invalid request body"),
         ({"name": "x", "imageName": "ubuntu:22.04", "regionId": "mars"}, 404, "serves: us, eu, us-east-1"),
         ({"name": "x", "imageName": "ubuntu:22.04", "sandboxClass": "windows"}, 400, "not supported"),
-        ({"name": "x", "buildInfo": {"dockerfileContent": "FROM alpine:3.21\n"}}, 501, "not supported"),
+        ({"name": "x", "buildInfo": {"dockerfileContent": "RUN true\n"}}, 400, "invalid Dockerfile"),
+        ({"name": "x", "buildInfo": {"dockerfileContent": "  \n"}}, 400, "dockerfileContent is empty"),
+        ({"name": "x", "buildInfo": {"dockerfileContent": "FROM a:1\n", "contextHashes": ["../x"]}}, 400, "invalid context hash"),
         ({"name": "x", "imageName": "a:1", "buildInfo": {"dockerfileContent": "FROM a:1"}}, 400, "image name"),
     ],
 )

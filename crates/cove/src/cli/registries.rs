@@ -43,7 +43,7 @@ pub enum RegistryCommand {
     List,
     /// Delete a registry.
     Delete {
-        /// Registry id.
+        /// Registry id or name.
         id: String,
     },
 }
@@ -115,7 +115,12 @@ pub async fn run(c: Client, cmd: RegistryCommand, g: &Global) -> anyhow::Result<
             }
         }
         RegistryCommand::Delete { id } => {
-            c.delete(&format!("/docker-registry/{}", seg(&id))).await?;
+            // A name is accepted too: the API deletes by id.
+            let all: Value = c.get_json("/docker-registry").await?;
+            let found =
+                all.as_array().into_iter().flatten().find(|r| r["id"] == id.as_str() || r["name"] == id.as_str());
+            let target = found.and_then(|r| r["id"].as_str()).unwrap_or(&id).to_string();
+            c.delete(&format!("/docker-registry/{}", seg(&target))).await?;
             println!("Registry {id} deleted");
         }
     }
