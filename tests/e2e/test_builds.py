@@ -270,3 +270,30 @@ def test_a_dockerfile_can_build_from_an_image_pushed_to_the_built_in_registry(bu
     assert st == 200
     failed = server.wait_state(s2["id"], key=key)
     assert failed["state"] == "build_failed" and "not found" in failed["errorReason"], failed
+
+
+# Stand-ins for Debian's tools in the busybox fixture (the machine has no Debian image to
+# offer): they log how they were called and leave a trace, so the SDK's exact
+# `Image.debian_slim()` Dockerfile can be built step by step here.
+DEBIAN_STUBS = [
+    ("usr/bin/apt-get", b'#!/bin/sh\necho "stub apt-get $*"\n[ "$1" = install ] && for p in "$@"; do touch "/usr/bin/$p"; chmod +x "/usr/bin/$p"; done\nexit 0\n', 0o755),
+    ("usr/local/bin/pip", b'#!/bin/sh\necho "stub pip $*"\n', 0o755),
+    ("usr/local/bin/python", b'#!/bin/sh\necho "stub python $*"\necho "$*" >> /python-calls\n', 0o755),
+    ("usr/bin/debconf-set-selections", b'#!/bin/sh\ncat > /debconf-selections\n', 0o755),
+]
+
+
+def test_the_sdks_debian_slim_image_builds_step_by_step(builds, registry):
+    import mkimage
+
+    server, daytona = builds
+    mkimage.push_image(registry.url, "library/python", ["3.12.10-slim-bookworm"], seed="slim", files=DEBIAN_STUBS)
+    image = Image.debian_slim("3.12").pip_install("requests")
+    seen = []
+    snap = daytona.snapshot.create(CreateSnapshotParams(name="slim", image=image), on_logs=seen.append)
+    assert snap.state == "active"
+    log = "\n".join(seen)
+    assert "stub apt-get install -y gcc gfortran build-essential" in log, log
+    assert "stub pip install --upgrade pip" in log
+    out = exec_in(daytona, "slim", "ls /usr/bin/gfortran && cat /debconf-selections /python-calls")
+    assert out.split("\n")[:3] == ["/usr/bin/gfortran", "debconf debconf/frontend select Noninteractive", "-m pip install requests"], out
