@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod keyfile;
 pub mod registry;
 pub mod s3;
 pub mod service;

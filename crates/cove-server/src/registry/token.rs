@@ -90,25 +90,13 @@ impl std::fmt::Debug for PushToken {
 impl TokenIssuer {
     /// Reads `<data_dir>/registry-token.key`, creating it (0600) on first start.
     pub fn open(data_dir: &Path, ttl: Duration) -> Result<Self, TokenError> {
-        let path = data_dir.join(SECRET_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let secret: [u8; 32] = bytes.try_into().map_err(|_| TokenError::ReadSecret {
-                    path: path.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected exactly 32 bytes"),
-                })?;
-                Ok(Self::from_secret(secret, ttl))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret).map_err(TokenError::Random)?;
-                crate::tls::write_private(&path, &secret)
-                    .map_err(|source| TokenError::WriteSecret { path: path.clone(), source })?;
-                tracing::info!(path = %path.display(), "created the registry token secret");
-                Ok(Self::from_secret(secret, ttl))
-            }
-            Err(source) => Err(TokenError::ReadSecret { path, source }),
-        }
+        use crate::keyfile::{KeyFileError, load_or_create};
+        let secret = load_or_create(&data_dir.join(SECRET_FILE), "the registry token secret").map_err(|e| match e {
+            KeyFileError::Read(path, source) => TokenError::ReadSecret { path, source },
+            KeyFileError::Write(path, source) => TokenError::WriteSecret { path, source },
+            KeyFileError::Random(e) => TokenError::Random(e),
+        })?;
+        Ok(Self::from_secret(secret, ttl))
     }
 
     /// An issuer with a given secret.

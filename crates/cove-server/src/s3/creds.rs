@@ -129,25 +129,15 @@ impl std::fmt::Debug for TemporaryCredentials {
 impl CredentialIssuer {
     /// Reads `<data_dir>/s3-credentials.key`, creating it (0600) on first start.
     pub fn open(data_dir: &Path, ttl: Duration) -> Result<Self, CredentialError> {
-        let path = data_dir.join(SECRET_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let secret: [u8; 32] = bytes.try_into().map_err(|_| CredentialError::ReadSecret {
-                    path: path.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected exactly 32 bytes"),
-                })?;
-                Ok(Self::from_secret(secret, ttl))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret).map_err(CredentialError::Random)?;
-                crate::tls::write_private(&path, &secret)
-                    .map_err(|source| CredentialError::WriteSecret { path: path.clone(), source })?;
-                tracing::info!(path = %path.display(), "created the object storage credential secret");
-                Ok(Self::from_secret(secret, ttl))
-            }
-            Err(source) => Err(CredentialError::ReadSecret { path, source }),
-        }
+        use crate::keyfile::{KeyFileError, load_or_create};
+        let secret = load_or_create(&data_dir.join(SECRET_FILE), "the object storage credential secret").map_err(
+            |e| match e {
+                KeyFileError::Read(path, source) => CredentialError::ReadSecret { path, source },
+                KeyFileError::Write(path, source) => CredentialError::WriteSecret { path, source },
+                KeyFileError::Random(e) => CredentialError::Random(e),
+            },
+        )?;
+        Ok(Self::from_secret(secret, ttl))
     }
 
     /// An issuer with a given secret (tests, or a secret kept elsewhere).

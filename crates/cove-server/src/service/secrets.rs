@@ -72,25 +72,14 @@ impl std::fmt::Debug for SecretBox {
 impl SecretBox {
     /// Reads `<data_dir>/secrets.key`, creating it (0600) on first start.
     pub fn open(data_dir: &Path) -> Result<Self, SecretError> {
-        let path = data_dir.join(KEY_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let key: [u8; 32] = bytes.try_into().map_err(|_| SecretError::ReadKey {
-                    path: path.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected exactly 32 bytes"),
-                })?;
-                Ok(Self::from_key(&key))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| SecretError::Random(e.to_string()))?;
-                crate::tls::write_private(&path, &key)
-                    .map_err(|source| SecretError::WriteKey { path: path.clone(), source })?;
-                tracing::info!(path = %path.display(), "created the key that encrypts stored secrets");
-                Ok(Self::from_key(&key))
-            }
-            Err(source) => Err(SecretError::ReadKey { path, source }),
-        }
+        use crate::keyfile::{KeyFileError, load_or_create};
+        let key =
+            load_or_create(&data_dir.join(KEY_FILE), "the key that encrypts stored secrets").map_err(|e| match e {
+                KeyFileError::Read(path, source) => SecretError::ReadKey { path, source },
+                KeyFileError::Write(path, source) => SecretError::WriteKey { path, source },
+                KeyFileError::Random(e) => SecretError::Random(e.to_string()),
+            })?;
+        Ok(Self::from_key(&key))
     }
 
     /// A box with a given key (tests).

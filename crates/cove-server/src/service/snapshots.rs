@@ -771,6 +771,13 @@ pub fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpe
     Ok(BuildSpec { dockerfile: info.dockerfile_content, context_hashes: info.context_hashes })
 }
 
+#[async_trait::async_trait]
+impl super::builds::ImageSource for SnapshotService {
+    async fn pull(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
+        self.pull_for_org(org, image).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,12 +804,5 @@ mod tests {
         let e = resource("memory", Some(0), 1, 1, 1024).unwrap_err().to_string();
         assert_eq!(e, "memory must be between 1 and 1024 GiB (got 0)");
         assert_eq!(resource("cpu", None, 1, 1, 128).unwrap(), 1);
-    }
-}
-
-#[async_trait::async_trait]
-impl super::builds::ImageSource for SnapshotService {
-    async fn pull(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
-        self.pull_for_org(org, image).await
     }
 }
