@@ -19,7 +19,6 @@ use super::output::Progress;
 use super::snapshot::{Resources, finish, wait};
 use super::{Global, output};
 
-const CHUNK: usize = 8 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -98,7 +97,7 @@ pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
     check(resp, "push the manifest").await?;
     bar.finish();
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!("Pushed {:.1} MB in {secs:.2} s ({:.1} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / secs.max(1e-6));
+    eprintln!("Pushed {:.1} MB in {secs:.3} s ({:.1} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / secs.max(1e-6));
 
     let r = &a.resources;
     let mut body = json!({
@@ -162,29 +161,40 @@ async fn push_blob(
         .context("start a blob upload")?;
     let start = check(start, "start a blob upload").await?;
     let mut location = location(&start, base)?;
-    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = read_full(&mut file, &mut buf).await?;
-        if n == 0 {
-            break;
+    // One streamed PATCH: reading the file overlaps sending it; the bar follows the bytes
+    // the body has handed to the connection.
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let stream =
+        futures_util::StreamExt::inspect(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20), move |c| {
+            if let Ok(c) = c {
+                counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    let request = c
+        .http()
+        .patch(&location)
+        .header("authorization", auth)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", size.to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    tokio::pin!(request);
+    let mut shown = 0u64;
+    let resp = loop {
+        tokio::select! {
+            r = &mut request => break r.context("upload a blob")?,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                bar.advance(now - shown);
+                shown = now;
+            }
         }
-        let resp = c
-            .http()
-            .patch(&location)
-            .header("authorization", auth)
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{offset}-{}", offset + n as u64 - 1))
-            .body(buf[..n].to_vec())
-            .send()
-            .await
-            .context("upload a blob chunk")?;
-        let resp = check(resp, "upload a blob chunk").await?;
-        location = location_or(&resp, base, &location);
-        offset += n as u64;
-        bar.advance(n as u64);
-    }
+    };
+    let resp = check(resp, "upload a blob").await?;
+    bar.advance(size.saturating_sub(shown));
+    location = location_or(&resp, base, &location);
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = c
         .http()
@@ -205,18 +215,6 @@ fn location(resp: &reqwest::Response, base: &str) -> anyhow::Result<String> {
 
 fn location_or(resp: &reqwest::Response, base: &str, old: &str) -> String {
     location(resp, base).unwrap_or_else(|_| old.to_string())
-}
-
-async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let m = f.read(&mut buf[n..]).await?;
-        if m == 0 {
-            break;
-        }
-        n += m;
-    }
-    Ok(n)
 }
 
 /// Reads the image named on the command line.
