@@ -123,7 +123,18 @@ struct ServerArgs {
     ecr_endpoint: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line (no backtrace, even with RUST_BACKTRACE set).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The server logs at info; client commands print their own output and only warnings.
     let default_filter =
