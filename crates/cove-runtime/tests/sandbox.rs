@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
 
-const BUSYBOX: &str = "/bin/busybox";
+mod common;
+use common::{busybox_rootfs, is_root};
+
 /// Long-running entrypoint that exits promptly on SIGTERM.
 const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
 
@@ -22,26 +24,9 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Builds a busybox root filesystem: the binary, one symlink per applet, a few /etc files.
+/// The busybox rootfs plus a web root.
 fn build_rootfs(lower: &Path) {
-    for d in ["bin", "etc", "root", "tmp", "mnt", "proc", "sys", "dev", "www", "home/app"] {
-        std::fs::create_dir_all(lower.join(d)).unwrap();
-    }
-    std::fs::set_permissions(lower.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(BUSYBOX, lower.join("bin/busybox")).unwrap();
-    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
-        .unwrap();
-    std::fs::write(lower.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    busybox_rootfs(lower, &["mnt", "www"]);
     std::fs::write(lower.join("www/index.html"), "hello\n").unwrap();
 }
 

@@ -3,7 +3,7 @@
 //! /bin/busybox. Each test has its own bridge, CIDR, name prefix, cgroup parent and runc root
 //! (named apart from tests/sandbox.rs), and cleans up in a Drop guard.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use cove_runtime::{Runtime, RuntimeConfig, StepSpec};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-const BUSYBOX: &str = "/bin/busybox";
+mod common;
+use common::{BUSYBOX, busybox_rootfs, is_root};
 
 struct Env {
     rt: Option<Runtime>,
@@ -19,28 +20,6 @@ struct Env {
     /// Busybox base root filesystem (the bottom lower).
     base: PathBuf,
     dir: tempfile::TempDir,
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Busybox, one symlink per applet, /etc/passwd and /etc/group (but no /etc/hosts).
-fn build_rootfs(root: &Path) {
-    for d in ["bin", "etc", "root", "tmp", "proc", "sys", "dev", "home/app"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
-        .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
 }
 
 async fn setup(n: u32) -> Option<Env> {
@@ -51,7 +30,7 @@ async fn setup(n: u32) -> Option<Env> {
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
-    build_rootfs(&base);
+    busybox_rootfs(&base, &[]);
     let agent = dir.path().join("agent");
     std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
     let cfg = RuntimeConfig {

@@ -6,6 +6,7 @@
 //! parses tar files: that is `cove-image`'s (and later `cove-runtime`'s) job.
 
 pub mod api;
+pub mod claims;
 pub mod config;
 pub mod keyfile;
 pub mod registry;

@@ -8,11 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-
-use crate::s3::sigv4::{constant_time_eq, hmac_sha256};
 
 /// How long a push token stays valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -106,52 +102,30 @@ impl TokenIssuer {
 
     /// A new token for `org_id`, valid from `now` for the issuer's lifetime.
     pub fn issue(&self, org_id: &str, now: DateTime<Utc>) -> Result<PushToken, TokenError> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(TokenError::Random)?;
         let expires_at = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
-        let claims = format!("{org_id}\n{}\n{}", expires_at.timestamp(), hex::encode(nonce));
-        let token = format!(
-            "{TOKEN_PREFIX}{}.{}",
-            URL_SAFE_NO_PAD.encode(claims.as_bytes()),
-            URL_SAFE_NO_PAD.encode(self.mac(&claims))
-        );
-        Ok(PushToken { token, org_id: org_id.to_string(), expires_at })
+        let (_, sealed) = crate::claims::seal(&self.secret, LABEL, org_id, expires_at).map_err(TokenError::Random)?;
+        Ok(PushToken { token: format!("{TOKEN_PREFIX}{sealed}"), org_id: org_id.to_string(), expires_at })
     }
 
     /// The organization a token opens, if it is ours and unexpired at `now`.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<String, TokenError> {
-        let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Invalid)?;
-        let (claims, mac) = rest.split_once('.').ok_or(TokenError::Invalid)?;
-        let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|_| TokenError::Invalid)?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Invalid)?;
-        let claims = String::from_utf8(claims).map_err(|_| TokenError::Invalid)?;
-        if !constant_time_eq(&self.mac(&claims), &mac) {
-            return Err(TokenError::Invalid);
+        let sealed = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Invalid)?;
+        let claims = crate::claims::open(&self.secret, LABEL, sealed).ok_or(TokenError::Invalid)?;
+        if now >= claims.expires_at {
+            return Err(TokenError::Expired(claims.expires_at));
         }
-        let mut fields = claims.split('\n');
-        let (Some(org_id), Some(expiry), Some(_nonce), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Err(TokenError::Invalid);
-        };
-        let expires_at = expiry
-            .parse::<i64>()
-            .ok()
-            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
-            .ok_or(TokenError::Invalid)?;
-        if now >= expires_at {
-            return Err(TokenError::Expired(expires_at));
-        }
-        Ok(org_id.to_string())
-    }
-
-    fn mac(&self, claims: &str) -> [u8; 32] {
-        hmac_sha256(&self.secret, format!("registry-push\n{claims}").as_bytes())
+        Ok(claims.org_id)
     }
 }
 
+/// What push tokens are signed under (see [`crate::claims`]).
+const LABEL: &str = "registry-push";
+
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     fn issuer() -> TokenIssuer {

@@ -21,6 +21,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// File name of the server secret under the data directory.
 pub const SECRET_FILE: &str = "s3-credentials.key";
 const TOKEN_PREFIX: &str = "cove1";
+/// What session tokens are signed under (see [`crate::claims`]).
+const LABEL: &str = "token";
 
 /// Issues and checks credentials with the server secret.
 #[derive(Clone)]
@@ -147,14 +149,11 @@ impl CredentialIssuer {
 
     /// New credentials for `org_id`, valid from `now` for the issuer's lifetime.
     pub fn issue(&self, org_id: &str, now: DateTime<Utc>) -> Result<TemporaryCredentials, CredentialError> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(CredentialError::Random)?;
         let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
         let expires_at = now + ttl;
-        let claims = format!("{org_id}\n{}\n{}", expires_at.timestamp(), hex::encode(nonce));
-        let mac = hmac_sha256(&self.secret, format!("token\n{claims}").as_bytes());
-        let session_token =
-            format!("{TOKEN_PREFIX}.{}.{}", URL_SAFE_NO_PAD.encode(claims.as_bytes()), URL_SAFE_NO_PAD.encode(mac));
+        let (claims, sealed) =
+            crate::claims::seal(&self.secret, LABEL, org_id, expires_at).map_err(CredentialError::Random)?;
+        let session_token = format!("{TOKEN_PREFIX}.{sealed}");
         let access_key_id = self.access_key_id(&claims);
         Ok(TemporaryCredentials {
             secret_access_key: self.secret_access_key(&access_key_id),
@@ -174,37 +173,17 @@ impl CredentialIssuer {
         now: DateTime<Utc>,
     ) -> Result<Grant, CredentialError> {
         let token = session_token.ok_or(CredentialError::MissingToken)?;
-        let mut parts = token.split('.');
-        let (Some(TOKEN_PREFIX), Some(claims), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CredentialError::InvalidToken);
-        };
-        let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|_| CredentialError::InvalidToken)?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| CredentialError::InvalidToken)?;
-        let claims = String::from_utf8(claims).map_err(|_| CredentialError::InvalidToken)?;
-        let expected = hmac_sha256(&self.secret, format!("token\n{claims}").as_bytes());
-        if !constant_time_eq(&expected, &mac) {
-            return Err(CredentialError::InvalidToken);
+        let sealed = token.strip_prefix(TOKEN_PREFIX).and_then(|t| t.strip_prefix('.'));
+        let claims =
+            sealed.and_then(|t| crate::claims::open(&self.secret, LABEL, t)).ok_or(CredentialError::InvalidToken)?;
+        if now >= claims.expires_at {
+            return Err(CredentialError::Expired(claims.expires_at));
         }
-        let mut fields = claims.split('\n');
-        let (Some(org_id), Some(expiry), Some(_nonce), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Err(CredentialError::InvalidToken);
-        };
-        let expires_at = expiry
-            .parse::<i64>()
-            .ok()
-            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
-            .ok_or(CredentialError::InvalidToken)?;
-        if now >= expires_at {
-            return Err(CredentialError::Expired(expires_at));
-        }
+        let (org_id, expires_at, claims) = (claims.org_id, claims.expires_at, claims.text);
         if !constant_time_eq(self.access_key_id(&claims).as_bytes(), access_key_id.as_bytes()) {
             return Err(CredentialError::AccessKeyMismatch);
         }
-        Ok(Grant { org_id: org_id.to_string(), expires_at, secret_access_key: self.secret_access_key(access_key_id) })
+        Ok(Grant { org_id, expires_at, secret_access_key: self.secret_access_key(access_key_id) })
     }
 
     fn access_key_id(&self, claims: &str) -> String {
