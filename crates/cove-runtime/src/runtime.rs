@@ -880,6 +880,40 @@ impl Runtime {
         }
     }
 
+    /// Waits (at most `timeout`) until no runc command of another process runs against this
+    /// runc root: after a crash, a `runc create` the dead server started can still be
+    /// finishing, and would leave a container behind a cleanup that ran before it ended.
+    pub async fn wait_for_foreign_runc(&self, timeout: Duration) {
+        let root = self.cfg.runc_root.as_os_str().as_encoded_bytes().to_vec();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let me = std::process::id();
+            let busy = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { return false };
+                if pid == me {
+                    return false;
+                }
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { return false };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"runc"))
+                    && args.windows(2).any(|w| w[0] == b"--root" && w[1] == root.as_slice())
+            });
+            if !busy {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(runc_root = %self.cfg.runc_root.display(), "runc commands of another process still run");
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Ids runc has state for (a container may exist without its bundle after a crash).
+    pub fn runc_ids(&self) -> Vec<String> {
+        self.runc.container_ids().into_iter().filter(|id| valid_id(id)).collect()
+    }
+
     /// Ids that have a bundle directory (to reconcile after a restart).
     pub async fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let root = &self.cfg.root;

@@ -757,11 +757,16 @@ impl SandboxService {
         // Bundles without a record: warm-pool sandboxes of the previous run (a record is
         // always written before a sandbox is started for a request).
         let known: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
-        let on_disk = self.inner.runtime.list().await.map_err(|source| SandboxError::Runtime {
+        // A create the previous process started may still be running; let it finish first.
+        self.inner.runtime.wait_for_foreign_runc(Duration::from_secs(10)).await;
+        let mut on_disk = self.inner.runtime.list().await.map_err(|source| SandboxError::Runtime {
             op: "list",
             id: String::new(),
             source,
         })?;
+        on_disk.extend(self.inner.runtime.runc_ids());
+        on_disk.sort();
+        on_disk.dedup();
         for id in on_disk.iter().filter(|id| !known.contains(id.as_str())) {
             tracing::info!(sandbox_id = %id, "removing a sandbox without a record (warm pool of the last run)");
             if let Err(e) = self.inner.runtime.destroy(id).await {
