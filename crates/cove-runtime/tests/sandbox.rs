@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
 
 mod common;
-use common::{busybox_rootfs, is_root};
+use common::{busybox_rootfs, is_root, mounts_containing, remove_host_leftovers};
 
 /// Long-running entrypoint that exits promptly on SIGTERM.
 const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
@@ -107,31 +107,10 @@ impl Env {
     }
 }
 
-fn mounts_containing(needle: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let n = needle.to_string_lossy();
-    info.lines().filter(|l| l.contains(&*n)).map(String::from).collect()
-}
-
 fn loop_devices_for(dir: &Path) -> Vec<String> {
     let out = Command::new("losetup").arg("-a").output().unwrap();
     let n = dir.to_string_lossy();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*n)).map(String::from).collect()
-}
-
-fn cgroup_controllers() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
-}
-
-fn rmdir_tree(p: &Path) {
-    if let Ok(entries) = std::fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(p);
 }
 
 impl Drop for Env {
@@ -148,24 +127,7 @@ impl Drop for Env {
                 runc(&["delete", "--force", &id]);
             }
         }
-        let mut mounts: Vec<String> =
-            mounts_containing(&self.cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).output();
-        }
-        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&self.cfg.name_prefix) {
-                    let _ = Command::new("ip").args(["netns", "delete", &name]).output();
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["link", "delete", &self.cfg.bridge]).output();
-        for c in cgroup_controllers() {
-            rmdir_tree(&c.join(self.cfg.cgroup_parent.trim_start_matches('/')));
-        }
+        remove_host_leftovers(&self.cfg);
     }
 }
 

@@ -12,7 +12,7 @@ use cove_runtime::{Runtime, RuntimeConfig, StepSpec};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 mod common;
-use common::{BUSYBOX, busybox_rootfs, is_root};
+use common::{BUSYBOX, busybox_rootfs, cgroup_hierarchies, is_root, mounts_containing, remove_host_leftovers};
 
 struct Env {
     rt: Option<Runtime>,
@@ -114,32 +114,6 @@ async fn collect(mut rx: UnboundedReceiver<Vec<u8>>) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mounts_containing(needle: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let n = needle.to_string_lossy();
-    info.lines().filter(|l| l.contains(&*n)).map(String::from).collect()
-}
-
-/// `/sys/fs/cgroup` (v2) and every v1 hierarchy under it.
-fn cgroup_hierarchies() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("/sys/fs/cgroup")];
-    if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
-        v.extend(d.flatten().map(|e| e.path()));
-    }
-    v
-}
-
-fn rmdir_tree(p: &Path) {
-    if let Ok(entries) = std::fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(p);
-}
-
 impl Drop for Env {
     fn drop(&mut self) {
         drop(self.rt.take());
@@ -150,24 +124,7 @@ impl Drop for Env {
                     Command::new("runc").arg("--root").arg(&self.cfg.runc_root).args(["delete", "-f", &id]).output();
             }
         }
-        let mut mounts: Vec<String> =
-            mounts_containing(&self.cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).output();
-        }
-        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&self.cfg.name_prefix) {
-                    let _ = Command::new("ip").args(["netns", "delete", &name]).output();
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["link", "delete", &self.cfg.bridge]).output();
-        for c in cgroup_hierarchies() {
-            rmdir_tree(&c.join(self.cfg.cgroup_parent.trim_start_matches('/')));
-        }
+        remove_host_leftovers(&self.cfg);
     }
 }
 

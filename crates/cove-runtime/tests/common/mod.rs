@@ -1,7 +1,7 @@
 //! Shared by the root integration tests (sandbox.rs, step.rs).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The static busybox the fixtures are made of.
@@ -30,4 +30,55 @@ pub fn busybox_rootfs(root: &Path, dirs: &[&str]) {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
         .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+}
+
+/// Lines of `/proc/self/mountinfo` that mention `needle`.
+pub fn mounts_containing(needle: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let n = needle.to_string_lossy();
+    info.lines().filter(|l| l.contains(&*n)).map(String::from).collect()
+}
+
+/// `/sys/fs/cgroup` (v2) and every v1 hierarchy under it.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
+        v.extend(d.flatten().map(|e| e.path()));
+    }
+    v
+}
+
+/// Removes a directory tree of empty directories (a cgroup subtree), deepest first.
+pub fn rmdir_tree(p: &Path) {
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+/// What a test runtime may leave on the host once its containers are gone: mounts under its
+/// root, its network namespaces and bridge, its cgroup parent. Best effort.
+pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
+    let mut mounts: Vec<String> =
+        mounts_containing(&cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).output();
+    }
+    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&cfg.name_prefix) {
+                let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+            }
+        }
+    }
+    let _ = Command::new("ip").args(["link", "delete", &cfg.bridge]).output();
+    for c in cgroup_hierarchies() {
+        rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
+    }
 }
