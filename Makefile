@@ -34,14 +34,14 @@ run: setup build
 test: setup agent-debug
 	$(CARGO) build -p cove
 	$(CARGO) test --workspace
-	.venv/bin/python -m pytest tests/e2e
+	.venv/bin/python -m pytest tests/e2e tests/security
 
 test-rust:
 	$(CARGO) test --workspace
 
 test-e2e: setup agent-debug
 	$(CARGO) build -p cove
-	.venv/bin/python -m pytest tests/e2e
+	.venv/bin/python -m pytest tests/e2e tests/security
 
 ## Figures side by side with a baseline measured in the same run.
 bench: setup bench-setup build

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 import mkimage  # noqa: E402
 from harness import AGENT_BIN, API_KEY, COVE_BIN, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
 
