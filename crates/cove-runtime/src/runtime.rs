@@ -50,7 +50,7 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// Short prefix (1–7 alphanumerics) for netns and veth names, e.g. `cv`.
     pub name_prefix: String,
-    /// Docker-format seccomp profile; `None` ⇒ [`seccomp::DEFAULT_PROFILE`].
+    /// Docker-format seccomp profile; `None` ⇒ Docker's default, [`seccomp::EMBEDDED_PROFILE`].
     pub seccomp_profile: Option<PathBuf>,
 }
 
@@ -376,8 +376,8 @@ impl Runtime {
             *p = std::fs::canonicalize(&*p).map_err(|source| RuntimeError::Dir { path: p.clone(), source })?;
         }
 
-        let profile_path = cfg.seccomp_profile.clone().unwrap_or_else(|| seccomp::DEFAULT_PROFILE.into());
-        let profile = seccomp::load(&profile_path).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
+        let profile = seccomp::load_or_embedded(cfg.seccomp_profile.as_deref())
+            .map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
         let host_caps = oci::host_capabilities();
         let caps = oci::capabilities(false, host_caps);
         let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };

@@ -1,26 +1,36 @@
-//! Converts a Docker-format seccomp profile (`/usr/share/containers/seccomp.json`, moby's
-//! `default.json`) into the OCI `linux.seccomp` object that runc enforces through libseccomp.
+//! Converts a Docker-format seccomp profile (moby's `profiles/seccomp/default.json` format) into
+//! the OCI `linux.seccomp` object that runc enforces through libseccomp.
+//!
+//! The default is Docker's own profile, embedded in the binary ([`EMBEDDED_PROFILE`]), so a
+//! sandbox's kernel surface never depends on what a host package installed; `--seccomp-profile`
+//! replaces it with a file.
 //!
 //! Docker's format adds `archMap` and per-rule `includes`/`excludes` conditions (capabilities,
 //! architectures, minimum kernel). They are evaluated here, once, against the capability set
-//! the sandbox gets and the host architecture, exactly as Docker does when it builds a spec.
+//! the sandbox gets and the host architecture, exactly as Docker does when it builds a spec
+//! (moby's `setupSeccomp`): every `includes` condition must hold and no `excludes` one may.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-/// Where Debian's `golang-github-containers-common` installs the default profile.
-pub const DEFAULT_PROFILE: &str = "/usr/share/containers/seccomp.json";
+/// Docker's default seccomp profile, byte for byte: `profiles/seccomp/default.json` of moby
+/// v26.1.5 (Apache-2.0, Docker, Inc.), as shipped by Debian trixie's
+/// `golang-github-docker-docker-dev` 26.1.5+dfsg1-9+deb13u1 under
+/// `/usr/share/gocode/src/github.com/docker/docker/`; sha256
+/// 9c1025c88ccaa517b648da571961838744ea2137f176bfe6a48b21294cae9c76. It is what `docker run`
+/// applies without `--security-opt seccomp=…`: an allow list with `defaultErrnoRet` EPERM,
+/// namespace-creating `clone` flags, `unshare`, `mount`, `keyctl`, `bpf` and the like reserved
+/// to capabilities unprivileged sandboxes lack, and `clone3` answered with ENOSYS so libcs fall
+/// back to the filtered `clone`.
+pub const EMBEDDED_PROFILE: &str = include_str!("seccomp_default.json");
 
 /// A failed seccomp profile load or conversion.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// The profile file does not exist or cannot be read.
-    #[error(
-        "read seccomp profile {path} (install the Docker-format default profile, e.g. Debian package \
-         golang-github-containers-common, or configure another path)"
-    )]
+    #[error("read seccomp profile {path}")]
     Read {
         /// The profile path.
         path: PathBuf,
@@ -28,11 +38,11 @@ pub enum SeccompError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a Docker-format seccomp profile.
-    #[error("parse seccomp profile {path}")]
+    /// The text is not a Docker-format seccomp profile.
+    #[error("parse seccomp profile {origin}")]
     Parse {
-        /// The profile path.
-        path: PathBuf,
+        /// The profile path, or `embedded` for [`EMBEDDED_PROFILE`].
+        origin: String,
         /// Cause.
         #[source]
         source: serde_json::Error,
@@ -40,7 +50,7 @@ pub enum SeccompError {
     /// The profile has no entry for the host architecture in its `archMap`.
     #[error("seccomp profile has no architecture entry for {arch}")]
     UnsupportedArch {
-        /// The architecture (Go naming, e.g. `amd64`).
+        /// The architecture (moby's naming, e.g. `amd64`).
         arch: String,
     },
 }
@@ -66,7 +76,8 @@ pub struct DockerProfile {
 #[serde(rename_all = "camelCase")]
 struct ArchMapEntry {
     architecture: String,
-    #[serde(default)]
+    /// moby writes `null` for an architecture without sub-architectures (riscv64).
+    #[serde(default, deserialize_with = "null_as_empty")]
     sub_architectures: Vec<String>,
 }
 
@@ -103,7 +114,7 @@ struct Filter {
 /// What a profile is evaluated against.
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
-    /// Go architecture name of the host (`amd64`).
+    /// Architecture of the host, as [`host_arch`] names it (`amd64`).
     pub arch: &'a str,
     /// Capabilities the sandbox process gets (`CAP_CHOWN`, …).
     pub caps: &'a [&'a str],
@@ -111,17 +122,33 @@ pub struct Target<'a> {
     pub kernel: (u32, u32),
 }
 
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Reads and parses a Docker-format profile.
 pub fn load(path: &Path) -> Result<DockerProfile, SeccompError> {
     let bytes = std::fs::read(path).map_err(|source| SeccompError::Read { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|source| SeccompError::Parse { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| SeccompError::Parse { origin: path.display().to_string(), source })
 }
 
-/// The Go name of the architecture this binary runs on, as profiles spell it.
+/// Parses [`EMBEDDED_PROFILE`], Docker's default.
+pub fn embedded() -> Result<DockerProfile, SeccompError> {
+    serde_json::from_str(EMBEDDED_PROFILE).map_err(|source| SeccompError::Parse { origin: "embedded".into(), source })
+}
+
+/// The profile at `path` (the `--seccomp-profile` override), else Docker's embedded default.
+/// Nothing on the host is read without a path.
+pub fn load_or_embedded(path: Option<&Path>) -> Result<DockerProfile, SeccompError> {
+    path.map_or_else(embedded, load)
+}
+
+/// The name of the architecture this binary runs on, as profiles' `arches` conditions spell it
+/// (moby's `goToNative`: `amd64`, `x86`, `arm64`, …).
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
-        "x86" => "386",
+        "x86" => "x86",
         "aarch64" => "arm64",
         "arm" => "arm",
         "powerpc64" => "ppc64le",
@@ -144,11 +171,11 @@ fn parse_kernel(s: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// libseccomp's name for a Go architecture name.
-fn scmp_arch(go_arch: &str) -> Option<&'static str> {
-    Some(match go_arch {
+/// libseccomp's name for a [`host_arch`] name.
+fn scmp_arch(arch: &str) -> Option<&'static str> {
+    Some(match arch {
         "amd64" => "SCMP_ARCH_X86_64",
-        "386" => "SCMP_ARCH_X86",
+        "x86" => "SCMP_ARCH_X86",
         "arm64" => "SCMP_ARCH_AARCH64",
         "arm" => "SCMP_ARCH_ARM",
         "ppc64le" => "SCMP_ARCH_PPC64LE",
@@ -341,30 +368,197 @@ mod tests {
         assert!(matches!(convert(&profile(json!([])), &t), Err(SeccompError::UnsupportedArch { .. })));
     }
 
-    #[test]
-    fn the_installed_default_profile_denies_module_loading_bpf_and_handle_opens_without_their_caps() {
-        let path = Path::new(DEFAULT_PROFILE);
-        if !path.exists() {
-            eprintln!("skipping: {DEFAULT_PROFILE} is not installed");
-            return;
-        }
-        let caps = crate::oci::DEFAULT_CAPS;
-        let out = convert(&load(path).unwrap(), &Target { arch: "amd64", caps, kernel: (6, 1) }).unwrap();
-        let allowed: Vec<String> = out["syscalls"]
+    /// Docker's default profile converted for Docker's default capabilities plus `extra` on x86_64.
+    fn docker_default(extra: &[&'static str], kernel: (u32, u32)) -> Value {
+        let caps: Vec<&str> = crate::oci::DEFAULT_CAPS.iter().chain(extra).copied().collect();
+        convert(&embedded().unwrap(), &Target { arch: "amd64", caps: &caps, kernel }).unwrap()
+    }
+
+    /// The rules that name `syscall`.
+    fn rules_for<'a>(out: &'a Value, syscall: &str) -> Vec<&'a Value> {
+        out["syscalls"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
-            .flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()))
-            .collect();
-        for must in ["read", "write", "clone", "execve", "chroot"] {
-            assert!(allowed.iter().any(|n| n == must), "{must} should be allowed");
+            .filter(|r| r["names"].as_array().unwrap().contains(&json!(syscall)))
+            .collect()
+    }
+
+    /// Allowed whatever its arguments.
+    fn allowed_outright(out: &Value, syscall: &str) -> bool {
+        rules_for(out, syscall).iter().any(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+    }
+
+    /// Allowed for some arguments at least.
+    fn ever_allowed(out: &Value, syscall: &str) -> bool {
+        rules_for(out, syscall).iter().any(|r| r["action"] == "SCMP_ACT_ALLOW")
+    }
+
+    #[test]
+    fn the_embedded_profile_is_docker_default_with_eperm_for_everything_unlisted() {
+        let out = docker_default(&[], (6, 1));
+        assert_eq!(out["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(out["defaultErrnoRet"], 1);
+        assert_eq!(out["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]));
+    }
+
+    #[test]
+    fn docker_default_capabilities_get_no_keyring_namespace_mount_bpf_or_kernel_loading_syscalls() {
+        let out = docker_default(&[], (6, 1));
+        for never in [
+            "keyctl",
+            "add_key",
+            "request_key",
+            "unshare",
+            "setns",
+            "mount",
+            "umount",
+            "umount2",
+            "fsopen",
+            "fsmount",
+            "move_mount",
+            "open_tree",
+            "pivot_root",
+            "clone3",
+            "bpf",
+            "perf_event_open",
+            "open_by_handle_at",
+            "kexec_load",
+            "kexec_file_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "reboot",
+            "swapon",
+            "syslog",
+            "acct",
+            "settimeofday",
+            "iopl",
+            "ioperm",
+            "userfaultfd",
+            "lookup_dcookie",
+            "quotactl",
+            "sethostname",
+            // Docker 25 dropped io_uring from its default profile.
+            "io_uring_setup",
+            "io_uring_enter",
+        ] {
+            assert!(!ever_allowed(&out, never), "{never} must not be allowed");
         }
-        // containers-common allows mount/unshare/ptrace unconditionally and relies on the
-        // missing capabilities; rules gated on capabilities we do not grant must be gone.
-        for never in ["init_module", "finit_module", "bpf", "open_by_handle_at", "settimeofday", "acct"] {
-            assert!(!allowed.iter().any(|n| n == never), "{never} must not be allowed");
+    }
+
+    #[test]
+    fn clone_is_allowed_only_without_namespace_flags() {
+        const NEW_NS: u64 = 0x0002_0000;
+        const NEW_CGROUP: u64 = 0x0200_0000;
+        const NEW_UTS: u64 = 0x0400_0000;
+        const NEW_IPC: u64 = 0x0800_0000;
+        const NEW_USER: u64 = 0x1000_0000;
+        const NEW_PID: u64 = 0x2000_0000;
+        const NEW_NET: u64 = 0x4000_0000;
+        let out = docker_default(&[], (6, 1));
+        let rules = rules_for(&out, "clone");
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0]["action"], "SCMP_ACT_ALLOW");
+        let args = rules[0]["args"].as_array().unwrap();
+        assert_eq!(args.len(), 1);
+        assert_eq!(args[0]["index"], 0, "flags are clone's first argument on x86_64");
+        assert_eq!(args[0]["op"], "SCMP_CMP_MASKED_EQ");
+        // (flags & value) == valueTwo, and an absent valueTwo is 0.
+        assert_eq!(args[0]["value"], NEW_NS | NEW_CGROUP | NEW_UTS | NEW_IPC | NEW_USER | NEW_PID | NEW_NET);
+        assert_eq!(args[0].get("valueTwo").map_or(0, |v| v.as_u64().unwrap()), 0);
+    }
+
+    #[test]
+    fn clone3_fails_with_enosys_so_libc_falls_back_to_the_filtered_clone() {
+        let out = docker_default(&[], (6, 1));
+        let rules = rules_for(&out, "clone3");
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(rules[0]["errnoRet"], 38);
+    }
+
+    #[test]
+    fn common_syscalls_stay_allowed_and_socket_only_outside_vsock() {
+        let out = docker_default(&[], (6, 1));
+        for must in [
+            "read",
+            "write",
+            "openat",
+            "execve",
+            "exit_group",
+            "mmap",
+            "futex",
+            "wait4",
+            "socketpair",
+            "connect",
+            "ptrace",
+            "chroot",
+            "arch_prctl",
+            "name_to_handle_at",
+        ] {
+            assert!(allowed_outright(&out, must), "{must} should be allowed");
         }
+        let socket = rules_for(&out, "socket");
+        assert_eq!(socket.len(), 1);
+        assert_eq!(socket[0]["action"], "SCMP_ACT_ALLOW");
+        assert_eq!(socket[0]["args"], json!([{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]), "AF_VSOCK is 40");
+    }
+
+    #[test]
+    fn ptrace_is_allowed_only_on_kernels_from_4_8() {
+        assert!(allowed_outright(&docker_default(&[], (4, 8)), "ptrace"));
+        assert!(!ever_allowed(&docker_default(&[], (4, 4)), "ptrace"));
+        assert!(allowed_outright(&docker_default(&["CAP_SYS_PTRACE"], (4, 4)), "ptrace"));
+    }
+
+    #[test]
+    fn cap_sys_admin_adds_mount_unshare_and_unfiltered_clone() {
+        let out = docker_default(&["CAP_SYS_ADMIN"], (6, 1));
+        for admin in ["mount", "umount2", "unshare", "setns", "clone", "clone3", "bpf", "perf_event_open"] {
+            assert!(allowed_outright(&out, admin), "{admin} should be allowed with CAP_SYS_ADMIN");
+        }
+        assert!(rules_for(&out, "clone3").iter().all(|r| r["action"] == "SCMP_ACT_ALLOW"), "no ENOSYS rule");
+        assert!(rules_for(&out, "clone").iter().all(|r| r.get("args").is_none()), "no flag mask");
+        // The keyring is not a CAP_SYS_ADMIN matter in Docker's profile: still denied.
+        assert!(!ever_allowed(&out, "keyctl"));
+    }
+
+    #[test]
+    fn arm64_gets_its_own_architectures_and_arch_specific_rules() {
+        let caps = crate::oci::DEFAULT_CAPS;
+        let out = convert(&embedded().unwrap(), &Target { arch: "arm64", caps, kernel: (6, 1) }).unwrap();
+        assert_eq!(out["architectures"], json!(["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]));
+        assert!(allowed_outright(&out, "set_tls"));
+        assert!(!ever_allowed(&out, "arch_prctl"));
+    }
+
+    #[test]
+    fn no_profile_path_means_the_embedded_docker_profile_and_no_host_file() {
+        let t = Target { arch: "amd64", caps: crate::oci::DEFAULT_CAPS, kernel: (6, 1) };
+        let default = convert(&load_or_embedded(None).unwrap(), &t).unwrap();
+        assert_eq!(default, convert(&embedded().unwrap(), &t).unwrap());
+        // The distribution's containers profile allowed keyctl and unshare; nothing reads it now.
+        let distro_profile = concat!("/usr/share/", "containers/seccomp.json");
+        for (file, src) in [("runtime.rs", include_str!("runtime.rs")), ("seccomp.rs", include_str!("seccomp.rs"))] {
+            assert!(!src.contains(distro_profile), "{file} names {distro_profile}");
+        }
+    }
+
+    #[test]
+    fn a_profile_path_overrides_the_embedded_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(
+            &path,
+            r#"{"defaultAction": "SCMP_ACT_KILL", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#,
+        )
+        .unwrap();
+        let out = convert(&load_or_embedded(Some(&path)).unwrap(), &target()).unwrap();
+        assert_eq!(out["defaultAction"], "SCMP_ACT_KILL");
+        assert_eq!(names(&out), ["read"]);
+        let missing = load_or_embedded(Some(&dir.path().join("missing.json")));
+        assert!(matches!(missing, Err(SeccompError::Read { .. })));
     }
 
     #[test]
