@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 import mkimage  # noqa: E402
 from harness import AGENT_BIN, API_KEY, COVE_BIN, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
 
@@ -40,6 +40,9 @@ def short_tmp():
     import tempfile
 
     d = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    # Sandboxes run as an unprivileged host uid (user namespaces) that must pass through the
+    # directories above the data dir; the data dir itself is 0710 (the server makes it so).
+    d.chmod(0o711)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
