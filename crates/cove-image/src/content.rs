@@ -54,6 +54,13 @@ pub enum ContentError {
         /// Bytes received.
         actual: u64,
     },
+    /// The blob's algorithm was not hashed while writing (an [`Ingest`] opened with
+    /// [`ContentStore::ingest_for`] another algorithm), so it cannot be verified.
+    #[error("cannot verify {digest}: its algorithm was not hashed while the blob was written")]
+    NotHashed {
+        /// The blob.
+        digest: Digest,
+    },
     /// Renaming into place or deleting failed.
     #[error("commit blob {digest}")]
     Commit {
@@ -90,30 +97,52 @@ impl ContentStore {
         self.path(d).is_file()
     }
 
+    /// The size in bytes of a stored blob.
+    pub fn size(&self, d: &Digest) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(self.path(d))?.len())
+    }
+
     /// Reads a whole (small) blob such as a manifest or config.
     pub fn read(&self, d: &Digest) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(d))
     }
 
-    /// Starts writing a new blob.
+    /// Starts writing a new blob whose digest is not known yet: every supported algorithm
+    /// (sha256 and sha512) is hashed while writing, so [`Ingest::commit`] can verify either.
     pub fn ingest(&self) -> Result<Ingest, ContentError> {
+        self.ingest_with(Hashers { sha256: Some(sha2::Sha256::new()), sha512: Some(sha2::Sha512::new()) })
+    }
+
+    /// Starts writing a new blob that will be committed as `expected`: only its algorithm is
+    /// hashed while writing.
+    pub fn ingest_for(&self, expected: &Digest) -> Result<Ingest, ContentError> {
+        let sha512 = expected.algorithm() == "sha512";
+        self.ingest_with(Hashers { sha256: (!sha512).then(sha2::Sha256::new), sha512: sha512.then(sha2::Sha512::new) })
+    }
+
+    fn ingest_with(&self, hashers: Hashers) -> Result<Ingest, ContentError> {
         let path = self.root.join("ingest").join(uuid::Uuid::new_v4().to_string());
         let file = std::fs::File::create(&path).map_err(|source| ContentError::Write { path: path.clone(), source })?;
         Ok(Ingest {
             path,
             file: std::io::BufWriter::with_capacity(1 << 20, file),
-            hasher: sha2::Sha256::new(),
+            hashers,
             size: 0,
             store: self.clone(),
         })
     }
 
-    /// Stores bytes already in memory (manifests, configs).
+    /// Stores bytes already in memory (manifests, configs) after checking that they hash to
+    /// `expected`; a blob already present is kept as it is.
     pub fn put(&self, expected: &Digest, bytes: &[u8]) -> Result<(), ContentError> {
+        let actual = hash_like(expected, bytes);
+        if &actual != expected {
+            return Err(ContentError::DigestMismatch { expected: expected.clone(), actual });
+        }
         if self.contains(expected) {
             return Ok(());
         }
-        let mut w = self.ingest()?;
+        let mut w = self.ingest_for(expected)?;
         w.write(bytes)?;
         w.commit(expected, Some(bytes.len() as u64))
     }
@@ -140,15 +169,43 @@ impl ContentStore {
 pub struct Ingest {
     path: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
-    hasher: sha2::Sha256,
+    hashers: Hashers,
     size: u64,
     store: ContentStore,
+}
+
+/// The running hashes of an [`Ingest`], one per algorithm it can be committed under.
+#[derive(Debug)]
+struct Hashers {
+    sha256: Option<sha2::Sha256>,
+    sha512: Option<sha2::Sha512>,
+}
+
+impl Hashers {
+    fn update(&mut self, buf: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(buf);
+        }
+        if let Some(h) = &mut self.sha512 {
+            h.update(buf);
+        }
+    }
+
+    /// The digest of what was written, in `expected`'s algorithm; `None` when that
+    /// algorithm was not hashed.
+    fn finish_like(self, expected: &Digest) -> Option<Digest> {
+        match expected.algorithm() {
+            "sha256" => self.sha256.map(|h| Digest::sha256_from_bytes(&h.finalize().into())),
+            "sha512" => self.sha512.map(|h| sha512_digest(&h.finalize())),
+            _ => None,
+        }
+    }
 }
 
 impl Ingest {
     /// Appends bytes.
     pub fn write(&mut self, buf: &[u8]) -> Result<(), ContentError> {
-        self.hasher.update(buf);
+        self.hashers.update(buf);
         self.size += buf.len() as u64;
         self.file.write_all(buf).map_err(|source| ContentError::Write { path: self.path.clone(), source })
     }
@@ -158,11 +215,14 @@ impl Ingest {
         self.size
     }
 
-    /// Verifies digest (sha256 only) and size, fsyncs and renames into place.
+    /// Verifies the digest (in its own algorithm, sha256 or sha512) and the size, fsyncs
+    /// and links the file into place. A blob already stored under `expected` is never
+    /// replaced: it was verified when it was committed, so the existing file is kept as is.
     pub fn commit(mut self, expected: &Digest, expected_size: Option<u64>) -> Result<(), ContentError> {
-        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
-        let actual = Digest::sha256_from_bytes(&hash);
-        if expected.algorithm() == "sha256" && &actual != expected {
+        let hashers = std::mem::replace(&mut self.hashers, Hashers { sha256: None, sha512: None });
+        let actual =
+            hashers.finish_like(expected).ok_or_else(|| ContentError::NotHashed { digest: expected.clone() })?;
+        if &actual != expected {
             return Err(ContentError::DigestMismatch { expected: expected.clone(), actual });
         }
         if let Some(n) = expected_size.filter(|n| *n != self.size) {
@@ -172,7 +232,23 @@ impl Ingest {
         self.file.flush().map_err(commit)?;
         self.file.get_ref().sync_all().map_err(commit)?;
         let dst = self.store.path(expected);
-        std::fs::rename(&self.path, &dst).map_err(commit)?;
+        // A hard link never replaces an existing file (rename would); the ingest name is
+        // removed when `self` drops.
+        match std::fs::hard_link(&self.path, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::debug!(digest = %expected, "blob already stored; the existing copy is kept");
+                return Ok(());
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied) => {
+                // A file system without hard links: rename, unless the blob appeared.
+                if dst.exists() {
+                    return Ok(());
+                }
+                std::fs::rename(&self.path, &dst).map_err(commit)?;
+            }
+            Err(e) => return Err(commit(e)),
+        }
         sync_dir(dst.parent().unwrap_or(Path::new("."))).map_err(commit)?;
         Ok(())
     }
@@ -189,6 +265,29 @@ impl Drop for Ingest {
 pub fn sha256(bytes: &[u8]) -> Digest {
     let h: [u8; 32] = sha2::Sha256::digest(bytes).into();
     Digest::sha256_from_bytes(&h)
+}
+
+/// sha512 of a byte slice as a [`Digest`].
+pub fn sha512(bytes: &[u8]) -> Digest {
+    sha512_digest(&sha2::Sha512::digest(bytes))
+}
+
+/// The digest of `bytes` in the algorithm of `like` (sha256 or sha512).
+pub fn hash_like(like: &Digest, bytes: &[u8]) -> Digest {
+    match like.algorithm() {
+        "sha512" => sha512(bytes),
+        _ => sha256(bytes),
+    }
+}
+
+fn sha512_digest(hash: &[u8]) -> Digest {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(7 + 128);
+    s.push_str("sha512:");
+    for b in hash {
+        let _ = write!(s, "{b:02x}");
+    }
+    s.parse().expect("64 bytes of hex make a valid sha512 digest")
 }
 
 #[cfg(test)]
@@ -229,5 +328,70 @@ mod tests {
         let mut w = cs.ingest().unwrap();
         w.write(b"abc").unwrap();
         assert!(matches!(w.commit(&d, Some(4)), Err(ContentError::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn a_sha512_blob_is_verified_and_stored_under_its_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let d = sha512(b"hello");
+        assert_eq!(d.algorithm(), "sha512");
+        let mut w = cs.ingest().unwrap();
+        w.write(b"hello").unwrap();
+        w.commit(&d, Some(5)).unwrap();
+        assert_eq!(cs.read(&d).unwrap(), b"hello");
+        assert!(dir.path().join("blobs/sha512").join(d.hex()).is_file());
+    }
+
+    #[test]
+    fn a_sha512_blob_with_the_wrong_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let d = sha512(b"organization A's bytes");
+        for mut w in [cs.ingest().unwrap(), cs.ingest_for(&d).unwrap()] {
+            w.write(b"organization B's bytes").unwrap();
+            assert!(matches!(w.commit(&d, None), Err(ContentError::DigestMismatch { .. })));
+        }
+        assert!(!cs.contains(&d));
+        assert!(matches!(cs.put(&d, b"organization B's bytes"), Err(ContentError::DigestMismatch { .. })));
+        assert!(!cs.contains(&d));
+        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_ingest_for_one_algorithm_cannot_be_committed_under_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let mut w = cs.ingest_for(&sha256(b"x")).unwrap();
+        w.write(b"x").unwrap();
+        assert!(matches!(w.commit(&sha512(b"x"), None), Err(ContentError::NotHashed { .. })));
+        assert!(!cs.contains(&sha512(b"x")));
+    }
+
+    #[test]
+    fn a_stored_blob_is_never_replaced_by_a_later_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let d = sha512(b"first");
+        cs.put(&d, b"first").unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&cs.path(&d));
+        let mut w = cs.ingest().unwrap();
+        w.write(b"first").unwrap();
+        w.commit(&d, Some(5)).unwrap();
+        assert_eq!(inode(&cs.path(&d)), before, "the stored file is kept, not replaced");
+        assert_eq!(cs.read(&d).unwrap(), b"first");
+        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn put_checks_the_bytes_even_when_the_blob_is_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let d = sha256(b"manifest");
+        cs.put(&d, b"manifest").unwrap();
+        assert!(matches!(cs.put(&d, b"other"), Err(ContentError::DigestMismatch { .. })));
+        assert_eq!(cs.read(&d).unwrap(), b"manifest");
+        assert_eq!(cs.size(&d).unwrap(), 8);
     }
 }

@@ -14,6 +14,7 @@ use cove_types::Digest;
 
 use super::path::{self, Route};
 use super::service::{Caller, RegistryError};
+use super::upload::{Chunk, UploadError};
 use crate::state::AppState;
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -40,17 +41,29 @@ struct ErrorBody<'a> {
     detail: serde_json::Value,
 }
 
-/// The one mapping of a registry error to a response.
+/// The one mapping of a registry error to a response. The whole cause chain goes to the log
+/// (and, for the caller's own mistakes, into the message); a server-side failure shows the
+/// caller only a pointer to the log.
 fn error_response(e: RegistryError) -> Response {
     let (status, code) = e.code();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(error = %cove_types::error::chain(&e), "registry request failed");
-        "internal server error; see the server log".to_string()
-    } else {
-        cove_types::error::chain(&e)
+    let chain = cove_types::error::chain(&e);
+    let message = match status {
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::error!(status = status.as_u16(), code, error = %chain, "registry request failed");
+            "internal server error; see the server log".to_string()
+        }
+        // Probes: clients ask anonymously first and HEAD blobs to see what to upload.
+        StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => {
+            tracing::debug!(status = status.as_u16(), code, error = %chain, "registry request refused");
+            chain
+        }
+        _ => {
+            tracing::warn!(status = status.as_u16(), code, error = %chain, "registry request refused");
+            chain
+        }
     };
-    let body = Errors { errors: [ErrorBody { code, message, detail: serde_json::Value::Null }] };
+    let body = Errors { errors: [ErrorBody { code, message, detail: e.detail() }] };
     let mut resp = (status, axum::Json(body)).into_response();
     let h = resp.headers_mut();
     h.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
@@ -124,11 +137,27 @@ fn created_blob(name: &str, d: &Digest) -> Response {
     reply(StatusCode::CREATED, &h, Body::empty())
 }
 
-/// The first byte of a `Content-Range: <start>-<end>` (an optional `bytes ` prefix allowed).
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let v = v.trim().trim_start_matches("bytes").trim().trim_start_matches('=');
-    v.split('-').next()?.trim().parse().ok()
+/// What a chunk's `Content-Range` and `Content-Length` say; a `Content-Range` that is not
+/// text is malformed like one that does not parse.
+fn chunk(headers: &HeaderMap) -> Result<Chunk, RegistryError> {
+    let text = |h| headers.get(h).map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}"));
+    Chunk::from_headers(text(header::CONTENT_RANGE), text(header::CONTENT_LENGTH)).map_err(RegistryError::Upload)
+}
+
+/// An error answer for an upload, with the upload's `Location` and `Range` when the session
+/// is still there (a refused chunk tells the client where to resume).
+fn upload_error(e: RegistryError, name: &str, id: &str) -> Response {
+    let size = match &e {
+        RegistryError::Upload(UploadError::OutOfOrder { size, .. }) => Some(*size),
+        _ => None,
+    };
+    let mut r = error_response(e);
+    for (k, v) in size.map(|size| upload_headers(name, id, size)).into_iter().flatten() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
 }
 
 async fn handle(
@@ -226,25 +255,19 @@ async fn handle(
             Ok(reply(StatusCode::NO_CONTENT, &upload_headers(&name, &id, size), Body::empty()))
         }
         (Method::PATCH, Route::Upload(name, id)) => {
-            let start = content_range_start(headers);
-            match reg.upload_chunk(who, &name, &id, start, body.into_data_stream()).await {
+            let chunk = chunk(headers)?;
+            match reg.upload_chunk(who, &name, &id, chunk, body.into_data_stream()).await {
                 Ok(size) => Ok(reply(StatusCode::ACCEPTED, &upload_headers(&name, &id, size), Body::empty())),
-                Err(e @ RegistryError::Upload(super::upload::UploadError::OutOfOrder { size, .. })) => {
-                    let mut r = error_response(e);
-                    for (k, v) in upload_headers(&name, &id, size) {
-                        if let Ok(v) = HeaderValue::from_str(&v) {
-                            r.headers_mut().insert(k, v);
-                        }
-                    }
-                    Ok(r)
-                }
-                Err(e) => Err(e),
+                Err(e) => Ok(upload_error(e, &name, &id)),
             }
         }
         (Method::PUT, Route::Upload(name, id)) => {
             let d = digest_param(q)?;
-            reg.upload_finish(who, &name, &id, &d, body.into_data_stream()).await?;
-            Ok(created_blob(&name, &d))
+            let chunk = chunk(headers)?;
+            match reg.upload_finish(who, &name, &id, &d, chunk, body.into_data_stream()).await {
+                Ok(()) => Ok(created_blob(&name, &d)),
+                Err(e) => Ok(upload_error(e, &name, &id)),
+            }
         }
         (Method::DELETE, Route::Upload(name, id)) => {
             reg.upload_cancel(who, &name, &id).await?;

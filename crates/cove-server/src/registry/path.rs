@@ -46,8 +46,10 @@ pub enum PathError {
     /// The tag breaks the spec's grammar.
     #[error("invalid tag {0:?}: letters, digits, _ . - (at most 128, not starting with . or -)")]
     Tag(String),
-    /// The digest is malformed.
-    #[error("invalid digest {0:?}")]
+    /// The digest is malformed or of an unsupported algorithm.
+    #[error(
+        "invalid digest {0:?}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex> (no other algorithm is supported)"
+    )]
     Digest(String),
     /// The upload id is not one this server issues.
     #[error("invalid upload id {0:?}")]

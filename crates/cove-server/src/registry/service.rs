@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use cove_image::ImageStore;
-use cove_image::content::{ContentError, sha256};
+use cove_image::content::{ContentError, hash_like, sha256};
 use cove_image::oci;
 use cove_types::dto::RegistryPushAccessDto;
 use cove_types::{Digest, ErrorKind, ImageRef};
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::path::{PathError, Reference, valid_name, valid_tag};
 use super::repos::{RepoError, Repos};
 use super::token::{TOKEN_PREFIX, TOKEN_TTL, TokenError, TokenIssuer};
-use super::upload::{UploadError, Uploads};
+use super::upload::{Chunk, UploadError, Uploads};
 use crate::service::keys::{KeyError, KeyService};
 
 /// The largest manifest accepted.
@@ -133,6 +133,18 @@ pub enum RegistryError {
     /// A manifest that is not one this registry stores.
     #[error("invalid manifest: {0}")]
     ManifestInvalid(String),
+    /// A manifest descriptor whose `size` is not the size of the blob it names.
+    #[error("invalid manifest: {descriptor} declares {declared} bytes for {digest}, which has {actual}")]
+    DescriptorSize {
+        /// Which descriptor (`config`, `layers[2]`, `manifests[0]`).
+        descriptor: String,
+        /// The blob it names.
+        digest: Digest,
+        /// Its `size`.
+        declared: u64,
+        /// The stored blob's size.
+        actual: u64,
+    },
     /// A manifest referencing a blob or child manifest the repository lacks.
     #[error("manifest references {digest}, which is not in repository {name}")]
     ManifestBlobUnknown {
@@ -187,16 +199,31 @@ impl RegistryError {
             Self::BlobUnknown { .. } => (404, "BLOB_UNKNOWN"),
             Self::ManifestUnknown { .. } => (404, "MANIFEST_UNKNOWN"),
             Self::Upload(UploadError::Unknown { .. }) => (404, "BLOB_UPLOAD_UNKNOWN"),
-            Self::Upload(UploadError::OutOfOrder { .. }) => (416, "BLOB_UPLOAD_INVALID"),
-            Self::Upload(UploadError::Body(_)) => (400, "BLOB_UPLOAD_INVALID"),
+            Self::Upload(UploadError::OutOfOrder { .. } | UploadError::RangeLength { .. }) => {
+                (416, "BLOB_UPLOAD_INVALID")
+            }
+            Self::Upload(UploadError::BadRange(_) | UploadError::Body(_)) => (400, "BLOB_UPLOAD_INVALID"),
             Self::Upload(UploadError::Content(ContentError::DigestMismatch { .. })) => (400, "DIGEST_INVALID"),
             Self::Upload(UploadError::Content(ContentError::SizeMismatch { .. })) => (400, "SIZE_INVALID"),
-            Self::Upload(UploadError::Content(_)) => (500, "UNKNOWN"),
+            Self::Upload(UploadError::Content(_) | UploadError::Task(_)) => (500, "UNKNOWN"),
             Self::DigestMissing | Self::ManifestDigest { .. } => (400, "DIGEST_INVALID"),
-            Self::ManifestInvalid(_) => (400, "MANIFEST_INVALID"),
+            Self::ManifestInvalid(_) | Self::DescriptorSize { .. } => (400, "MANIFEST_INVALID"),
             Self::ManifestBlobUnknown { .. } => (400, "MANIFEST_BLOB_UNKNOWN"),
             Self::Metadata(_) | Self::Content { .. } | Self::Read { .. } => (500, "UNKNOWN"),
             Self::Unsupported(_) => (405, "UNSUPPORTED"),
+        }
+    }
+
+    /// The `detail` of the spec's error body: what a client needs to find the culprit.
+    pub fn detail(&self) -> serde_json::Value {
+        match self {
+            Self::DescriptorSize { descriptor, digest, declared, actual } => serde_json::json!({
+                "descriptor": descriptor, "digest": digest, "declaredSize": declared, "actualSize": actual,
+            }),
+            Self::Upload(UploadError::OutOfOrder { start, size }) => {
+                serde_json::json!({ "rangeStart": start, "uploadSize": size })
+            }
+            _ => serde_json::Value::Null,
         }
     }
 
@@ -232,6 +259,10 @@ struct Doc {
 #[derive(Debug, Deserialize)]
 struct Desc {
     digest: String,
+    /// Checked when a manifest is pushed; kept loose here so that reading stored manifests
+    /// (GC roots, snapshots) never fails on it.
+    #[serde(default)]
+    size: Option<serde_json::Value>,
     /// Foreign (non-distributable) layers live elsewhere and need not be pushed.
     #[serde(default)]
     urls: Vec<String>,
@@ -386,7 +417,7 @@ impl RegistryService {
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check(caller, name, Access::Push)?;
         self.linked_while(name, d, self.inner.uploads.put_whole(d, body)).await
@@ -398,40 +429,43 @@ impl RegistryService {
         self.inner.uploads.status(name, id).await.map_err(RegistryError::Upload)
     }
 
-    /// Appends a chunk; returns the new size.
+    /// Appends a chunk (refused unless its `Content-Range`, when given, continues the
+    /// upload exactly); returns the new size.
     pub async fn upload_chunk<S, B, E>(
         &self,
         caller: &Caller,
         name: &str,
         id: &str,
-        start: Option<u64>,
+        chunk: Chunk,
         body: S,
     ) -> Result<u64, RegistryError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check(caller, name, Access::Push)?;
-        self.inner.uploads.append(name, id, start, body).await.map_err(RegistryError::Upload)
+        self.inner.uploads.append(name, id, chunk, body).await.map_err(RegistryError::Upload)
     }
 
-    /// Completes an upload with its last chunk and links the verified blob.
+    /// Completes an upload with its last chunk (its range checked like a `PATCH`'s) and links
+    /// the verified blob.
     pub async fn upload_finish<S, B, E>(
         &self,
         caller: &Caller,
         name: &str,
         id: &str,
         d: &Digest,
+        chunk: Chunk,
         body: S,
     ) -> Result<(), RegistryError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check(caller, name, Access::Push)?;
-        self.linked_while(name, d, self.inner.uploads.finish(name, id, d, body)).await
+        self.linked_while(name, d, self.inner.uploads.finish(name, id, d, chunk, body)).await
     }
 
     /// Links `d` before the upload commits it, so a garbage collection in between keeps it;
@@ -465,7 +499,8 @@ impl RegistryService {
     }
 
     /// Stores a manifest or index after checking that everything it references is in the
-    /// repository; tags it when `reference` is a tag. Returns its digest.
+    /// repository with the size its descriptor declares; tags it when `reference` is a tag.
+    /// Returns its digest (sha256, or the algorithm of a digest `reference`).
     pub fn put_manifest(
         &self,
         caller: &Caller,
@@ -478,7 +513,10 @@ impl RegistryService {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::ManifestInvalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
         }
-        let digest = sha256(bytes);
+        let digest = match reference {
+            Reference::Digest(d) => hash_like(d, bytes),
+            Reference::Tag(_) => sha256(bytes),
+        };
         if let Reference::Digest(expected) = reference
             && expected != &digest
         {
@@ -490,19 +528,26 @@ impl RegistryService {
         let repos = &self.inner.repos;
         let missing = |d: Digest| RegistryError::ManifestBlobUnknown { name: name.to_string(), digest: d };
         if is_index(&media_type) {
-            for child in doc.manifests.iter().flatten() {
+            for (i, child) in doc.manifests.iter().flatten().enumerate() {
                 let d = parse_ref_digest(&child.digest)?;
                 if repos.manifest_media_type(name, &d).is_none() {
                     return Err(missing(d));
                 }
+                self.check_size(&format!("manifests[{i}]"), child, &d)?;
             }
         } else {
             let config = doc.config.as_ref().ok_or_else(|| RegistryError::ManifestInvalid("no config".into()))?;
-            for desc in std::iter::once(config).chain(doc.layers.iter().flatten()) {
+            let layers = doc.layers.iter().flatten().enumerate().map(|(i, l)| (format!("layers[{i}]"), l));
+            for (field, desc) in std::iter::once(("config".to_string(), config)).chain(layers) {
                 let d = parse_ref_digest(&desc.digest)?;
-                if desc.urls.is_empty() && !self.blob_readable(name, &d) {
-                    return Err(missing(d));
+                if !self.blob_readable(name, &d) {
+                    // Foreign (non-distributable) layers live elsewhere.
+                    if desc.urls.is_empty() {
+                        return Err(missing(d));
+                    }
+                    continue;
                 }
+                self.check_size(&field, desc, &d)?;
             }
         }
         self.content().put(&digest, bytes).map_err(|source| RegistryError::Content { op: "store manifest", source })?;
@@ -512,6 +557,29 @@ impl RegistryService {
         }
         tracing::info!(repository = %name, reference = %reference, digest = %digest, media_type = %media_type, "manifest pushed");
         Ok(digest)
+    }
+
+    /// Checks that descriptor `field` declares the size of the stored blob `d`.
+    fn check_size(&self, field: &str, desc: &Desc, d: &Digest) -> Result<(), RegistryError> {
+        let declared = desc
+            .size
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| RegistryError::ManifestInvalid(format!("{field} ({d}) has no valid size")))?;
+        let actual = self.content().size(d).map_err(|source| RegistryError::Read {
+            op: "read the size of blob",
+            digest: d.clone(),
+            source,
+        })?;
+        if declared != actual {
+            return Err(RegistryError::DescriptorSize {
+                descriptor: field.to_string(),
+                digest: d.clone(),
+                declared,
+                actual,
+            });
+        }
+        Ok(())
     }
 
     /// A manifest by tag or digest.
@@ -717,5 +785,139 @@ mod tests {
     fn the_registry_host_is_the_public_urls_authority() {
         assert_eq!(host_port("http://127.0.0.1:3000"), "127.0.0.1:3000");
         assert_eq!(host_port("https://Cove.Example/api"), "cove.example");
+    }
+
+    type Item = Result<Vec<u8>, std::convert::Infallible>;
+
+    fn body(bytes: &[u8]) -> futures_util::stream::Iter<std::vec::IntoIter<Item>> {
+        futures_util::stream::iter(vec![Ok(bytes.to_vec())])
+    }
+
+    async fn registry() -> (tempfile::TempDir, RegistryService) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("cove.db")).await.unwrap();
+        let keys = KeyService::open(Arc::new(store), dir.path()).unwrap();
+        let images = Arc::new(ImageStore::open(dir.path(), Default::default()).unwrap());
+        let reg = RegistryService::open(dir.path(), images, keys, "http://127.0.0.1:2").unwrap();
+        (dir, reg)
+    }
+
+    fn org(id: &str) -> Caller {
+        Caller { org_id: id.into() }
+    }
+
+    async fn read_blob(reg: &RegistryService, caller: &Caller, name: &str, d: &Digest) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let (mut f, _) = reg.open_blob(caller, name, d).await.unwrap();
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// Pushes a config and one layer; returns a manifest for them with the layer's `size`.
+    async fn manifest_declaring(reg: &RegistryService, who: &Caller, name: &str, layer: &[u8], size: u64) -> Vec<u8> {
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let (cd, ld) = (sha256(config), sha256(layer));
+        reg.upload_whole(who, name, &cd, body(config)).await.unwrap();
+        reg.upload_whole(who, name, &ld, body(layer)).await.unwrap();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": oci::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": size}],
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn another_organization_cannot_overwrite_a_sha512_blob() {
+        let (_d, reg) = registry().await;
+        let (a, b) = (org("orga"), org("orgb"));
+        let d = cove_image::content::sha512(b"organization A's layer");
+        reg.upload_whole(&a, "orga/app", &d, body(b"organization A's layer")).await.unwrap();
+        let e = reg.upload_whole(&b, "orgb/app", &d, body(b"organization B's layer")).await.unwrap_err();
+        assert_eq!(e.code(), (400, "DIGEST_INVALID"), "{e}");
+        let id = reg.start_upload(&b, "orgb/app").unwrap();
+        let e = reg.upload_finish(&b, "orgb/app", &id, &d, Chunk::default(), body(b"organization B's layer")).await;
+        assert_eq!(e.unwrap_err().code(), (400, "DIGEST_INVALID"));
+        assert_eq!(read_blob(&reg, &a, "orga/app", &d).await, b"organization A's layer");
+        assert!(matches!(reg.open_blob(&b, "orgb/app", &d).await, Err(RegistryError::BlobUnknown { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_final_put_whose_range_leaves_a_gap_is_refused_with_416_and_nothing_is_committed() {
+        let (_d, reg) = registry().await;
+        let who = org("o");
+        let id = reg.start_upload(&who, "o/app").unwrap();
+        reg.upload_chunk(&who, "o/app", &id, Chunk { range: Some((0, 2)), length: Some(3) }, body(b"abc"))
+            .await
+            .unwrap();
+        let d = sha256(b"abcxyz");
+        let gap = Chunk { range: Some((6, 8)), length: Some(3) };
+        let e = reg.upload_finish(&who, "o/app", &id, &d, gap, body(b"xyz")).await.unwrap_err();
+        assert_eq!(e.code(), (416, "BLOB_UPLOAD_INVALID"), "{e}");
+        assert!(!reg.content().contains(&d));
+        assert!(matches!(reg.open_blob(&who, "o/app", &d).await, Err(RegistryError::BlobUnknown { .. })));
+        assert_eq!(reg.upload_status(&who, "o/app", &id).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_whose_layer_size_lies_is_refused_naming_the_descriptor() {
+        let (_d, reg) = registry().await;
+        let who = org("o");
+        let layer = vec![7u8; 1 << 20];
+        let m = manifest_declaring(&reg, &who, "o/app", &layer, 100).await;
+        let tag = Reference::Tag("1.0".into());
+        let e = reg.put_manifest(&who, "o/app", &tag, Some(oci::OCI_MANIFEST), &m).unwrap_err();
+        assert_eq!(e.code(), (400, "MANIFEST_INVALID"));
+        assert!(e.to_string().contains("layers[0] declares 100 bytes"), "{e}");
+        assert_eq!(e.detail()["actualSize"], 1 << 20);
+        assert!(reg.manifest(&who, "o/app", &tag).is_err(), "nothing was tagged");
+        assert!(!reg.content().contains(&sha256(&m)));
+
+        let honest = manifest_declaring(&reg, &who, "o/app", &layer, layer.len() as u64).await;
+        reg.put_manifest(&who, "o/app", &tag, Some(oci::OCI_MANIFEST), &honest).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_without_a_size_and_an_index_child_with_a_wrong_one_are_refused() {
+        let (_d, reg) = registry().await;
+        let who = org("o");
+        let layer = b"layer";
+        let m = manifest_declaring(&reg, &who, "o/app", layer, 5).await;
+        let mut unsized_: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        unsized_["config"].as_object_mut().unwrap().remove("size");
+        let bytes = serde_json::to_vec(&unsized_).unwrap();
+        let e = reg.put_manifest(&who, "o/app", &Reference::Tag("a".into()), None, &bytes).unwrap_err();
+        assert_eq!(e.code(), (400, "MANIFEST_INVALID"));
+        assert!(e.to_string().contains("config"), "{e}");
+
+        let md = reg.put_manifest(&who, "o/app", &Reference::Tag("b".into()), None, &m).unwrap();
+        let index = |size: usize| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": oci::OCI_INDEX,
+                "manifests": [{"mediaType": oci::OCI_MANIFEST, "digest": md, "size": size,
+                               "platform": {"os": "linux", "architecture": "amd64"}}],
+            }))
+            .unwrap()
+        };
+        let e = reg.put_manifest(&who, "o/app", &Reference::Tag("i".into()), None, &index(1)).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::DescriptorSize { ref descriptor, .. } if descriptor == "manifests[0]"),
+            "{e}"
+        );
+        reg.put_manifest(&who, "o/app", &Reference::Tag("i".into()), None, &index(m.len())).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_manifest_pushed_by_a_sha512_digest_is_verified_and_stored_under_it() {
+        let (_d, reg) = registry().await;
+        let who = org("o");
+        let m = manifest_declaring(&reg, &who, "o/app", b"layer", 5).await;
+        let d = cove_image::content::sha512(&m);
+        assert_eq!(reg.put_manifest(&who, "o/app", &Reference::Digest(d.clone()), None, &m).unwrap(), d);
+        assert_eq!(reg.manifest(&who, "o/app", &Reference::Digest(d.clone())).unwrap().bytes, m);
+        let other = cove_image::content::sha512(b"something else");
+        let e = reg.put_manifest(&who, "o/app", &Reference::Digest(other), None, &m).unwrap_err();
+        assert_eq!(e.code(), (400, "DIGEST_INVALID"));
     }
 }

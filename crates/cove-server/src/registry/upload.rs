@@ -1,8 +1,11 @@
-//! Blob upload sessions: `POST` starts one, `PATCH` appends a chunk (its `Content-Range`, when
-//! given, must start where the upload stands), `PUT ?digest=` appends the last chunk and
-//! commits, `DELETE` cancels. The bytes stream into a content-store [`Ingest`] (a file under
-//! `<data-dir>/ingest/`) that hashes as it writes, so completing checks the digest without
-//! reading the data again, and the blob appears in the store only once verified. Sessions
+//! Blob upload sessions: `POST` starts one, `PATCH` appends a chunk, `PUT ?digest=` appends the
+//! last chunk and commits, `DELETE` cancels. A chunk's `Content-Range`, when given (on a
+//! `PATCH` or the final `PUT`), must start exactly where the upload stands and cover exactly
+//! the bytes sent: a gap or an overlap is refused before a byte is written. The bytes stream
+//! into a content-store [`Ingest`] (a file under `<data-dir>/ingest/`) that hashes every
+//! supported algorithm as it writes (the digest, sha256 or sha512, arrives with the last
+//! request), so completing checks the digest without reading the data again, and the blob
+//! appears in the store only once verified. Sessions
 //! live in memory: a restart loses uploads in progress (clients start over, as they do after
 //! any `BLOB_UPLOAD_UNKNOWN`), and sessions idle for [`IDLE_EXPIRY`] are dropped.
 
@@ -44,7 +47,7 @@ pub enum UploadError {
         /// Upload id.
         id: String,
     },
-    /// A chunk did not start where the upload stands.
+    /// A chunk did not start where the upload stands (a gap or an overlap).
     #[error("chunk starts at byte {start} but the upload has {size} bytes")]
     OutOfOrder {
         /// Where the chunk claimed to start.
@@ -52,12 +55,84 @@ pub enum UploadError {
         /// Bytes received so far.
         size: u64,
     },
+    /// A `Content-Range` that does not describe the chunk's bytes.
+    #[error("Content-Range {start}-{end} does not cover the {length} bytes of the chunk")]
+    RangeLength {
+        /// First byte of the range.
+        start: u64,
+        /// Last byte of the range (inclusive).
+        end: u64,
+        /// Bytes in the chunk (its `Content-Length`, or what arrived).
+        length: u64,
+    },
+    /// A `Content-Range` that cannot be parsed.
+    #[error("malformed Content-Range {0:?}: expected <start>-<end>")]
+    BadRange(String),
     /// Reading the request body failed.
-    #[error("read the upload body: {0}")]
-    Body(String),
+    #[error("read the upload body")]
+    Body(#[source] BoxError),
+    /// The blocking commit task did not finish.
+    #[error("commit task")]
+    Task(#[source] tokio::task::JoinError),
     /// Writing or committing the blob failed (digest or size mismatches included).
     #[error("store the uploaded blob")]
     Content(#[source] ContentError),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a chunk says it goes: its `Content-Range` (first and last byte, inclusive) and its
+/// `Content-Length`, each when the client sent it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// `(start, end)` of the `Content-Range`.
+    pub range: Option<(u64, u64)>,
+    /// The `Content-Length`.
+    pub length: Option<u64>,
+}
+
+impl Chunk {
+    /// From the request's headers. `Content-Range: [bytes[ =]]<start>-<end>[/<total>]`.
+    pub fn from_headers(content_range: Option<&str>, content_length: Option<&str>) -> Result<Chunk, UploadError> {
+        let range = content_range
+            .map(|raw| {
+                let bad = || UploadError::BadRange(raw.to_string());
+                let v = raw.trim();
+                let v = v.strip_prefix("bytes").unwrap_or(v).trim_start().trim_start_matches('=').trim();
+                let v = v.split('/').next().unwrap_or_default();
+                let (a, b) = v.split_once('-').ok_or_else(bad)?;
+                let start = a.trim().parse::<u64>().map_err(|_| bad())?;
+                let end = b.trim().parse::<u64>().map_err(|_| bad())?;
+                Ok::<_, UploadError>((start, end))
+            })
+            .transpose()?;
+        let length = content_length.and_then(|l| l.trim().parse().ok());
+        Ok(Chunk { range, length })
+    }
+
+    /// Checks, before anything is written, that the chunk continues an upload of `size`
+    /// bytes and that its range and length agree.
+    fn check(&self, size: u64) -> Result<(), UploadError> {
+        let Some((start, end)) = self.range else { return Ok(()) };
+        if start != size {
+            return Err(UploadError::OutOfOrder { start, size });
+        }
+        match (covered(start, end), self.length) {
+            (None, length) => Err(UploadError::RangeLength { start, end, length: length.unwrap_or(0) }),
+            (Some(n), Some(length)) if n != length => Err(UploadError::RangeLength { start, end, length }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After writing: the bytes that arrived must be what the range announced.
+    fn check_written(&self, written: u64) -> Result<(), UploadError> {
+        match self.range {
+            Some((start, end)) if covered(start, end) != Some(written) => {
+                Err(UploadError::RangeLength { start, end, length: written })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Uploads {
@@ -101,40 +176,55 @@ impl Uploads {
         Ok(ingest.size())
     }
 
-    /// Appends a chunk. `start` is the first byte of a `Content-Range`, when the client sent
-    /// one. Returns the upload's size after the chunk.
-    pub async fn append<S, B, E>(&self, repo: &str, id: &str, start: Option<u64>, body: S) -> Result<u64, UploadError>
+    /// Appends a chunk whose headers say `chunk`. Returns the upload's size after it. A chunk
+    /// refused by its range changes nothing; one whose bytes turn out to differ from its range
+    /// ends the session (what it holds is no longer what the client thinks).
+    pub async fn append<S, B, E>(&self, repo: &str, id: &str, chunk: Chunk, body: S) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<BoxError>,
     {
         let s = self.session(id)?;
         let mut s = s.lock().await;
         let ingest = live(&mut s, repo, id)?;
-        if let Some(start) = start
-            && start != ingest.size()
-        {
-            return Err(UploadError::OutOfOrder { start, size: ingest.size() });
+        chunk.check(ingest.size())?;
+        let before = ingest.size();
+        let size = write_body(ingest, body).await?;
+        if let Err(e) = chunk.check_written(size - before) {
+            s.ingest = None;
+            self.map().remove(id);
+            return Err(e);
         }
-        write_body(ingest, body).await
+        Ok(size)
     }
 
-    /// Appends the last chunk (possibly empty), then verifies the digest and commits the
-    /// blob into the content store. The session ends either way, except for a body that
-    /// could not be read (the client may retry the `PUT`).
-    pub async fn finish<S, B, E>(&self, repo: &str, id: &str, digest: &Digest, body: S) -> Result<u64, UploadError>
+    /// Appends the last chunk (possibly empty; its range checked like a `PATCH`'s), then
+    /// verifies the digest and commits the blob into the content store. A chunk refused by
+    /// its range leaves the session as it was and a body that broke off keeps it (its status
+    /// says what arrived), so the client may retry; otherwise the session ends either way.
+    pub async fn finish<S, B, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        chunk: Chunk,
+        body: S,
+    ) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<BoxError>,
     {
         let s = self.session(id)?;
         let mut s = s.lock().await;
         let ingest = live(&mut s, repo, id)?;
+        chunk.check(ingest.size())?;
+        let before = ingest.size();
         let size = write_body(ingest, body).await?;
         let ingest = s.ingest.take().expect("checked live above");
         self.map().remove(id);
+        chunk.check_written(size - before)?;
         commit(ingest, digest).await?;
         Ok(size)
     }
@@ -154,13 +244,19 @@ impl Uploads {
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<BoxError>,
     {
-        let mut ingest = self.content.ingest().map_err(UploadError::Content)?;
+        let mut ingest = self.content.ingest_for(digest).map_err(UploadError::Content)?;
         let size = write_body(&mut ingest, body).await?;
         commit(ingest, digest).await?;
         Ok(size)
     }
+}
+
+/// The number of bytes `start..=end` covers (`end = start - 1` is an empty chunk); `None`
+/// for a range that ends before it starts.
+fn covered(start: u64, end: u64) -> Option<u64> {
+    end.checked_add(1)?.checked_sub(start)
 }
 
 /// The session's ingest, if it belongs to `repo` and is still open.
@@ -176,10 +272,10 @@ async fn write_body<S, B, E>(ingest: &mut Ingest, mut body: S) -> Result<u64, Up
 where
     S: Stream<Item = Result<B, E>> + Unpin,
     B: AsRef<[u8]>,
-    E: std::fmt::Display,
+    E: Into<BoxError>,
 {
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+        let chunk = chunk.map_err(|e| UploadError::Body(e.into()))?;
         ingest.write(chunk.as_ref()).map_err(UploadError::Content)?;
     }
     Ok(ingest.size())
@@ -190,18 +286,19 @@ async fn commit(ingest: Ingest, digest: &Digest) -> Result<(), UploadError> {
     let digest = digest.clone();
     tokio::task::spawn_blocking(move || ingest.commit(&digest, None))
         .await
-        .map_err(|e| UploadError::Body(format!("commit task failed: {e}")))?
+        .map_err(UploadError::Task)?
         .map_err(UploadError::Content)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cove_image::content::{sha256, sha512};
 
-    type Chunk = Result<Vec<u8>, std::convert::Infallible>;
+    type Item = Result<Vec<u8>, std::convert::Infallible>;
 
-    fn body(parts: &[&[u8]]) -> futures_util::stream::Iter<std::vec::IntoIter<Chunk>> {
-        futures_util::stream::iter(parts.iter().map(|p| Ok(p.to_vec())).collect::<Vec<Chunk>>())
+    fn body(parts: &[&[u8]]) -> futures_util::stream::Iter<std::vec::IntoIter<Item>> {
+        futures_util::stream::iter(parts.iter().map(|p| Ok(p.to_vec())).collect::<Vec<Item>>())
     }
 
     fn uploads() -> (tempfile::TempDir, ContentStore, Uploads) {
@@ -210,15 +307,20 @@ mod tests {
         (dir, cs.clone(), Uploads::new(cs))
     }
 
+    /// A chunk with `Content-Range: start-end` and no `Content-Length`.
+    fn at(start: u64, end: u64) -> Chunk {
+        Chunk { range: Some((start, end)), length: None }
+    }
+
     #[tokio::test]
     async fn chunks_in_order_then_put_commit_a_verified_blob() {
         let (_d, cs, up) = uploads();
         let id = up.start("o/r").unwrap();
-        assert_eq!(up.append("o/r", &id, Some(0), body(&[b"hel", b"lo "])).await.unwrap(), 6);
+        assert_eq!(up.append("o/r", &id, at(0, 5), body(&[b"hel", b"lo "])).await.unwrap(), 6);
         assert_eq!(up.status("o/r", &id).await.unwrap(), 6);
-        assert_eq!(up.append("o/r", &id, None, body(&[b"wor"])).await.unwrap(), 9);
-        let d = cove_image::content::sha256(b"hello world");
-        assert_eq!(up.finish("o/r", &id, &d, body(&[b"ld"])).await.unwrap(), 11);
+        assert_eq!(up.append("o/r", &id, Chunk::default(), body(&[b"wor"])).await.unwrap(), 9);
+        let d = sha256(b"hello world");
+        assert_eq!(up.finish("o/r", &id, &d, at(9, 10), body(&[b"ld"])).await.unwrap(), 11);
         assert_eq!(cs.read(&d).unwrap(), b"hello world");
         assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })), "finished sessions end");
     }
@@ -227,20 +329,98 @@ mod tests {
     async fn a_chunk_that_does_not_continue_the_upload_is_refused_and_changes_nothing() {
         let (_d, _cs, up) = uploads();
         let id = up.start("o/r").unwrap();
-        up.append("o/r", &id, Some(0), body(&[b"abc"])).await.unwrap();
-        let e = up.append("o/r", &id, Some(5), body(&[b"xyz"])).await.unwrap_err();
-        assert!(matches!(e, UploadError::OutOfOrder { start: 5, size: 3 }));
+        up.append("o/r", &id, at(0, 2), body(&[b"abc"])).await.unwrap();
+        let e = up.append("o/r", &id, at(5, 7), body(&[b"xyz"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::OutOfOrder { start: 5, size: 3 }), "a gap: {e:?}");
+        let e = up.append("o/r", &id, at(1, 3), body(&[b"xyz"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::OutOfOrder { start: 1, size: 3 }), "an overlap: {e:?}");
         assert_eq!(up.status("o/r", &id).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_final_put_whose_range_skips_a_chunk_is_refused_and_commits_nothing() {
+        let (_d, cs, up) = uploads();
+        let id = up.start("o/r").unwrap();
+        up.append("o/r", &id, at(0, 2), body(&[b"abc"])).await.unwrap();
+        // The digest matches what was actually sent, so only the range can stop it.
+        let d = sha256(b"abcxyz");
+        let e = up.finish("o/r", &id, &d, at(6, 8), body(&[b"xyz"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::OutOfOrder { start: 6, size: 3 }), "{e:?}");
+        assert!(!cs.contains(&d));
+        assert_eq!(up.status("o/r", &id).await.unwrap(), 3, "the session is left as it was");
+        up.finish("o/r", &id, &d, at(3, 5), body(&[b"xyz"])).await.unwrap();
+        assert_eq!(cs.read(&d).unwrap(), b"abcxyz");
+    }
+
+    #[tokio::test]
+    async fn a_range_that_disagrees_with_the_content_length_is_refused_before_writing() {
+        let (_d, _cs, up) = uploads();
+        let id = up.start("o/r").unwrap();
+        let chunk = Chunk { range: Some((0, 9)), length: Some(3) };
+        let e = up.append("o/r", &id, chunk, body(&[b"abc"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::RangeLength { start: 0, end: 9, length: 3 }), "{e:?}");
+        assert_eq!(up.status("o/r", &id).await.unwrap(), 0);
+        let one = Chunk { range: Some((0, 0)), length: Some(1) };
+        assert_eq!(up.append("o/r", &id, one, body(&[b"a"])).await.unwrap(), 1);
+        let empty = Chunk { range: Some((1, 0)), length: Some(0) };
+        assert_eq!(up.append("o/r", &id, empty, body(&[])).await.unwrap(), 1, "start-1 is an empty range");
+        let backwards = Chunk { range: Some((3, 0)), length: None };
+        assert!(matches!(backwards.check(3), Err(UploadError::RangeLength { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_whose_bytes_differ_from_its_range_ends_the_upload() {
+        let (_d, _cs, up) = uploads();
+        let id = up.start("o/r").unwrap();
+        let e = up.append("o/r", &id, at(0, 9), body(&[b"abc"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::RangeLength { start: 0, end: 9, length: 3 }), "{e:?}");
+        assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })));
+    }
+
+    #[test]
+    fn content_ranges_parse_with_or_without_a_unit_and_malformed_ones_are_refused() {
+        for v in ["0-99", "bytes 0-99", "bytes=0-99", "bytes 0-99/100", " 0 - 99 "] {
+            assert_eq!(
+                Chunk::from_headers(Some(v), Some("100")).unwrap(),
+                Chunk { range: Some((0, 99)), length: Some(100) },
+                "{v}"
+            );
+        }
+        assert_eq!(Chunk::from_headers(None, None).unwrap(), Chunk::default());
+        for v in ["", "0", "a-b", "-5", "5-", "bytes */100"] {
+            assert!(matches!(Chunk::from_headers(Some(v), None), Err(UploadError::BadRange(_))), "{v}");
+        }
     }
 
     #[tokio::test]
     async fn a_wrong_digest_is_refused_and_nothing_is_stored() {
         let (_d, cs, up) = uploads();
         let id = up.start("o/r").unwrap();
-        let d = cove_image::content::sha256(b"expected");
-        let e = up.finish("o/r", &id, &d, body(&[b"tampered"])).await.unwrap_err();
+        let d = sha256(b"expected");
+        let e = up.finish("o/r", &id, &d, Chunk::default(), body(&[b"tampered"])).await.unwrap_err();
         assert!(matches!(e, UploadError::Content(ContentError::DigestMismatch { .. })));
         assert!(!cs.contains(&d));
+    }
+
+    #[tokio::test]
+    async fn a_sha512_upload_is_verified_chunked_or_whole() {
+        let (_d, cs, up) = uploads();
+        let theirs = sha512(b"organization A's layer");
+        for whole in [false, true] {
+            let e = if whole {
+                up.put_whole(&theirs, body(&[b"organization B's layer"])).await.unwrap_err()
+            } else {
+                let id = up.start("o/r").unwrap();
+                up.append("o/r", &id, Chunk::default(), body(&[b"organization B's"])).await.unwrap();
+                up.finish("o/r", &id, &theirs, Chunk::default(), body(&[b" layer"])).await.unwrap_err()
+            };
+            assert!(matches!(e, UploadError::Content(ContentError::DigestMismatch { .. })), "{e:?}");
+            assert!(!cs.contains(&theirs));
+        }
+        let id = up.start("o/r").unwrap();
+        up.append("o/r", &id, at(0, 13), body(&[b"organization A"])).await.unwrap();
+        up.finish("o/r", &id, &theirs, Chunk::default(), body(&[b"'s layer"])).await.unwrap();
+        assert_eq!(cs.read(&theirs).unwrap(), b"organization A's layer");
     }
 
     #[tokio::test]
@@ -256,10 +436,10 @@ mod tests {
     #[tokio::test]
     async fn a_monolithic_upload_is_verified_like_a_chunked_one() {
         let (_d, cs, up) = uploads();
-        let d = cove_image::content::sha256(b"blob");
+        let d = sha256(b"blob");
         assert_eq!(up.put_whole(&d, body(&[b"bl", b"ob"])).await.unwrap(), 4);
         assert!(cs.contains(&d));
-        let bad = cove_image::content::sha256(b"other");
+        let bad = sha256(b"other");
         assert!(up.put_whole(&bad, body(&[b"blob"])).await.is_err());
     }
 }
