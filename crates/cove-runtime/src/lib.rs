@@ -12,6 +12,7 @@
 
 mod cgroup;
 mod cmd;
+pub mod copytree;
 pub mod disk;
 pub mod net;
 pub mod oci;
