@@ -17,6 +17,14 @@ use crate::unpack::{self, UnpackError};
 const COMPLETE_MARKER: &str = ".complete";
 /// Layers downloaded at once per pull.
 const PARALLEL_LAYERS: usize = 3;
+/// How many times its compressed layers an image may unpack to, unless set otherwise. Real
+/// layers expand 2 to 5 times (text-heavy ones up to about 10); gzip of zeros expands about
+/// 1000 times and zstd far more. 100 leaves real images ten times the room they need and
+/// cuts a bomb to a tenth of what gzip alone allows (a 2 MiB layer: 200 MiB, not 2 GiB).
+pub const DEFAULT_MAX_UNPACK_RATIO: u64 = 100;
+/// The ratio never limits an image below this: a tiny image with one compressible file
+/// (a zero-filled database page, a log) is no bomb, and this much is cheap.
+pub const MIN_RATIO_LIMIT: u64 = 64 << 20;
 
 /// What a snapshot needs to know about an unpacked image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +117,21 @@ pub enum PullError {
         #[source]
         source: Box<UnpackError>,
     },
+    /// An image that is already unpacked is larger than the caller allows (a snapshot's or
+    /// build's disk size). Images being unpacked fail with [`UnpackError::TooLarge`] instead.
+    #[error(
+        "image {image} unpacks to {}, past its size limit of {} (the disk size it is pulled for)",
+        unpack::Bytes(*size),
+        unpack::Bytes(*limit)
+    )]
+    TooLarge {
+        /// The image.
+        image: String,
+        /// Its unpacked size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Local disk trouble.
     #[error("{op} {path}: {source}")]
     Io {
@@ -167,7 +190,7 @@ impl PullError {
                     _ => 2,
                 })
                 .unwrap_or(K::Unavailable),
-            Self::WrongPlatform { .. } | Self::InvalidImage { .. } => K::InvalidArgument,
+            Self::WrongPlatform { .. } | Self::InvalidImage { .. } | Self::TooLarge { .. } => K::InvalidArgument,
             Self::Download { source, .. } => source.kind(),
             Self::Unpack { .. } => K::InvalidArgument,
             Self::MissingBlob { .. } => K::FailedPrecondition,
@@ -220,6 +243,8 @@ pub struct ImageStore {
     /// Pulls hold it shared; garbage collection holds it exclusively.
     gc_lock: tokio::sync::RwLock<()>,
     leases: LeaseMap,
+    /// Images may unpack to this many times their compressed layers (0: no such limit).
+    max_unpack_ratio: u64,
 }
 
 impl ImageStore {
@@ -245,7 +270,15 @@ impl ImageStore {
             locks: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
             leases: Arc::default(),
+            max_unpack_ratio: DEFAULT_MAX_UNPACK_RATIO,
         })
+    }
+
+    /// Images may unpack to at most `ratio` times the size of their compressed layers (but
+    /// always to [`MIN_RATIO_LIMIT`]); 0 removes this limit, leaving the disk size.
+    pub fn with_max_unpack_ratio(mut self, ratio: u64) -> Self {
+        self.max_unpack_ratio = ratio;
+        self
     }
 
     /// The content store.
@@ -273,16 +306,30 @@ impl ImageStore {
     }
 
     /// Pulls `image` (mirrors first), downloads missing blobs, and unpacks the linux/amd64
-    /// root filesystem unless it already exists.
-    #[tracing::instrument(skip_all, fields(image = %image))]
-    pub async fn pull(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<Pulled, PullError> {
+    /// root filesystem unless it already exists. The root filesystem may take at most
+    /// `max_unpacked_bytes` (the disk size it is pulled for) and the store's ratio times the
+    /// compressed layers; past either, the unpack stops, its staging directory is removed
+    /// and the error names the limit.
+    #[tracing::instrument(skip_all, fields(image = %image, max_unpacked_bytes))]
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+        max_unpacked_bytes: u64,
+    ) -> Result<Pulled, PullError> {
         let _gc = self.gc_lock.read().await;
-        let record = self.pull_locked(image, creds).await?;
+        let record = self.pull_locked(image, creds, max_unpacked_bytes).await?;
+        check_size(&image.to_string(), &record, max_unpacked_bytes)?;
         let lease = self.lease(&record.manifest_digest);
         Ok(Pulled { record, lease })
     }
 
-    async fn pull_locked(&self, image: &ImageRef, creds: Option<&Credentials>) -> Result<ImageRecord, PullError> {
+    async fn pull_locked(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+        max_unpacked_bytes: u64,
+    ) -> Result<ImageRecord, PullError> {
         let name = image.to_string();
         let (ep, manifest, body) = self.resolve(image, creds).await?;
         if let Some(rec) = self.image(&manifest.digest) {
@@ -315,14 +362,14 @@ impl ImageStore {
             layers: layer_digests,
             diff_ids,
         };
-        self.unpack_stored(image).await
+        self.unpack_stored(image, max_unpacked_bytes).await
     }
 
     /// Unpacks an image whose manifest, config and layer blobs are all in the content store
     /// into `images/<digest>/` (rootfs, manifest.json, config.json, meta.json, then the
     /// completion marker), once per image even when several callers ask at the same time.
     /// Shared by pulls and imports.
-    async fn unpack_stored(&self, image: StoredImage) -> Result<ImageRecord, PullError> {
+    async fn unpack_stored(&self, image: StoredImage, max_unpacked_bytes: u64) -> Result<ImageRecord, PullError> {
         let lock = self.lock_for(format!("image:{}", image.digest));
         let _guard = lock.lock().await;
         if let Some(rec) = self.image(&image.digest) {
@@ -336,17 +383,21 @@ impl ImageStore {
             .map(|(d, diff)| (self.content.path(d), d.clone(), diff.clone()))
             .collect();
         let dst = self.image_dir(&image.digest);
+        let ratio = self.max_unpack_ratio;
         let rec = tokio::task::spawn_blocking(move || {
-            let r = unpack_image(
-                &staging,
-                &dst,
-                &paths,
-                &image.manifest_bytes,
-                &image.config_bytes,
-                image.digest,
-                image.run,
-                &image.name,
-            );
+            let r = unpack_budget(&paths, ratio, max_unpacked_bytes).and_then(|mut budget| {
+                unpack_image(
+                    &staging,
+                    &dst,
+                    &paths,
+                    &mut budget,
+                    &image.manifest_bytes,
+                    &image.config_bytes,
+                    image.digest,
+                    image.run,
+                    &image.name,
+                )
+            });
             if r.is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
@@ -372,17 +423,18 @@ impl ImageStore {
 
     /// Imports a locally built image: its OCI (or Docker schema 2) manifest, config and
     /// layer blobs must already be in the content store. Validates them, unpacks the root
-    /// filesystem exactly as a pull does, and returns it with a lease. Importing an image
-    /// that is already unpacked only takes the lease.
-    #[tracing::instrument(skip_all, fields(image = %manifest_digest))]
-    pub async fn import(&self, manifest_digest: &Digest) -> Result<Pulled, PullError> {
+    /// filesystem exactly as a pull does (with the same limits), and returns it with a lease.
+    /// Importing an image that is already unpacked only takes the lease.
+    #[tracing::instrument(skip_all, fields(image = %manifest_digest, max_unpacked_bytes))]
+    pub async fn import(&self, manifest_digest: &Digest, max_unpacked_bytes: u64) -> Result<Pulled, PullError> {
         let _gc = self.gc_lock.read().await;
-        let record = self.import_locked(manifest_digest).await?;
+        let record = self.import_locked(manifest_digest, max_unpacked_bytes).await?;
+        check_size(&manifest_digest.to_string(), &record, max_unpacked_bytes)?;
         let lease = self.lease(&record.manifest_digest);
         Ok(Pulled { record, lease })
     }
 
-    async fn import_locked(&self, digest: &Digest) -> Result<ImageRecord, PullError> {
+    async fn import_locked(&self, digest: &Digest, max_unpacked_bytes: u64) -> Result<ImageRecord, PullError> {
         let name = digest.to_string();
         if let Some(rec) = self.image(digest) {
             tracing::debug!("image already unpacked");
@@ -431,7 +483,7 @@ impl ImageStore {
             layers: layer_digests,
             diff_ids,
         };
-        self.unpack_stored(image).await
+        self.unpack_stored(image, max_unpacked_bytes).await
     }
 
     /// The manifest and config of a local image (pulled or imported), from the content
@@ -596,11 +648,52 @@ fn parse_layer_digests(image: &str, layers: &[Descriptor]) -> Result<Vec<Digest>
         .collect()
 }
 
+/// An image that is already unpacked must still fit the caller's limit.
+fn check_size(image: &str, rec: &ImageRecord, max_unpacked_bytes: u64) -> Result<(), PullError> {
+    if rec.size_bytes > max_unpacked_bytes {
+        return Err(PullError::TooLarge { image: image.to_string(), size: rec.size_bytes, limit: max_unpacked_bytes });
+    }
+    Ok(())
+}
+
+/// What the layers (stored blobs, compressed or not) may unpack to: the smaller of `ratio`
+/// times their total size (at least [`MIN_RATIO_LIMIT`]; no limit when `ratio` is 0) and
+/// `max_unpacked_bytes`.
+fn unpack_budget(
+    layers: &[(PathBuf, Digest, String)],
+    ratio: u64,
+    max_unpacked_bytes: u64,
+) -> Result<unpack::Budget, PullError> {
+    let mut compressed = 0u64;
+    for (path, _, _) in layers {
+        compressed += std::fs::metadata(path).map_err(io_err("stat layer", path))?.len();
+    }
+    let by_ratio = match ratio {
+        0 => u64::MAX,
+        r => compressed.saturating_mul(r).max(MIN_RATIO_LIMIT),
+    };
+    let budget = if by_ratio < max_unpacked_bytes {
+        unpack::Budget::new(
+            by_ratio,
+            format!(
+                "{ratio} times its {} of compressed layers, at least {}; the server's --max-unpack-ratio",
+                unpack::Bytes(compressed),
+                unpack::Bytes(MIN_RATIO_LIMIT)
+            ),
+        )
+    } else {
+        unpack::Budget::new(max_unpacked_bytes, "the disk size it is pulled for")
+    };
+    tracing::debug!(compressed, limit = budget.limit(), "unpack size limit");
+    Ok(budget)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn unpack_image(
     staging: &Path,
     dst: &Path,
     layers: &[(PathBuf, Digest, String)],
+    budget: &mut unpack::Budget,
     manifest: &[u8],
     config: &[u8],
     digest: Digest,
@@ -611,7 +704,7 @@ fn unpack_image(
     std::fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
     for (path, d, diff_id) in layers {
         let reader = unpack::open_layer(path).map_err(io_err("open layer", path))?;
-        unpack::apply_layer(&rootfs, reader, Some(diff_id)).map_err(|source| PullError::Unpack {
+        unpack::apply_layer_within(&rootfs, reader, Some(diff_id), budget).map_err(|source| PullError::Unpack {
             image: image.to_string(),
             digest: d.clone(),
             source: Box::new(source),

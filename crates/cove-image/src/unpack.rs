@@ -8,9 +8,15 @@
 //!
 //! OCI whiteouts: `.wh.NAME` deletes `NAME` from lower layers; `.wh..wh..opq` empties its
 //! directory of lower-layer entries while keeping this layer's own.
+//!
+//! Layers cannot make devices or bombs on the host: character and block device entries are
+//! skipped (a sandbox's `/dev` is a tmpfs the runtime fills; a device under `images/` would
+//! be usable by host users), and every byte of file content, holes of sparse entries
+//! included (they are written out as zeros), is charged to a [`Budget`] before it is written.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -60,6 +66,22 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// A regular file would take the bytes written past the image's [`Budget`].
+    #[error(
+        "layer entry {path:?} ({}) would take the unpacked image past its size limit of {} ({why})",
+        Bytes(*size),
+        Bytes(*limit)
+    )]
+    TooLarge {
+        /// The entry path.
+        path: String,
+        /// Its content size (for a sparse entry, its real size with the holes).
+        size: u64,
+        /// The budget's limit in bytes.
+        limit: u64,
+        /// Where the limit comes from.
+        why: String,
+    },
     /// The uncompressed stream does not hash to the config's diff id.
     #[error("layer content does not match its diff id: expected {expected}, got {actual}")]
     DiffIdMismatch {
@@ -68,6 +90,70 @@ pub enum UnpackError {
         /// Computed.
         actual: Digest,
     },
+}
+
+/// The bytes of file content the layers of one image may still write, and why that many: a
+/// layer that would go past it fails with [`UnpackError::TooLarge`] before anything of the
+/// offending entry is written. Bytes are counted as written, not net: a file that a later
+/// layer deletes or replaces still counts.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: u64,
+    used: u64,
+    why: String,
+}
+
+impl Budget {
+    /// At most `limit` bytes; `why` says where the limit comes from (it ends up in errors).
+    pub fn new(limit: u64, why: impl Into<String>) -> Self {
+        Budget { limit, used: 0, why: why.into() }
+    }
+
+    /// No limit (build contexts, tests).
+    pub fn unlimited() -> Self {
+        Budget::new(u64::MAX, "no limit")
+    }
+
+    /// Bytes charged so far.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Charges `size` bytes for the entry `path`, or refuses them all.
+    fn charge(&mut self, path: &str, size: u64) -> Result<(), UnpackError> {
+        match self.used.checked_add(size) {
+            Some(total) if total <= self.limit => {
+                self.used = total;
+                Ok(())
+            }
+            _ => Err(UnpackError::TooLarge { path: path.to_string(), size, limit: self.limit, why: self.why.clone() }),
+        }
+    }
+}
+
+/// A byte count for people: `512 B`, `1.5 MiB`, `3.0 GiB`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut v = self.0 as f64 / 1024.0;
+        let mut unit = 0;
+        while v >= 1024.0 && unit + 1 < UNITS.len() {
+            v /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Opens a stored layer blob as an uncompressed tar stream, detecting gzip and zstd by their
@@ -111,12 +197,24 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Applies one uncompressed layer stream to `root`, checking it against `diff_id` when given.
+/// Applies one uncompressed layer stream to `root`, checking it against `diff_id` when given,
+/// with no limit on the bytes it writes.
 pub fn apply_layer(root: &Path, layer: impl Read, diff_id: Option<&str>) -> Result<(), UnpackError> {
+    apply_layer_within(root, layer, diff_id, &mut Budget::unlimited())
+}
+
+/// Applies one uncompressed layer stream to `root` like [`apply_layer`], charging the file
+/// content it writes to `budget` (shared by all layers of an image).
+pub fn apply_layer_within(
+    root: &Path,
+    layer: impl Read,
+    diff_id: Option<&str>,
+    budget: &mut Budget,
+) -> Result<(), UnpackError> {
     let mut hashing = HashingReader { inner: layer, hasher: sha2::Sha256::new() };
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        let mut applier = Applier { root, created: HashSet::new(), dir_times: Vec::new() };
+        let mut applier = Applier { root, budget, created: HashSet::new(), dir_times: Vec::new() };
         for entry in archive.entries().map_err(UnpackError::ReadArchive)? {
             let entry = entry.map_err(UnpackError::ReadArchive)?;
             applier.entry(entry)?;
@@ -140,6 +238,7 @@ pub fn apply_layer(root: &Path, layer: impl Read, diff_id: Option<&str>) -> Resu
 
 struct Applier<'a> {
     root: &'a Path,
+    budget: &'a mut Budget,
     /// Paths this layer has put in place: an opaque marker keeps them.
     created: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, u64)>,
@@ -200,6 +299,9 @@ impl Applier<'_> {
                 self.dir_times.push((dst.clone(), mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // The tar crate reads a GNU sparse entry with its holes filled with zeros,
+                // and those zeros are written: its size here is the real (expanded) size.
+                self.budget.charge(&raw_str, entry.size())?;
                 remove_any(&dst).map_err(create)?;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -237,19 +339,24 @@ impl Applier<'_> {
                 self.created.insert(dst);
                 return Ok(()); // a hard link shares the target's metadata
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                remove_any(&dst).map_err(create)?;
-                let ft = match kind {
-                    tar::EntryType::Char => rustix::fs::FileType::CharacterDevice,
-                    tar::EntryType::Block => rustix::fs::FileType::BlockDevice,
-                    _ => rustix::fs::FileType::Fifo,
-                };
-                let dev = rustix::fs::makedev(
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
+            tar::EntryType::Char | tar::EntryType::Block => {
+                // A device node in an image tree would be a device for host users too, and a
+                // sandbox's /dev comes from the runtime. What the layer replaced is gone.
+                tracing::debug!(
+                    path = %raw_str,
+                    kind = ?kind,
+                    major = header.device_major().ok().flatten().unwrap_or(0),
+                    minor = header.device_minor().ok().flatten().unwrap_or(0),
+                    "skipping device node from layer"
                 );
+                remove_any(&dst).map_err(create)?;
+                return Ok(());
+            }
+            tar::EntryType::Fifo => {
+                remove_any(&dst).map_err(create)?;
                 let perm = rustix::fs::Mode::from_raw_mode(mode);
-                rustix::fs::mknodat(rustix::fs::CWD, &dst, ft, perm, dev).map_err(|e| create(e.into()))?;
+                rustix::fs::mknodat(rustix::fs::CWD, &dst, rustix::fs::FileType::Fifo, perm, 0)
+                    .map_err(|e| create(e.into()))?;
             }
             // PAX/GNU headers are folded into their entries by the tar crate; anything else
             // (sockets, unknown types) has no place in a root filesystem.
@@ -257,6 +364,9 @@ impl Applier<'_> {
         }
 
         if kind != tar::EntryType::Symlink {
+            let is_file =
+                matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse);
+            let mode = if is_file { safe_file_mode(mode, &raw_str) } else { mode };
             // chown before chmod: chown clears set-uid/set-gid bits.
             std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(create)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).map_err(create)?;
@@ -282,6 +392,18 @@ impl Applier<'_> {
         }
         self.created.insert(dst);
         Ok(())
+    }
+}
+
+/// A regular file's mode as in the layer, except that a set-uid or set-gid file is never
+/// left writable by its group or others: anyone who can reach the image tree on the host
+/// could otherwise put their own code into a program that runs as its owner (often root).
+fn safe_file_mode(mode: u32, path: &str) -> u32 {
+    if mode & 0o6000 != 0 && mode & 0o022 != 0 {
+        tracing::debug!(path, mode = %format!("{mode:o}"), "set-id file from layer made writable by its owner only");
+        mode & !0o022
+    } else {
+        mode
     }
 }
 
@@ -552,9 +674,9 @@ mod tests {
     }
 
     #[test]
-    fn ownership_set_id_bits_devices_fifos_and_xattrs_are_kept() {
+    fn ownership_set_id_bits_fifos_and_xattrs_are_kept() {
         if !is_root() {
-            eprintln!("skipped: creating devices and foreign-owned files needs root");
+            eprintln!("skipped: creating foreign-owned files needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -573,19 +695,13 @@ mod tests {
         ])
         .unwrap();
         b.append(&h, &b"hi"[..]).unwrap();
-        for (path, kind, major, minor) in
-            [("dev/null", tar::EntryType::Char, 1, 3), ("run/pipe", tar::EntryType::Fifo, 0, 0)]
-        {
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(kind);
-            h.set_path(path).unwrap();
-            h.set_size(0);
-            h.set_mode(0o666);
-            h.set_device_major(major).unwrap();
-            h.set_device_minor(minor).unwrap();
-            h.set_cksum();
-            b.append(&h, &[][..]).unwrap();
-        }
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_path("run/pipe").unwrap();
+        h.set_size(0);
+        h.set_mode(0o620);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
         let bytes = b.into_inner().unwrap();
         apply_layer(t.path(), io::Cursor::new(bytes), None).unwrap();
 
@@ -599,11 +715,168 @@ mod tests {
             rustix::fs::lgetxattr(t.path().join("usr/bin/tool"), "trusted.overlay.opaque", &mut buf).is_err(),
             "overlay control attributes from an image are dropped"
         );
-        let dev = std::fs::metadata(t.path().join("dev/null")).unwrap();
-        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&dev.file_type()));
-        assert_eq!(dev.rdev(), rustix::fs::makedev(1, 3));
         let fifo = std::fs::metadata(t.path().join("run/pipe")).unwrap();
         assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+        assert_eq!(fifo.permissions().mode() & 0o7777, 0o620);
+    }
+
+    /// A ustar header of `kind` at `path` with device numbers `major:minor`.
+    fn special(path: &str, kind: tar::EntryType, mode: u32, major: u32, minor: u32) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(path).unwrap();
+        h.set_size(0);
+        h.set_mode(mode);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        h
+    }
+
+    #[test]
+    fn device_nodes_from_a_layer_are_not_created_and_what_they_replace_is_gone() {
+        let t = tempfile::tempdir().unwrap();
+        apply(t.path(), &[("dev/", 'd', ""), ("dev/sda", 'f', "lower file")]).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for h in [
+            special("dev/evil", tar::EntryType::Char, 0o666, 1, 1),
+            special("dev/sda", tar::EntryType::Block, 0o666, 8, 0),
+            special("dev/zero-zero", tar::EntryType::Char, 0o666, 0, 0),
+        ] {
+            b.append(&h, &[][..]).unwrap();
+        }
+        apply_layer(t.path(), io::Cursor::new(b.into_inner().unwrap()), None).unwrap();
+        for name in ["evil", "sda", "zero-zero"] {
+            let p = t.path().join("dev").join(name);
+            assert!(std::fs::symlink_metadata(&p).is_err(), "{} exists", p.display());
+        }
+        assert!(t.path().join("dev").is_dir());
+    }
+
+    #[test]
+    fn a_set_id_file_is_never_left_writable_by_group_or_others() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, mode) in [("suid", 0o4777), ("sgid", 0o2775), ("plain", 0o777)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_path(path).unwrap();
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(rustix::process::geteuid().as_raw().into());
+            h.set_gid(rustix::process::getegid().as_raw().into());
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        apply_layer(t.path(), io::Cursor::new(b.into_inner().unwrap()), None).unwrap();
+        let mode = |p: &str| std::fs::metadata(t.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o4755);
+        assert_eq!(mode("sgid"), 0o2755);
+        assert_eq!(mode("plain"), 0o777, "files without set-id bits keep their mode");
+    }
+
+    /// A gzip stream of a tar holding one regular file `name` of `size` zero bytes, made
+    /// of concatenated gzip members (as `MultiGzDecoder` reads them) so that a large file
+    /// costs one compressed MiB of zeros repeated, not its whole size in compression work.
+    fn gzip_of_zeros(name: &str, size: u64) -> Vec<u8> {
+        let gz = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            io::Write::write_all(&mut e, bytes).unwrap();
+            e.finish().unwrap()
+        };
+        const MIB: u64 = 1 << 20;
+        assert_eq!(size % MIB, 0);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = gz(h.as_bytes());
+        let mib = gz(&vec![0u8; MIB as usize]);
+        for _ in 0..size / MIB {
+            out.extend_from_slice(&mib);
+        }
+        out.extend_from_slice(&gz(&[0u8; 1024])); // the end-of-archive blocks
+        out
+    }
+
+    #[test]
+    fn a_gzip_of_zeros_expanding_past_its_budget_is_refused_with_an_error_naming_the_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let gz = gzip_of_zeros("zeros", 1 << 30);
+        assert!(gz.len() < 2 << 20, "about a MiB compressed: {}", gz.len());
+        let path = t.path().join("bomb.tar.gz");
+        std::fs::write(&path, &gz).unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let limit = gz.len() as u64 * 100;
+        let mut budget = Budget::new(limit, "100 times the compressed size");
+        let e = apply_layer_within(&root, open_layer(&path).unwrap(), None, &mut budget).unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge { limit: l, .. } if l == limit), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("\"zeros\" (1.0 GiB)"), "{msg}");
+        assert!(msg.contains(&format!("size limit of {}", Bytes(limit))), "{msg}");
+        assert!(msg.contains("100 times the compressed size"), "{msg}");
+        assert!(!root.join("zeros").exists(), "nothing of the refused entry is written");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_budget_counts_every_layer_of_an_image() {
+        let t = tempfile::tempdir().unwrap();
+        let mut budget = Budget::new(10, "test");
+        apply_layer_within(t.path(), io::Cursor::new(layer(&[("a", 'f', "123456")])), None, &mut budget).unwrap();
+        assert_eq!(budget.used(), 6);
+        // A second layer that replaces the file still writes its bytes.
+        let e = apply_layer_within(t.path(), io::Cursor::new(layer(&[("a", 'f', "abcde")])), None, &mut budget)
+            .unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge { size: 5, limit: 10, .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(t.path().join("a")).unwrap(), "123456");
+    }
+
+    /// A GNU sparse entry `name` whose real size is `real` with one 512-byte block of data at
+    /// its end; the rest is a hole.
+    fn sparse_layer(name: &str, real: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        h.set_size(512);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real);
+        gnu.sparse[0].set_offset(real - 512);
+        gnu.sparse[0].set_length(512);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[7u8; 512][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_sparse_entry_is_charged_its_real_size_and_refused_past_the_budget() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = sparse_layer("huge", 2 << 30);
+        assert!(bytes.len() < 4096, "a 2 GiB sparse file is a few blocks of archive");
+        let mut budget = Budget::new(100 << 20, "test limit");
+        let e = apply_layer_within(t.path(), io::Cursor::new(bytes), None, &mut budget).unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge { size, .. } if size == 2 << 30), "{e}");
+        assert!(e.to_string().contains("(2.0 GiB)"), "{e}");
+        assert!(!t.path().join("huge").exists());
+
+        let mut budget = Budget::new(100 << 20, "test limit");
+        apply_layer_within(t.path(), io::Cursor::new(sparse_layer("small", 1 << 20)), None, &mut budget).unwrap();
+        assert_eq!(budget.used(), 1 << 20, "the hole counts: it is written out as zeros");
+        let data = std::fs::read(t.path().join("small")).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert!(data[..(1 << 20) - 512].iter().all(|&b| b == 0) && data[(1 << 20) - 512..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn byte_counts_are_shown_in_binary_units() {
+        assert_eq!(Bytes(512).to_string(), "512 B");
+        assert_eq!(Bytes(1536).to_string(), "1.5 KiB");
+        assert_eq!(Bytes(3 << 30).to_string(), "3.0 GiB");
     }
 
     #[test]

@@ -45,6 +45,64 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// Stores an image of the given (layer blob, diff id) pairs; returns its manifest digest.
+fn store_image(store: &ImageStore, layers: &[(Vec<u8>, Digest)]) -> Digest {
+    let cs = store.content();
+    let mut descriptors = Vec::new();
+    for (blob, _) in layers {
+        let d = sha256(blob);
+        cs.put(&d, blob).unwrap();
+        descriptors.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": d.to_string(),
+            "size": blob.len(),
+        }));
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|(_, d)| d.to_string()).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let config_digest = sha256(&config);
+    cs.put(&config_digest, &config).unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": descriptors,
+    }))
+    .unwrap();
+    let d = sha256(&manifest);
+    cs.put(&d, &manifest).unwrap();
+    d
+}
+
+/// A gzip layer holding one file `zeros` of `mib` MiB of zeros, as concatenated gzip members
+/// (one compressed MiB repeated): a few hundred KiB that unpack to `mib` MiB.
+fn zeros_layer(mib: usize) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path("zeros").unwrap();
+    h.set_mode(0o644);
+    h.set_size((mib as u64) << 20);
+    h.set_cksum();
+    let mut out = gzip(h.as_bytes());
+    let mut one = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    one.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let one = one.finish().unwrap();
+    for _ in 0..mib {
+        out.extend_from_slice(&one);
+    }
+    out.extend_from_slice(&gzip(&[0u8; 1024]));
+    out
+}
+
 /// A hand-built image in the content store.
 struct Built {
     manifest: Digest,
@@ -118,6 +176,9 @@ fn build_image(store: &ImageStore, store_layer_2: bool) -> Built {
     Built { manifest: manifest_digest, config: config_digest, layers }
 }
 
+/// The disk size images are imported for in these tests: the default snapshot's 3 GiB.
+const DISK: u64 = 3 << 30;
+
 fn open(dir: &tempfile::TempDir) -> ImageStore {
     ImageStore::open(dir.path(), RegistryConfig::default()).unwrap()
 }
@@ -128,7 +189,7 @@ async fn an_imported_image_is_unpacked_with_its_whiteouts_applied() {
     let store = open(&dir);
     let img = build_image(&store, true);
 
-    let pulled = store.import(&img.manifest).await.unwrap();
+    let pulled = store.import(&img.manifest, DISK).await.unwrap();
     let rec = &pulled.record;
     assert_eq!(rec.manifest_digest, img.manifest);
     assert_eq!(rec.config.working_dir.as_deref(), Some("/data"));
@@ -149,9 +210,9 @@ async fn importing_the_same_image_twice_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let img = build_image(&store, true);
-    let first = store.import(&img.manifest).await.unwrap();
+    let first = store.import(&img.manifest, DISK).await.unwrap();
     std::fs::write(first.record.rootfs.join("marker"), "kept").unwrap();
-    let second = store.import(&img.manifest).await.unwrap();
+    let second = store.import(&img.manifest, DISK).await.unwrap();
     assert_eq!(first.record, second.record);
     // Not unpacked again: the directory is the same one.
     assert_eq!(std::fs::read_to_string(second.record.rootfs.join("marker")).unwrap(), "kept");
@@ -164,7 +225,7 @@ async fn concurrent_imports_of_one_image_unpack_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let img = build_image(&store, true);
-    let (a, b) = tokio::join!(store.import(&img.manifest), store.import(&img.manifest));
+    let (a, b) = tokio::join!(store.import(&img.manifest, DISK), store.import(&img.manifest, DISK));
     assert_eq!(a.unwrap().record, b.unwrap().record);
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
 }
@@ -174,7 +235,7 @@ async fn an_import_with_a_missing_layer_blob_fails_naming_the_digest() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let img = build_image(&store, false);
-    let err = store.import(&img.manifest).await.unwrap_err();
+    let err = store.import(&img.manifest, DISK).await.unwrap_err();
     assert!(matches!(&err, PullError::MissingBlob { digest, .. } if *digest == img.layers[1]), "{err:?}");
     assert!(err.to_string().contains(&img.layers[1].to_string()), "{err}");
     assert_eq!(err.kind(), cove_types::ErrorKind::FailedPrecondition);
@@ -187,12 +248,12 @@ async fn an_import_of_an_unknown_manifest_or_a_missing_config_fails_naming_the_d
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let unknown = sha256(b"no such manifest");
-    let err = store.import(&unknown).await.unwrap_err();
+    let err = store.import(&unknown, DISK).await.unwrap_err();
     assert!(matches!(&err, PullError::MissingBlob { digest, .. } if *digest == unknown), "{err:?}");
 
     let img = build_image(&store, true);
     store.content().delete(&img.config).unwrap();
-    let err = store.import(&img.manifest).await.unwrap_err();
+    let err = store.import(&img.manifest, DISK).await.unwrap_err();
     assert!(matches!(&err, PullError::MissingBlob { digest, .. } if *digest == img.config), "{err:?}");
 }
 
@@ -201,7 +262,7 @@ async fn import_json(store: &ImageStore, manifest: serde_json::Value) -> Result<
     let bytes = serde_json::to_vec(&manifest).unwrap();
     let d = sha256(&bytes);
     store.content().put(&d, &bytes).unwrap();
-    store.import(&d).await.map(drop)
+    store.import(&d, DISK).await.map(drop)
 }
 
 #[tokio::test]
@@ -233,7 +294,7 @@ async fn the_manifest_of_an_imported_image_can_be_read_back_to_extend_it() {
     let store = open(&dir);
     let img = build_image(&store, true);
     assert!(store.manifest(&sha256(b"unknown")).is_none());
-    let _pulled = store.import(&img.manifest).await.unwrap();
+    let _pulled = store.import(&img.manifest, DISK).await.unwrap();
     let m = store.manifest(&img.manifest).unwrap();
     assert_eq!(sha256(&m.manifest_bytes), img.manifest);
     assert_eq!(sha256(&m.config_bytes), img.config);
@@ -250,7 +311,7 @@ async fn gc_keeps_the_blobs_of_kept_imported_images_and_leased_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let img = build_image(&store, true);
-    let pulled = store.import(&img.manifest).await.unwrap();
+    let pulled = store.import(&img.manifest, DISK).await.unwrap();
     drop(pulled.lease);
     let stray = sha256(b"stray");
     store.content().put(&stray, b"stray").unwrap();
@@ -270,4 +331,40 @@ async fn gc_keeps_the_blobs_of_kept_imported_images_and_leased_blobs() {
     assert_eq!(store.gc(&HashSet::new()).await, (1, 5));
     assert!(store.image(&img.manifest).is_none());
     assert!(store.content().list().is_empty());
+}
+
+#[tokio::test]
+async fn a_layer_bomb_is_stopped_at_the_ratio_limit_and_leaves_no_staging_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).with_max_unpack_ratio(100);
+    let blob = zeros_layer(256);
+    assert!(blob.len() < 1 << 20, "{}", blob.len());
+    // The unpack fails before the diff id is checked, so any diff id will do.
+    let manifest = store_image(&store, &[(blob, sha256(b"not checked"))]);
+    let err = store.import(&manifest, DISK).await.unwrap_err();
+    assert!(matches!(&err, PullError::Unpack { .. }), "{err:?}");
+    let msg = cove_types::error::chain(&err);
+    assert!(msg.contains("size limit of 64.0 MiB"), "the floor applies to a small image: {msg}");
+    assert!(msg.contains("--max-unpack-ratio"), "{msg}");
+    assert_eq!(err.kind(), cove_types::ErrorKind::InvalidArgument);
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "the staging directory is removed");
+    assert!(store.image(&manifest).is_none());
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_disk_is_refused_whether_or_not_it_is_unpacked_already() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let img = build_image(&store, true);
+    let err = store.import(&img.manifest, 4).await.unwrap_err();
+    let msg = cove_types::error::chain(&err);
+    assert!(msg.contains("size limit of 4 B (the disk size it is pulled for)"), "{msg}");
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+    let pulled = store.import(&img.manifest, DISK).await.unwrap();
+    let size = pulled.record.size_bytes;
+    let err = store.import(&img.manifest, size - 1).await.unwrap_err();
+    assert!(matches!(err, PullError::TooLarge { limit, .. } if limit == size - 1), "{err:?}");
+    assert!(err.to_string().contains("the disk size it is pulled for"), "{err}");
+    store.import(&img.manifest, size).await.unwrap();
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cove_image::RegistryConfig;
+pub use cove_image::store::DEFAULT_MAX_UNPACK_RATIO;
 pub use cove_runtime::RuntimeConfig;
 
 /// Two weeks: unused snapshots go inactive after this long.
@@ -19,6 +20,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Mirrors and insecure registries.
     pub registries: RegistryConfig,
+    /// `--max-unpack-ratio`: images may unpack to this many times their compressed layers
+    /// (never less than 64 MiB; 0: only the disk size limits them).
+    pub max_unpack_ratio: u64,
     /// Regions served; the first is the default.
     pub regions: Vec<String>,
     /// The bootstrap admin key, when given.

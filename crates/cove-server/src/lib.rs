@@ -93,7 +93,11 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
     let store: Arc<dyn store::Store> =
         Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
-    let images = Arc::new(ImageStore::open(&cfg.data_dir, cfg.registries.clone()).map_err(StartError::Images)?);
+    let images = Arc::new(
+        ImageStore::open(&cfg.data_dir, cfg.registries.clone())
+            .map_err(StartError::Images)?
+            .with_max_unpack_ratio(cfg.max_unpack_ratio),
+    );
     let keys = service::keys::KeyService::new(store.clone());
     let object_storage = s3::ObjectStorage::open(&s3::ObjectStorageConfig {
         data_dir: cfg.data_dir.clone(),

@@ -18,6 +18,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         registries: RegistryConfig::default(),
+        max_unpack_ratio: cove_server::config::DEFAULT_MAX_UNPACK_RATIO,
         regions: vec!["us".into(), "eu".into()],
         api_key: Some(KEY.into()),
         inactive_after: Duration::from_secs(3600),

@@ -63,6 +63,11 @@ struct ServerArgs {
     /// HOST:PORT reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", env = "COVE_INSECURE_REGISTRY", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// An image may unpack to this many times the size of its compressed layers (never less
+    /// than 64 MiB; 0: no such limit), and never to more than the disk size of the snapshot
+    /// or sandbox it is for. Real images expand 2-10 times; layer bombs 1000 times and more.
+    #[arg(long, env = "COVE_MAX_UNPACK_RATIO", default_value_t = cove_server::config::DEFAULT_MAX_UNPACK_RATIO)]
+    max_unpack_ratio: u64,
     /// Region id this machine serves (repeatable); the first is the default.
     #[arg(long = "region", env = "COVE_REGION", value_delimiter = ',', default_value = "us")]
     regions: Vec<String>,
@@ -208,6 +213,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         listen: a.listen,
         data_dir: a.data_dir,
         registries,
+        max_unpack_ratio: a.max_unpack_ratio,
         regions,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         inactive_after: a.snapshot_inactive_after_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INACTIVE_AFTER),

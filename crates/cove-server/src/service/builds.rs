@@ -64,8 +64,9 @@ pub enum BuildFailure {
 /// repositories, its private registries' credentials).
 #[async_trait::async_trait]
 pub trait ImageSource: Send + Sync {
-    /// Pulls (or finds) `image` for organization `org`; the error is worded for `errorReason`.
-    async fn pull(&self, org: &str, image: &ImageRef) -> Result<Pulled, String>;
+    /// Pulls (or finds) `image` for organization `org`, unpacked to at most
+    /// `max_unpacked_bytes`; the error is worded for `errorReason`.
+    async fn pull(&self, org: &str, image: &ImageRef, max_unpacked_bytes: u64) -> Result<Pulled, String>;
 }
 
 /// Builds images; cheap to clone.
@@ -239,14 +240,17 @@ impl BuildService {
     }
 
     /// Builds `spec` for organization `org`, logging under `key`, and returns the unpacked
-    /// image (leased). An image already built for the same snapshotRef is reused.
-    #[tracing::instrument(skip_all, fields(key = %key, org_id = %org))]
+    /// image (leased). An image already built for the same snapshotRef is reused. Base images
+    /// and the built image may unpack to at most `max_unpacked_bytes` (the disk size of the
+    /// snapshot or sandbox built for).
+    #[tracing::instrument(skip_all, fields(key = %key, org_id = %org, max_unpacked_bytes))]
     pub async fn build(
         &self,
         key: &str,
         org: &str,
         spec: &BuildSpec,
         source: &dyn ImageSource,
+        max_unpacked_bytes: u64,
     ) -> Result<Pulled, BuildFailure> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -268,7 +272,7 @@ impl BuildService {
         let ref_file = self.inner.refs.join(&snapshot_ref);
         if let Some(digest) = std::fs::read_to_string(&ref_file).ok().and_then(|d| d.trim().parse::<Digest>().ok())
             && self.inner.images.image(&digest).is_some()
-            && let Ok(pulled) = self.inner.images.import(&digest).await
+            && let Ok(pulled) = self.inner.images.import(&digest, max_unpacked_bytes).await
         {
             log.line(&format!("Reusing image {digest}, built before from the same Dockerfile and context"));
             return Ok(pulled);
@@ -298,6 +302,7 @@ impl BuildService {
         let backend = RuncBackend {
             source,
             org: org.to_string(),
+            max_unpacked_bytes,
             images: self.inner.images.clone(),
             runtime: self.inner.runtime.clone(),
             scratch: work.path().to_path_buf(),
@@ -316,7 +321,7 @@ impl BuildService {
         let pulled = self
             .inner
             .images
-            .import(&out.manifest_digest)
+            .import(&out.manifest_digest, max_unpacked_bytes)
             .await
             .map_err(|e| BuildFailure::Import(cove_types::error::chain(&e)))?;
         if let Err(e) = cove_types::fs::write_atomic(&ref_file, out.manifest_digest.to_string().as_bytes()) {
@@ -345,6 +350,8 @@ async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
 struct RuncBackend<'a> {
     source: &'a dyn ImageSource,
     org: String,
+    /// What base images may unpack to.
+    max_unpacked_bytes: u64,
     images: Arc<ImageStore>,
     runtime: Arc<Runtime>,
     /// Per-build scratch space (mount points of views).
@@ -368,7 +375,7 @@ impl Backend for RuncBackend<'_> {
         let r = ImageRef::parse(image).map_err(|e| backend_err(op.clone(), ErrorKind::InvalidArgument, e))?;
         let pulled = self
             .source
-            .pull(&self.org, &r)
+            .pull(&self.org, &r, self.max_unpacked_bytes)
             .await
             .map_err(|e| backend_err(op.clone(), ErrorKind::FailedPrecondition, std::io::Error::other(e)))?;
         let digest = pulled.record.manifest_digest.clone();

@@ -321,8 +321,14 @@ impl DockerRegistryService {
 
     /// Pulls `image` for `org_id` with the credentials of its matching registry. The error is
     /// a snapshot's `errorReason`: an authorization failure names the registry record used,
-    /// or says that none matched.
-    pub async fn pull(&self, images: &ImageStore, org_id: &str, image: &ImageRef) -> Result<Pulled, String> {
+    /// or says that none matched. The image may unpack to at most `max_unpacked_bytes`.
+    pub async fn pull(
+        &self,
+        images: &ImageStore,
+        org_id: &str,
+        image: &ImageRef,
+        max_unpacked_bytes: u64,
+    ) -> Result<Pulled, String> {
         let auth = self.pull_auth(org_id, image).await.map_err(|e| {
             let headline = match e.kind() {
                 ErrorKind::Unauthenticated | ErrorKind::FailedPrecondition => "unauthorized to pull image",
@@ -330,7 +336,7 @@ impl DockerRegistryService {
             };
             format!("{headline} {image}: {}", cove_types::error::chain(&e))
         })?;
-        images.pull(image, auth.as_ref().map(|a| &a.credentials)).await.map_err(|e| {
+        images.pull(image, auth.as_ref().map(|a| &a.credentials), max_unpacked_bytes).await.map_err(|e| {
             if e.kind() != ErrorKind::Unauthenticated {
                 return e.to_string();
             }

@@ -433,7 +433,8 @@ impl SandboxService {
             }
         }
         let builds = self.inner.snapshots.builds().clone();
-        let built = builds.build(&id, &org, &build, &self.inner.snapshots).await;
+        let built =
+            builds.build(&id, &org, &build, &self.inner.snapshots, super::snapshots::disk_bytes(rec.disk)).await;
         builds.finish_log(
             &id,
             &match &built {

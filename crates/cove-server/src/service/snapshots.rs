@@ -541,16 +541,22 @@ impl SnapshotService {
 
     /// Pulls `image` as organization `org` sees it: from this server's own registry (the
     /// org's repositories), else from its source with the org's matching registry credentials.
-    pub async fn pull_for_org(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
+    /// Its root filesystem may take at most `max_unpacked_bytes` (see [`disk_bytes`]).
+    pub async fn pull_for_org(
+        &self,
+        org: &str,
+        image: &ImageRef,
+        max_unpacked_bytes: u64,
+    ) -> Result<cove_image::Pulled, String> {
         if let Some(reg) = self.inner.registry.get().filter(|reg| reg.is_local(image)) {
             return match reg.resolve_for_snapshot(org, image) {
-                Ok(d) => self.inner.images.import(&d).await.map_err(|e| e.to_string()),
+                Ok(d) => self.inner.images.import(&d, max_unpacked_bytes).await.map_err(|e| e.to_string()),
                 Err(e) => Err(format!("{image}: {}", cove_types::error::chain(&e))),
             };
         }
         match self.inner.docker_registries.get() {
-            Some(regs) => regs.pull(&self.inner.images, org, image).await,
-            None => self.inner.images.pull(image, None).await.map_err(|e| e.to_string()),
+            Some(regs) => regs.pull(&self.inner.images, org, image, max_unpacked_bytes).await,
+            None => self.inner.images.pull(image, None, max_unpacked_bytes).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -645,7 +651,12 @@ impl SnapshotService {
         }
         let result = match &s.build {
             Some(b) => {
-                let r = self.inner.builds.build(&s.id, &s.org_id, b, self).await.map_err(|e| e.to_string());
+                let r = self
+                    .inner
+                    .builds
+                    .build(&s.id, &s.org_id, b, self, disk_bytes(s.disk))
+                    .await
+                    .map_err(|e| e.to_string());
                 let last = match &r {
                     Ok(_) => "Build finished".to_string(),
                     Err(e) => format!("Build failed: {}", e.lines().next().unwrap_or_default()),
@@ -654,7 +665,7 @@ impl SnapshotService {
                 r
             }
             None => match ImageRef::parse_pinned(&s.image_name) {
-                Ok(r) => self.pull_for_org(&s.org_id, &r).await,
+                Ok(r) => self.pull_for_org(&s.org_id, &r, disk_bytes(s.disk)).await,
                 Err(e) => Err(e.to_string()),
             },
         };
@@ -688,6 +699,12 @@ impl SnapshotService {
             Err(e) => tracing::error!(error = %e, "pull job cannot record its result; it resumes at the next start"),
         }
     }
+}
+
+/// A disk size in GiB (a snapshot's or sandbox's `disk`) in bytes: what its image may unpack
+/// to at most.
+pub fn disk_bytes(gib: i64) -> u64 {
+    u64::try_from(gib).unwrap_or(0).saturating_mul(1 << 30)
 }
 
 /// A resource value from a request: `default` when absent, else checked against `min..=max`.
@@ -773,8 +790,8 @@ pub fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpe
 
 #[async_trait::async_trait]
 impl super::builds::ImageSource for SnapshotService {
-    async fn pull(&self, org: &str, image: &ImageRef) -> Result<cove_image::Pulled, String> {
-        self.pull_for_org(org, image).await
+    async fn pull(&self, org: &str, image: &ImageRef, max_unpacked_bytes: u64) -> Result<cove_image::Pulled, String> {
+        self.pull_for_org(org, image, max_unpacked_bytes).await
     }
 }
 
