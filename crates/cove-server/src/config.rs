@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub pids_limit: u32,
     /// The warm pool of prepared sandboxes.
     pub warm_pool: crate::service::sandboxes::WarmPoolConfig,
+    /// `--allow-privileged`: admin keys may create privileged sandboxes (off by default).
+    pub allow_privileged: bool,
     /// STS and ECR endpoints for ECR registries (`None`: AWS's regional endpoints).
     pub aws: crate::service::ecr::AwsEndpoints,
 }

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The image store could not be opened.
     #[error("open image store")]
     Images(#[source] cove_image::PullError),
+    /// The secret API keys are hashed under could not be read or made.
+    #[error("open the api key secret")]
+    KeySecret(#[source] service::keys::KeyError),
     /// Bootstrapping keys failed.
     #[error("bootstrap api key")]
     Bootstrap(#[source] service::keys::KeyError),
@@ -98,7 +101,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             .map_err(StartError::Images)?
             .with_max_unpack_ratio(cfg.max_unpack_ratio),
     );
-    let keys = service::keys::KeyService::new(store.clone());
+    let keys = service::keys::KeyService::open(store.clone(), &cfg.data_dir).map_err(StartError::KeySecret)?;
     let object_storage = s3::ObjectStorage::open(&s3::ObjectStorageConfig {
         data_dir: cfg.data_dir.clone(),
         listen: cfg.s3_listen,
@@ -132,7 +135,8 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         toolbox_url,
         cfg.pids_limit,
         cfg.warm_pool,
-    );
+    )
+    .allow_privileged(cfg.allow_privileged);
     // Sandboxes first: their images must count as referenced before snapshots collect garbage.
     sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
     snapshots.resume().await.map_err(StartError::Resume)?;

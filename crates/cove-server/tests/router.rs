@@ -43,6 +43,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         monitor_interval: Duration::from_secs(3600),
         pids_limit: 64,
         warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
+        allow_privileged: false,
         aws: Default::default(),
     };
     let p = prepare(&cfg).await.unwrap();

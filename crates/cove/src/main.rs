@@ -117,6 +117,10 @@ struct ServerArgs {
     /// Prepared sandboxes of a snapshot are removed after this many seconds without a create.
     #[arg(long, env = "COVE_WARM_POOL_IDLE_SECS", default_value_t = 600)]
     warm_pool_idle_secs: u64,
+    /// Allow privileged sandboxes (`privileged: true`, every capability, no seccomp), for
+    /// admin API keys only; without it such requests are refused with 403.
+    #[arg(long, env = "COVE_ALLOW_PRIVILEGED")]
+    allow_privileged: bool,
     /// Docker-format seccomp profile applied to unprivileged sandboxes.
     #[arg(long, env = "COVE_SECCOMP_PROFILE")]
     seccomp_profile: Option<PathBuf>,
@@ -228,6 +232,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             size: a.warm_pool_size.min(64),
             idle: Duration::from_secs(a.warm_pool_idle_secs.max(1)),
         },
+        allow_privileged: a.allow_privileged,
         aws: cove_server::service::ecr::AwsEndpoints {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),

@@ -1,8 +1,16 @@
 //! Organizations and API keys: authentication, the bootstrap admin key, key management.
 //!
-//! Keys are 160-bit random secrets shown once; only their sha256 is stored (a slow hash
-//! buys nothing for keys this long).
+//! Keys are 160-bit random secrets shown once. Only their HMAC-SHA256 under the server
+//! secret `<data-dir>/api-keys.key` is stored, so a chosen (possibly weak) `COVE_API_KEY`
+//! cannot be guessed offline from a copy of `cove.db` alone. Rows from before that were bare
+//! sha256; they still authenticate and are re-hashed the first time their key is presented
+//! (the configured bootstrap key at start).
+//!
+//! Rules: a key sees and revokes only its own organization's keys (another organization's
+//! key id is "not found"); only an admin key may revoke an admin key; the server's last
+//! admin key cannot be revoked; the bootstrap key is registered or re-enabled at every start.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cove_types::ErrorKind;
@@ -10,7 +18,10 @@ use cove_types::dto::{ApiKeyDto, CreatedApiKey, OrganizationDto};
 use sha2::Digest as _;
 
 use super::{iso, now_millis};
-use crate::store::{ApiKeyRecord, Organization, Store, StoreError};
+use crate::store::{ApiKeyRecord, KeyHashScheme, Organization, Revoked, Store, StoreError};
+
+/// The key file, in the data directory.
+pub const SECRET_FILE: &str = "api-keys.key";
 
 /// Who is calling: resolved from the bearer key on every request.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +30,23 @@ pub struct Principal {
     pub org_id: String,
     /// The key used.
     pub key_id: String,
-    /// May create organizations.
+    /// May create organizations, revoke admin keys and (where the server allows it) create
+    /// privileged sandboxes.
     pub admin: bool,
+}
+
+impl Principal {
+    /// Whether this caller may create a privileged sandbox: the server must have been started
+    /// with `--allow-privileged` (`allowed_by_server`) AND the key must be an admin key.
+    pub fn may_create_privileged(&self, allowed_by_server: bool) -> Result<(), KeyError> {
+        let missing = match (allowed_by_server, self.admin) {
+            (true, true) => return Ok(()),
+            (false, true) => "the server option --allow-privileged",
+            (true, false) => "an admin API key",
+            (false, false) => "the server option --allow-privileged and an admin API key",
+        };
+        Err(KeyError::Privileged { missing })
+    }
 }
 
 /// A failed key or organization operation.
@@ -38,6 +64,21 @@ pub enum KeyError {
         /// What was attempted.
         action: &'static str,
     },
+    /// A privileged sandbox without what it needs.
+    #[error("privileged sandboxes need {missing}")]
+    Privileged {
+        /// The option and/or kind of key that is missing.
+        missing: &'static str,
+    },
+    /// Revoking the last admin key would leave the server without one.
+    #[error(
+        "cannot revoke api key {id}: it is this server's last admin API key; start the server once with \
+         another COVE_API_KEY (which becomes an admin key) before revoking this one"
+    )]
+    LastAdmin {
+        /// The key.
+        id: String,
+    },
     /// Bad name.
     #[error("{what} name must be 1 to 100 printable characters")]
     BadName {
@@ -50,6 +91,27 @@ pub enum KeyError {
         /// The id.
         id: String,
     },
+    /// The key file could not be read.
+    #[error("read the api key secret {path}")]
+    ReadSecret {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file could not be written.
+    #[error("write the api key secret {path}")]
+    WriteSecret {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No random bytes for a new secret.
+    #[error("make the api key secret: {0}")]
+    Random(getrandom::Error),
     /// The store failed.
     #[error("{op}: {source}")]
     Store {
@@ -66,9 +128,11 @@ impl KeyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Missing | Self::Invalid => ErrorKind::Unauthenticated,
-            Self::NotAdmin { .. } => ErrorKind::PermissionDenied,
+            Self::NotAdmin { .. } | Self::Privileged { .. } => ErrorKind::PermissionDenied,
+            Self::LastAdmin { .. } => ErrorKind::FailedPrecondition,
             Self::BadName { .. } => ErrorKind::InvalidArgument,
             Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::ReadSecret { .. } | Self::WriteSecret { .. } | Self::Random(_) => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
         }
     }
@@ -78,8 +142,9 @@ fn store(op: &'static str) -> impl FnOnce(StoreError) -> KeyError {
     move |source| KeyError::Store { op, source }
 }
 
-/// Hashes a presented key for lookup.
-pub fn hash_key(key: &str) -> String {
+/// The bare sha256 hex keys were stored as before migration 0006: only computed to find
+/// such rows, never written.
+fn legacy_hash(key: &str) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
@@ -101,10 +166,21 @@ const TOUCH_INTERVAL_MS: i64 = 60_000;
 /// once; the cache only spares the hot path (every toolbox call) a database round trip.
 const AUTH_CACHE_MS: i64 = 10_000;
 
+/// The server secret keys are hashed under; never printed.
+#[derive(Clone)]
+struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Authentication and key management.
 #[derive(Debug, Clone)]
 pub struct KeyService {
     store: Arc<dyn Store>,
+    secret: Secret,
     /// Key id → when its use was last written.
     touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
     /// Key hash → (principal, when looked up).
@@ -112,14 +188,35 @@ pub struct KeyService {
 }
 
 impl KeyService {
-    /// A service over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        KeyService { store, touched: Arc::default(), cache: Arc::default() }
+    /// A service over `store` whose keys are hashed under `<data_dir>/api-keys.key`, made
+    /// (0600) on first start.
+    pub fn open(store: Arc<dyn Store>, data_dir: &Path) -> Result<Self, KeyError> {
+        use crate::keyfile::{KeyFileError, load_or_create};
+        let secret = load_or_create(&data_dir.join(SECRET_FILE), "the secret api keys are hashed under").map_err(
+            |e| match e {
+                KeyFileError::Read(path, source) => KeyError::ReadSecret { path, source },
+                KeyFileError::Write(path, source) => KeyError::WriteSecret { path, source },
+                KeyFileError::Random(e) => KeyError::Random(e),
+            },
+        )?;
+        Ok(Self::new(store, secret))
+    }
+
+    /// A service over `store` hashing keys under `secret`.
+    pub fn new(store: Arc<dyn Store>, secret: [u8; 32]) -> Self {
+        KeyService { store, secret: Secret(secret), touched: Arc::default(), cache: Arc::default() }
+    }
+
+    /// The stored form of a key.
+    fn hash(&self, key: &str) -> String {
+        hex::encode(crate::s3::sigv4::hmac_sha256(&self.secret.0, key.as_bytes()))
     }
 
     /// Ensures the bootstrap organization and admin key exist. With `configured` (from
-    /// `COVE_API_KEY`) that key is registered if new; without it, a key is generated when
-    /// there is none at all. Returns a generated key so the caller can show it once.
+    /// `COVE_API_KEY`) that key is registered if new, and re-enabled (and made admin again)
+    /// if it was revoked; without it, a key is generated when the server has no live admin
+    /// key. Never fails because the key already exists. Returns a generated key so the
+    /// caller can show it once.
     pub async fn bootstrap(&self, configured: Option<&str>) -> Result<Option<String>, KeyError> {
         let org = match self.store.first_org().await.map_err(store("find bootstrap organization"))? {
             Some(o) => o,
@@ -133,22 +230,62 @@ impl KeyService {
                 o
             }
         };
-        let (key, generated) = match configured {
+        match configured {
             Some(k) => {
-                if self.store.api_key_by_hash(&hash_key(k)).await.map_err(store("look up bootstrap key"))?.is_some() {
-                    return Ok(None);
-                }
-                (k.to_string(), false)
+                self.ensure_admin_key(&org.id, k).await?;
+                Ok(None)
             }
             None => {
-                if self.store.count_api_keys().await.map_err(store("count api keys"))? > 0 {
+                if self.store.count_admin_keys().await.map_err(store("count admin api keys"))? > 0 {
                     return Ok(None);
                 }
-                (new_key(), true)
+                let key = new_key();
+                let rec = self.insert(&org.id, "bootstrap admin", &key, true).await?;
+                tracing::info!(key_id = %rec.id, org_id = %org.id, "generated a bootstrap admin api key");
+                Ok(Some(key))
             }
+        }
+    }
+
+    /// Registers `key` as a live admin key, whatever state a row of it is in.
+    async fn ensure_admin_key(&self, org_id: &str, key: &str) -> Result<(), KeyError> {
+        let hash = self.hash(key);
+        let found = match self
+            .store
+            .api_key_by_hash_including_revoked(KeyHashScheme::HmacSha256, &hash)
+            .await
+            .map_err(store("look up bootstrap key"))?
+        {
+            Some(r) => Some(r),
+            None => self
+                .store
+                .api_key_by_hash_including_revoked(KeyHashScheme::Sha256, &legacy_hash(key))
+                .await
+                .map_err(store("look up bootstrap key"))?,
         };
-        self.insert(&org.id, "bootstrap admin", &key, true).await?;
-        Ok(generated.then_some(key))
+        let Some(rec) = found else {
+            let rec = self.insert(org_id, "bootstrap admin", key, true).await?;
+            tracing::info!(key_id = %rec.id, org_id, "registered the configured bootstrap admin api key");
+            return Ok(());
+        };
+        if rec.hash_scheme != KeyHashScheme::HmacSha256 {
+            self.store
+                .rehash_api_key(&rec.id, KeyHashScheme::HmacSha256, &hash)
+                .await
+                .map_err(store("rehash bootstrap key"))?;
+            tracing::info!(key_id = %rec.id, "re-hashed the bootstrap admin api key under the server secret");
+        }
+        if rec.revoked_at.is_some() || !rec.admin {
+            self.store.restore_admin_key(&rec.id).await.map_err(store("re-enable bootstrap key"))?;
+            tracing::warn!(
+                key_id = %rec.id,
+                org_id = %rec.org_id,
+                was_revoked = rec.revoked_at.is_some(),
+                was_admin = rec.admin,
+                "the configured bootstrap api key was re-enabled as an admin key"
+            );
+        }
+        Ok(())
     }
 
     async fn insert(&self, org_id: &str, name: &str, key: &str, admin: bool) -> Result<ApiKeyRecord, KeyError> {
@@ -156,11 +293,13 @@ impl KeyService {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: org_id.to_string(),
             name: name.to_string(),
-            key_hash: hash_key(key),
+            key_hash: self.hash(key),
+            hash_scheme: KeyHashScheme::HmacSha256,
             prefix: key.chars().take(10).collect(),
             admin,
             created_at: now_millis(),
             last_used_at: None,
+            revoked_at: None,
         };
         self.store.insert_api_key(&rec).await.map_err(store("create api key"))?;
         Ok(rec)
@@ -169,14 +308,18 @@ impl KeyService {
     /// Resolves a bearer token to its principal.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, KeyError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(KeyError::Missing)?;
-        let hash = hash_key(token);
+        let hash = self.hash(token);
         let now = now_millis();
         if let Some((p, at)) = self.cache.lock().expect("auth cache is never poisoned").get(&hash)
             && now.saturating_sub(*at) < AUTH_CACHE_MS
         {
             return Ok(p.clone());
         }
-        let rec = self.store.api_key_by_hash(&hash).await.map_err(store("authenticate"))?.ok_or(KeyError::Invalid)?;
+        let rec =
+            match self.store.api_key_by_hash(KeyHashScheme::HmacSha256, &hash).await.map_err(store("authenticate"))? {
+                Some(r) => r,
+                None => self.upgrade_legacy(token, &hash).await?.ok_or(KeyError::Invalid)?,
+            };
         // Recording the last use is informational (to the minute); an error here must not
         // fail the request.
         let due = {
@@ -192,6 +335,25 @@ impl KeyService {
         Ok(p)
     }
 
+    /// A live key stored as bare sha256 (before migration 0006), re-hashed now that its
+    /// value is known. A failed re-hash is logged and retried at the next use: it must not
+    /// lock the key's owner out.
+    async fn upgrade_legacy(&self, token: &str, hash: &str) -> Result<Option<ApiKeyRecord>, KeyError> {
+        let Some(rec) = self
+            .store
+            .api_key_by_hash(KeyHashScheme::Sha256, &legacy_hash(token))
+            .await
+            .map_err(store("authenticate"))?
+        else {
+            return Ok(None);
+        };
+        match self.store.rehash_api_key(&rec.id, KeyHashScheme::HmacSha256, hash).await {
+            Ok(()) => tracing::info!(key_id = %rec.id, "re-hashed a legacy sha256 api key under the server secret"),
+            Err(e) => tracing::warn!(key_id = %rec.id, error = %e, "could not re-hash a legacy sha256 api key"),
+        }
+        Ok(Some(rec))
+    }
+
     /// Creates a key in the caller's organization.
     pub async fn create(&self, who: &Principal, name: &str) -> Result<CreatedApiKey, KeyError> {
         if !valid_name(name) {
@@ -199,6 +361,7 @@ impl KeyService {
         }
         let key = new_key();
         let rec = self.insert(&who.org_id, name.trim(), &key, false).await?;
+        tracing::info!(key_id = %rec.id, org_id = %who.org_id, by = %who.key_id, "api key created");
         Ok(CreatedApiKey { key: dto(&rec), value: key })
     }
 
@@ -207,13 +370,23 @@ impl KeyService {
         Ok(self.store.list_api_keys(&who.org_id).await.map_err(store("list api keys"))?.iter().map(dto).collect())
     }
 
-    /// Revokes one of the caller's organization's keys.
+    /// Revokes one of the caller's organization's keys. Another organization's key is "not
+    /// found"; an admin key needs an admin caller and is never the server's last one.
     pub async fn revoke(&self, who: &Principal, id: &str) -> Result<(), KeyError> {
-        if self.store.revoke_api_key(&who.org_id, id, now_millis()).await.map_err(store("revoke api key"))? {
-            self.cache.lock().expect("auth cache is never poisoned").retain(|_, (p, _)| p.key_id != id);
-            Ok(())
-        } else {
-            Err(KeyError::NotFound { id: id.to_string() })
+        let not_found = || KeyError::NotFound { id: id.to_string() };
+        let target =
+            self.store.get_api_key(&who.org_id, id).await.map_err(store("revoke api key"))?.ok_or_else(not_found)?;
+        if target.admin && !who.admin {
+            return Err(KeyError::NotAdmin { action: "revoke an admin API key" });
+        }
+        match self.store.revoke_api_key(&who.org_id, id, now_millis()).await.map_err(store("revoke api key"))? {
+            Revoked::Done => {
+                self.cache.lock().expect("auth cache is never poisoned").retain(|_, (p, _)| p.key_id != id);
+                tracing::info!(key_id = %id, org_id = %who.org_id, by = %who.key_id, admin = target.admin, "api key revoked");
+                Ok(())
+            }
+            Revoked::LastAdmin => Err(KeyError::LastAdmin { id: id.to_string() }),
+            Revoked::NotFound => Err(not_found()),
         }
     }
 
@@ -233,6 +406,7 @@ impl KeyService {
         self.store.insert_org(&org).await.map_err(store("create organization"))?;
         let key = new_key();
         let rec = self.insert(&org.id, "initial", &key, false).await?;
+        tracing::info!(org_id = %org.id, key_id = %rec.id, by = %who.key_id, "organization created");
         Ok(OrganizationDto {
             id: org.id,
             name: org.name,
@@ -261,34 +435,186 @@ mod tests {
     async fn svc() -> (tempfile::TempDir, KeyService) {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&d.path().join("db")).await.unwrap();
-        (d, KeyService::new(Arc::new(s)))
+        let keys = KeyService::open(Arc::new(s), d.path()).unwrap();
+        (d, keys)
+    }
+
+    /// The same database and secret, as after a restart (no cached lookups).
+    fn restarted(s: &KeyService) -> KeyService {
+        KeyService::new(s.store.clone(), s.secret.0)
+    }
+
+    /// A key row the way servers before migration 0006 wrote it.
+    async fn insert_legacy(s: &KeyService, org_id: &str, key: &str, admin: bool) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let rec = ApiKeyRecord {
+            id: id.clone(),
+            org_id: org_id.into(),
+            name: "old".into(),
+            key_hash: legacy_hash(key),
+            hash_scheme: KeyHashScheme::Sha256,
+            prefix: key.chars().take(10).collect(),
+            admin,
+            created_at: 1,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        s.store.insert_api_key(&rec).await.unwrap();
+        id
+    }
+
+    async fn admin(s: &KeyService) -> (String, Principal) {
+        let key = s.bootstrap(None).await.unwrap().expect("first start generates a key");
+        let p = s.authenticate(Some(&key)).await.unwrap();
+        (key, p)
     }
 
     #[tokio::test]
     async fn a_generated_bootstrap_key_is_returned_once_and_then_authenticates_as_admin() {
         let (_d, s) = svc().await;
-        let key = s.bootstrap(None).await.unwrap().expect("first start generates a key");
+        let (_key, p) = admin(&s).await;
         assert!(s.bootstrap(None).await.unwrap().is_none(), "second start generates nothing");
-        let p = s.authenticate(Some(&key)).await.unwrap();
         assert!(p.admin);
     }
 
     #[tokio::test]
-    async fn a_configured_bootstrap_key_is_stored_hashed_and_works() {
+    async fn a_configured_bootstrap_key_is_stored_as_an_hmac_not_its_bare_sha256() {
         let (_d, s) = svc().await;
         assert!(s.bootstrap(Some("my-secret-key")).await.unwrap().is_none());
         s.authenticate(Some("my-secret-key")).await.unwrap();
         assert!(matches!(s.authenticate(Some("wrong")).await, Err(KeyError::Invalid)));
         assert!(matches!(s.authenticate(None).await, Err(KeyError::Missing)));
         let keys = s.store.list_api_keys(&s.store.first_org().await.unwrap().unwrap().id).await.unwrap();
-        assert!(keys.iter().all(|k| k.key_hash != "my-secret-key" && k.key_hash.len() == 64));
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].hash_scheme, KeyHashScheme::HmacSha256);
+        assert_eq!(keys[0].key_hash.len(), 64);
+        assert_ne!(keys[0].key_hash, legacy_hash("my-secret-key"));
+        assert_ne!(keys[0].key_hash, "my-secret-key");
+    }
+
+    #[tokio::test]
+    async fn keys_do_not_authenticate_under_another_server_secret() {
+        let (_d, s) = svc().await;
+        s.bootstrap(Some("my-secret-key")).await.unwrap();
+        let other = KeyService::new(s.store.clone(), [9u8; 32]);
+        assert!(matches!(other.authenticate(Some("my-secret-key")).await, Err(KeyError::Invalid)));
+    }
+
+    #[tokio::test]
+    async fn the_secret_file_is_made_once_and_read_back_at_the_next_start() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (d, s) = svc().await;
+        s.bootstrap(Some("my-secret-key")).await.unwrap();
+        let file = d.path().join(SECRET_FILE);
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = KeyService::open(s.store.clone(), d.path()).unwrap();
+        again.authenticate(Some("my-secret-key")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn starting_twice_with_the_same_configured_key_registers_it_once() {
+        let (_d, s) = svc().await;
+        s.bootstrap(Some("my-secret-key")).await.unwrap();
+        restarted(&s).bootstrap(Some("my-secret-key")).await.unwrap();
+        assert_eq!(s.store.count_admin_keys().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_configured_bootstrap_key_is_re_enabled_at_the_next_start() {
+        let (_d, s) = svc().await;
+        s.bootstrap(Some("key-a")).await.unwrap();
+        // A second configured key makes the first revocable.
+        let s = restarted(&s);
+        s.bootstrap(Some("key-b")).await.unwrap();
+        let b = s.authenticate(Some("key-b")).await.unwrap();
+        let a = s.authenticate(Some("key-a")).await.unwrap();
+        s.revoke(&b, &a.key_id).await.unwrap();
+        assert!(matches!(s.authenticate(Some("key-a")).await, Err(KeyError::Invalid)));
+        let s = restarted(&s);
+        s.bootstrap(Some("key-a")).await.expect("a revoked bootstrap key never fails the start");
+        let a2 = s.authenticate(Some("key-a")).await.unwrap();
+        assert_eq!(a2.key_id, a.key_id, "the same row is re-enabled");
+        assert!(a2.admin);
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_key_revoked_in_the_database_is_re_enabled_at_the_next_start() {
+        let (_d, s) = svc().await;
+        s.bootstrap(Some("key-a")).await.unwrap();
+        let a = s.authenticate(Some("key-a")).await.unwrap();
+        // Another admin row, so that the store lets the bootstrap key go.
+        let mut twin = s.store.get_api_key(&a.org_id, &a.key_id).await.unwrap().unwrap();
+        twin.id = "twin".into();
+        twin.key_hash = "0".repeat(64);
+        s.store.insert_api_key(&twin).await.unwrap();
+        assert_eq!(s.store.revoke_api_key(&a.org_id, &a.key_id, 5).await.unwrap(), Revoked::Done);
+        let s = restarted(&s);
+        assert!(matches!(s.authenticate(Some("key-a")).await, Err(KeyError::Invalid)));
+        s.bootstrap(Some("key-a")).await.expect("a revoked bootstrap key never fails the start");
+        assert!(s.authenticate(Some("key-a")).await.unwrap().admin);
+    }
+
+    #[tokio::test]
+    async fn a_new_key_is_generated_when_keys_exist_but_no_live_admin_key() {
+        let (_d, s) = svc().await;
+        let org = Organization { id: "o".into(), name: "default".into(), created_at: 0 };
+        s.store.insert_org(&org).await.unwrap();
+        insert_legacy(&s, "o", "cove_member", false).await;
+        let fresh = s.bootstrap(None).await.unwrap().expect("a replacement admin key is generated");
+        assert!(s.authenticate(Some(&fresh)).await.unwrap().admin);
+        assert!(restarted(&s).bootstrap(None).await.unwrap().is_none(), "and only once");
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_key_cannot_be_revoked() {
+        let (_d, s) = svc().await;
+        let (key, a) = admin(&s).await;
+        let e = s.revoke(&a, &a.key_id).await.unwrap_err();
+        assert!(matches!(e, KeyError::LastAdmin { .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.to_string().contains("last admin API key"), "{e}");
+        assert!(s.authenticate(Some(&key)).await.unwrap().admin);
+    }
+
+    #[tokio::test]
+    async fn a_member_key_cannot_revoke_an_admin_key_of_its_own_organization() {
+        let (_d, s) = svc().await;
+        let (key, a) = admin(&s).await;
+        let member = s.create(&a, "member").await.unwrap();
+        let m = s.authenticate(Some(&member.value)).await.unwrap();
+        assert_eq!(m.org_id, a.org_id);
+        let e = s.revoke(&m, &a.key_id).await.unwrap_err();
+        assert!(matches!(e, KeyError::NotAdmin { .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        s.authenticate(Some(&key)).await.unwrap();
+        // It may still revoke ordinary keys of its organization, itself included.
+        let other = s.create(&a, "other").await.unwrap();
+        s.revoke(&m, &other.key.id).await.unwrap();
+        s.revoke(&m, &m.key_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_organization_is_neither_listed_nor_revocable_and_looks_absent() {
+        let (_d, s) = svc().await;
+        let (key, a) = admin(&s).await;
+        let org = s.create_org(&a, "team b").await.unwrap();
+        let b = s.authenticate(Some(&org.api_key.unwrap().value)).await.unwrap();
+        let listed = s.list(&b).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed.iter().all(|k| k.organization_id == b.org_id));
+        let e = s.revoke(&b, &a.key_id).await.unwrap_err();
+        assert!(matches!(e, KeyError::NotFound { .. }), "{e}");
+        assert_eq!(e.to_string(), KeyError::NotFound { id: a.key_id.clone() }.to_string());
+        let ci = s.create(&a, "ci").await.unwrap();
+        assert!(matches!(s.revoke(&b, &ci.key.id).await, Err(KeyError::NotFound { .. })));
+        s.authenticate(Some(&key)).await.unwrap();
+        s.authenticate(Some(&ci.value)).await.unwrap();
     }
 
     #[tokio::test]
     async fn only_admins_create_organizations_whose_keys_are_not_admin() {
         let (_d, s) = svc().await;
-        let admin_key = s.bootstrap(None).await.unwrap().unwrap();
-        let admin = s.authenticate(Some(&admin_key)).await.unwrap();
+        let (_key, admin) = admin(&s).await;
         let org = s.create_org(&admin, "team b").await.unwrap();
         let b = s.authenticate(Some(&org.api_key.unwrap().value)).await.unwrap();
         assert_ne!(b.org_id, admin.org_id);
@@ -299,8 +625,7 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_key_stops_working_and_listing_never_shows_secrets() {
         let (_d, s) = svc().await;
-        let admin_key = s.bootstrap(None).await.unwrap().unwrap();
-        let admin = s.authenticate(Some(&admin_key)).await.unwrap();
+        let (admin_key, admin) = admin(&s).await;
         let k = s.create(&admin, "ci").await.unwrap();
         s.authenticate(Some(&k.value)).await.unwrap();
         let listed = serde_json::to_string(&s.list(&admin).await.unwrap()).unwrap();
@@ -308,5 +633,55 @@ mod tests {
         s.revoke(&admin, &k.key.id).await.unwrap();
         assert!(matches!(s.authenticate(Some(&k.value)).await, Err(KeyError::Invalid)));
         assert!(matches!(s.revoke(&admin, &k.key.id).await, Err(KeyError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_key_stored_as_bare_sha256_still_authenticates_and_is_rehashed_on_first_use() {
+        let (_d, s) = svc().await;
+        let (_key, a) = admin(&s).await;
+        let id = insert_legacy(&s, &a.org_id, "cove_legacy-member-key", false).await;
+        let p = s.authenticate(Some("cove_legacy-member-key")).await.unwrap();
+        assert_eq!(p.key_id, id);
+        assert!(!p.admin);
+        let rec = s.store.get_api_key(&a.org_id, &id).await.unwrap().unwrap();
+        assert_eq!(rec.hash_scheme, KeyHashScheme::HmacSha256);
+        assert_eq!(rec.key_hash, s.hash("cove_legacy-member-key"));
+        restarted(&s).authenticate(Some("cove_legacy-member-key")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_configured_bootstrap_key_stored_as_bare_sha256_is_rehashed_at_start() {
+        let (_d, s) = svc().await;
+        let org = Organization { id: "o".into(), name: "default".into(), created_at: 0 };
+        s.store.insert_org(&org).await.unwrap();
+        let id = insert_legacy(&s, "o", "weak", true).await;
+        s.bootstrap(Some("weak")).await.expect("an old row of the bootstrap key never fails the start");
+        let rec = s.store.get_api_key("o", &id).await.unwrap().unwrap();
+        assert_eq!((rec.hash_scheme, rec.key_hash.as_str()), (KeyHashScheme::HmacSha256, s.hash("weak").as_str()));
+        assert_eq!(s.store.count_admin_keys().await.unwrap(), 1);
+        assert!(s.authenticate(Some("weak")).await.unwrap().admin);
+    }
+
+    #[test]
+    fn privileged_sandboxes_need_the_server_option_and_an_admin_key() {
+        let who = |admin| Principal { org_id: "o".into(), key_id: "k".into(), admin };
+        who(true).may_create_privileged(true).unwrap();
+        let cases = [
+            (true, false, &["--allow-privileged"][..], &["admin"][..]),
+            (false, true, &["admin API key"], &["--allow-privileged"]),
+            (false, false, &["--allow-privileged", "admin API key"], &[]),
+        ];
+        for (admin, allowed, needles, absent) in cases {
+            let e = who(admin).may_create_privileged(allowed).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+            let msg = e.to_string();
+            assert!(msg.starts_with("privileged sandboxes need "), "{msg}");
+            for n in needles {
+                assert!(msg.contains(n), "{msg} should name {n}");
+            }
+            for n in absent {
+                assert!(!msg.contains(n), "{msg} should not name {n}");
+            }
+        }
     }
 }

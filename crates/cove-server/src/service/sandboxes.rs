@@ -46,6 +46,9 @@ pub enum SandboxError {
     /// The snapshot cannot be used.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The caller may not ask for this (privileged mode).
+    #[error(transparent)]
+    Forbidden(#[from] super::keys::KeyError),
     /// The snapshot asks for GPUs this machine does not have.
     #[error("no GPU is available in region {region}: snapshot {snapshot} needs {gpu} GPU(s) and this server has none")]
     NoGpu {
@@ -136,6 +139,7 @@ impl SandboxError {
             },
             Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
             Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
+            Self::Forbidden(e) => e.kind(),
             Self::WrongState { .. } => ErrorKind::FailedPrecondition,
             Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
@@ -162,6 +166,8 @@ struct Inner {
     toolbox_url: String,
     has_gpu: bool,
     pids_limit: u32,
+    /// `--allow-privileged`: privileged sandboxes may be created (by admin keys).
+    allow_privileged: bool,
     pool: Arc<WarmPool>,
     /// (organization, id or name) → (sandbox id, agent socket) of started sandboxes, so that
     /// toolbox calls skip the database. Every transition away from `started` clears its entries.
@@ -200,14 +206,25 @@ impl SandboxService {
                 toolbox_url,
                 has_gpu,
                 pids_limit,
+                allow_privileged: false,
                 sockets: Default::default(),
             }),
         }
     }
 
+    /// Lets admin keys create privileged sandboxes (`--allow-privileged`; off unless called).
+    /// Called on the service [`SandboxService::new`] returned, before it is shared.
+    pub fn allow_privileged(mut self, allow: bool) -> Self {
+        Arc::get_mut(&mut self.inner).expect("configured before the service is cloned").allow_privileged = allow;
+        self
+    }
+
     /// Creates a sandbox from a snapshot and answers once its agent is ready.
     #[tracing::instrument(skip_all, fields(org_id = %who.org_id))]
     pub async fn create(&self, who: &Principal, req: CreateSandbox) -> Result<SandboxDto, SandboxError> {
+        if req.privileged == Some(true) {
+            who.may_create_privileged(self.inner.allow_privileged)?;
+        }
         if let Some(info) = req.build_info.clone() {
             return self.create_from_build(who, req, info).await;
         }

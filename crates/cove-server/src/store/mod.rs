@@ -28,6 +28,35 @@ pub struct Organization {
     pub created_at: Millis,
 }
 
+/// How an API key's `key_hash` was computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHashScheme {
+    /// Bare sha256 hex: rows written before migration 0006, re-hashed when their key is next
+    /// presented.
+    Sha256,
+    /// HMAC-SHA256 hex under the server's `api-keys.key`.
+    HmacSha256,
+}
+
+impl KeyHashScheme {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sha256" => Some(Self::Sha256),
+            "hmac-sha256" => Some(Self::HmacSha256),
+            _ => None,
+        }
+    }
+}
+
 /// A stored API key (only its hash).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKeyRecord {
@@ -37,16 +66,31 @@ pub struct ApiKeyRecord {
     pub org_id: String,
     /// Label.
     pub name: String,
-    /// sha256 hex of the key.
+    /// Hex hash of the key, computed as `hash_scheme` says.
     pub key_hash: String,
+    /// How `key_hash` was computed.
+    pub hash_scheme: KeyHashScheme,
     /// First characters of the key.
     pub prefix: String,
-    /// May create organizations.
+    /// May create organizations (and revoke admin keys, create privileged sandboxes).
     pub admin: bool,
     /// Created.
     pub created_at: Millis,
     /// Last authenticated.
     pub last_used_at: Option<Millis>,
+    /// When it was revoked; `None` while it is live.
+    pub revoked_at: Option<Millis>,
+}
+
+/// What [`Store::revoke_api_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The key is revoked now.
+    Done,
+    /// The organization has no such live key.
+    NotFound,
+    /// It is the last live admin key, so it was kept.
+    LastAdmin,
 }
 
 /// A snapshot row.
@@ -308,16 +352,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn first_org(&self) -> Result<Option<Organization>, StoreError>;
     /// Stores a new key.
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
-    /// A live (unrevoked) key by its hash.
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A live (unrevoked) key by its hash under `scheme`.
+    async fn api_key_by_hash(&self, scheme: KeyHashScheme, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A key by its hash under `scheme`, revoked or not (for the bootstrap key).
+    async fn api_key_by_hash_including_revoked(
+        &self,
+        scheme: KeyHashScheme,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// One of an organization's live keys.
+    async fn get_api_key(&self, org_id: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// An organization's live keys.
     async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
-    /// Revokes a key; false when the organization has no such live key.
-    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<bool, StoreError>;
+    /// Revokes one of an organization's live keys, unless it is the last live admin key of
+    /// the server (checked in the same statement, so two revokes cannot both pass).
+    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<Revoked, StoreError>;
+    /// Replaces a key's stored hash, and makes sure the old one is not left behind in the
+    /// database or its write-ahead log.
+    async fn rehash_api_key(&self, id: &str, scheme: KeyHashScheme, hash: &str) -> Result<(), StoreError>;
+    /// Makes a key a live admin key again (the bootstrap key after a revoke).
+    async fn restore_admin_key(&self, id: &str) -> Result<(), StoreError>;
     /// Records a use of a key.
     async fn touch_api_key(&self, id: &str, at: Millis) -> Result<(), StoreError>;
-    /// Number of live keys in all organizations.
-    async fn count_api_keys(&self) -> Result<i64, StoreError>;
+    /// Number of live admin keys in all organizations.
+    async fn count_admin_keys(&self) -> Result<i64, StoreError>;
 
     /// Inserts a snapshot; [`StoreError::Duplicate`] when the name is taken in the organization.
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError>;

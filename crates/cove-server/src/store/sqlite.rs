@@ -10,8 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ApiKeyRecord, BuildSpec, Millis, Organization, RegistryRecord, SandboxRecord, SnapshotQuery, SnapshotRecord,
-    SnapshotSort, Store, StoreError,
+    ApiKeyRecord, BuildSpec, KeyHashScheme, Millis, Organization, RegistryRecord, Revoked, SandboxRecord,
+    SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError,
 };
 
 /// SQLite-backed [`Store`].
@@ -38,6 +38,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted and replaced content is zeroed, so a re-hashed API key leaves no trace of
+            // its old hash in free space.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -133,15 +136,21 @@ fn registry_from_row(r: &SqliteRow) -> Result<RegistryRecord, StoreError> {
 
 fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
     let get = |e: sqlx::Error| StoreError::Decode { what: "api key row", why: e.to_string() };
+    let scheme: String = r.try_get("hash_scheme").map_err(get)?;
     Ok(ApiKeyRecord {
         id: r.try_get("id").map_err(get)?,
         org_id: r.try_get("org_id").map_err(get)?,
         name: r.try_get("name").map_err(get)?,
         key_hash: r.try_get("key_hash").map_err(get)?,
+        hash_scheme: KeyHashScheme::parse(&scheme).ok_or_else(|| StoreError::Decode {
+            what: "api key hash scheme",
+            why: format!("unknown scheme {scheme:?}"),
+        })?,
         prefix: r.try_get("prefix").map_err(get)?,
         admin: r.try_get::<i64, _>("admin").map_err(get)? != 0,
         created_at: r.try_get("created_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
+        revoked_at: r.try_get("revoked_at").map_err(get)?,
     })
 }
 
@@ -297,12 +306,14 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, org_id, name, key_hash, prefix, admin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, org_id, name, key_hash, hash_scheme, prefix, admin, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.id)
         .bind(&k.org_id)
         .bind(&k.name)
         .bind(&k.key_hash)
+        .bind(k.hash_scheme.as_str())
         .bind(&k.prefix)
         .bind(i64::from(k.admin))
         .bind(k.created_at)
@@ -314,12 +325,37 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+    async fn api_key_by_hash(&self, scheme: KeyHashScheme, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND hash_scheme = ? AND revoked_at IS NULL")
             .bind(hash)
+            .bind(scheme.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(q("find api key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn api_key_by_hash_including_revoked(
+        &self,
+        scheme: KeyHashScheme,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND hash_scheme = ?")
+            .bind(hash)
+            .bind(scheme.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("find api key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn get_api_key(&self, org_id: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND id = ? AND revoked_at IS NULL")
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get api key"))?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -333,15 +369,53 @@ impl Store for SqliteStore {
         rows.iter().map(key_from_row).collect()
     }
 
-    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL")
-            .bind(at)
-            .bind(org_id)
+    async fn revoke_api_key(&self, org_id: &str, id: &str, at: Millis) -> Result<Revoked, StoreError> {
+        // One statement: SQLite runs it under the write lock, so two revokes of the last two
+        // admin keys cannot both see the other one still live.
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL \
+             AND (admin = 0 OR (SELECT COUNT(*) FROM api_keys WHERE admin = 1 AND revoked_at IS NULL) > 1)",
+        )
+        .bind(at)
+        .bind(org_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("revoke api key"))?;
+        if r.rows_affected() == 1 {
+            return Ok(Revoked::Done);
+        }
+        Ok(match self.get_api_key(org_id, id).await? {
+            Some(k) if k.admin => Revoked::LastAdmin,
+            _ => Revoked::NotFound,
+        })
+    }
+
+    async fn rehash_api_key(&self, id: &str, scheme: KeyHashScheme, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET key_hash = ?, hash_scheme = ? WHERE id = ?")
+            .bind(hash)
+            .bind(scheme.as_str())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(q("revoke api key"))?;
-        Ok(r.rows_affected() == 1)
+            .map_err(q("rehash api key"))?;
+        // The pages that held the old hash may still sit in the WAL from earlier writes: copy
+        // the WAL back (secure_delete zeroed the old cells) and truncate it. A reader in the
+        // way only delays this to a later checkpoint, so "busy" is not an error.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(q("checkpoint after rehashing an api key"))?;
+        Ok(())
+    }
+
+    async fn restore_admin_key(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET revoked_at = NULL, admin = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("restore admin api key"))?;
+        Ok(())
     }
 
     async fn touch_api_key(&self, id: &str, at: Millis) -> Result<(), StoreError> {
@@ -354,11 +428,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn count_api_keys(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
+    async fn count_admin_keys(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE admin = 1 AND revoked_at IS NULL")
             .fetch_one(&self.pool)
             .await
-            .map_err(q("count api keys"))
+            .map_err(q("count admin api keys"))
     }
 
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
@@ -703,23 +777,65 @@ mod tests {
         assert_eq!(s.get_snapshot("o1", "used").await.unwrap().unwrap().state, SnapshotState::Active);
     }
 
+    fn key(id: &str, org: &str, hash: &str, admin: bool) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            org_id: org.into(),
+            name: "ci".into(),
+            key_hash: hash.into(),
+            hash_scheme: KeyHashScheme::HmacSha256,
+            prefix: "cove_ab".into(),
+            admin,
+            created_at: 1,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
     #[tokio::test]
     async fn revoked_keys_no_longer_authenticate() {
         let (_d, s) = store().await;
-        let k = ApiKeyRecord {
-            id: "k".into(),
-            org_id: "o1".into(),
-            name: "ci".into(),
-            key_hash: "h".into(),
-            prefix: "cove_ab".into(),
-            admin: false,
-            created_at: 1,
-            last_used_at: None,
-        };
+        s.insert_api_key(&key("k", "o1", "h", false)).await.unwrap();
+        let hmac = KeyHashScheme::HmacSha256;
+        assert!(s.api_key_by_hash(hmac, "h").await.unwrap().is_some());
+        assert!(s.api_key_by_hash(KeyHashScheme::Sha256, "h").await.unwrap().is_none(), "the scheme must match");
+        assert_eq!(s.revoke_api_key("o2", "k", 2).await.unwrap(), Revoked::NotFound, "another organization cannot");
+        assert_eq!(s.revoke_api_key("o1", "k", 2).await.unwrap(), Revoked::Done);
+        assert!(s.api_key_by_hash(hmac, "h").await.unwrap().is_none());
+        assert_eq!(s.api_key_by_hash_including_revoked(hmac, "h").await.unwrap().unwrap().revoked_at, Some(2));
+    }
+
+    #[tokio::test]
+    async fn the_last_live_admin_key_is_never_revoked() {
+        let (_d, s) = store().await;
+        s.insert_api_key(&key("a1", "o1", "h1", true)).await.unwrap();
+        s.insert_api_key(&key("a2", "o1", "h2", true)).await.unwrap();
+        assert_eq!(s.count_admin_keys().await.unwrap(), 2);
+        assert_eq!(s.revoke_api_key("o1", "a1", 2).await.unwrap(), Revoked::Done);
+        assert_eq!(s.revoke_api_key("o1", "a2", 3).await.unwrap(), Revoked::LastAdmin);
+        assert!(s.api_key_by_hash(KeyHashScheme::HmacSha256, "h2").await.unwrap().is_some());
+        s.restore_admin_key("a1").await.unwrap();
+        assert_eq!(s.count_admin_keys().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rehashed_key_leaves_no_old_hash_in_the_database_or_its_wal() {
+        let (d, s) = store().await;
+        let old = "0123456789abcdef".repeat(4);
+        let mut k = key("k", "o1", &old, false);
+        k.hash_scheme = KeyHashScheme::Sha256;
         s.insert_api_key(&k).await.unwrap();
-        assert!(s.api_key_by_hash("h").await.unwrap().is_some());
-        assert!(!s.revoke_api_key("o2", "k", 2).await.unwrap(), "another organization cannot revoke it");
-        assert!(s.revoke_api_key("o1", "k", 2).await.unwrap());
-        assert!(s.api_key_by_hash("h").await.unwrap().is_none());
+        let holds_old = || {
+            ["cove.db", "cove.db-wal"].map(|f| {
+                let bytes = std::fs::read(d.path().join(f)).unwrap_or_default();
+                bytes.windows(old.len()).any(|w| w == old.as_bytes())
+            })
+        };
+        assert!(holds_old().contains(&true), "the test sees the hash before");
+        let new = "fedcba9876543210".repeat(4);
+        s.rehash_api_key("k", KeyHashScheme::HmacSha256, &new).await.unwrap();
+        let got = s.api_key_by_hash(KeyHashScheme::HmacSha256, &new).await.unwrap().unwrap();
+        assert_eq!(got.hash_scheme, KeyHashScheme::HmacSha256);
+        assert_eq!(holds_old(), [false, false], "cove.db and its WAL no longer hold the old hash");
     }
 }
