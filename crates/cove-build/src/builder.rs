@@ -307,6 +307,7 @@ impl BuildError {
             BuildError::BaseImage { source, .. } | BuildError::Backend { source, .. } => source.kind,
             BuildError::Context { source, .. } => source.kind(),
             BuildError::Copy { source, .. } => source.kind(),
+            BuildError::Layer { source, .. } => source.kind(),
             BuildError::OpenContext(e) => e.kind(),
             _ => ErrorKind::Internal,
         }
@@ -439,14 +440,19 @@ impl<'a, B: Backend + ?Sized> Builder<'a, B> {
                     newest: 0,
                 },
             };
-            let steps = plan.steps(stage, &st.config.config)?;
-            for step in &steps {
+            // Check the whole stage first, so a bad instruction fails before anything runs;
+            // then plan it step by step while executing, holding one config at a time (a
+            // config per step of a large Dockerfile adds up).
+            plan.check_stage(stage, &st.config.config)?;
+            let base = st.config.config.clone();
+            for step in plan.step_iter(stage, &base) {
+                let step = step?;
                 tracing::debug!(step = %step.label(), key = %st.key, "build step");
                 log.line(&format!("Step {}/{} : {}", step.number, step.total, step.source));
-                if self.step(step, &mut st, &ctx, &done, log).await? {
+                if self.step(&step, &mut st, &ctx, &done, log).await? {
                     hits += 1;
                 }
-                st.config.config = step.config.clone();
+                st.config.config = step.config;
             }
             done.insert(stage.index, st);
         }
@@ -794,7 +800,8 @@ mod tests {
     use super::*;
 
     /// Pretends to be runc + the image store: a base image made from a directory, and a tiny
-    /// interpreter for `echo X > /path`, `rm /path`, `false`, joined by `&&`.
+    /// interpreter for `echo X > /path`, `rm /path`, `nest N` (N nested directories `a`),
+    /// `false`, joined by `&&`.
     struct FakeBackend {
         dir: PathBuf,
         content: ContentStore,
@@ -877,6 +884,8 @@ mod tests {
                     let p = step.upper.join(path.trim().trim_start_matches('/'));
                     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
                     std::fs::write(p, format!("{text}\n")).unwrap();
+                } else if let Some(depth) = cmd.strip_prefix("nest ") {
+                    crate::limits::nest_dirs(step.upper, "a", depth.trim().parse().unwrap());
                 } else if let Some(path) = cmd.strip_prefix("rm ") {
                     let rel = path.trim().trim_start_matches('/');
                     let p = step.upper.join(rel);
@@ -1077,5 +1086,53 @@ mod tests {
         let err = e.build("FROM alpine:3.20\nCOPY nope.txt /x\n").await.0.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert_eq!(err.reason(), "step `COPY nope.txt /x`: COPY source nope.txt not found in the build context");
+    }
+
+    #[tokio::test]
+    async fn multiplying_args_fail_the_build_naming_the_limit_before_anything_runs() {
+        let e = env();
+        let mut text = format!("FROM alpine:3.20\nRUN echo first > /f\nARG A0={}\n", "x".repeat(64));
+        for i in 1..=10 {
+            let p = i - 1;
+            text.push_str(&format!("ARG A{i}=$A{p}$A{p}$A{p}$A{p}\n"));
+        }
+        let err = e.build(&text).await.0.unwrap_err();
+        assert_eq!(err.reason(), "dockerfile line 9: expanded value exceeds 64 KiB");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(e.backend.runs.load(Ordering::SeqCst), 0, "the stage is checked before its first step runs");
+    }
+
+    #[tokio::test]
+    async fn a_run_step_nesting_directories_past_the_limit_fails_with_the_path_problem() {
+        let e = env();
+        let err = e.build("FROM alpine:3.20\nRUN nest 5000\n").await.0.unwrap_err();
+        let reason = err.reason();
+        assert!(reason.starts_with("export the layer of step `RUN nest 5000`: the layer's path a/a/a/"), "{reason}");
+        assert!(reason.ends_with("nests 513 directories deep, over the limit of 512"), "{reason}");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_copy_destination_deeper_than_the_limit_fails_naming_the_path() {
+        let e = env();
+        let text = format!("FROM alpine:3.20\nCOPY ctx/b.txt {}/\n", "/d".repeat(5000));
+        let reason = e.build(&text).await.0.unwrap_err().reason();
+        assert!(reason.starts_with("dockerfile line 2: COPY destination /d/d/d"), "{reason}");
+        assert!(reason.ends_with("is 10001 bytes long, over the limit of 3 KiB for a path"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn an_add_archive_entry_longer_than_path_max_fails_with_its_cause() {
+        let e = env();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("{}f", "a/".repeat(5000)), &b"x"[..]).unwrap();
+        std::fs::write(e.ctx.join("deep.tar"), b.into_inner().unwrap()).unwrap();
+        let reason = e.build("FROM alpine:3.20\nADD deep.tar /opt/\n").await.0.unwrap_err().reason();
+        assert!(reason.starts_with("step `ADD deep.tar /opt/`: extract archive "), "{reason}");
+        assert!(reason.contains("File name too long"), "the IO cause is kept: {reason}");
+        assert!(reason.len() < 1000, "{reason}");
     }
 }

@@ -7,13 +7,20 @@
 //! Sources are Go `filepath.Match` globs relative to the context root (`*` never crosses a
 //! `/`). A leading `/` means the context root; a `..` that climbs out is refused. Symlinks
 //! met while resolving a source are followed but clamped to the root, as a chroot would.
+//!
+//! Paths are held to [`crate::limits`]: an archive entry nested deeper or named longer than
+//! a path may be is refused before anything of it is created, and trees are hashed without
+//! recursion.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use cove_image::unpack::resolve_in_root;
 use sha2::Digest as _;
+
+use crate::limits::{PathProblem, ShortPath, check_path};
 
 /// A failed context operation.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,26 @@ pub enum ContextError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A context tar entry's path is too long or nested too deep.
+    #[error("context archive {tar}: entry {} {problem}", ShortPath(entry))]
+    EntryPath {
+        /// The archive.
+        tar: PathBuf,
+        /// The entry name.
+        entry: String,
+        /// What is wrong with it.
+        #[source]
+        problem: PathProblem,
+    },
+    /// A path met while reading the context is too long or nested too deep.
+    #[error("build context path {} {problem}", ShortPath(path))]
+    TreePath {
+        /// The path relative to the context.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        problem: PathProblem,
+    },
     /// Writing an extracted entry failed.
     #[error("extract context entry to {path}")]
     Extract {
@@ -77,9 +104,11 @@ impl ContextError {
     /// Missing and escaping sources are the caller's fault; IO is ours.
     pub fn kind(&self) -> cove_types::ErrorKind {
         match self {
-            ContextError::OutsideContext { .. } | ContextError::NotFound { .. } | ContextError::UnsafeEntry { .. } => {
-                cove_types::ErrorKind::InvalidArgument
-            }
+            ContextError::OutsideContext { .. }
+            | ContextError::NotFound { .. }
+            | ContextError::UnsafeEntry { .. }
+            | ContextError::EntryPath { .. }
+            | ContextError::TreePath { .. } => cove_types::ErrorKind::InvalidArgument,
             _ => cove_types::ErrorKind::Internal,
         }
     }
@@ -272,7 +301,48 @@ pub fn hash_sources(
     Ok(hex::encode(h.finalize()))
 }
 
+/// A directory being hashed: where it is, its relative path, the names still to hash.
+type HashDir = (PathBuf, String, std::vec::IntoIter<OsString>);
+
+/// Hashes the tree at `host` depth first with an explicit stack (no recursion per level).
+/// Each node is its path and mode, then its contents (a directory's children, a link's
+/// target, a file's bytes), then a newline; an ignored file leaves out the newline.
 fn hash_tree(h: &mut sha2::Sha256, host: &Path, rel: &str, ignore: Option<&DockerIgnore>) -> Result<(), ContextError> {
+    let mut stack: Vec<HashDir> = Vec::new();
+    if let Some(dir) = hash_node(h, host, rel, ignore)? {
+        stack.push(dir);
+    }
+    while let Some((dir, dir_rel, names)) = stack.last_mut() {
+        let Some(n) = names.next() else {
+            stack.pop();
+            h.update(b"\n");
+            continue;
+        };
+        let child_rel = format!("{dir_rel}/{}", n.to_string_lossy());
+        if let Some(ig) = ignore
+            && ig.is_excluded(&child_rel)
+            && !ig.has_exceptions()
+        {
+            continue;
+        }
+        if let Err(problem) = check_path(&child_rel) {
+            return Err(ContextError::TreePath { path: child_rel, problem });
+        }
+        let child = dir.join(&n);
+        if let Some(d) = hash_node(h, &child, &child_rel, ignore)? {
+            stack.push(d);
+        }
+    }
+    Ok(())
+}
+
+/// Hashes one node; for a directory, returns its sorted names (its newline comes after them).
+fn hash_node(
+    h: &mut sha2::Sha256,
+    host: &Path,
+    rel: &str,
+    ignore: Option<&DockerIgnore>,
+) -> Result<Option<HashDir>, ContextError> {
     let read = |source| ContextError::Read { path: host.to_path_buf(), source };
     let meta = std::fs::symlink_metadata(host).map_err(read)?;
     let ft = meta.file_type();
@@ -280,28 +350,19 @@ fn hash_tree(h: &mut sha2::Sha256, host: &Path, rel: &str, ignore: Option<&Docke
     if ft.is_dir() {
         let mut names: Vec<_> = std::fs::read_dir(host).map_err(read)?.flatten().map(|e| e.file_name()).collect();
         names.sort();
-        for n in names {
-            let child_rel = format!("{rel}/{}", n.to_string_lossy());
-            if let Some(ig) = ignore
-                && ig.is_excluded(&child_rel)
-                && !ig.has_exceptions()
-            {
-                continue;
-            }
-            hash_tree(h, &host.join(&n), &child_rel, ignore)?;
-        }
+        return Ok(Some((host.to_path_buf(), rel.to_string(), names.into_iter())));
     } else if ft.is_symlink() {
         h.update(std::fs::read_link(host).map_err(read)?.as_os_str().as_encoded_bytes());
     } else if ft.is_file() {
         if ignore.is_some_and(|ig| ig.is_excluded(rel)) {
-            return Ok(());
+            return Ok(None);
         }
         let mut f = std::fs::File::open(host).map_err(read)?;
         let mut hw = HashWriter(h);
         io::copy(&mut f, &mut hw).map_err(read)?;
     }
     h.update(b"\n");
-    Ok(())
+    Ok(None)
 }
 
 struct HashWriter<'a>(&'a mut sha2::Sha256);
@@ -336,6 +397,9 @@ pub fn extract_tars(tars: &[PathBuf], dest: &Path) -> Result<(), ContextError> {
             let segs = clean_relative(&raw).ok_or_else(|| unsafe_entry("climbs out with .."))?;
             if segs.is_empty() {
                 continue;
+            }
+            if let Err(problem) = check_path(&segs.join("/")) {
+                return Err(ContextError::EntryPath { tar: tar_path.clone(), entry: raw, problem });
             }
             let mut parent = dest.to_path_buf();
             for s in &segs[..segs.len() - 1] {
@@ -663,5 +727,62 @@ mod tests {
         }
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         assert!(!t.path().join("x").exists());
+    }
+
+    fn tar_of_long_names(entries: &[(String, tar::EntryType)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, ty) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_entry_type(*ty);
+            h.set_size(0);
+            b.append_data(&mut h, path, io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_context_entry_five_thousand_directories_deep_is_refused_before_anything_is_created() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = t.path().join("deep.tar");
+        let deep = format!("{}f", "a/".repeat(5000));
+        std::fs::write(&tar, tar_of_long_names(&[(deep, tar::EntryType::Regular)])).unwrap();
+        let dest = t.path().join("ctx");
+        let e = extract_tars(&[tar], &dest).unwrap_err();
+        assert!(matches!(e, ContextError::EntryPath { problem: PathProblem::TooLong { len: 10_001 }, .. }), "{e}");
+        assert_eq!(e.kind(), cove_types::ErrorKind::InvalidArgument);
+        let msg = cove_types::error::chain(&e);
+        assert!(
+            msg.contains("entry a/a/a/") && msg.ends_with("is 10001 bytes long, over the limit of 3 KiB for a path"),
+            "{msg}"
+        );
+        assert!(msg.len() < 400, "{msg}");
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn context_directories_nested_past_the_depth_limit_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = t.path().join("deep.tar");
+        let entries: Vec<_> = (1..=600).map(|n| ("d/".repeat(n), tar::EntryType::Directory)).collect();
+        std::fs::write(&tar, tar_of_long_names(&entries)).unwrap();
+        let e = extract_tars(&[tar], &t.path().join("ctx")).unwrap_err();
+        assert!(e.to_string().ends_with("nests 513 directories deep, over the limit of 512"), "{e}");
+    }
+
+    #[test]
+    fn hashing_a_tree_deeper_than_the_limit_fails_naming_the_path_instead_of_overflowing_the_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ctx");
+        std::fs::create_dir(&root).unwrap();
+        crate::limits::nest_dirs(&root, "d", 3000);
+        let src = resolve_sources(&root, "d", None, "COPY").unwrap();
+        let e = crate::limits::on_small_stack(move || hash_sources(&src, None, None, None)).unwrap_err();
+        assert!(matches!(&e, ContextError::TreePath { problem: PathProblem::TooDeep { depth: 513 }, .. }), "{e}");
+        let root_ok = t.path().join("ok");
+        std::fs::create_dir(&root_ok).unwrap();
+        crate::limits::nest_dirs(&root_ok, "d", 500);
+        let src = resolve_sources(&root_ok, "d", None, "COPY").unwrap();
+        crate::limits::on_small_stack(move || hash_sources(&src, None, None, None)).unwrap();
     }
 }

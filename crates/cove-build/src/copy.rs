@@ -9,12 +9,18 @@
 //! Parent directories that already exist below are recreated in the upper directory with
 //! their lower metadata, as overlayfs copy-up would, so a COPY into `/tmp` does not turn
 //! `/tmp` into a 0755 directory.
+//!
+//! Trees are copied with an explicit stack, never one call per directory level, and a path
+//! that would land in the layer deeper or longer than [`crate::limits`] allows fails the
+//! COPY with [`CopyError::Path`].
 
+use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::context::{DockerIgnore, Source, set_mtime};
+use crate::limits::{PathProblem, ShortPath, check_path};
 use crate::lower::LowerStack;
 
 /// A failed COPY/ADD.
@@ -73,6 +79,15 @@ pub enum CopyError {
         /// Cause.
         #[source]
         source: io::Error,
+    },
+    /// A path the COPY would create in the layer is too long or nested too deep.
+    #[error("copying would create {} in the image, which {problem}", ShortPath(path))]
+    Path {
+        /// The path in the image.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        problem: PathProblem,
     },
     /// Extracting an ADD archive failed.
     #[error("extract archive {path}")]
@@ -171,6 +186,10 @@ pub fn apply_copy(req: &CopyRequest<'_>, upper: &Path, lower: &LowerStack) -> Re
     let single_dir_source = matches!(req.items.as_slice(), [CopyItem::Source(s)] if s.is_dir);
     let into_dir = dest_is_dir_syntax || existing_dir || single_dir_source;
     let w = Writer { upper, lower, owner: req.owner, chmod: req.chmod };
+    let dest_rel = comps.join("/");
+    if let Err(problem) = check_path(&dest_rel) {
+        return Err(CopyError::Path { path: format!("/{dest_rel}"), problem });
+    }
 
     for item in &req.items {
         match item {
@@ -181,7 +200,7 @@ pub fn apply_copy(req: &CopyRequest<'_>, upper: &Path, lower: &LowerStack) -> Re
             }
             CopyItem::Source(s) if s.is_dir => {
                 let host = w.ensure_dir(&comps)?;
-                w.copy_dir_contents(&s.host, &s.rel, &host, req.ignore)?;
+                w.copy_tree(&s.host, &s.rel, &host, req.ignore, None)?;
             }
             CopyItem::Source(s) => {
                 if req.add
@@ -205,6 +224,9 @@ pub fn apply_copy(req: &CopyRequest<'_>, upper: &Path, lower: &LowerStack) -> Re
 /// metadata.
 pub fn make_dir(path: &str, upper: &Path, lower: &LowerStack) -> Result<(), CopyError> {
     let comps = lower.resolve(path).ok_or_else(|| CopyError::DestinationLoop { dest: path.to_string() })?;
+    if let Err(problem) = check_path(&comps.join("/")) {
+        return Err(CopyError::Path { path: path.to_string(), problem });
+    }
     let w = Writer { upper, lower, owner: (0, 0), chmod: None };
     w.ensure_dir(&comps).map(|_| ())
 }
@@ -324,10 +346,31 @@ impl Writer<'_> {
         self.finish(host, mode, mtime)
     }
 
+    /// The path of `host` in the image (relative to the upper directory), checked.
+    fn check_image_path(&self, host: &Path) -> Result<(), CopyError> {
+        let rel = host.strip_prefix(self.upper).unwrap_or(host).to_string_lossy();
+        match check_path(&rel) {
+            Ok(()) => Ok(()),
+            Err(problem) => Err(CopyError::Path { path: format!("/{rel}"), problem }),
+        }
+    }
+
     /// Copies one file, symlink or directory tree from `src` to `host`.
     fn copy_node(&self, src: &Path, host: &Path) -> Result<(), CopyError> {
         let read = |source| CopyError::Read { path: src.to_path_buf(), source };
         let meta = std::fs::symlink_metadata(src).map_err(read)?;
+        if meta.is_dir() {
+            self.make_copied_dir(host)?;
+            let mtime = Some(meta.mtime().max(0) as u64);
+            return self.copy_tree(src, "", host, None, Some((meta.mode() & 0o7777, mtime)));
+        }
+        self.copy_leaf(src, &meta, host)
+    }
+
+    /// Copies a file or symlink; devices, sockets and fifos in a context or stage are
+    /// skipped, as Docker's COPY of a context does.
+    fn copy_leaf(&self, src: &Path, meta: &std::fs::Metadata, host: &Path) -> Result<(), CopyError> {
+        let read = |source| CopyError::Read { path: src.to_path_buf(), source };
         let ft = meta.file_type();
         let mtime = Some(meta.mtime().max(0) as u64);
         if ft.is_symlink() {
@@ -336,64 +379,67 @@ impl Writer<'_> {
             std::os::unix::fs::symlink(&target, host).map_err(Self::fail(host))?;
             std::os::unix::fs::lchown(host, Some(self.owner.0), Some(self.owner.1)).map_err(Self::fail(host))?;
             set_mtime(host, meta.mtime().max(0) as u64);
-        } else if ft.is_dir() {
-            match std::fs::symlink_metadata(host) {
-                Ok(m) if m.is_dir() => {}
-                _ => {
-                    remove_any(host).map_err(Self::fail(host))?;
-                    std::fs::create_dir(host).map_err(Self::fail(host))?;
-                }
-            }
-            self.copy_dir_contents(src, "", host, None)?;
-            self.finish(host, meta.mode() & 0o7777, mtime)?;
         } else if ft.is_file() {
             let mut f = std::fs::File::open(src).map_err(read)?;
             self.write_file(host, &mut f, meta.mode() & 0o7777, mtime)?;
         }
-        // Devices, sockets and fifos in a context or stage are skipped, as Docker's COPY
-        // of a context does.
         Ok(())
     }
 
-    fn copy_dir_contents(
+    /// Makes `host` a directory (keeping one that is there).
+    fn make_copied_dir(&self, host: &Path) -> Result<(), CopyError> {
+        match std::fs::symlink_metadata(host) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => {
+                remove_any(host).map_err(Self::fail(host))?;
+                std::fs::create_dir(host).map_err(Self::fail(host))
+            }
+        }
+    }
+
+    /// Copies the contents of the directory `src` into `host`, depth first with an explicit
+    /// stack; each copied directory gets its mode and mtime after its contents. `ignore`
+    /// (with `rel`, the source's path in the context) filters what is copied; `finish` is
+    /// the mode and mtime `host` itself gets at the end.
+    fn copy_tree(
         &self,
         src: &Path,
         rel: &str,
         host: &Path,
         ignore: Option<&DockerIgnore>,
+        finish: Option<(u32, Option<u64>)>,
     ) -> Result<(), CopyError> {
-        let read = |source| CopyError::Read { path: src.to_path_buf(), source };
-        let mut names: Vec<_> = std::fs::read_dir(src).map_err(read)?.flatten().map(|e| e.file_name()).collect();
-        names.sort();
-        for n in names {
-            let child_rel = if rel.is_empty() {
+        let mut stack = vec![CopyDir::open(src, rel, host, finish)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(n) = top.names.next() else {
+                let done = stack.pop().expect("the loop saw a top");
+                if let Some((mode, mtime)) = done.finish {
+                    self.finish(&done.host, mode, mtime)?;
+                }
+                continue;
+            };
+            let child_rel = if top.rel.is_empty() {
                 n.to_string_lossy().into_owned()
             } else {
-                format!("{rel}/{}", n.to_string_lossy())
+                format!("{}/{}", top.rel, n.to_string_lossy())
             };
-            let child_src = src.join(&n);
+            let child_src = top.src.join(&n);
+            let child_host = top.host.join(&n);
+            let read = |source| CopyError::Read { path: child_src.clone(), source };
+            let meta = std::fs::symlink_metadata(&child_src).map_err(read)?;
             if let Some(ig) = ignore
                 && ig.is_excluded(&child_rel)
+                && !(meta.is_dir() && ig.has_exceptions())
             {
-                let is_dir = std::fs::symlink_metadata(&child_src).is_ok_and(|m| m.is_dir());
-                if !(is_dir && ig.has_exceptions()) {
-                    continue;
-                }
+                continue;
             }
-            let child_host = host.join(&n);
-            let meta = std::fs::symlink_metadata(&child_src).map_err(read)?;
-            if meta.is_dir() && ignore.is_some() {
-                match std::fs::symlink_metadata(&child_host) {
-                    Ok(m) if m.is_dir() => {}
-                    _ => {
-                        remove_any(&child_host).map_err(Self::fail(&child_host))?;
-                        std::fs::create_dir(&child_host).map_err(Self::fail(&child_host))?;
-                    }
-                }
-                self.copy_dir_contents(&child_src, &child_rel, &child_host, ignore)?;
-                self.finish(&child_host, meta.mode() & 0o7777, Some(meta.mtime().max(0) as u64))?;
+            self.check_image_path(&child_host)?;
+            if meta.is_dir() {
+                self.make_copied_dir(&child_host)?;
+                let finish = Some((meta.mode() & 0o7777, Some(meta.mtime().max(0) as u64)));
+                stack.push(CopyDir::open(&child_src, &child_rel, &child_host, finish)?);
             } else {
-                self.copy_node(&child_src, &child_host)?;
+                self.copy_leaf(&child_src, &meta, &child_host)?;
             }
         }
         Ok(())
@@ -415,21 +461,60 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Applies the COPY's owner and mode to everything under `dir` (not `dir` itself), each
+    /// directory after its contents, with an explicit stack.
     fn chown_tree(&self, dir: &Path) -> Result<(), CopyError> {
-        let rd = std::fs::read_dir(dir).map_err(|source| CopyError::Read { path: dir.to_path_buf(), source })?;
-        for e in rd.flatten() {
-            let p = e.path();
+        let list = |d: &Path| -> Result<std::vec::IntoIter<PathBuf>, CopyError> {
+            let rd = std::fs::read_dir(d).map_err(|source| CopyError::Read { path: d.to_path_buf(), source })?;
+            Ok(rd.flatten().map(|e| e.path()).collect::<Vec<_>>().into_iter())
+        };
+        // (directory, entries left, the mode to finish it with once they are done)
+        let mut stack: Vec<(PathBuf, std::vec::IntoIter<PathBuf>, Option<u32>)> =
+            vec![(dir.to_path_buf(), list(dir)?, None)];
+        while let Some((_, entries, _)) = stack.last_mut() {
+            let Some(p) = entries.next() else {
+                let (d, _, mode) = stack.pop().expect("the loop saw a top");
+                if let Some(mode) = mode {
+                    self.finish(&d, mode, None)?;
+                }
+                continue;
+            };
             let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
             if m.is_dir() {
-                self.chown_tree(&p)?;
-            }
-            if m.file_type().is_symlink() {
+                let entries = list(&p)?;
+                stack.push((p, entries, Some(m.mode() & 0o7777)));
+            } else if m.file_type().is_symlink() {
                 std::os::unix::fs::lchown(&p, Some(self.owner.0), Some(self.owner.1)).map_err(Self::fail(&p))?;
             } else {
                 self.finish(&p, m.mode() & 0o7777, None)?;
             }
         }
         Ok(())
+    }
+}
+
+/// A directory being copied: its source, its path in the context (for ignore rules), where
+/// it goes, the names left, and the mode and mtime it gets once they are copied.
+struct CopyDir {
+    src: PathBuf,
+    rel: String,
+    host: PathBuf,
+    names: std::vec::IntoIter<OsString>,
+    finish: Option<(u32, Option<u64>)>,
+}
+
+impl CopyDir {
+    fn open(src: &Path, rel: &str, host: &Path, finish: Option<(u32, Option<u64>)>) -> Result<Self, CopyError> {
+        let read = |source| CopyError::Read { path: src.to_path_buf(), source };
+        let mut names: Vec<_> = std::fs::read_dir(src).map_err(read)?.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        Ok(CopyDir {
+            src: src.to_path_buf(),
+            rel: rel.to_string(),
+            host: host.to_path_buf(),
+            names: names.into_iter(),
+            finish,
+        })
     }
 }
 
@@ -566,5 +651,75 @@ mod tests {
         assert_eq!(std::fs::read_to_string(f.upper.join("opt/inner/x.txt")).unwrap(), "X");
         apply_copy(&req(vec![src(&f, "pkg.tar.gz")], "/copied/"), &f.upper, &f.lower).unwrap();
         assert!(f.upper.join("copied/pkg.tar.gz").is_file());
+    }
+
+    fn deep_source(f: &Fixture, depth: usize) -> CopyItem {
+        let root = f.ctx.join("deep");
+        std::fs::create_dir(&root).unwrap();
+        crate::limits::nest_dirs(&root, "d", depth);
+        src(f, "deep")
+    }
+
+    #[test]
+    fn copying_a_tree_that_would_nest_past_the_depth_limit_fails_naming_the_path() {
+        let f = fixture();
+        let item = deep_source(&f, 3000);
+        let (upper, lower) = (f.upper.clone(), f.lower.clone());
+        let e = crate::limits::on_small_stack(move || apply_copy(&req(vec![item], "/x/"), &upper, &lower)).unwrap_err();
+        assert!(matches!(&e, CopyError::Path { problem: PathProblem::TooDeep { depth: 513 }, .. }), "{e}");
+        assert_eq!(e.kind(), cove_types::ErrorKind::InvalidArgument);
+        let msg = cove_types::error::chain(&e);
+        assert!(msg.starts_with("copying would create /x/d/d/d/") && msg.contains("bytes)"), "{msg}");
+        assert!(msg.ends_with("nests 513 directories deep, over the limit of 512"), "{msg}");
+    }
+
+    #[test]
+    fn a_tree_inside_the_limits_is_copied_on_a_small_stack_with_its_modes() {
+        let f = fixture();
+        let item = deep_source(&f, 500);
+        let (upper, lower) = (f.upper.clone(), f.lower.clone());
+        crate::limits::on_small_stack(move || apply_copy(&req(vec![item], "/x/"), &upper, &lower)).unwrap();
+        let mut p = f.upper.join("x");
+        for _ in 0..500 {
+            p.push("d");
+        }
+        assert!(p.is_dir());
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn a_destination_past_the_limits_is_refused_before_anything_is_created() {
+        let f = fixture();
+        let dest = format!("{}/", "/a".repeat(600));
+        let e = apply_copy(&req(vec![src(&f, "a.txt")], &dest), &f.upper, &f.lower).unwrap_err();
+        assert!(matches!(e, CopyError::Path { problem: PathProblem::TooDeep { depth: 600 }, .. }), "{e}");
+        assert_eq!(std::fs::read_dir(&f.upper).unwrap().count(), 0);
+        let e = make_dir(&"/w".repeat(600), &f.upper, &f.lower).unwrap_err();
+        assert!(matches!(e, CopyError::Path { .. }), "{e}");
+    }
+
+    #[test]
+    fn add_with_chown_walks_a_deep_archive_without_recursion() {
+        let f = fixture();
+        let mut b = tar::Builder::new(Vec::new());
+        for n in 1..=400 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+            b.append_data(&mut h, "d/".repeat(n), io::empty()).unwrap();
+        }
+        std::fs::write(f.ctx.join("deep.tar"), b.into_inner().unwrap()).unwrap();
+        let item = src(&f, "deep.tar");
+        let (upper, lower) = (f.upper.clone(), f.lower.clone());
+        crate::limits::on_small_stack(move || {
+            let mut r = req(vec![item], "/opt/");
+            r.add = true;
+            r.owner = (1000, 1001);
+            apply_copy(&r, &upper, &lower)
+        })
+        .unwrap();
+        let deepest = f.upper.join("opt").join("d/".repeat(400));
+        assert_eq!(std::fs::metadata(&deepest).unwrap().uid(), 1000);
     }
 }

@@ -9,10 +9,13 @@
 //! Not supported (refused with the line named): `RUN --mount` other than `type=cache` (cache
 //! mounts are ignored, their writes land in the layer), `COPY --parents`/`--exclude`, and
 //! heredocs after a command (`RUN cat <<EOF`); `RUN <<EOF` and `COPY <<EOF` work.
-
-use std::borrow::Cow;
+//!
+//! Texts over [`MAX_DOCKERFILE_BYTES`], with more than [`MAX_INSTRUCTIONS`] instructions or
+//! more than [`MAX_STAGES`] FROM lines are refused before anything is converted.
 
 use parse_dockerfile as pd;
+
+use crate::limits::{MAX_DOCKERFILE_BYTES, MAX_INSTRUCTIONS, MAX_STAGES, Size};
 
 /// A failed parse.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,28 @@ pub enum DockerfileError {
     /// There is no FROM instruction.
     #[error("the Dockerfile has no FROM instruction")]
     NoFrom,
+    /// The text is longer than [`MAX_DOCKERFILE_BYTES`].
+    #[error("the Dockerfile is {} ({size} bytes), over the limit of {}", Size(*size), Size(MAX_DOCKERFILE_BYTES))]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+    },
+    /// More instructions than [`MAX_INSTRUCTIONS`].
+    #[error("dockerfile line {line}: the Dockerfile has {count} instructions, over the limit of {MAX_INSTRUCTIONS}")]
+    TooManyInstructions {
+        /// 1-based line of the first instruction past the limit.
+        line: usize,
+        /// How many it has.
+        count: usize,
+    },
+    /// More FROM lines than [`MAX_STAGES`].
+    #[error("dockerfile line {line}: the Dockerfile has {count} stages (FROM lines), over the limit of {MAX_STAGES}")]
+    TooManyStages {
+        /// 1-based line of the first FROM past the limit.
+        line: usize,
+        /// How many it has.
+        count: usize,
+    },
     /// A flag the instruction does not accept.
     #[error("dockerfile line {line}: {instruction} does not support the flag --{flag}")]
     UnknownFlag {
@@ -231,12 +256,27 @@ impl InstructionKind {
     }
 }
 
-/// Parses Dockerfile text.
+/// Parses Dockerfile text, refusing texts, instruction counts and stage counts past the
+/// limits in [`crate::limits`] before any instruction is converted.
 pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
+    if text.len() > MAX_DOCKERFILE_BYTES {
+        return Err(DockerfileError::TooLarge { size: text.len() });
+    }
     let parsed = pd::parse(text).map_err(|e| syntax_error(text, &e))?;
     let escape = parsed.parser_directives.escape.as_ref().map(|d| d.value.value).unwrap_or('\\');
-    let cx = Cx { text, escape };
-    let mut instructions = Vec::with_capacity(parsed.instructions.len());
+    let cx = Cx { text, escape, newlines: text.match_indices('\n').map(|(i, _)| i).collect() };
+    let count = parsed.instructions.len();
+    if count > MAX_INSTRUCTIONS {
+        let line = cx.line_of(keyword_span(&parsed.instructions[MAX_INSTRUCTIONS]).start);
+        return Err(DockerfileError::TooManyInstructions { line, count });
+    }
+    let froms: Vec<&pd::Instruction<'_>> =
+        parsed.instructions.iter().filter(|i| matches!(i, pd::Instruction::From(_))).collect();
+    if froms.len() > MAX_STAGES {
+        let line = cx.line_of(keyword_span(froms[MAX_STAGES]).start);
+        return Err(DockerfileError::TooManyStages { line, count: froms.len() });
+    }
+    let mut instructions = Vec::with_capacity(count);
     for ins in &parsed.instructions {
         instructions.push(cx.convert(ins)?);
     }
@@ -272,11 +312,13 @@ fn syntax_error(text: &str, e: &pd::Error) -> DockerfileError {
 struct Cx<'t> {
     text: &'t str,
     escape: char,
+    /// Byte offsets of every `\n`, so a line number costs a binary search, not a scan.
+    newlines: Vec<usize>,
 }
 
 impl Cx<'_> {
     fn line_of(&self, pos: usize) -> usize {
-        self.text.as_bytes()[..pos.min(self.text.len())].iter().filter(|b| **b == b'\n').count() + 1
+        self.newlines.partition_point(|&nl| nl < pos.min(self.text.len())) + 1
     }
 
     /// The instruction starting at `pos` as one line: continuations joined, comment lines
@@ -624,15 +666,15 @@ pub fn join_continuations(s: &str, escape: char) -> String {
 /// Delimiters of the heredocs opened on a line (`<<EOF`, `<<-"EOF"`, `<<'EOF'`), in order.
 fn heredoc_names(line: &str) -> Vec<String> {
     let mut names = Vec::new();
-    let mut rest: Cow<'_, str> = Cow::Borrowed(line);
+    let mut rest = line;
     while let Some(i) = rest.find("<<") {
-        let after = rest[i + 2..].trim_start_matches('-');
+        rest = &rest[i + 2..];
+        let after = rest.trim_start_matches('-');
         let after = after.trim_start_matches(['"', '\'']);
         let name: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         if !name.is_empty() {
             names.push(name);
         }
-        rest = Cow::Owned(rest[i + 2..].to_string());
     }
     names
 }
@@ -781,5 +823,38 @@ mod tests {
         assert!(e.to_string().starts_with("dockerfile line 2: RUN --mount=type=secret"), "{e}");
         let e = parse("FROM x\nRUN cat <<EOF > /f\nhello\nEOF\n").unwrap_err();
         assert!(e.to_string().contains("heredocs are supported only right after RUN"), "{e}");
+    }
+
+    #[test]
+    fn a_dockerfile_over_the_size_limit_is_refused_naming_the_limit() {
+        let text = format!("FROM x\n{}", "# padding\n".repeat(MAX_DOCKERFILE_BYTES / 10));
+        let e = parse(&text).unwrap_err();
+        assert!(matches!(e, DockerfileError::TooLarge { size } if size == text.len()), "{e}");
+        assert!(e.to_string().contains("over the limit of 1 MiB"), "{e}");
+        assert!(e.kind() == cove_types::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn more_instructions_than_the_limit_are_refused_naming_the_first_line_past_it() {
+        let ok = format!("FROM x\n{}", "RUN true\n".repeat(MAX_INSTRUCTIONS - 1));
+        assert_eq!(parse(&ok).unwrap().instructions.len(), MAX_INSTRUCTIONS);
+        let e = parse(&format!("{ok}RUN true\nRUN true\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("dockerfile line 1001: the Dockerfile has 1002 instructions, over the limit of {MAX_INSTRUCTIONS}")
+        );
+    }
+
+    #[test]
+    fn more_stages_than_the_limit_are_refused() {
+        let e = parse(&"FROM x\n".repeat(MAX_STAGES + 1)).unwrap_err();
+        assert!(matches!(e, DockerfileError::TooManyStages { line: 101, count: 101 }), "{e}");
+    }
+
+    #[test]
+    fn line_numbers_stay_right_for_many_instructions_and_continuations() {
+        let d = parse("FROM x\n\nRUN a \\\n  b\n# c\nENV A=1\n").unwrap();
+        let lines: Vec<usize> = d.instructions.iter().map(|i| i.line).collect();
+        assert_eq!(lines, [1, 3, 6]);
     }
 }

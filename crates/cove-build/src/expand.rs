@@ -7,8 +7,16 @@
 //! escapes `"`, `$` and itself. Unset variables expand to the empty string. It is applied to
 //! FROM, ADD, COPY, ENV, ARG, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR and ONBUILD
 //! arguments, never to RUN, CMD or ENTRYPOINT (their shell expands at run time).
+//!
+//! Every expansion is bounded while it runs: the bytes it produces, and the values of the
+//! variables it reads even when a substitution only tests them (`${A:+x}`), are charged to
+//! a limit ([`MAX_EXPANDED_WORD_BYTES`] for a word, [`MAX_EXPANDED_INSTRUCTION_BYTES`] for
+//! a heredoc body or a word list), and the expansion stops with [`ExpandError::TooLarge`]
+//! at the charge that crosses it. `ARG B=$A$A$A$A`, line after line, ends there.
 
 use std::collections::BTreeSet;
+
+use crate::limits::{MAX_EXPANDED_INSTRUCTION_BYTES, MAX_EXPANDED_WORD_BYTES, Size};
 
 /// A failed expansion.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +43,12 @@ pub enum ExpandError {
         /// The message from the word.
         message: String,
     },
+    /// The expansion went past its limit.
+    #[error("expanded value exceeds {}", Size(*limit))]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 /// Quote removal and substitution with one escape character.
@@ -50,6 +64,19 @@ pub struct Expanded {
     pub value: String,
     /// Names of the variables the word referred to (for cache keys: which args a step uses).
     pub used: BTreeSet<String>,
+    /// Bytes charged against the limit: the result plus the values read but not used.
+    pub cost: usize,
+}
+
+/// The result of processing a string into several words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandedWords {
+    /// The non-empty words.
+    pub values: Vec<String>,
+    /// Names of the variables referred to.
+    pub used: BTreeSet<String>,
+    /// Bytes charged against the limit.
+    pub cost: usize,
 }
 
 struct Scanner<'a> {
@@ -60,6 +87,10 @@ struct Scanner<'a> {
     used: BTreeSet<String>,
     /// Whether quotes are syntax (words) or text (heredoc bodies).
     quotes: bool,
+    /// Bytes charged so far (output plus values read).
+    cost: usize,
+    /// The most that may be charged.
+    limit: usize,
 }
 
 impl Lexer {
@@ -68,36 +99,61 @@ impl Lexer {
         Lexer { escape }
     }
 
-    /// Processes one word: quotes removed, variables substituted from `env`.
+    /// Processes one word: quotes removed, variables substituted from `env`; at most
+    /// [`MAX_EXPANDED_WORD_BYTES`].
     pub fn process_word(&self, word: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, ExpandError> {
-        let mut s = Scanner::new(word, self.escape, true);
+        let mut s = Scanner::new(word, self.escape, true, MAX_EXPANDED_WORD_BYTES);
         let value = s.process(env, None, false)?.concat();
-        Ok(Expanded { value, used: s.used })
+        Ok(Expanded { value, used: s.used, cost: s.cost })
     }
 
-    /// Substitutes variables in a heredoc body, leaving quotes alone.
+    /// Substitutes variables in a heredoc body, leaving quotes alone; at most
+    /// [`MAX_EXPANDED_INSTRUCTION_BYTES`].
     pub fn process_heredoc(&self, body: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, ExpandError> {
-        let mut s = Scanner::new(body, self.escape, false);
+        let mut s = Scanner::new(body, self.escape, false, MAX_EXPANDED_INSTRUCTION_BYTES);
         let value = s.process(env, None, false)?.concat();
-        Ok(Expanded { value, used: s.used })
+        Ok(Expanded { value, used: s.used, cost: s.cost })
     }
 
     /// Processes a string into several words split on unquoted whitespace (EXPOSE, VOLUME in
-    /// its string form).
+    /// its string form); at most [`MAX_EXPANDED_INSTRUCTION_BYTES`] in all.
     pub fn process_words(
         &self,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Vec<String>, BTreeSet<String>), ExpandError> {
-        let mut s = Scanner::new(text, self.escape, true);
+    ) -> Result<ExpandedWords, ExpandError> {
+        let mut s = Scanner::new(text, self.escape, true, MAX_EXPANDED_INSTRUCTION_BYTES);
         let words = s.process(env, None, true)?;
-        Ok((words.into_iter().filter(|w| !w.is_empty()).collect(), s.used))
+        Ok(ExpandedWords { values: words.into_iter().filter(|w| !w.is_empty()).collect(), used: s.used, cost: s.cost })
     }
 }
 
 impl<'a> Scanner<'a> {
-    fn new(word: &'a str, escape: char, quotes: bool) -> Self {
-        Scanner { chars: word.chars().collect(), pos: 0, word, escape, used: BTreeSet::new(), quotes }
+    fn new(word: &'a str, escape: char, quotes: bool, limit: usize) -> Self {
+        Scanner { chars: word.chars().collect(), pos: 0, word, escape, used: BTreeSet::new(), quotes, cost: 0, limit }
+    }
+
+    /// Charges `n` bytes, failing once the total passes the limit.
+    fn charge(&mut self, n: usize) -> Result<(), ExpandError> {
+        self.cost = self.cost.saturating_add(n);
+        if self.cost > self.limit {
+            return Err(ExpandError::TooLarge { limit: self.limit });
+        }
+        Ok(())
+    }
+
+    /// Appends a literal character to `out`, charged.
+    fn push(&mut self, out: &mut String, c: char) -> Result<(), ExpandError> {
+        self.charge(c.len_utf8())?;
+        out.push(c);
+        Ok(())
+    }
+
+    /// Looks a variable up, charging its value whether it ends up in the result or not.
+    fn lookup(&mut self, env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<String>, ExpandError> {
+        let value = env(name);
+        self.charge(value.as_ref().map_or(0, String::len))?;
+        Ok(value)
     }
 
     fn peek(&self) -> Option<char> {
@@ -151,11 +207,11 @@ impl<'a> Scanner<'a> {
                     }
                     c if c == self.escape && self.chars.get(self.pos + 1) == Some(&'$') => {
                         self.pos += 2;
-                        cur.push('$');
+                        self.push(&mut cur, '$')?;
                     }
                     c => {
                         self.next();
-                        cur.push(c);
+                        self.push(&mut cur, c)?;
                     }
                 }
                 continue;
@@ -169,7 +225,7 @@ impl<'a> Scanner<'a> {
                                 return Err(ExpandError::Unterminated { word: self.word.to_string(), expected: '\'' });
                             }
                             Some('\'') => break,
-                            Some(ch) => cur.push(ch),
+                            Some(ch) => self.push(&mut cur, ch)?,
                         }
                     }
                 }
@@ -184,12 +240,12 @@ impl<'a> Scanner<'a> {
                 c if c == self.escape => {
                     self.next();
                     if let Some(ch) = self.next() {
-                        cur.push(ch);
+                        self.push(&mut cur, ch)?;
                     }
                 }
                 c => {
                     self.next();
-                    cur.push(c);
+                    self.push(&mut cur, c)?;
                 }
             }
         }
@@ -218,13 +274,13 @@ impl<'a> Scanner<'a> {
                             None => continue,
                             Some(n) if n == '"' || n == '$' || n == self.escape => {
                                 self.next();
-                                out.push(n);
+                                self.push(out, n)?;
                                 continue;
                             }
                             Some(_) => {}
                         }
                     }
-                    out.push(c);
+                    self.push(out, c)?;
                 }
             }
         }
@@ -253,7 +309,7 @@ impl<'a> Scanner<'a> {
                     return Err(ExpandError::BadSubstitution { word: self.word.to_string() });
                 }
                 self.used.insert(name.clone());
-                let value = env(&name);
+                let value = self.lookup(env, &name)?;
                 match self.next() {
                     Some('}') => Ok(value.unwrap_or_default()),
                     Some(c) if c == ':' || c == '-' || c == '+' || c == '?' => {
@@ -291,9 +347,12 @@ impl<'a> Scanner<'a> {
             Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
                 let name = self.name();
                 self.used.insert(name.clone());
-                Ok(env(&name).unwrap_or_default())
+                Ok(self.lookup(env, &name)?.unwrap_or_default())
             }
-            _ => Ok("$".to_string()),
+            _ => {
+                self.charge(1)?;
+                Ok("$".to_string())
+            }
         }
     }
 }
@@ -395,7 +454,7 @@ mod tests {
 
     #[test]
     fn words_split_on_unquoted_whitespace() {
-        let (words, _) = Lexer::new('\\').process_words("80/tcp  \"$P\"/udp", &env(&[("P", "53")])).unwrap();
+        let words = Lexer::new('\\').process_words("80/tcp  \"$P\"/udp", &env(&[("P", "53")])).unwrap().values;
         assert_eq!(words, ["80/tcp", "53/udp"]);
         assert_eq!(split_words(r#"A='b c' D="e f" g\ h"#, '\\'), [r#"A='b c'"#, r#"D="e f""#, r"g\ h"]);
     }
@@ -410,5 +469,44 @@ mod tests {
     fn an_unclosed_quote_is_an_error() {
         assert!(Lexer::new('\\').process_word("'abc", &env(&[])).is_err());
         assert!(Lexer::new('\\').process_word("${A", &env(&[])).is_err());
+    }
+
+    #[test]
+    fn a_word_expanding_past_the_word_limit_stops_with_an_error_naming_it() {
+        let big = "x".repeat(MAX_EXPANDED_WORD_BYTES / 4 + 1);
+        let e = Lexer::new('\\').process_word("$A$A$A$A", &env(&[("A", &big)])).unwrap_err();
+        assert_eq!(e, ExpandError::TooLarge { limit: MAX_EXPANDED_WORD_BYTES });
+        assert_eq!(e.to_string(), "expanded value exceeds 64 KiB");
+        let exact = "x".repeat(MAX_EXPANDED_WORD_BYTES / 4);
+        let out = Lexer::new('\\').process_word("$A$A$A$A", &env(&[("A", &exact)])).unwrap();
+        assert_eq!((out.value.len(), out.cost), (MAX_EXPANDED_WORD_BYTES, MAX_EXPANDED_WORD_BYTES));
+    }
+
+    #[test]
+    fn values_only_tested_by_a_substitution_count_against_the_limit() {
+        let big = "x".repeat(MAX_EXPANDED_WORD_BYTES / 2);
+        let word = "${A:+}".repeat(3);
+        let e = Lexer::new('\\').process_word(&word, &env(&[("A", &big)])).unwrap_err();
+        assert!(matches!(e, ExpandError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_million_variable_references_fail_fast_without_building_the_value() {
+        let word = "$A".repeat(500_000);
+        let a = "y".repeat(1024);
+        let t = std::time::Instant::now();
+        let e = Lexer::new('\\').process_word(&word, &env(&[("A", &a)])).unwrap_err();
+        assert!(matches!(e, ExpandError::TooLarge { .. }));
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn heredoc_bodies_and_word_lists_are_limited_per_instruction() {
+        let big = "z".repeat(MAX_EXPANDED_WORD_BYTES);
+        let body = "$A\n".repeat(5);
+        let e = Lexer::new('\\').process_heredoc(&body, &env(&[("A", &big)])).unwrap_err();
+        assert_eq!(e, ExpandError::TooLarge { limit: MAX_EXPANDED_INSTRUCTION_BYTES });
+        let e = Lexer::new('\\').process_words("$A $A $A $A $A", &env(&[("A", &big)])).unwrap_err();
+        assert_eq!(e.to_string(), "expanded value exceeds 256 KiB");
     }
 }

@@ -8,11 +8,16 @@
 //! are dropped, all other xattrs are kept (PAX `SCHILY.xattr.*`). Hard links inside the
 //! layer stay hard links.
 //!
+//! The tree is walked without recursion, and a path deeper or longer than
+//! [`crate::limits`] allows (a RUN step can nest directories as deep as it likes) fails the
+//! export with [`LayerError::Path`] naming it.
+//!
 //! The upper directory must be self-contained: the backend should mount overlay with
 //! `metacopy=off` and `redirect_dir=off` (or nothing on kernels without them), otherwise a
 //! file in the upper directory can be a metadata-only stub.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use cove_image::content::{ContentError, Ingest};
 use cove_types::Digest;
 use sha2::Digest as _;
 
+use crate::limits::{PathProblem, ShortPath, check_path};
 use crate::lower::{is_opaque, is_whiteout};
 
 /// OCI media type of the layers this crate writes.
@@ -56,12 +62,24 @@ pub enum LayerError {
     /// The content store refused the blob.
     #[error("store layer blob")]
     Store(#[source] ContentError),
+    /// A path in the layer is too long or nested too deep to be stored.
+    #[error("the layer's path {} {problem}", ShortPath(path))]
+    Path {
+        /// The path inside the layer.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        problem: PathProblem,
+    },
 }
 
 impl LayerError {
-    /// All layer failures are ours.
+    /// A path past the limits is the step's doing; everything else is ours.
     pub fn kind(&self) -> cove_types::ErrorKind {
-        cove_types::ErrorKind::Internal
+        match self {
+            LayerError::Path { .. } => cove_types::ErrorKind::InvalidArgument,
+            _ => cove_types::ErrorKind::Internal,
+        }
     }
 }
 
@@ -102,14 +120,14 @@ impl<W: Write> Write for DiffIdWriter<W> {
 /// Writes `upper` as a gzip OCI layer into `store` (blocking IO: call it from
 /// `spawn_blocking`).
 pub fn write_layer(upper: &Path, store: &ContentStore) -> Result<LayerBlob, LayerError> {
-    let ingest = store.ingest().map_err(LayerError::Store)?;
+    let ingest = store.ingest_sha256().map_err(LayerError::Store)?;
     let sink = IngestWriter { ingest, hasher: sha2::Sha256::new() };
     let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
     let diff = DiffIdWriter { inner: gz, hasher: sha2::Sha256::new() };
     let mut tar = tar::Builder::new(diff);
     tar.follow_symlinks(false);
     let mut links = HashMap::new();
-    add_dir(&mut tar, upper, "", &mut links)?;
+    add_tree(&mut tar, upper, &mut links)?;
     let diff = tar.into_inner().map_err(LayerError::Write)?;
     let diff_id = finish_hash(diff.hasher);
     let sink = diff.inner.finish().map_err(LayerError::Write)?;
@@ -124,22 +142,43 @@ fn finish_hash(h: sha2::Sha256) -> Digest {
     Digest::sha256_from_bytes(&bytes)
 }
 
-fn add_dir<W: Write>(
-    tar: &mut tar::Builder<W>,
-    dir: &Path,
-    prefix: &str,
-    links: &mut HashMap<(u64, u64), String>,
-) -> Result<(), LayerError> {
-    let read = |source| LayerError::Read { path: dir.to_path_buf(), source };
-    let mut names: Vec<_> = std::fs::read_dir(dir)
+/// One directory being written: where it is, its path in the layer (with a trailing `/`,
+/// empty for the root), and the names still to write.
+struct Dir {
+    host: PathBuf,
+    prefix: String,
+    names: std::vec::IntoIter<OsString>,
+}
+
+fn open_dir(host: PathBuf, prefix: String) -> Result<Dir, LayerError> {
+    let read = |source| LayerError::Read { path: host.clone(), source };
+    let mut names: Vec<_> = std::fs::read_dir(&host)
         .map_err(read)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()
         .map_err(read)?;
     names.sort();
-    for name in names {
-        let host = dir.join(&name);
-        let rel = format!("{prefix}{}", name.to_string_lossy());
+    Ok(Dir { host, prefix, names: names.into_iter() })
+}
+
+/// Writes the tree under `root` depth first, entries sorted by name, with an explicit stack:
+/// how deep a step nests directories must not decide how deep this thread's stack goes.
+fn add_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    root: &Path,
+    links: &mut HashMap<(u64, u64), String>,
+) -> Result<(), LayerError> {
+    let mut stack = vec![open_dir(root.to_path_buf(), String::new())?];
+    while let Some(top) = stack.last_mut() {
+        let Some(name) = top.names.next() else {
+            stack.pop();
+            continue;
+        };
+        let host = top.host.join(&name);
+        let rel = format!("{}{}", top.prefix, name.to_string_lossy());
+        if let Err(problem) = check_path(&rel) {
+            return Err(LayerError::Path { path: rel, problem });
+        }
         let meta =
             std::fs::symlink_metadata(&host).map_err(|source| LayerError::Read { path: host.clone(), source })?;
         let ft = meta.file_type();
@@ -162,7 +201,7 @@ fn add_dir<W: Write>(
             if is_opaque(&host) {
                 append_marker(tar, &format!("{rel}/.wh..wh..opq"), &meta)?;
             }
-            add_dir(tar, &host, &format!("{rel}/"), links)?;
+            stack.push(open_dir(host, format!("{rel}/"))?);
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&host).map_err(|source| LayerError::Read { path: host.clone(), source })?;
             h.set_entry_type(tar::EntryType::Symlink);
@@ -305,5 +344,51 @@ mod tests {
             names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
         }
         assert_eq!(names, ["a", "b/", "b/c/", "b/c/d"]);
+    }
+
+    fn export_on_a_small_stack(upper: PathBuf, store: ContentStore) -> Result<LayerBlob, LayerError> {
+        crate::limits::on_small_stack(move || write_layer(&upper, &store))
+    }
+
+    #[test]
+    fn a_tree_nested_thousands_of_directories_deep_is_refused_naming_the_depth_not_crashing() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(&t.path().join("store")).unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        crate::limits::nest_dirs(&upper, "a", 5000);
+        let e = export_on_a_small_stack(upper.clone(), store).unwrap_err();
+        assert!(matches!(&e, LayerError::Path { problem: PathProblem::TooDeep { depth: 513 }, .. }), "{e}");
+        assert_eq!(e.kind(), cove_types::ErrorKind::InvalidArgument);
+        let msg = cove_types::error::chain(&e);
+        assert!(
+            msg.starts_with("the layer's path a/a/a/")
+                && msg.ends_with("nests 513 directories deep, over the limit of 512"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&upper).unwrap();
+    }
+
+    #[test]
+    fn a_path_longer_than_the_limit_is_refused_naming_its_length() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(&t.path().join("store")).unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        crate::limits::nest_dirs(&upper, &"n".repeat(255), 13);
+        let e = export_on_a_small_stack(upper, store).unwrap_err();
+        assert!(matches!(&e, LayerError::Path { problem: PathProblem::TooLong { len: 3327 }, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_tree_just_inside_the_depth_limit_is_exported_on_a_small_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(&t.path().join("store")).unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        crate::limits::nest_dirs(&upper, "a", crate::limits::MAX_PATH_DEPTH);
+        let blob = export_on_a_small_stack(upper, store.clone()).unwrap();
+        let mut ar = tar::Archive::new(cove_image::unpack::open_layer(&store.path(&blob.digest)).unwrap());
+        assert_eq!(ar.entries().unwrap().count(), crate::limits::MAX_PATH_DEPTH);
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! It deliberately does not pull images, mount filesystems or start containers itself: the
 //! [`builder::Backend`] does, so this crate runs (and is tested) without root or runc. It
-//! has no network access of its own: `ADD <url>` is refused.
+//! has no network access of its own: `ADD <url>` is refused. Every input is held to the
+//! limits in [`limits`] (Dockerfile size, instructions, expansions, paths).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +23,7 @@ pub mod copy;
 pub mod dockerfile;
 pub mod expand;
 pub mod layer;
+pub mod limits;
 pub mod lower;
 pub mod plan;
 

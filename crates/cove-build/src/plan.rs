@@ -14,14 +14,30 @@
 //! value); `--build-arg` values override defaults; build args nobody declares are reported
 //! in [`Plan::unused_build_args`] and otherwise ignored. ARGs are visible to RUN as
 //! environment variables but never stored in the image; ENV wins over an ARG of the same name.
+//!
+//! Planning is bounded (see [`crate::limits`]): each word's expansion, the sum of one
+//! instruction's expansions, a stage's config and ARG values, and every path an
+//! instruction names in the image. Steps are produced one at a time ([`Plan::step_iter`]),
+//! so a plan never holds a config per step. [`Plan::check`] plans every stage on an empty
+//! base config before any image is pulled, which is how a snapshot's Dockerfile is refused
+//! at creation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
 use crate::config::{ContainerConfig, Empty, Healthcheck};
 use crate::dockerfile::{CommandForm, CopySource, Dockerfile, FromInstruction, Instruction, InstructionKind};
 use crate::expand::{ExpandError, Lexer};
+use crate::limits::{
+    MAX_EXPANDED_INSTRUCTION_BYTES, MAX_STAGE_VARIABLES_BYTES, PathProblem, ShortPath, Size, check_path,
+};
+
+/// What one config or ARG entry counts on top of its text toward
+/// [`MAX_STAGE_VARIABLES_BYTES`]: its allocation and bookkeeping, so a million empty
+/// entries are as refused as a million bytes.
+const ENTRY_OVERHEAD: usize = 16;
 
 /// ARGs every build defines (BuildKit's automatic platform args), for linux/amd64.
 const PLATFORM_ARGS: &[(&str, &str)] = &[
@@ -109,12 +125,57 @@ pub enum PlanError {
         /// The value.
         value: String,
     },
+    /// The instruction's expanded words and heredoc bodies add up past
+    /// [`MAX_EXPANDED_INSTRUCTION_BYTES`].
+    #[error("dockerfile line {line}: expanded instruction exceeds {}", Size(MAX_EXPANDED_INSTRUCTION_BYTES))]
+    InstructionTooLarge {
+        /// 1-based line.
+        line: usize,
+    },
+    /// The stage's config and ARG values grew past [`MAX_STAGE_VARIABLES_BYTES`].
+    #[error(
+        "dockerfile line {line}: the stage's image config and ARG values come to {} after this instruction, \
+         over the limit of {}",
+        Size(*size),
+        Size(MAX_STAGE_VARIABLES_BYTES)
+    )]
+    VariablesTooLarge {
+        /// 1-based line.
+        line: usize,
+        /// Their size (text plus a fixed overhead per entry).
+        size: usize,
+    },
+    /// A path the instruction names in the image is too long or too deep.
+    #[error("dockerfile line {line}: {what} {} {problem}", ShortPath(path))]
+    Path {
+        /// 1-based line.
+        line: usize,
+        /// `COPY destination`, `WORKDIR`, …
+        what: &'static str,
+        /// The path after substitution.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        problem: PathProblem,
+    },
 }
 
 impl PlanError {
     /// Every plan failure is the caller's input.
     pub fn kind(&self) -> cove_types::ErrorKind {
         cove_types::ErrorKind::InvalidArgument
+    }
+
+    /// Whether this is a limit of [`crate::limits`] being crossed: those do not depend on a
+    /// base image's config in any sensible Dockerfile, so they are refused before a build.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            PlanError::Expand { source: ExpandError::TooLarge { .. }, .. }
+                | PlanError::InstructionTooLarge { .. }
+                | PlanError::VariablesTooLarge { .. }
+                | PlanError::Path { .. }
+        )
     }
 }
 
@@ -296,17 +357,29 @@ impl Plan {
                     instructions: Vec::new(),
                 }),
                 (InstructionKind::Arg(decls), None) => {
+                    let mut cost = 0;
                     for (name, default) in decls {
                         declared.insert(name.clone());
                         let value = match (build_args.get(name), default) {
                             (Some(v), _) => Some(v.clone()),
                             (None, Some(d)) => {
                                 let env = |k: &str| global_lookup(&global_args, k);
-                                Some(expand(&lexer, d, &env, ins.line)?)
+                                let e = lexer
+                                    .process_word(d, &env)
+                                    .map_err(|source| PlanError::Expand { line: ins.line, source })?;
+                                cost += e.cost;
+                                if cost > MAX_EXPANDED_INSTRUCTION_BYTES {
+                                    return Err(PlanError::InstructionTooLarge { line: ins.line });
+                                }
+                                Some(e.value)
                             }
                             (None, None) => platform_arg(name),
                         };
                         global_args.insert(name.clone(), value);
+                    }
+                    let size = global_args.iter().map(|(k, v)| entry_size(k) + v.as_ref().map_or(0, String::len)).sum();
+                    if size > MAX_STAGE_VARIABLES_BYTES {
+                        return Err(PlanError::VariablesTooLarge { line: ins.line, size });
                     }
                 }
                 (_, None) => {} // parse() guarantees only ARG precedes FROM
@@ -418,30 +491,53 @@ impl Plan {
     }
 
     /// The steps of `stage` (one of [`Plan::stages`]) on top of a base whose container config
-    /// is `base` (the image's config, or the config the base stage ended with).
-    pub fn steps(&self, stage: &StagePlan, base: &ContainerConfig) -> Result<Vec<Step>, PlanError> {
-        let names: Vec<Option<String>> = self.stage_names();
-        let mut st = StageState {
+    /// is `base` (the image's config, or the config the base stage ended with), one at a
+    /// time: only the current config is held. The iterator ends after the first error.
+    pub fn step_iter<'p>(&'p self, stage: &'p StagePlan, base: &ContainerConfig) -> Steps<'p> {
+        Steps { st: self.stage_state(stage, base, false), stage, next: 0 }
+    }
+
+    /// Plans `stage` on `base` without making its steps (no per-step config or RUN
+    /// environment is built): every check [`Plan::step_iter`] makes, at a fraction of the
+    /// cost.
+    pub fn check_stage(&self, stage: &StagePlan, base: &ContainerConfig) -> Result<(), PlanError> {
+        let mut st = self.stage_state(stage, base, true);
+        for ins in &stage.instructions {
+            st.apply(ins)?;
+        }
+        Ok(())
+    }
+
+    fn stage_state(&self, stage: &StagePlan, base: &ContainerConfig, dry: bool) -> StageState<'_> {
+        StageState {
             plan: self,
             config: base.clone(),
+            env_index: index_env(base),
             args: BTreeMap::new(),
             cmd_set: false,
             stage_index: stage.index,
-            names,
-        };
-        let mut out = Vec::with_capacity(stage.instructions.len());
-        for (i, ins) in stage.instructions.iter().enumerate() {
-            let action = st.apply(ins)?;
-            out.push(Step {
-                number: stage.first_step + 1 + i,
-                total: self.total_steps,
-                line: ins.line,
-                source: ins.source.clone(),
-                action,
-                config: st.config.clone(),
-            });
+            names: self.stage_names(),
+            cost: Cell::new(0),
+            vars: config_size(base),
+            dry,
         }
-        Ok(out)
+    }
+
+    /// All steps of `stage` at once (see [`Plan::step_iter`], which holds one config instead
+    /// of one per step).
+    pub fn steps(&self, stage: &StagePlan, base: &ContainerConfig) -> Result<Vec<Step>, PlanError> {
+        self.step_iter(stage, base).collect()
+    }
+
+    /// Plans every needed stage on an empty base config, keeping nothing: what can be
+    /// checked before any base image is known. A Dockerfile that fails here with
+    /// [`PlanError::is_limit`] fails in every build.
+    pub fn check(&self) -> Result<(), PlanError> {
+        let empty = ContainerConfig::default();
+        for stage in &self.stages {
+            self.check_stage(stage, &empty)?;
+        }
+        Ok(())
     }
 
     /// The step label of a stage's FROM.
@@ -459,23 +555,112 @@ impl Plan {
     }
 }
 
+/// The steps of one stage, planned as they are taken (see [`Plan::step_iter`]).
+pub struct Steps<'p> {
+    st: StageState<'p>,
+    stage: &'p StagePlan,
+    next: usize,
+}
+
+impl std::fmt::Debug for Steps<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steps").field("stage", &self.stage.index).field("next", &self.next).finish()
+    }
+}
+
+impl Iterator for Steps<'_> {
+    type Item = Result<Step, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.next;
+        let ins = self.stage.instructions.get(i)?;
+        self.next += 1;
+        let action = match self.st.apply(ins) {
+            Ok(a) => a,
+            Err(e) => {
+                self.next = self.stage.instructions.len();
+                return Some(Err(e));
+            }
+        };
+        Some(Ok(Step {
+            number: self.stage.first_step + 1 + i,
+            total: self.st.plan.total_steps,
+            line: ins.line,
+            source: ins.source.clone(),
+            action,
+            config: self.st.config.clone(),
+        }))
+    }
+}
+
 struct StageState<'p> {
     plan: &'p Plan,
     config: ContainerConfig,
+    /// Where each ENV key is in `config.env` (its last occurrence), so lookups and sets do
+    /// not scan the list.
+    env_index: HashMap<String, usize>,
     /// ARGs declared in this stage, with their values.
     args: BTreeMap<String, Option<String>>,
     cmd_set: bool,
     stage_index: usize,
     names: Vec<Option<String>>,
+    /// Bytes the current instruction's expansions were charged.
+    cost: Cell<usize>,
+    /// Size of the config and ARG values, as [`config_size`] counts it, kept up to date.
+    vars: usize,
+    /// Only checking: RUN actions get no environment.
+    dry: bool,
 }
 
 impl StageState<'_> {
+    fn env_value(&self, k: &str) -> Option<&str> {
+        let kv = self.config.env.as_ref()?.get(*self.env_index.get(k)?)?;
+        Some(kv.split_once('=').map_or("", |(_, v)| v))
+    }
+
     fn lookup(&self, k: &str) -> Option<String> {
-        self.config.env_get(k).or_else(|| self.args.get(k).cloned().flatten())
+        self.env_value(k).map(str::to_string).or_else(|| self.args.get(k).cloned().flatten())
+    }
+
+    /// Sets (replacing) an environment variable, as [`ContainerConfig::env_set`] does.
+    fn env_set(&mut self, k: &str, v: &str) {
+        let entry = format!("{k}={v}");
+        let new = entry_size(&entry);
+        let env = self.config.env.get_or_insert_with(Vec::new);
+        let old = match self.env_index.get(k).and_then(|i| env.get_mut(*i)) {
+            Some(slot) => entry_size(&std::mem::replace(slot, entry)),
+            None => {
+                self.env_index.insert(k.to_string(), env.len());
+                env.push(entry);
+                0
+            }
+        };
+        self.account(old, new);
+    }
+
+    /// Replaces `old` bytes of config or ARG values with `new` ones.
+    fn account(&mut self, old: usize, new: usize) {
+        self.vars = self.vars.saturating_sub(old).saturating_add(new);
+    }
+
+    /// Charges an expansion's cost to the current instruction.
+    fn charge(&self, cost: usize, line: usize) -> Result<(), PlanError> {
+        let total = self.cost.get().saturating_add(cost);
+        self.cost.set(total);
+        if total > MAX_EXPANDED_INSTRUCTION_BYTES {
+            return Err(PlanError::InstructionTooLarge { line });
+        }
+        Ok(())
     }
 
     fn word(&self, w: &str, line: usize) -> Result<String, PlanError> {
-        expand(&self.plan.lexer, w, &|k| self.lookup(k), line)
+        let e = self
+            .plan
+            .lexer
+            .process_word(w, &|k| self.lookup(k))
+            .map_err(|source| PlanError::Expand { line, source })?;
+        self.charge(e.cost, line)?;
+        Ok(e.value)
     }
 
     fn workdir(&self) -> String {
@@ -496,7 +681,17 @@ impl StageState<'_> {
         }
     }
 
+    /// Applies one instruction, then checks what it left against the stage limits.
     fn apply(&mut self, ins: &Instruction) -> Result<Action, PlanError> {
+        self.cost.set(0);
+        let action = self.apply_instruction(ins)?;
+        if self.vars > MAX_STAGE_VARIABLES_BYTES {
+            return Err(PlanError::VariablesTooLarge { line: ins.line, size: self.vars });
+        }
+        Ok(action)
+    }
+
+    fn apply_instruction(&mut self, ins: &Instruction) -> Result<Action, PlanError> {
         let line = ins.line;
         match &ins.kind {
             InstructionKind::From(_) => unreachable!("FROM starts a stage"),
@@ -509,7 +704,12 @@ impl StageState<'_> {
                             self.plan.global_args.get(name).cloned().flatten().or_else(|| platform_arg(name))
                         }
                     };
-                    self.args.insert(name.clone(), value);
+                    let new = entry_size(name) + value.as_ref().map_or(0, String::len);
+                    let old = match self.args.insert(name.clone(), value) {
+                        Some(v) => entry_size(name) + v.map_or(0, |v| v.len()),
+                        None => 0,
+                    };
+                    self.account(old, new);
                 }
                 Ok(Action::Config)
             }
@@ -520,7 +720,7 @@ impl StageState<'_> {
                     resolved.push((self.word(k, line)?, self.word(v, line)?));
                 }
                 for (k, v) in resolved {
-                    self.config.env_set(&k, &v);
+                    self.env_set(&k, &v);
                 }
                 Ok(Action::Config)
             }
@@ -529,14 +729,29 @@ impl StageState<'_> {
                 for (k, v) in pairs {
                     resolved.push((self.word(k, line)?, self.word(v, line)?));
                 }
-                self.config.labels.get_or_insert_with(BTreeMap::new).extend(resolved);
+                let labels = self.config.labels.get_or_insert_with(BTreeMap::new);
+                let (mut old, mut new) = (0, 0);
+                for (k, v) in resolved {
+                    new += entry_size(&k) + v.len();
+                    if let Some(prev) = labels.insert(k.clone(), v) {
+                        old += entry_size(&k) + prev.len();
+                    }
+                }
+                self.account(old, new);
                 Ok(Action::Config)
             }
+            InstructionKind::Run(r) if self.dry => Ok(Action::Run(RunAction {
+                argv: Vec::new(),
+                env: Vec::new(),
+                workdir: String::new(),
+                user: String::new(),
+                network: r.network.clone(),
+            })),
             InstructionKind::Run(r) => {
                 let mut env: Vec<String> = self.config.env.clone().unwrap_or_default();
                 for (k, v) in &self.args {
                     if let Some(v) = v
-                        && self.config.env_get(k).is_none()
+                        && !self.env_index.contains_key(k)
                     {
                         env.push(format!("{k}={v}"));
                     }
@@ -562,15 +777,21 @@ impl StageState<'_> {
                             if c.add && is_remote(&p) {
                                 return Err(PlanError::RemoteSource { line, url: p });
                             }
-                            PlannedSource::Path(p)
+                            PlannedSource::Path(checked_path(
+                                p,
+                                line,
+                                if c.add { "ADD source" } else { "COPY source" },
+                            )?)
                         }
                         CopySource::HereDoc { name, content, expand } => {
                             let content = if *expand {
-                                self.plan
+                                let e = self
+                                    .plan
                                     .lexer
                                     .process_heredoc(content, &|k| self.lookup(k))
-                                    .map_err(|source| PlanError::Expand { line, source })?
-                                    .value
+                                    .map_err(|source| PlanError::Expand { line, source })?;
+                                self.charge(e.cost, line)?;
+                                e.value
                             } else {
                                 content.clone()
                             };
@@ -595,47 +816,56 @@ impl StageState<'_> {
                     }
                     None => None,
                 };
-                Ok(Action::Copy(CopyAction {
-                    add: c.add,
-                    from,
-                    sources,
-                    dest: absolute_dest(&self.workdir(), &raw_dest),
-                    chown,
-                    chmod,
-                }))
+                let what = if c.add { "ADD destination" } else { "COPY destination" };
+                let dest = checked_path(absolute_dest(&self.workdir(), &raw_dest), line, what)?;
+                Ok(Action::Copy(CopyAction { add: c.add, from, sources, dest, chown, chmod }))
             }
             InstructionKind::Workdir(w) => {
                 let w = self.word(w, line)?;
                 let path = clean_path(&if w.starts_with('/') { w } else { format!("{}/{w}", self.workdir()) });
+                let path = checked_path(path, line, "WORKDIR")?;
+                let old = opt_size(&self.config.working_dir);
                 self.config.working_dir = Some(path.clone());
+                self.account(old, entry_size(&path));
                 Ok(Action::Workdir(path))
             }
             InstructionKind::User(u) => {
-                self.config.user = Some(self.word(u, line)?);
+                let user = self.word(u, line)?;
+                let (old, new) = (opt_size(&self.config.user), entry_size(&user));
+                self.config.user = Some(user);
+                self.account(old, new);
                 Ok(Action::Config)
             }
             InstructionKind::Entrypoint(c) => {
-                self.config.entrypoint = Some(self.shell_command(c));
+                let entrypoint = self.shell_command(c);
+                let mut old = list_size(&self.config.entrypoint);
+                let new = list_size(&Some(entrypoint.clone()));
+                self.config.entrypoint = Some(entrypoint);
                 if !self.cmd_set {
                     // Docker: a new ENTRYPOINT drops the CMD inherited from the base.
-                    self.config.cmd = None;
+                    old += list_size(&self.config.cmd.take());
                 }
+                self.account(old, new);
                 Ok(Action::Config)
             }
             InstructionKind::Cmd(c) => {
-                self.config.cmd = Some(self.shell_command(c));
+                let cmd = Some(self.shell_command(c));
+                let (old, new) = (list_size(&self.config.cmd), list_size(&cmd));
+                self.config.cmd = cmd;
+                self.account(old, new);
                 self.cmd_set = true;
                 Ok(Action::Config)
             }
             InstructionKind::Expose(ports) => {
                 let mut resolved = Vec::new();
                 for p in ports {
-                    let (words, _) = self
+                    let words = self
                         .plan
                         .lexer
                         .process_words(p, &|k| self.lookup(k))
                         .map_err(|source| PlanError::Expand { line, source })?;
-                    for w in words {
+                    self.charge(words.cost, line)?;
+                    for w in words.values {
                         resolved.extend(expand_port(&w).ok_or(PlanError::InvalidValue {
                             line,
                             what: "port",
@@ -644,9 +874,14 @@ impl StageState<'_> {
                     }
                 }
                 let map = self.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+                let mut new = 0;
                 for port in resolved {
-                    map.insert(port, Empty {});
+                    let size = entry_size(&port);
+                    if map.insert(port, Empty {}).is_none() {
+                        new += size;
+                    }
                 }
+                self.account(0, new);
                 Ok(Action::Config)
             }
             InstructionKind::Volume(vols) => {
@@ -659,13 +894,21 @@ impl StageState<'_> {
                     resolved.push(v);
                 }
                 let map = self.config.volumes.get_or_insert_with(BTreeMap::new);
+                let mut new = 0;
                 for v in resolved {
-                    map.insert(v, Empty {});
+                    let size = entry_size(&v);
+                    if map.insert(v, Empty {}).is_none() {
+                        new += size;
+                    }
                 }
+                self.account(0, new);
                 Ok(Action::Config)
             }
             InstructionKind::Stopsignal(s) => {
-                self.config.stop_signal = Some(self.word(s, line)?);
+                let signal = self.word(s, line)?;
+                let (old, new) = (opt_size(&self.config.stop_signal), entry_size(&signal));
+                self.config.stop_signal = Some(signal);
+                self.account(old, new);
                 Ok(Action::Config)
             }
             InstructionKind::Healthcheck(h) => {
@@ -690,22 +933,29 @@ impl StageState<'_> {
                         value: r.clone(),
                     })?),
                 };
-                self.config.healthcheck = Some(Healthcheck {
+                let healthcheck = Healthcheck {
                     test,
                     interval: dur(&h.interval, "--interval")?,
                     timeout: dur(&h.timeout, "--timeout")?,
                     start_period: dur(&h.start_period, "--start-period")?,
                     start_interval: dur(&h.start_interval, "--start-interval")?,
                     retries,
-                });
+                };
+                let new = healthcheck_size(&Some(healthcheck.clone()));
+                let old = healthcheck_size(&self.config.healthcheck.replace(healthcheck));
+                self.account(old, new);
                 Ok(Action::Config)
             }
             InstructionKind::Shell(s) => {
-                self.config.shell = Some(s.clone());
+                let shell = Some(s.clone());
+                let (old, new) = (list_size(&self.config.shell), list_size(&shell));
+                self.config.shell = shell;
+                self.account(old, new);
                 Ok(Action::Config)
             }
             InstructionKind::Onbuild(text) => {
                 self.config.on_build.get_or_insert_with(Vec::new).push(text.clone());
+                self.account(0, entry_size(text));
                 Ok(Action::Config)
             }
             InstructionKind::Maintainer(_) => {
@@ -718,6 +968,59 @@ impl StageState<'_> {
 
 fn expand(lexer: &Lexer, w: &str, env: &dyn Fn(&str) -> Option<String>, line: usize) -> Result<String, PlanError> {
     lexer.process_word(w, env).map(|e| e.value).map_err(|source| PlanError::Expand { line, source })
+}
+
+fn checked_path(path: String, line: usize, what: &'static str) -> Result<String, PlanError> {
+    match check_path(&path) {
+        Ok(()) => Ok(path),
+        Err(problem) => Err(PlanError::Path { line, what, path, problem }),
+    }
+}
+
+/// Where each key of `config.env` is (its last occurrence wins, as lookups read it).
+fn index_env(config: &ContainerConfig) -> HashMap<String, usize> {
+    config
+        .env
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, kv)| (kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string(), i))
+        .collect()
+}
+
+/// One config or ARG entry's size toward [`MAX_STAGE_VARIABLES_BYTES`].
+fn entry_size(text: &str) -> usize {
+    text.len() + ENTRY_OVERHEAD
+}
+
+fn opt_size(v: &Option<String>) -> usize {
+    v.as_deref().map_or(0, entry_size)
+}
+
+fn list_size(v: &Option<Vec<String>>) -> usize {
+    v.iter().flatten().map(|s| entry_size(s)).sum()
+}
+
+fn healthcheck_size(h: &Option<Healthcheck>) -> usize {
+    h.as_ref().map_or(0, |h| h.test.iter().map(|s| entry_size(s)).sum())
+}
+
+/// The size of the config values a stage can grow (ENV, LABEL, VOLUME, EXPOSE, ONBUILD and
+/// the replaced ones), as the stage's ARG values are counted with them.
+fn config_size(c: &ContainerConfig) -> usize {
+    let keys = |m: &Option<BTreeMap<String, Empty>>| m.iter().flatten().map(|(k, _)| entry_size(k)).sum::<usize>();
+    list_size(&c.env)
+        + list_size(&c.entrypoint)
+        + list_size(&c.cmd)
+        + list_size(&c.shell)
+        + list_size(&c.on_build)
+        + keys(&c.exposed_ports)
+        + keys(&c.volumes)
+        + c.labels.iter().flatten().map(|(k, v)| entry_size(k) + v.len()).sum::<usize>()
+        + opt_size(&c.user)
+        + opt_size(&c.working_dir)
+        + opt_size(&c.stop_signal)
+        + healthcheck_size(&c.healthcheck)
 }
 
 fn global_lookup(globals: &BTreeMap<String, Option<String>>, k: &str) -> Option<String> {
@@ -1008,5 +1311,152 @@ mod tests {
         let p = Plan::new(&d, &BTreeMap::new(), None).unwrap();
         let e = p.steps(&p.stages[0], &ContainerConfig::default()).unwrap_err();
         assert_eq!(e.to_string(), "dockerfile line 3: B: needed");
+    }
+
+    /// The measured attack: each line multiplies the value by four (64 MiB after 11 lines).
+    fn multiplying_args(global: bool) -> String {
+        let mut text = String::new();
+        if !global {
+            text.push_str("FROM scratch\n");
+        }
+        text.push_str(&format!("ARG A0={}\n", "x".repeat(64)));
+        for i in 1..=10 {
+            let p = i - 1;
+            text.push_str(&format!("ARG A{i}=$A{p}$A{p}$A{p}$A{p}\n"));
+        }
+        if global {
+            text.push_str("FROM scratch\n");
+        }
+        text
+    }
+
+    #[test]
+    fn multiplying_stage_args_are_refused_at_the_word_limit_naming_the_line() {
+        let d = parse(&multiplying_args(false)).unwrap();
+        let p = Plan::new(&d, &BTreeMap::new(), None).unwrap();
+        let t = std::time::Instant::now();
+        let e = p.check().unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        // 64 B × 4⁵ = 64 KiB is allowed (line 7); line 8 would be 256 KiB.
+        assert_eq!(e.to_string(), "dockerfile line 8: expanded value exceeds 64 KiB");
+        assert!(e.is_limit());
+        let e = p.steps(&p.stages[0], &ContainerConfig::default()).unwrap_err();
+        assert!(matches!(e, PlanError::Expand { line: 8, source: ExpandError::TooLarge { .. } }), "{e}");
+    }
+
+    #[test]
+    fn multiplying_global_args_are_refused_when_the_plan_is_made() {
+        let e = Plan::new(&parse(&multiplying_args(true)).unwrap(), &BTreeMap::new(), None).unwrap_err();
+        assert_eq!(e.to_string(), "dockerfile line 7: expanded value exceeds 64 KiB");
+    }
+
+    #[test]
+    fn an_instruction_whose_words_add_up_past_the_instruction_limit_is_refused() {
+        let a = "y".repeat(60 << 10);
+        let text = format!("FROM scratch\nARG A={a}\nENV B1=$A B2=$A B3=$A B4=$A B5=$A\n");
+        let p = Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap();
+        let e = p.check().unwrap_err();
+        assert_eq!(e.to_string(), "dockerfile line 3: expanded instruction exceeds 256 KiB");
+        assert!(e.is_limit());
+        // Four of them fit.
+        let text = format!("FROM scratch\nARG A={a}\nENV B1=$A B2=$A B3=$A B4=$A\n");
+        Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap().check().unwrap();
+    }
+
+    #[test]
+    fn env_and_labels_accumulating_past_the_stage_limit_are_refused() {
+        let a = "v".repeat(60 << 10);
+        let mut text = format!("FROM scratch\nARG A={a}\n");
+        for i in 0..4 {
+            text.push_str(&format!("ENV E{i}a=$A E{i}b=$A\n"));
+        }
+        let p = Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap();
+        let e = p.check().unwrap_err();
+        assert!(matches!(e, PlanError::VariablesTooLarge { line: 6, .. }), "{e}");
+        assert!(e.to_string().contains("over the limit of 512 KiB"), "{e}");
+        // Replacing a value does not count it twice.
+        let mut text = format!("FROM scratch\nARG A={a}\n");
+        for _ in 0..20 {
+            text.push_str("ENV SAME=$A\nLABEL same=$A\n");
+        }
+        Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap().check().unwrap();
+    }
+
+    #[test]
+    fn many_small_entries_count_their_overhead() {
+        let pairs: Vec<String> = (0..40_000).map(|i| format!("K{i}=")).collect();
+        let text = format!("FROM scratch\nENV {}\n", pairs.join(" "));
+        let p = Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap();
+        assert!(matches!(p.check().unwrap_err(), PlanError::VariablesTooLarge { line: 2, .. }));
+    }
+
+    #[test]
+    fn a_base_config_past_the_stage_limit_fails_the_first_step_with_the_size() {
+        let env = (0..40).map(|i| format!("B{i}={}", "b".repeat(16 << 10))).collect();
+        let base = ContainerConfig { env: Some(env), ..Default::default() };
+        let p = plan("FROM x\nRUN true\n", &[]);
+        let e = p.steps(&p.stages[0], &base).unwrap_err();
+        assert!(matches!(e, PlanError::VariablesTooLarge { line: 2, size } if size > 640 << 10), "{e}");
+    }
+
+    #[test]
+    fn deep_or_long_copy_destinations_and_workdirs_are_refused_naming_the_path_problem() {
+        let deep = "/a".repeat(5000);
+        let p = Plan::new(&parse(&format!("FROM scratch\nCOPY f {deep}/\n")).unwrap(), &BTreeMap::new(), None).unwrap();
+        let e = p.check().unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("dockerfile line 2: COPY destination /a/a/a"), "{msg}");
+        assert!(msg.ends_with("is 10001 bytes long, over the limit of 3 KiB for a path"), "{msg}");
+        assert!(msg.len() < 300, "the path is shortened: {msg}");
+        assert!(e.is_limit());
+
+        let mut text = "FROM scratch\n".to_string();
+        for _ in 0..600 {
+            text.push_str("WORKDIR d\n");
+        }
+        let p = Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap();
+        let e = p.check().unwrap_err();
+        assert!(e.to_string().contains("WORKDIR") && e.to_string().contains("nests 513 directories deep"), "{e}");
+        assert!(matches!(e, PlanError::Path { line: 514, .. }), "{e}");
+
+        let long_name = "n".repeat(4000);
+        let p = Plan::new(&parse(&format!("FROM scratch\nCOPY {long_name} /x\n")).unwrap(), &BTreeMap::new(), None)
+            .unwrap();
+        assert!(p.check().unwrap_err().to_string().contains("COPY source nnnn"));
+    }
+
+    #[test]
+    fn steps_are_planned_one_at_a_time_and_stop_after_an_error() {
+        let p = plan("FROM x\nENV A=1\nRUN echo\nENV B=${NOPE:?unset}\nRUN never\n", &[]);
+        let mut it = p.step_iter(&p.stages[0], &ContainerConfig::default());
+        assert_eq!(it.next().unwrap().unwrap().config.env_get("A").as_deref(), Some("1"));
+        assert!(matches!(it.next().unwrap().unwrap().action, Action::Run(_)));
+        assert!(it.next().unwrap().is_err());
+        assert!(it.next().is_none());
+        assert!(!p.check().unwrap_err().is_limit(), "a missing variable may come from the base image");
+    }
+
+    #[test]
+    fn env_lookups_see_the_last_of_duplicate_base_entries_and_sets_replace_it() {
+        let base = ContainerConfig { env: Some(vec!["A=1".into(), "A=2".into()]), ..Default::default() };
+        let p = plan("FROM x\nENV B=$A\nENV A=3\nENV C=$A\n", &[]);
+        let steps = p.steps(&p.stages[0], &base).unwrap();
+        let c = &steps[2].config;
+        assert_eq!(c.env_get("B").as_deref(), Some("2"));
+        assert_eq!(c.env_get("C").as_deref(), Some("3"));
+        assert_eq!(c.env.as_ref().unwrap(), &["A=1", "A=3", "B=2", "C=3"]);
+    }
+
+    #[test]
+    fn checking_a_plan_with_a_large_config_does_not_copy_it_per_step() {
+        let pairs: Vec<String> = (0..20_000).map(|i| format!("K{i}=")).collect();
+        let mut text = format!("FROM scratch\nENV {}\n", pairs.join(" "));
+        for i in 0..997 {
+            text.push_str(&format!("RUN x{i}\n"));
+        }
+        let p = Plan::new(&parse(&text).unwrap(), &BTreeMap::new(), None).unwrap();
+        let t = std::time::Instant::now();
+        p.check().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
     }
 }

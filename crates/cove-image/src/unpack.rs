@@ -36,13 +36,13 @@ pub enum UnpackError {
     #[error("read layer archive")]
     ReadArchive(#[source] io::Error),
     /// An entry's path is absolute or contains `..`.
-    #[error("layer entry {path:?} escapes the root filesystem")]
+    #[error("layer entry {} escapes the root filesystem", Shown(path))]
     EscapingPath {
         /// The entry path as in the archive.
         path: String,
     },
     /// A hard link points outside the root or at something missing.
-    #[error("layer entry {path:?} is a hard link to {target:?}, which {why}")]
+    #[error("layer entry {} is a hard link to {}, which {why}", Shown(path), Shown(target))]
     BadHardlink {
         /// The entry path.
         path: String,
@@ -52,13 +52,14 @@ pub enum UnpackError {
         why: &'static str,
     },
     /// Too many symlinks while resolving a path.
-    #[error("too many symbolic links while resolving {path:?}")]
+    #[error("too many symbolic links while resolving {}", Shown(path))]
     SymlinkLoop {
         /// The entry path.
         path: String,
     },
-    /// Creating the entry on disk failed.
-    #[error("create {path:?} from layer entry")]
+    /// Creating the entry on disk failed. The cause is part of the message as well: callers
+    /// that print only the top error (`to_string()`) must not lose why.
+    #[error("create {} from layer entry: {source}", Shown(path))]
     Create {
         /// The entry path.
         path: String,
@@ -496,6 +497,29 @@ pub fn tree_size(root: &Path) -> u64 {
     total
 }
 
+/// An entry path in an error message: quoted, and shortened to its start and end when long,
+/// so an entry thousands of directories deep does not make a message thousands of bytes long.
+struct Shown<'a>(&'a str);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const KEEP: usize = 48;
+        let p = self.0;
+        if p.len() <= 3 * KEEP {
+            return write!(f, "{p:?}");
+        }
+        let mut head = KEEP;
+        while !p.is_char_boundary(head) {
+            head -= 1;
+        }
+        let mut tail = p.len() - KEEP;
+        while !p.is_char_boundary(tail) {
+            tail += 1;
+        }
+        write!(f, "\"{}…{}\" ({} bytes)", p[..head].escape_debug(), p[tail..].escape_debug(), p.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,5 +909,21 @@ mod tests {
         let mut bytes = layer(&[("big", 'f', &"x".repeat(5000))]);
         bytes.truncate(1500);
         assert!(apply_layer(t.path(), io::Cursor::new(bytes), None).is_err());
+    }
+
+    #[test]
+    fn a_long_entry_path_is_shortened_in_the_error_and_its_cause_is_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = format!("{}f", "a/".repeat(5000));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+        let e = apply_layer(t.path(), &b.into_inner().unwrap()[..], None).unwrap_err();
+        let msg = cove_types::error::chain(&e);
+        assert!(msg.starts_with("create \"a/a/a/") && msg.contains("a/f\" (10001 bytes) from layer entry: "), "{msg}");
+        assert!(msg.ends_with("File name too long (os error 36)"), "{msg}");
+        assert_eq!(Shown("short/path").to_string(), "\"short/path\"");
     }
 }

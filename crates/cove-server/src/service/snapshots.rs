@@ -550,13 +550,17 @@ impl SnapshotService {
     ) -> Result<cove_image::Pulled, String> {
         if let Some(reg) = self.inner.registry.get().filter(|reg| reg.is_local(image)) {
             return match reg.resolve_for_snapshot(org, image) {
-                Ok(d) => self.inner.images.import(&d, max_unpacked_bytes).await.map_err(|e| e.to_string()),
+                Ok(d) => {
+                    self.inner.images.import(&d, max_unpacked_bytes).await.map_err(|e| cove_types::error::chain(&e))
+                }
                 Err(e) => Err(format!("{image}: {}", cove_types::error::chain(&e))),
             };
         }
         match self.inner.docker_registries.get() {
             Some(regs) => regs.pull(&self.inner.images, org, image, max_unpacked_bytes).await,
-            None => self.inner.images.pull(image, None, max_unpacked_bytes).await.map_err(|e| e.to_string()),
+            None => {
+                self.inner.images.pull(image, None, max_unpacked_bytes).await.map_err(|e| cove_types::error::chain(&e))
+            }
         }
     }
 
@@ -656,7 +660,7 @@ impl SnapshotService {
                     .builds
                     .build(&s.id, &s.org_id, b, self, disk_bytes(s.disk))
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| cove_types::error::chain(&e));
                 let last = match &r {
                     Ok(_) => "Build finished".to_string(),
                     Err(e) => format!("Build failed: {}", e.lines().next().unwrap_or_default()),
@@ -768,14 +772,24 @@ pub fn to_dto(s: &SnapshotRecord) -> SnapshotDto {
     }
 }
 
-/// Checks a `buildInfo` before it is recorded: the Dockerfile must parse (the error names the
-/// line), and context hashes must be plain hex names.
+/// Checks a `buildInfo` before it is recorded: the Dockerfile must parse and plan within
+/// `cove_build::limits` (size, instructions, expansions, paths; the error names the line and
+/// the limit), and context hashes must be plain hex names. Plan errors that may depend on
+/// the base image's config (`${VAR:?}` with VAR from its ENV) are left to the build.
 pub fn validate_build(info: cove_types::dto::CreateBuildInfo) -> Result<BuildSpec, SnapshotError> {
     if info.dockerfile_content.trim().is_empty() {
         return Err(SnapshotError::Invalid("buildInfo.dockerfileContent is empty".into()));
     }
-    cove_build::dockerfile::parse(&info.dockerfile_content)
-        .map_err(|e| SnapshotError::Invalid(format!("invalid Dockerfile: {}", cove_types::error::chain(&e))))?;
+    let invalid = |e: &dyn std::error::Error| {
+        SnapshotError::Invalid(format!("invalid Dockerfile: {}", cove_types::error::chain(e)))
+    };
+    let dockerfile = cove_build::dockerfile::parse(&info.dockerfile_content).map_err(|e| invalid(&e))?;
+    let plan = cove_build::plan::Plan::new(&dockerfile, &Default::default(), None).map_err(|e| invalid(&e))?;
+    match plan.check() {
+        Err(e) if e.is_limit() => return Err(invalid(&e)),
+        Err(e) => tracing::debug!(error = %e, "Dockerfile check left to the build (it may need the base image)"),
+        Ok(()) => {}
+    }
     if let Some(h) = info
         .context_hashes
         .iter()
@@ -821,5 +835,31 @@ mod tests {
         let e = resource("memory", Some(0), 1, 1, 1024).unwrap_err().to_string();
         assert_eq!(e, "memory must be between 1 and 1024 GiB (got 0)");
         assert_eq!(resource("cpu", None, 1, 1, 128).unwrap(), 1);
+    }
+
+    fn build_info(dockerfile: &str) -> cove_types::dto::CreateBuildInfo {
+        serde_json::from_value(serde_json::json!({ "dockerfileContent": dockerfile, "contextHashes": [] })).unwrap()
+    }
+
+    #[test]
+    fn a_dockerfile_past_a_build_limit_is_refused_at_creation_naming_the_limit() {
+        let mut df = format!("FROM scratch\nARG A0={}\n", "x".repeat(64));
+        for i in 1..=10 {
+            let p = i - 1;
+            df.push_str(&format!("ARG A{i}=$A{p}$A{p}$A{p}$A{p}\n"));
+        }
+        let e = validate_build(build_info(&df)).unwrap_err();
+        assert_eq!(e.to_string(), "invalid Dockerfile: dockerfile line 8: expanded value exceeds 64 KiB");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        let deep = format!("FROM scratch\nCOPY a {}/\n", "/d".repeat(5000));
+        let e = validate_build(build_info(&deep)).unwrap_err().to_string();
+        assert!(e.contains("COPY destination") && e.contains("10001 bytes long"), "{e}");
+        let big = format!("FROM scratch\n{}", "# x\n".repeat(300_000));
+        assert!(validate_build(build_info(&big)).unwrap_err().to_string().contains("over the limit of 1 MiB"));
+    }
+
+    #[test]
+    fn a_dockerfile_whose_variables_may_come_from_the_base_image_is_accepted_at_creation() {
+        validate_build(build_info("FROM python:3.12\nENV X=${FROM_BASE:?set-by-the-image}\n")).unwrap();
     }
 }
