@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Cove need, only when missing:
-# Debian packages (runc, the OCI registry, static busybox, skopeo/umoci for the benchmark
-# baseline, docker.io for the `snapshot push` test from a Docker engine) and a virtualenv with the official Daytona SDK. Safe to run again.
+# Debian packages (runc, nftables for the sandbox bridge's firewall, the OCI registry, static
+# busybox, skopeo/umoci for the benchmark baseline, docker.io for the `snapshot push` test from
+# a Docker engine) and a virtualenv with the official Daytona SDK. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 golang-github-containers-common
+APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 nftables golang-github-containers-common
               python3-minimal apache2-utils curl ca-certificates docker.io)
 SDK_PY="daytona==0.226.1"
 

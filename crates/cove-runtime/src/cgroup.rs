@@ -1,5 +1,7 @@
-//! Read-only look at a sandbox's memory cgroup, for OOM reporting. runc creates and removes
-//! the cgroups; nothing here writes them.
+//! Cgroups: a read-only look at a sandbox's memory cgroup, for OOM reporting, and the one
+//! limit the runtime writes itself: `pids.max` of the parent cgroup (`--cgroup-parent`), so
+//! that all sandboxes together can never take every PID of the host ([`limit_parent_pids`],
+//! at runtime start). runc creates and removes the sandboxes' own cgroups.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,99 @@ pub fn oom_killed(cgroups_path: &str) -> bool {
     std::fs::read_to_string(file).map(|s| oom_kill_count(&s) > 0).unwrap_or(false)
 }
 
+/// A failed cgroup write.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The host's PID limit could not be read.
+    #[error("read the host's PID limit {path}")]
+    PidMax {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither a v1 `pids` hierarchy nor a unified hierarchy offering `pids`.
+    #[error("no pids cgroup controller under {root} (neither {root}/pids nor pids in {root}/cgroup.controllers)")]
+    NoPidsController {
+        /// The cgroup mount point.
+        root: PathBuf,
+    },
+    /// Creating the parent cgroup or writing its limit failed.
+    #[error("limit the processes of cgroup {parent} to {max}: write {file}")]
+    LimitPids {
+        /// The parent cgroup.
+        parent: String,
+        /// The limit.
+        max: u64,
+        /// The file or directory.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// All sandboxes together get half of the host's PIDs: the other half stays for the host,
+/// however many sandboxes fork-bomb at once.
+pub fn parent_pids_limit(pid_max: u64) -> u64 {
+    (pid_max / 2).max(1)
+}
+
+/// Sets `pids.max` of `parent` to [`parent_pids_limit`] of `/proc/sys/kernel/pid_max`,
+/// creating the cgroup if needed (v1 `pids` hierarchy, or v2 with `+pids` enabled down to
+/// it). Returns the limit.
+pub fn limit_parent_pids(parent: &str) -> Result<u64, CgroupError> {
+    let path = PathBuf::from("/proc/sys/kernel/pid_max");
+    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::PidMax { path: path.clone(), source })?;
+    let pid_max = text
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| CgroupError::PidMax { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) })?;
+    let max = parent_pids_limit(pid_max);
+    let file = limit_pids_at(Path::new(CGROUP_ROOT), parent, max)?;
+    tracing::info!(cgroup = parent, max, pid_max, file = %file.display(), "limited the processes of all sandboxes");
+    Ok(max)
+}
+
+/// [`limit_parent_pids`] under the cgroup mount `root`; returns the `pids.max` file written.
+fn limit_pids_at(root: &Path, parent: &str, max: u64) -> Result<PathBuf, CgroupError> {
+    let rel = parent.trim_matches('/');
+    let err = |file: &Path| {
+        let file = file.to_path_buf();
+        move |source| CgroupError::LimitPids { parent: parent.to_string(), max, file, source }
+    };
+    let dir = if root.join("pids/cgroup.procs").is_file() {
+        let dir = root.join("pids").join(rel);
+        std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+        dir
+    } else {
+        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "pids") {
+            return Err(CgroupError::NoPidsController { root: root.to_path_buf() });
+        }
+        // v2: a controller's files exist in a cgroup only when its parent delegates it.
+        let mut dir = root.to_path_buf();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            let control = dir.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            if !enabled.split_whitespace().any(|c| c == "pids") {
+                std::fs::write(&control, "+pids").map_err(err(&control))?;
+            }
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(&dir)(e)),
+            }
+        }
+        dir
+    };
+    let file = dir.join("pids.max");
+    std::fs::write(&file, max.to_string()).map_err(err(&file))?;
+    Ok(file)
+}
+
 fn oom_kill_count(text: &str) -> u64 {
     text.lines().filter_map(|l| l.strip_prefix("oom_kill ")).filter_map(|v| v.trim().parse().ok()).next().unwrap_or(0)
 }
@@ -51,5 +146,46 @@ mod tests {
         assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
         assert_eq!(oom_kill_count("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
         assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), 0);
+    }
+
+    #[test]
+    fn all_sandboxes_together_get_half_of_the_hosts_pids() {
+        assert_eq!(parent_pids_limit(32768), 16384);
+        assert_eq!(parent_pids_limit(4194304), 2097152);
+        assert_eq!(parent_pids_limit(1), 1);
+    }
+
+    #[test]
+    fn on_cgroup_v1_the_limit_goes_into_the_pids_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("pids")).unwrap();
+        std::fs::write(root.path().join("pids/cgroup.procs"), "").unwrap();
+        let file = limit_pids_at(root.path(), "/cove/test", 16384).unwrap();
+        assert_eq!(file, root.path().join("pids/cove/test/pids.max"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "16384");
+        limit_pids_at(root.path(), "/cove/test", 100).expect("a restart writes it again");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "100");
+    }
+
+    #[test]
+    fn on_cgroup_v2_pids_is_delegated_down_to_the_parent_before_the_limit_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        // In a real cgroupfs the kernel creates this file with the directory.
+        std::fs::create_dir(root.path().join("a")).unwrap();
+        std::fs::write(root.path().join("a/cgroup.subtree_control"), "cpu\n").unwrap();
+        let file = limit_pids_at(root.path(), "/a/b", 42).unwrap();
+        assert_eq!(file, root.path().join("a/b/pids.max"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "42");
+        assert_eq!(std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(), "+pids");
+        assert_eq!(std::fs::read_to_string(root.path().join("a/cgroup.subtree_control")).unwrap(), "+pids");
+    }
+
+    #[test]
+    fn a_host_without_a_pids_controller_is_an_error_not_a_silent_skip() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        assert!(matches!(limit_pids_at(root.path(), "/cove", 10), Err(CgroupError::NoPidsController { .. })));
     }
 }

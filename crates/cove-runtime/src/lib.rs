@@ -5,7 +5,9 @@
 //! agent's socket directory. It runs in its own pid, mount, uts, ipc and network namespaces
 //! (a named netns on an isolated bridge port), with CPU, memory (no extra swap) and pids
 //! limits in `<cgroup_parent>/<id>`, Docker's default capabilities and seccomp profile unless
-//! privileged. Sandboxes keep running when the server exits (`runc run -d`).
+//! privileged. Sandboxes keep running when the server exits (`runc run -d`). At start the
+//! runtime caps `<cgroup_parent>`'s `pids.max` at half the host's PIDs and installs its
+//! nftables table that drops what the bridge sends to the host ([`firewall`]).
 //!
 //! One-shot build steps ([`Runtime::run_step`]) reuse the same isolation on a throw-away
 //! overlay whose upper dir the builder turns into a layer.
@@ -14,6 +16,7 @@ mod cgroup;
 mod cmd;
 pub mod copytree;
 pub mod disk;
+pub mod firewall;
 pub mod net;
 pub mod oci;
 mod pool;

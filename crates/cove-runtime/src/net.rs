@@ -1,6 +1,6 @@
 //! Sandbox networking: one bridge with the first address of the CIDR, and per sandbox a named
 //! network namespace with a veth pair whose host end is an *isolated* bridge port (sandboxes
-//! reach the host, not each other) and whose peer is `eth0` inside. No forwarding, no NAT.
+//! reach neither each other nor, past [`crate::firewall`], the host) and whose peer is `eth0` inside. No forwarding, no NAT.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

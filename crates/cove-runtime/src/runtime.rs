@@ -135,6 +135,12 @@ pub enum RuntimeError {
     /// The bridge could not be set up.
     #[error("set up the sandbox network")]
     Bridge(#[source] Box<NetError>),
+    /// The host could not be fenced off from the bridge.
+    #[error("protect the host from sandboxes")]
+    Firewall(#[source] Box<crate::firewall::FirewallError>),
+    /// The parent cgroup's process limit could not be set.
+    #[error("limit the processes of all sandboxes")]
+    ParentPids(#[source] Box<cgroup::CgroupError>),
     /// No bundle with that id.
     #[error("sandbox {id} not found")]
     NotFound {
@@ -227,6 +233,8 @@ impl RuntimeError {
             | Self::Seccomp(_)
             | Self::Dir { .. }
             | Self::Bridge(_)
+            | Self::Firewall(_)
+            | Self::ParentPids(_)
             | Self::BundleFile { .. }
             | Self::Storage { .. }
             | Self::Network { .. }
@@ -383,7 +391,9 @@ impl Runtime {
         let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };
         let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
 
+        crate::firewall::protect_host(&cfg.bridge).await.map_err(|e| RuntimeError::Firewall(Box::new(e)))?;
         net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
+        cgroup::limit_parent_pids(&cfg.cgroup_parent).map_err(|e| RuntimeError::ParentPids(Box::new(e)))?;
         let pool_dir = cfg.root.join(POOL_DIR);
         let pool = DiskPool::open(pool_dir.clone()).map_err(|source| RuntimeError::Dir { path: pool_dir, source })?;
 

@@ -381,8 +381,10 @@ async fn sandboxes_cannot_reach_each_other_but_the_host_reaches_them() {
     let (_, out) = env.exec(&a.id, &get(ip_b)).await;
     assert!(!out.contains("200 OK"), "A must not reach B: {out}");
     let gateway = Ipv4Addr::from(u32::from(ip_a) & 0xffff_ff00 | 1);
+    let (ok, out) = env.exec(&a.id, &format!("ping -c 1 -W 1 {ip_a}")).await;
+    assert!(ok, "A pings itself (control): {out}");
     let (ok, out) = env.exec(&a.id, &format!("ping -c 1 -W 1 {gateway}")).await;
-    assert!(ok, "A pings the bridge (control): {out}");
+    assert!(!ok, "A must not reach the host through the bridge (firewall): {out}");
     let (ok, out) = env.exec(&a.id, &format!("ping -c 1 -W 1 {ip_b}")).await;
     assert!(!ok, "A must not ping B: {out}");
 

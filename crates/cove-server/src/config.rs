@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub allow_privileged: bool,
     /// STS and ECR endpoints for ECR registries (`None`: AWS's regional endpoints).
     pub aws: crate::service::ecr::AwsEndpoints,
+    /// Every organization's quota unless an admin set its own (`--org-quota-*`).
+    pub org_quota: crate::service::quotas::Limits,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

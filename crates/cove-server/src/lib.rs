@@ -137,6 +137,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         cfg.warm_pool,
     )
     .allow_privileged(cfg.allow_privileged);
+    sandboxes.attach_quotas(service::quotas::QuotaService::new(store.clone(), cfg.org_quota));
     // Sandboxes first: their images must count as referenced before snapshots collect garbage.
     sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
     snapshots.resume().await.map_err(StartError::Resume)?;

@@ -45,6 +45,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
         allow_privileged: false,
         aws: Default::default(),
+        org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
     };
     let p = prepare(&cfg).await.unwrap();
     (dir, api::app(p.state))

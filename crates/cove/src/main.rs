@@ -121,6 +121,19 @@ struct ServerArgs {
     /// admin API keys only; without it such requests are refused with 403.
     #[arg(long, env = "COVE_ALLOW_PRIVILEGED")]
     allow_privileged: bool,
+    /// Sandboxes one organization may have (any state but deleted), unless an admin set its
+    /// own quota with `PUT /api/organizations/{id}/quota`.
+    #[arg(long, env = "COVE_ORG_QUOTA_SANDBOXES", default_value_t = 100)]
+    org_quota_sandboxes: i64,
+    /// vCPUs one organization's sandboxes may hold together (default: unlimited).
+    #[arg(long, env = "COVE_ORG_QUOTA_CPU")]
+    org_quota_cpu: Option<i64>,
+    /// Memory in GiB one organization's sandboxes may hold together (default: unlimited).
+    #[arg(long, env = "COVE_ORG_QUOTA_MEMORY")]
+    org_quota_memory: Option<i64>,
+    /// Disk in GiB one organization's sandboxes may hold together (default: unlimited).
+    #[arg(long, env = "COVE_ORG_QUOTA_DISK")]
+    org_quota_disk: Option<i64>,
     /// Docker-format seccomp profile applied to unprivileged sandboxes.
     #[arg(long, env = "COVE_SECCOMP_PROFILE")]
     seccomp_profile: Option<PathBuf>,
@@ -213,6 +226,13 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         name_prefix: a.net_prefix,
         seccomp_profile: a.seccomp_profile,
     };
+    let quota = [
+        a.org_quota_sandboxes,
+        a.org_quota_cpu.unwrap_or(0),
+        a.org_quota_memory.unwrap_or(0),
+        a.org_quota_disk.unwrap_or(0),
+    ];
+    anyhow::ensure!(quota.iter().all(|v| *v >= 0), "--org-quota-* values must not be negative");
     let cfg = ServerConfig {
         listen: a.listen,
         data_dir: a.data_dir,
@@ -233,6 +253,12 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             idle: Duration::from_secs(a.warm_pool_idle_secs.max(1)),
         },
         allow_privileged: a.allow_privileged,
+        org_quota: cove_server::service::quotas::Limits {
+            sandboxes: Some(a.org_quota_sandboxes),
+            cpu: a.org_quota_cpu,
+            memory: a.org_quota_memory,
+            disk: a.org_quota_disk,
+        },
         aws: cove_server::service::ecr::AwsEndpoints {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),

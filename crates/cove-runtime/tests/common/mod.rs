@@ -61,7 +61,7 @@ pub fn rmdir_tree(p: &Path) {
 }
 
 /// What a test runtime may leave on the host once its containers are gone: mounts under its
-/// root, its network namespaces and bridge, its cgroup parent. Best effort.
+/// root, its network namespaces, bridge and nftables table, its cgroup parent. Best effort.
 pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
     let mut mounts: Vec<String> =
         mounts_containing(&cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
@@ -78,6 +78,8 @@ pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
         }
     }
     let _ = Command::new("ip").args(["link", "delete", &cfg.bridge]).output();
+    let table = cove_runtime::firewall::table_name(&cfg.bridge);
+    let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
     for c in cgroup_hierarchies() {
         rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
     }

@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod keys;
 mod object_storage;
+mod quotas;
 mod registry_push;
 mod sandboxes;
 mod snapshots;
@@ -30,6 +31,7 @@ pub fn app(state: AppState) -> Router {
     let authed = Router::new()
         .merge(snapshots::router())
         .merge(keys::router())
+        .merge(quotas::router())
         .merge(docker_registry::router())
         .merge(object_storage::router())
         .merge(registry_push::router())

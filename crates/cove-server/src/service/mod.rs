@@ -4,6 +4,7 @@ pub mod builds;
 pub mod ecr;
 pub mod keys;
 pub mod pool;
+pub mod quotas;
 pub mod registries;
 pub mod sandboxes;
 pub mod secrets;

@@ -15,6 +15,7 @@ use cove_types::{ErrorKind, SandboxState, SnapshotName};
 
 use super::keys::Principal;
 use super::pool::{self, PoolKey, WarmPool};
+use super::quotas::{QuotaError, QuotaService};
 use super::snapshots::{SnapshotError, SnapshotService};
 use super::{iso, now_millis};
 use crate::store::{SandboxRecord, Store, StoreError};
@@ -46,6 +47,9 @@ pub enum SandboxError {
     /// The snapshot cannot be used.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The organization's quota does not admit it.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The caller may not ask for this (privileged mode).
     #[error(transparent)]
     Forbidden(#[from] super::keys::KeyError),
@@ -137,6 +141,7 @@ impl SandboxError {
                 ErrorKind::NotFound => ErrorKind::InvalidArgument,
                 k => k,
             },
+            Self::Quota(e) => e.kind(),
             Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
             Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::Forbidden(e) => e.kind(),
@@ -172,6 +177,8 @@ struct Inner {
     /// (organization, id or name) → (sandbox id, agent socket) of started sandboxes, so that
     /// toolbox calls skip the database. Every transition away from `started` clears its entries.
     sockets: std::sync::Mutex<std::collections::HashMap<(String, String), AgentAddr>>,
+    /// Per-organization quotas, checked by every create ([`SandboxService::attach_quotas`]).
+    quotas: std::sync::OnceLock<QuotaService>,
 }
 
 /// How many prepared sandboxes to keep per snapshot, and for how long after its last use.
@@ -208,6 +215,7 @@ impl SandboxService {
                 pids_limit,
                 allow_privileged: false,
                 sockets: Default::default(),
+                quotas: Default::default(),
             }),
         }
     }
@@ -217,6 +225,16 @@ impl SandboxService {
     pub fn allow_privileged(mut self, allow: bool) -> Self {
         Arc::get_mut(&mut self.inner).expect("configured before the service is cloned").allow_privileged = allow;
         self
+    }
+
+    /// Installs the quota service every create asks first (once, at start).
+    pub fn attach_quotas(&self, quotas: QuotaService) {
+        let _ = self.inner.quotas.set(quotas);
+    }
+
+    /// The quota service (for `/organizations/{id}/quota`).
+    pub fn quotas(&self) -> &QuotaService {
+        self.inner.quotas.get().expect("attach_quotas is called at start, before any request")
     }
 
     /// Creates a sandbox from a snapshot and answers once its agent is ready.
@@ -281,6 +299,7 @@ impl SandboxService {
         let name = sandbox_name(req.name.as_deref())?;
         let env = req.env.unwrap_or_default();
         validate_env(&env)?;
+        let admission = self.quotas().admit(&who.org_id, snap.cpu, snap.mem, snap.disk).await?;
         // Privileged sandboxes are rare and never pooled: a prepared one would sit with every
         // capability.
         let pooled = if privileged { None } else { self.inner.pool.take(&key) };
@@ -325,6 +344,7 @@ impl SandboxService {
                 e => store("create sandbox")(e),
             });
         }
+        drop(admission); // the row holds its share of the quota now
         let user_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let runtime_err = |op, source| SandboxError::Runtime { op, id: id.clone(), source };
         let started = async {
@@ -383,6 +403,7 @@ impl SandboxService {
         let name = sandbox_name(req.name.as_deref())?;
         let env = req.env.unwrap_or_default();
         validate_env(&env)?;
+        let admission = self.quotas().admit(&who.org_id, cpu, mem, disk).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_millis();
         let rec = SandboxRecord {
@@ -419,6 +440,7 @@ impl SandboxService {
             StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
             e => store("create sandbox")(e),
         })?;
+        drop(admission);
         self.inner.snapshots.builds().reset_log(&id);
         tracing::info!(sandbox_id = %id, "sandbox waits for its image build");
         tokio::spawn(self.clone().run_build(rec.org_id.clone(), id));

@@ -262,6 +262,37 @@ impl std::fmt::Debug for RegistryRecord {
     }
 }
 
+/// An organization's stored quota (migration 0007); `None` fields fall back to the server
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRecord {
+    /// The organization.
+    pub org_id: String,
+    /// Sandboxes.
+    pub sandboxes: Option<i64>,
+    /// vCPUs.
+    pub cpu: Option<i64>,
+    /// Memory, GiB.
+    pub memory: Option<i64>,
+    /// Disk, GiB.
+    pub disk: Option<i64>,
+    /// Last changed.
+    pub updated_at: Millis,
+}
+
+/// What an organization's sandbox rows hold (every state but `destroyed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SandboxUsage {
+    /// Rows.
+    pub sandboxes: i64,
+    /// vCPUs.
+    pub cpu: i64,
+    /// Memory, GiB.
+    pub memory: i64,
+    /// Disk, GiB.
+    pub disk: i64,
+}
+
 /// Sort keys for listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotSort {
@@ -421,4 +452,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn update_registry(&self, r: &RegistryRecord) -> Result<bool, StoreError>;
     /// Deletes a registry; false when the organization has none with that id.
     async fn delete_registry(&self, org_id: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// An organization by id.
+    async fn get_org(&self, id: &str) -> Result<Option<Organization>, StoreError>;
+    /// An organization's stored quota, if an admin set one.
+    async fn get_org_quota(&self, org_id: &str) -> Result<Option<QuotaRecord>, StoreError>;
+    /// Replaces an organization's stored quota.
+    async fn set_org_quota(&self, q: &QuotaRecord) -> Result<(), StoreError>;
+    /// What an organization's sandboxes hold, over every row not `destroyed`.
+    async fn sandbox_usage(&self, org_id: &str) -> Result<SandboxUsage, StoreError>;
 }

@@ -670,6 +670,81 @@ impl Store for SqliteStore {
             .map_err(q("delete registry"))?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn get_org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get organization"))?;
+        row.map(|r| {
+            let get = |e: sqlx::Error| StoreError::Decode { what: "organization row", why: e.to_string() };
+            Ok(Organization {
+                id: r.try_get("id").map_err(get)?,
+                name: r.try_get("name").map_err(get)?,
+                created_at: r.try_get("created_at").map_err(get)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn get_org_quota(&self, org_id: &str) -> Result<Option<super::QuotaRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT org_id, sandboxes, cpu, memory, disk, updated_at FROM org_quotas WHERE org_id = ?")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("get organization quota"))?;
+        row.map(|r| {
+            let get = |e: sqlx::Error| StoreError::Decode { what: "org_quotas row", why: e.to_string() };
+            Ok(super::QuotaRecord {
+                org_id: r.try_get("org_id").map_err(get)?,
+                sandboxes: r.try_get("sandboxes").map_err(get)?,
+                cpu: r.try_get("cpu").map_err(get)?,
+                memory: r.try_get("memory").map_err(get)?,
+                disk: r.try_get("disk").map_err(get)?,
+                updated_at: r.try_get("updated_at").map_err(get)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_org_quota(&self, rec: &super::QuotaRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO org_quotas (org_id, sandboxes, cpu, memory, disk, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (org_id) DO UPDATE SET sandboxes = excluded.sandboxes, cpu = excluded.cpu, \
+             memory = excluded.memory, disk = excluded.disk, updated_at = excluded.updated_at",
+        )
+        .bind(&rec.org_id)
+        .bind(rec.sandboxes)
+        .bind(rec.cpu)
+        .bind(rec.memory)
+        .bind(rec.disk)
+        .bind(rec.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(q("set organization quota"))?;
+        Ok(())
+    }
+
+    async fn sandbox_usage(&self, org_id: &str) -> Result<super::SandboxUsage, StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cpu), 0) AS cpu, COALESCE(SUM(mem), 0) AS mem, \
+             COALESCE(SUM(disk), 0) AS disk FROM sandboxes WHERE org_id = ? AND state != ?",
+        )
+        .bind(org_id)
+        .bind(SandboxState::Destroyed.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("sum organization sandboxes"))?;
+        let get = |e: sqlx::Error| StoreError::Decode { what: "sandbox usage", why: e.to_string() };
+        Ok(super::SandboxUsage {
+            sandboxes: r.try_get("n").map_err(get)?,
+            cpu: r.try_get("cpu").map_err(get)?,
+            memory: r.try_get("mem").map_err(get)?,
+            disk: r.try_get("disk").map_err(get)?,
+        })
+    }
 }
 
 #[cfg(test)]
