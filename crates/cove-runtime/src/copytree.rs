@@ -94,6 +94,13 @@ pub fn copy_upper(src: &Path, dst: &Path, shift: Option<IdShift>) -> Result<Copy
     Ok(copier.stats)
 }
 
+/// The deepest directory nesting copied (as deep as layers and contexts may be, see
+/// `cove-build`'s limits). Each level costs a few KiB of stack: callers run the copy on a
+/// thread with [`STACK_SIZE`].
+pub const MAX_DEPTH: usize = 512;
+/// Stack size for a thread running [`copy_upper`] at [`MAX_DEPTH`].
+pub const STACK_SIZE: usize = 16 << 20;
+
 /// The state of one copy.
 struct Copier<'a> {
     src: &'a Path,
@@ -111,6 +118,11 @@ impl Copier<'_> {
     /// the times are set last, once the contents no longer change them.
     fn copy_dir(&mut self, st: &Stat, src_dir: &OwnedFd, dst_dir: &OwnedFd, rel: &Path) -> Result<(), CopyTreeError> {
         let (sp, dp) = (self.src.join(rel), self.dst.join(rel));
+        // The copy recurses once per level: a step's deep tree is refused, not a stack overflow.
+        if rel.components().count() > MAX_DEPTH {
+            let why = format!("directories nested deeper than {MAX_DEPTH} levels");
+            return Err(fail("copy", &sp)(io::Error::new(io::ErrorKind::InvalidInput, why)));
+        }
         self.set_owner_and_mode(Target::Fd(dst_dir.as_fd()), st, &dp)?;
         copy_xattrs(Target::Fd(src_dir.as_fd()), Target::Fd(dst_dir.as_fd()), self.shift, &sp, &dp)?;
         for name in entry_names(src_dir).map_err(fail("read directory", &sp))? {
@@ -782,5 +794,26 @@ mod tests {
         assert_eq!(SHIFT.apply(165_536), 165_536);
         assert_eq!(SHIFT.apply(99_999), 99_999);
         assert_eq!(IdShift { start: u32::MAX, count: 1 }.apply(u32::MAX), 0);
+    }
+
+    #[test]
+    fn a_tree_nested_past_the_depth_limit_is_refused_without_overflowing_the_stack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        // create_dir_all recurses per level too: build it iteratively, relative to each level.
+        std::fs::create_dir(&src).unwrap();
+        let mut fd = rustix::fs::open(&src, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        for _ in 0..MAX_DEPTH + 2 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = rustix::fs::openat(&fd, "d", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        }
+        std::fs::create_dir(&dst).unwrap();
+        let e = std::thread::Builder::new()
+            .stack_size(STACK_SIZE)
+            .spawn(move || copy_upper(&src, &dst, None).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(e.source.to_string().contains("deeper than 512"), "{e}: {}", e.source);
     }
 }

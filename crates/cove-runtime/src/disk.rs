@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cmd::{self, CommandError};
+use crate::userns::{self, Userns, UsernsError};
 
 /// A failed disk or mount operation.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,18 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    /// A lower layer could not be idmapped.
+    #[error("present a layer with the sandbox's ids")]
+    Idmap(#[source] UsernsError),
+    /// `mount -t tmpfs` failed.
+    #[error("mount tmpfs at {target}")]
+    MountTmpfs {
+        /// The mount point.
+        target: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `umount` failed even lazily.
     #[error("unmount {target}")]
     Unmount {
@@ -101,7 +114,9 @@ pub async fn mount_image(image: &Path, target: &Path) -> Result<(), DiskError> {
         // `-t ext4`: the image is always ext4; naming it skips libblkid's type probe (~4 ms) and
         // never lets the (sandbox-written) image be mounted as another filesystem type.
         let args: [&std::ffi::OsStr; 6] =
-            ["-t".as_ref(), "ext4".as_ref(), "-o".as_ref(), "loop".as_ref(), image.as_os_str(), target.as_os_str()];
+            // nosuid,nodev: what the sandbox wrote is never a set-id program or a device for
+            // the host, whoever reaches the mount.
+            ["-t".as_ref(), "ext4".as_ref(), "-o".as_ref(), "loop,nosuid,nodev".as_ref(), image.as_os_str(), target.as_os_str()];
         cmd::run("mount", &args, None).await.map_err(|source| DiskError::MountImage {
             image: image.into(),
             target: target.into(),
@@ -123,15 +138,36 @@ fn check_overlay_path(p: &Path) -> Result<String, DiskError> {
     Ok(s.to_string())
 }
 
-/// Mounts `lower` + `upper`/`work` as an overlay at `target` unless already mounted.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), DiskError> {
+/// Idmapped clones of `lowers` (kept open until the overlay is mounted) and the paths through
+/// which mount(2) reaches them; the lowers themselves without a user namespace.
+fn lower_paths(
+    lowers: &[PathBuf],
+    ns: Option<&Userns>,
+) -> Result<(Vec<std::os::fd::OwnedFd>, Vec<PathBuf>), DiskError> {
+    let Some(ns) = ns else { return Ok((Vec::new(), lowers.to_vec())) };
+    let fds = lowers.iter().map(|l| ns.idmapped_tree(l)).collect::<Result<Vec<_>, _>>().map_err(DiskError::Idmap)?;
+    let paths = fds.iter().map(userns::fd_path).collect();
+    Ok((fds, paths))
+}
+
+/// Mounts `lower` + `upper`/`work` as an overlay at `target` unless already mounted. With a
+/// user namespace, the lower is presented shifted into its ids (idmapped); `upper` then holds
+/// host ids.
+pub fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    ns: Option<&Userns>,
+) -> Result<(), DiskError> {
     std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
     if is_mountpoint(target) {
         return Ok(());
     }
+    let (_fds, lowers) = lower_paths(&[lower.to_path_buf()], ns)?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
-        check_overlay_path(lower)?,
+        check_overlay_path(&lowers[0])?,
         check_overlay_path(upper)?,
         check_overlay_path(work)?
     );
@@ -144,11 +180,18 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
 /// redirects and metacopy off so that every change lands in `upper` as plain files, 0:0
 /// character-device whiteouts and opaque directories (what a layer diff reads). The options
 /// must fit in one page (about 4000 bytes of paths).
-pub fn mount_overlay_layers(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), DiskError> {
+pub fn mount_overlay_layers(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    ns: Option<&Userns>,
+) -> Result<(), DiskError> {
     std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
     if is_mountpoint(target) {
         return Ok(());
     }
+    let (_fds, lowers) = lower_paths(lowers, ns)?;
     let lower = lowers.iter().map(|l| check_overlay_path(l)).collect::<Result<Vec<_>, _>>()?.join(":");
     let data = format!(
         "lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off",
@@ -182,6 +225,24 @@ pub fn mount_readonly_view(lowers: &[PathBuf], target: &Path) -> Result<(), Disk
             rustix::mount::mount("overlay", target, "overlay", MountFlags::RDONLY, data.as_c_str()).map_err(failed)
         }
     }
+}
+
+/// Mounts a fresh tmpfs of `size_kib` at `target` (created if needed), owned by `uid:gid`
+/// with `mode`, `nosuid,nodev,noexec`; whatever was mounted there before is unmounted first.
+pub fn mount_tmpfs(target: &Path, size_kib: u64, uid: u32, gid: u32, mode: u32) -> Result<(), DiskError> {
+    use rustix::mount::MountFlags;
+    std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
+    unmount(target)?;
+    let data = std::ffi::CString::new(format!("size={size_kib}k,nr_inodes=1024,mode={mode:o},uid={uid},gid={gid}"))
+        .map_err(|_| DiskError::UnsafeOverlayPath { path: target.into() })?;
+    rustix::mount::mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        data.as_c_str(),
+    )
+    .map_err(|e| DiskError::MountTmpfs { target: target.into(), source: e.into() })
 }
 
 /// Unmounts `target` if it is a mount point; falls back to a lazy unmount when busy.

@@ -25,6 +25,7 @@ mod runtime;
 pub mod seccomp;
 mod step;
 pub mod user;
+pub mod userns;
 
 pub use cmd::CommandError;
 pub use runtime::{Runtime, RuntimeConfig, RuntimeError, SandboxSpec, SandboxStatus};

@@ -1,5 +1,6 @@
 //! Sandbox networking: one bridge with the first address of the CIDR, and per sandbox a named
-//! network namespace with a veth pair whose host end is an *isolated* bridge port (sandboxes
+//! network namespace (made by runc inside the sandbox's user namespace, named and wired by
+//! [`attach_hook`]) with a veth pair whose host end is an *isolated* bridge port (sandboxes
 //! reach neither each other nor, past [`crate::firewall`], the host) and whose peer is `eth0` inside. No forwarding, no NAT.
 
 use std::net::Ipv4Addr;
@@ -140,35 +141,40 @@ pub async fn ensure_bridge(bridge: &str, cidr: &Cidr) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Creates namespace `netns` with `eth0` = `ip`, `lo` up and a default route via the bridge; the
-/// host end `veth` is an isolated port of `bridge`. Any leftover of the same names is removed
-/// first.
-pub async fn setup(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &Cidr) -> Result<(), NetError> {
-    teardown(netns, veth).await?;
-    let host = format!(
-        "netns add {netns}\n\
+/// The OCI `createRuntime` hook that wires a sandbox's network: runc made the network
+/// namespace (inside the sandbox's user namespace, so that sysfs and raw sockets work
+/// there); the hook, run by runc on the host before anything in the sandbox starts, reads the
+/// container's pid from the state on its stdin, names the namespace `netns` (`ip netns
+/// attach`), adds the veth pair with its host end `veth` as an isolated port of `bridge`, and
+/// gives `eth0` `ip` and a default route via the bridge. Failures fail the create; the
+/// runtime's teardown removes what was made.
+pub fn attach_hook(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &Cidr) -> serde_json::Value {
+    let script = format!(
+        "set -e\n\
+         pid=$(sed -n 's/.*\"pid\": *\\([0-9][0-9]*\\).*/\\1/p')\n\
+         [ -n \"$pid\" ]\n\
+         ip netns attach {netns} \"$pid\"\n\
+         ip -batch - <<EOF\n\
          link add {veth} type veth peer name eth0 netns {netns}\n\
          link set {veth} master {bridge}\n\
          link set dev {veth} type bridge_slave isolated on\n\
-         link set {veth} up\n"
-    );
-    if let Err(source) = cmd::run("ip", &["-batch", "-"], Some(&host)).await {
-        let _ = teardown(netns, veth).await;
-        return Err(NetError::CreateNamespace { netns: netns.into(), veth: veth.into(), source });
-    }
-    let inside = format!(
-        "addr add {ip}/{prefix} dev eth0\n\
+         link set {veth} up\n\
+         EOF\n\
+         ip -n {netns} -batch - <<EOF\n\
+         addr add {ip}/{prefix} dev eth0\n\
          link set lo up\n\
          link set eth0 up\n\
-         route add default via {gw}\n",
+         route add default via {gw}\n\
+         EOF\n",
         prefix = cidr.prefix(),
         gw = cidr.gateway()
     );
-    if let Err(source) = cmd::run("ip", &["-n", netns, "-batch", "-"], Some(&inside)).await {
-        let _ = teardown(netns, veth).await;
-        return Err(NetError::ConfigureNamespace { netns: netns.into(), source });
-    }
-    Ok(())
+    serde_json::json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", script],
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "timeout": 10,
+    })
 }
 
 /// Deletes the namespace (which destroys `eth0` and with it the veth pair) and any stray host

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::user::ResolvedUser;
+use crate::userns::IdRange;
 
 /// Where the agent binary appears inside every sandbox.
 pub const AGENT_PATH: &str = "/.cove/cove-agent";
@@ -128,8 +129,12 @@ pub struct BundleParams {
     pub privileged: bool,
     /// `<cgroup_parent>/<id>`.
     pub cgroups_path: String,
-    /// Path of the named network namespace.
-    pub netns_path: PathBuf,
+    /// The OCI `createRuntime` hook that wires the network namespace runc made (see
+    /// `net::attach_hook`); `None`: loopback only.
+    pub network_hook: Option<Value>,
+    /// Sandbox ids 0.. map to these host ids (a user namespace); `None` only for privileged
+    /// sandboxes, which run as host root.
+    pub idmap: Option<IdRange>,
     /// Host path of the agent binary.
     pub agent_binary: PathBuf,
     /// Host path of `<bundle>/toolbox`.
@@ -202,7 +207,9 @@ fn env_set(env: &mut Vec<String>, key: &str, value: &str) {
 }
 
 fn bind(source: &std::path::Path, destination: &str, ro: bool) -> Value {
-    let mut options = vec!["rbind", "nosuid", "nodev"];
+    // noexec too: the toolbox tmpfs is noexec, and in a user namespace a bind may not drop
+    // a flag its source has (nothing bound this way is a program anyway).
+    let mut options = vec!["rbind", "nosuid", "nodev", "noexec"];
     options.push(if ro { "ro" } else { "rw" });
     json!({ "destination": destination, "type": "bind", "source": source, "options": options })
 }
@@ -248,9 +255,10 @@ pub fn config(p: &BundleParams) -> Value {
         json!({"destination": AGENT_PATH, "type": "bind", "source": p.agent_binary,
                "options": ["rbind", "nodev", "ro"]}),
         bind(&p.toolbox_dir, TOOLBOX_DIR, false),
-        bind(&p.etc_hosts, "/etc/hosts", false),
-        bind(&p.etc_hostname, "/etc/hostname", false),
-        bind(&p.etc_resolv, "/etc/resolv.conf", false),
+        // Read-only: a sandbox must not be able to grow host files (they are not on its disk).
+        bind(&p.etc_hosts, "/etc/hosts", true),
+        bind(&p.etc_hostname, "/etc/hostname", true),
+        bind(&p.etc_resolv, "/etc/resolv.conf", true),
     ];
 
     let memory = p.memory_mib.saturating_mul(1 << 20);
@@ -262,18 +270,29 @@ pub fn config(p: &BundleParams) -> Value {
         "pids": {"limit": p.pids},
     });
 
+    // runc makes every namespace, the network one included, so that they belong to the
+    // sandbox's user namespace (sysfs, mqueue and raw sockets need that); the network hook then
+    // plugs a veth into it from the host before anything in the sandbox runs.
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "network"}),
+        json!({"type": "cgroup"}),
+    ];
     let mut linux = json!({
         "resources": resources,
         "cgroupsPath": p.cgroups_path,
-        "namespaces": [
-            {"type": "pid"},
-            {"type": "ipc"},
-            {"type": "uts"},
-            {"type": "mount"},
-            {"type": "network", "path": p.netns_path},
-        ],
         "rootfsPropagation": "private",
     });
+    if let Some(r) = p.idmap {
+        namespaces.push(json!({"type": "user"}));
+        let map = json!([{"containerID": 0, "hostID": r.start, "size": r.count}]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
+    }
+    linux["namespaces"] = json!(namespaces);
     if !p.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -287,7 +306,7 @@ pub fn config(p: &BundleParams) -> Value {
         user["additionalGids"] = json!(p.user.additional_gids);
     }
 
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -309,7 +328,11 @@ pub fn config(p: &BundleParams) -> Value {
         "hostname": p.hostname,
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    if let Some(hook) = &p.network_hook {
+        spec["hooks"] = json!({"createRuntime": [hook]});
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -343,7 +366,8 @@ mod tests {
             pids: 4096,
             privileged,
             cgroups_path: "/cove/x".into(),
-            netns_path: "/var/run/netns/cv0b1c2d3e".into(),
+            network_hook: Some(json!({"path": "/bin/sh", "args": ["sh", "-c", "true"]})),
+            idmap: (!privileged).then_some(IdRange { start: 100_000, count: 65536 }),
             agent_binary: "/opt/cove/cove-agent".into(),
             toolbox_dir: "/data/sandboxes/x/toolbox".into(),
             etc_hosts: "/data/sandboxes/x/etc/hosts".into(),
@@ -405,15 +429,35 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_are_private_except_network_which_joins_the_named_netns() {
+    fn every_namespace_is_new_and_unprivileged_sandboxes_get_a_user_namespace() {
         let c = config(&params(false));
         let ns = c["linux"]["namespaces"].as_array().unwrap();
         let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["pid", "ipc", "uts", "mount", "network"]);
-        assert_eq!(ns[4]["path"], "/var/run/netns/cv0b1c2d3e");
-        assert!(ns[..4].iter().all(|n| n.get("path").is_none()));
+        assert_eq!(types, ["pid", "ipc", "uts", "mount", "network", "cgroup", "user"]);
+        assert!(ns.iter().all(|n| n.get("path").is_none()));
         assert_eq!(c["linux"]["rootfsPropagation"], "private");
+        let map = json!([{"containerID": 0, "hostID": 100_000, "size": 65536}]);
+        assert_eq!(c["linux"]["uidMappings"], map);
+        assert_eq!(c["linux"]["gidMappings"], map);
+        assert_eq!(c["hooks"]["createRuntime"][0]["path"], "/bin/sh");
+    }
+
+    #[test]
+    fn privileged_sandboxes_have_no_user_namespace() {
+        let c = config(&params(true));
+        let types: Vec<&str> =
+            c["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(!types.contains(&"user"));
+        assert!(c["linux"].get("uidMappings").is_none());
+    }
+
+    #[test]
+    fn generated_etc_files_are_mounted_read_only() {
+        let c = config(&params(false));
+        for d in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+            let m = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == d).unwrap();
+            assert!(strings(&m["options"]).contains(&"ro"), "{d}");
+        }
     }
 
     #[test]

@@ -8,11 +8,18 @@
 //!                  when a pre-formatted image of that size is ready, see `pool`)
 //!   disk/          loop mount of disk.img: upper/ work/
 //!   rootfs/        overlay of the image (lower) and disk/upper
-//!   toolbox/       bind-mounted rw at /run/cove: the agent's toolbox.sock
+//!   toolbox/       tmpfs (1 MiB, owned by the sandbox user), bind-mounted rw at /run/cove:
+//!                  the agent's toolbox.sock and the env file (written with `write_beneath`)
+//!   log/           tmpfs (4 MiB, root only): console.log, the sandbox's stdout/stderr
 //!   etc/           generated hosts, hostname, resolv.conf (bind-mounted)
-//!   console.log    the sandbox's stdout/stderr;  runc.log: runc's own log
+//!   runc.log       runc's own log
 //!   exit.json      what was observed when it last stopped (OOM)
 //! ```
+//!
+//! The bundle and `etc/` are mode 0710 with the group of the sandboxes' root (runc's init,
+//! inside the user namespace, must reach the mount sources); files holding the environment
+//! (`spec.json`, `config.json`) are 0600. Unprivileged sandboxes run in a user namespace
+//! (see `userns`): the image is an idmapped lower layer, the disk's `upper/` holds host ids.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -32,6 +39,7 @@ use crate::pool::DiskPool;
 use crate::runc::{Runc, RuncError};
 use crate::seccomp::{self, SeccompError};
 use crate::user::{self, UserError};
+use crate::userns::{IdRange, Userns, UsernsError};
 
 /// How a [`Runtime`] lays out and isolates its sandboxes.
 #[derive(Debug, Clone)]
@@ -52,6 +60,8 @@ pub struct RuntimeConfig {
     pub name_prefix: String,
     /// Docker-format seccomp profile; `None` ⇒ Docker's default, [`seccomp::EMBEDDED_PROFILE`].
     pub seccomp_profile: Option<PathBuf>,
+    /// Host ids of unprivileged sandboxes and build steps: sandbox id `n` is `start + n`.
+    pub userns: IdRange,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -132,6 +142,12 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The user namespace for sandboxes could not be made or used.
+    #[error("sandbox user namespace")]
+    Userns(#[source] Box<UsernsError>),
+    /// A build step's changes could not be copied off its disk.
+    #[error("copy the step's changes off its disk")]
+    CopyOut(#[source] Box<crate::copytree::CopyTreeError>),
     /// The bridge could not be set up.
     #[error("set up the sandbox network")]
     Bridge(#[source] Box<NetError>),
@@ -233,6 +249,8 @@ impl RuntimeError {
             | Self::Seccomp(_)
             | Self::Dir { .. }
             | Self::Bridge(_)
+            | Self::Userns(_)
+            | Self::CopyOut(_)
             | Self::Firewall(_)
             | Self::ParentPids(_)
             | Self::BundleFile { .. }
@@ -280,6 +298,11 @@ const SPEC_FILE: &str = "spec.json";
 /// valid sandbox id, so never listed as one.
 const POOL_DIR: &str = ".pool";
 const EXIT_FILE: &str = "exit.json";
+/// Size of a sandbox's toolbox tmpfs (its socket and the env file).
+const TOOLBOX_TMPFS_KIB: u64 = 1024;
+/// Size of the tmpfs holding a sandbox's console log (the agent's stdout and stderr): a
+/// sandbox that writes more to `/proc/1/fd/1` gets ENOSPC, the host disk nothing.
+const CONSOLE_TMPFS_KIB: u64 = 4096;
 /// The host side of [`oci::ENV_FILE`], in the bundle's toolbox directory.
 const ENV_FILE: &str = "toolbox/env";
 /// How long to wait for a container to disappear after SIGKILL.
@@ -298,6 +321,7 @@ pub struct Runtime {
     ips: Mutex<HashMap<String, Ipv4Addr>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pool: Arc<DiskPool>,
+    userns: Userns,
 }
 
 impl Drop for Runtime {
@@ -316,12 +340,60 @@ fn valid_id(id: &str) -> bool {
 
 /// Replaces `path` atomically (temp file + rename) without fsync: for the files regenerated
 /// at every start (`config.json`, `etc/*`), which need no durability.
-fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_replace(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, data)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    std::io::Write::write_all(&mut f, data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)
+}
+
+/// Makes `dir` owned by root with group `gid` and mode 0710: the sandboxes' root (host uid
+/// and gid `gid`) can pass through it to a bundle's mount sources, host users cannot.
+pub(crate) fn restrict_dir(dir: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+}
+
+/// Replaces `dir/name` with `data` where `dir` is writable by a sandbox: the file is made
+/// with `O_EXCL` under a fresh name, relative to a descriptor of `dir`, resolving nothing
+/// outside it and no symlink (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), mode 0600,
+/// owned by the owner of `dir` (the sandbox user that reads it), then renamed over `name`
+/// within the same directory. A link planted by the sandbox is replaced, never followed.
+pub(crate) fn write_beneath(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dirfd =
+        rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY, Mode::empty())?;
+    let tmp = format!(".{name}.{}", uuid::Uuid::new_v4().simple());
+    let resolve =
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+    let fd = rustix::fs::openat2(
+        &dirfd,
+        tmp.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+        resolve,
+    )?;
+    let written = (|| {
+        let owner = rustix::fs::fstat(&dirfd)?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(owner.st_uid)),
+            Some(rustix::fs::Gid::from_raw(owner.st_gid)),
+        )?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, data)?;
+        rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name).map_err(std::io::Error::from)
+    })();
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), rustix::fs::AtFlags::empty());
+    }
+    written
 }
 
 /// Milliseconds since `t`, with a fraction (for the per-phase debug logs).
@@ -397,7 +469,13 @@ impl Runtime {
         let pool_dir = cfg.root.join(POOL_DIR);
         let pool = DiskPool::open(pool_dir.clone()).map_err(|source| RuntimeError::Dir { path: pool_dir, source })?;
 
+        let userns = Userns::new(cfg.userns).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
+        // runc's init runs as the sandbox's root (host `start`): it must be able to reach the
+        // bundle's mount sources, but no host user may (0710, group = sandbox root).
+        restrict_dir(&cfg.root, cfg.userns.start)
+            .map_err(|source| RuntimeError::Dir { path: cfg.root.clone(), source })?;
         let rt = Runtime {
+            userns,
             pool: Arc::new(pool),
             runc: Runc::new(&cfg.runc_root),
             cidr,
@@ -465,7 +543,7 @@ impl Runtime {
 
     /// Path of the sandbox's console log (its stdout and stderr).
     pub fn console_path(&self, id: &str) -> PathBuf {
-        self.bundle(id).join("console.log")
+        self.bundle(id).join("log/console.log")
     }
 
     /// The sandbox's address on the bridge network.
@@ -557,7 +635,8 @@ impl Runtime {
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
             let env_path = self.bundle(id).join(ENV_FILE);
-            write_replace(&env_path, extra_env.join("\0").as_bytes()).map_err(io_file("write", &env_path))?;
+            write_beneath(&self.bundle(id).join("toolbox"), "env", extra_env.join("\0").as_bytes())
+                .map_err(io_file("write", &env_path))?;
         }
         if !self.runc.start(id).await? {
             let state = self.runc.state(id).await?.map_or_else(|| "not running".to_string(), |s| s.status);
@@ -659,10 +738,15 @@ impl Runtime {
         let disk_dir = bundle.join("disk");
         let rootfs = bundle.join("rootfs");
         let toolbox = bundle.join("toolbox");
+        let logs = bundle.join("log");
         let etc = bundle.join("etc");
         let hostname = short_id(id, 12);
         let netns = self.netns_name(id);
         let t = Instant::now();
+
+        // Unprivileged sandboxes run in a user namespace; privileged ones as host root.
+        let idmap = (!spec.privileged).then_some(self.cfg.userns);
+        let userns = idmap.map(|_| &self.userns);
 
         let disk_branch = async {
             let image = bundle.join("disk.img");
@@ -672,30 +756,39 @@ impl Runtime {
             }
             let image_ms = ms(t);
             disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
-            disk::mount_overlay(&spec.lower, &disk_dir.join("upper"), &disk_dir.join("work"), &rootfs)
-                .map_err(storage)?;
+            let upper = disk_dir.join("upper");
+            if new_disk && let Some(ns) = userns {
+                // The sandbox's root owns its writable layer's top directory.
+                ns.chown_root(&upper).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
+            }
+            disk::mount_overlay(&spec.lower, &upper, &disk_dir.join("work"), &rootfs, userns).map_err(storage)?;
             let user = user::resolve(&rootfs, spec.user.as_deref())
                 .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
             Ok::<_, RuntimeError>((user, pooled, image_ms, ms(t)))
         };
         let net_branch = async {
-            net::setup(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)
+            // Leftovers of an earlier run; the createRuntime hook makes the new ones.
+            net::teardown(&netns, &netns)
                 .await
                 .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
             Ok::<_, RuntimeError>(ms(t))
         };
         let files_branch = async {
-            std::fs::create_dir_all(&toolbox).map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
-            let _ = std::fs::remove_file(toolbox.join("toolbox.sock"));
-            let _ = std::fs::remove_file(bundle.join(ENV_FILE));
-            std::fs::create_dir_all(&etc).map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
+            restrict_dir(&bundle, self.cfg.userns.start)
+                .map_err(|source| RuntimeError::Dir { path: bundle.clone(), source })?;
+            for d in [&toolbox, &logs, &etc] {
+                std::fs::create_dir_all(d).map_err(|source| RuntimeError::Dir { path: d.clone(), source })?;
+            }
+            restrict_dir(&etc, self.cfg.userns.start)
+                .map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
             let hosts =
                 format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
             for (name, text) in
                 [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())]
             {
                 let p = etc.join(name);
-                write_replace(&p, text.as_bytes()).map_err(io_file("write", &p))?;
+                // Readable by the sandbox (bind-mounted read-only); nothing secret in them.
+                write_replace(&p, text.as_bytes(), 0o644).map_err(io_file("write", &p))?;
             }
             let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
             Ok::<_, RuntimeError>(ms(t))
@@ -705,9 +798,21 @@ impl Runtime {
         let (disk, net, files) = tokio::join!(disk_branch, net_branch, files_branch);
         let (user, pooled, image_ms, disk_ms) = disk?;
         let (net_ms, files_ms) = (net?, files?);
-        // The agent runs as the image's user and creates its socket there.
-        std::os::unix::fs::chown(&toolbox, Some(user.uid), Some(user.gid))
-            .map_err(|source| RuntimeError::Dir { path: toolbox.clone(), source })?;
+        // The agent runs as the image's user and creates its socket in the toolbox dir: a small
+        // tmpfs of its own (what the sandbox writes there never reaches the host disk), fresh
+        // at every start. The console log gets another one, out of the sandbox's sight.
+        let host_id = |n: u32| match idmap {
+            None => Some(n),
+            Some(r) => r.host(n),
+        };
+        let (Some(uid), Some(gid)) = (host_id(user.uid), host_id(user.gid)) else {
+            return Err(RuntimeError::InvalidSpec {
+                id: id.clone(),
+                why: format!("user {}:{} is outside the sandbox's {} ids", user.uid, user.gid, self.cfg.userns.count),
+            });
+        };
+        disk::mount_tmpfs(&toolbox, TOOLBOX_TMPFS_KIB, uid, gid, 0o700).map_err(storage)?;
+        disk::mount_tmpfs(&logs, CONSOLE_TMPFS_KIB, 0, 0, 0o700).map_err(storage)?;
         let prepare_ms = ms(t);
 
         let params = BundleParams {
@@ -723,7 +828,8 @@ impl Runtime {
             pids: spec.pids,
             privileged: spec.privileged,
             cgroups_path: self.cgroups_path(id),
-            netns_path: net::netns_path(&netns),
+            network_hook: Some(net::attach_hook(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)),
+            idmap,
             agent_binary: self.cfg.agent_binary.clone(),
             toolbox_dir: toolbox,
             etc_hosts: etc.join("hosts"),
@@ -735,10 +841,11 @@ impl Runtime {
         };
         let path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&oci::config(&params)).map_err(|e| io_file("write", &path)(e.into()))?;
-        write_replace(&path, &json).map_err(io_file("write", &path))?;
+        // 0600: it holds the sandbox's environment.
+        write_replace(&path, &json, 0o600).map_err(io_file("write", &path))?;
         let config_ms = ms(t) - prepare_ms;
         let t_runc = Instant::now();
-        let (console, log) = (bundle.join("console.log"), bundle.join("runc.log"));
+        let (console, log) = (self.console_path(id), bundle.join("runc.log"));
         match launch {
             Launch::Run => self.runc.run_detached(id, &bundle, &console, &log).await?,
             Launch::Create => self.runc.create(id, &bundle, &console, &log).await?,
@@ -763,7 +870,7 @@ impl Runtime {
     /// failures are logged.
     async fn teardown(&self, id: &str) {
         let bundle = self.bundle(id);
-        for m in [bundle.join("rootfs"), bundle.join("disk")] {
+        for m in [bundle.join("rootfs"), bundle.join("disk"), bundle.join("toolbox"), bundle.join("log")] {
             if let Err(e) = disk::unmount(&m) {
                 tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "unmount");
             }
@@ -952,6 +1059,18 @@ impl Runtime {
     /// The converted seccomp profile unprivileged sandboxes get.
     pub(crate) fn seccomp_spec(&self) -> &Value {
         &self.seccomp
+    }
+
+    /// Moves a pre-formatted disk image of `size_mib` to `image` if one is ready.
+    pub(crate) fn take_pooled_disk(&self, size_mib: u64, image: &Path) -> bool {
+        let taken = self.pool.take(size_mib, image);
+        self.pool.refill();
+        taken
+    }
+
+    /// The sandboxes' user namespace (steps run in it too).
+    pub(crate) fn userns(&self) -> &Userns {
+        &self.userns
     }
 
     pub(crate) fn host_caps(&self) -> u64 {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/.steps/<id>/      (not a valid sandbox id, so `Runtime::list` never reports it)
-//!   rootfs/                overlay: lowerdir = the step's lowers, upperdir/workdir = the caller's
+//!   disk.img, disk/        the step's own ext4 disk of `disk_mib` (loop, nosuid,nodev): upper/ work/
+//!   rootfs/                overlay: lowerdir = the step's lowers (idmapped), upperdir = disk/upper
 //!   etc/                   generated hosts, hostname, resolv.conf (bind-mounted)
 //!   config.json  runc.log
 //! ```
@@ -68,10 +69,11 @@ pub struct StepSpec {
     /// devices, opaque directories carry `trusted.overlay.opaque`). The last is a base root
     /// filesystem or an empty directory (`FROM scratch`).
     pub lowers: Vec<PathBuf>,
-    /// Empty directory that receives the step's changes.
+    /// Empty directory that receives the step's changes (in image ids) once it succeeded. The
+    /// step itself writes to its own disk; its upper dir is copied here when it exits 0.
     pub upper: PathBuf,
-    /// Overlay work dir, on the same file system as `upper`.
-    pub work: PathBuf,
+    /// Size of the step's disk in MiB: all it can write (a `RUN dd` past it gets ENOSPC).
+    pub disk_mib: u64,
     /// The command, e.g. `["/bin/sh", "-c", "apt-get update"]`; looked up in the step's `PATH`.
     pub argv: Vec<String>,
     /// `K=V`; `PATH` and `HOME` (the user's) are added when missing.
@@ -185,6 +187,12 @@ fn env_default(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, data)
+}
+
 fn io_file(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let path = path.to_path_buf();
     move |source| RuntimeError::BundleFile { op, path, source }
@@ -210,7 +218,9 @@ fn open_root(root: &Path) -> std::io::Result<rustix::fd::OwnedFd> {
 }
 
 /// `mkdir -p` of `components` inside `root`, each new directory root-owned with mode 0755.
-fn mkdir_in_root(root: &Path, components: &[&str]) -> std::io::Result<()> {
+/// Creates the missing directories of `components` under `root`, mode 0755, owned by
+/// `owner` (the step's root as the host sees it, so that root inside owns them).
+fn mkdir_in_root(root: &Path, components: &[&str], owner: u32) -> std::io::Result<()> {
     let root_fd = open_root(root)?;
     for i in 1..=components.len() {
         let rel = components[..i].join("/");
@@ -219,7 +229,11 @@ fn mkdir_in_root(root: &Path, components: &[&str]) -> std::io::Result<()> {
         }
         let parent = open_in_root(&root_fd, &components[..i - 1].join("/"), OFlags::DIRECTORY)?;
         match rustix::fs::mkdirat(&parent, components[i - 1], Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Ok(()) => {
+                let id = (rustix::fs::Uid::from_raw(owner), rustix::fs::Gid::from_raw(owner));
+                rustix::fs::chownat(&parent, components[i - 1], Some(id.0), Some(id.1), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -461,10 +475,13 @@ impl Runtime {
         if !valid_step_id(&spec.id) {
             return Err(bad("step id must be 1-64 of [A-Za-z0-9_-]".into()));
         }
+        if spec.disk_mib < 8 {
+            return Err(bad(format!("disk_mib {} is below the 8 MiB minimum", spec.disk_mib)));
+        }
         if spec.lowers.is_empty() {
             return Err(bad("at least one lower dir is needed (an empty one for FROM scratch)".into()));
         }
-        for p in spec.lowers.iter().chain([&spec.upper, &spec.work]) {
+        for p in spec.lowers.iter().chain([&spec.upper]) {
             if !p.is_absolute() || !p.is_dir() {
                 return Err(bad(format!("{} is not an absolute directory", p.display())));
             }
@@ -541,23 +558,37 @@ impl Runtime {
         let etc = res.dir.join("etc");
         let t = Instant::now();
 
-        disk::mount_overlay_layers(&spec.lowers, &spec.upper, &spec.work, &rootfs).map_err(storage)?;
+        // Like a sandbox, the step runs in the user namespace (its lowers idmapped) and writes
+        // to a disk of its own size; what it wrote is copied out, back in image ids, at the end.
+        crate::runtime::restrict_dir(&res.dir, cfg.userns.start)
+            .map_err(|source| RuntimeError::Dir { path: res.dir.clone(), source })?;
+        let (image, disk_dir) = (res.dir.join("disk.img"), res.dir.join("disk"));
+        if !self.take_pooled_disk(spec.disk_mib, &image) {
+            disk::create_image(&image, spec.disk_mib).await.map_err(storage)?;
+        }
+        disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
+        let upper = disk_dir.join("upper");
+        self.userns().chown_root(&upper).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
+        disk::mount_overlay_layers(&spec.lowers, &upper, &disk_dir.join("work"), &rootfs, Some(self.userns()))
+            .map_err(storage)?;
         let user = user::resolve(&rootfs, spec.user.as_deref())
             .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
         let workdir = clean_components(&spec.workdir);
-        mkdir_in_root(&rootfs, &workdir)
+        mkdir_in_root(&rootfs, &workdir, cfg.userns.start)
             .map_err(|source| RuntimeError::Dir { path: rootfs.join(workdir.join("/")), source })?;
         let cwd = format!("/{}", workdir.join("/"));
 
+        // With network, runc's new namespace is wired to the bridge by the createRuntime hook,
+        // as for sandboxes; without, it has loopback only.
         let netns_path = if spec.network {
             let name = step_netns_name(&cfg.name_prefix, &spec.id);
             res.ip_key = Some(id.clone());
             let ip = self.allocate_ip(&id)?;
             res.netns = Some(name.clone());
-            net::setup(&name, &name, &cfg.bridge, ip, self.cidr())
+            net::teardown(&name, &name)
                 .await
                 .map_err(|source: NetError| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
-            Some((net::netns_path(&name), ip))
+            Some((net::attach_hook(&name, &name, &cfg.bridge, ip, self.cidr()), ip))
         } else {
             None
         };
@@ -590,7 +621,8 @@ impl Runtime {
             pids: spec.pids,
             privileged: false,
             cgroups_path: res.cgroups_path.clone(),
-            netns_path: netns_path.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
+            network_hook: netns_path.as_ref().map(|(h, _)| h.clone()),
+            idmap: Some(cfg.userns),
             // No agent in a step: these mounts are taken out again below.
             agent_binary: PathBuf::new(),
             toolbox_dir: PathBuf::new(),
@@ -601,11 +633,12 @@ impl Runtime {
             nofile: oci::host_nofile_limit(),
             seccomp: Some(self.seccomp_spec().clone()),
         };
-        let config = step_config(oci::config(&params), spec, env, &cwd, netns_path.is_some());
+        let config = step_config(oci::config(&params), spec, env, &cwd);
         let created = missing_in_root(&rootfs, &rootfs_mount_points(&config));
         let path = res.dir.join("config.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| io_file("write", &path)(e.into()))?;
-        std::fs::write(&path, json).map_err(io_file("write", &path))?;
+        // 0600: it holds the step's environment (build arguments).
+        write_private(&path, &json).map_err(io_file("write", &path))?;
         let prepare_ms = t.elapsed().as_millis() as u64;
 
         // One pipe for stdout and stderr, so that their order is kept; read on a thread.
@@ -642,6 +675,25 @@ impl Runtime {
             },
         };
         tracing::debug!(prepare_ms, run_ms = t.elapsed().as_millis() as u64 - prepare_ms, exit_code = code, "step ran");
+        if code == 0 {
+            let (src, dst) = (upper.clone(), spec.upper.clone());
+            let r = cfg.userns;
+            let shift = Some(crate::copytree::IdShift { start: r.start, count: r.count });
+            // A thread of its own: the copy recurses per directory level (see copytree::STACK_SIZE).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("step-copy-out".into())
+                .stack_size(crate::copytree::STACK_SIZE)
+                .spawn(move || {
+                    let _ = tx.send(crate::copytree::copy_upper(&src, &dst, shift));
+                })
+                .map_err(|source| RuntimeError::Dir { path: spec.upper.clone(), source })?;
+            let stats = rx
+                .await
+                .map_err(|e| RuntimeError::Dir { path: spec.upper.clone(), source: std::io::Error::other(e) })?
+                .map_err(|e| RuntimeError::CopyOut(Box::new(e)))?;
+            tracing::debug!(files = stats.files, bytes = stats.bytes, "step changes copied out");
+        }
         Ok(code)
     }
 
@@ -696,7 +748,7 @@ impl Runtime {
 /// Turns a sandbox's `config.json` into a step's: the command instead of the agent, no agent
 /// or toolbox mounts, no `COVE_*` variables, the step's cwd, and a private network namespace
 /// (loopback only) unless the step has one on the bridge.
-fn step_config(mut config: Value, spec: &StepSpec, env: Vec<String>, cwd: &str, bridged: bool) -> Value {
+fn step_config(mut config: Value, spec: &StepSpec, env: Vec<String>, cwd: &str) -> Value {
     config["process"]["args"] = json!(spec.argv);
     config["process"]["env"] = json!(env);
     config["process"]["cwd"] = json!(cwd);
@@ -705,11 +757,6 @@ fn step_config(mut config: Value, spec: &StepSpec, env: Vec<String>, cwd: &str, 
             let d = m["destination"].as_str().unwrap_or_default();
             d != oci::AGENT_PATH && d != oci::TOOLBOX_DIR
         });
-    }
-    if !bridged && let Some(ns) = config["linux"]["namespaces"].as_array_mut() {
-        for n in ns.iter_mut().filter(|n| n["type"] == "network") {
-            *n = json!({"type": "network"});
-        }
     }
     config
 }
@@ -723,7 +770,7 @@ mod tests {
             id: "abc".into(),
             lowers: vec!["/l".into()],
             upper: "/u".into(),
-            work: "/w".into(),
+            disk_mib: 64,
             argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
             env: vec!["A=1".into()],
             workdir: "/src".into(),
@@ -749,8 +796,8 @@ mod tests {
     }
 
     #[test]
-    fn a_step_config_runs_the_command_without_agent_in_a_private_network_namespace() {
-        let c = step_config(sandbox_config(), &spec(), vec!["A=1".into()], "/src", false);
+    fn a_step_config_runs_the_command_without_agent_or_toolbox() {
+        let c = step_config(sandbox_config(), &spec(), vec!["A=1".into()], "/src");
         assert_eq!(c["process"]["args"], json!(["/bin/sh", "-c", "true"]));
         assert_eq!(c["process"]["env"], json!(["A=1"]));
         assert_eq!(c["process"]["cwd"], "/src");
@@ -758,14 +805,11 @@ mod tests {
             c["mounts"].as_array().unwrap().iter().filter_map(|m| m["destination"].as_str()).collect();
         assert!(!dests.contains(&oci::AGENT_PATH) && !dests.contains(&oci::TOOLBOX_DIR));
         assert!(dests.contains(&"/etc/hosts"));
-        assert_eq!(c["linux"]["namespaces"][1], json!({"type": "network"}));
-        let bridged = step_config(sandbox_config(), &spec(), vec![], "/", true);
-        assert_eq!(bridged["linux"]["namespaces"][1]["path"], "/var/run/netns/x");
     }
 
     #[test]
     fn only_mount_points_on_the_root_filesystem_and_their_parents_are_tracked() {
-        let c = step_config(sandbox_config(), &spec(), vec![], "/", false);
+        let c = step_config(sandbox_config(), &spec(), vec![], "/");
         assert_eq!(rootfs_mount_points(&c), ["proc", "dev", "sys", "etc", "etc/hosts", "etc/resolv.conf"]);
     }
 
@@ -811,10 +855,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("etc")).unwrap();
-        mkdir_in_root(root.path(), &["etc", "made"]).unwrap_err();
+        mkdir_in_root(root.path(), &["etc", "made"], 0).unwrap_err();
         assert!(!outside.path().join("made").exists());
         std::fs::create_dir(root.path().join("src")).unwrap();
-        mkdir_in_root(root.path(), &["src", "a", "b"]).unwrap();
+        mkdir_in_root(root.path(), &["src", "a", "b"], 0).unwrap();
         assert!(root.path().join("src/a/b").is_dir());
         std::fs::write(outside.path().join("hosts"), "host").unwrap();
         remove_created(root.path(), &["etc/hosts".to_string()]);

@@ -37,6 +37,8 @@ async fn setup(n: u32) -> Option<Env> {
     }
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
+    // Sandboxes run as host uid 100000 (their user namespace's root), which must pass through.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let lower = dir.path().join("lower");
     build_rootfs(&lower);
     // Stand-in agent: runs its arguments (the entrypoint) with the image's own shell.
@@ -52,6 +54,7 @@ async fn setup(n: u32) -> Option<Env> {
         cgroup_parent: format!("/cove-test-{pid}-{n}"),
         name_prefix: format!("t{n:02}{:04}", pid % 10_000),
         seccomp_profile: None,
+        userns: "100000:65536".parse().unwrap(),
     };
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
@@ -460,4 +463,38 @@ async fn a_prepared_sandbox_runs_nothing_until_started_and_then_gets_the_extra_e
     assert!(matches!(again, cove_runtime::RuntimeError::NotPrepared { .. }), "{again}");
     env.rt().destroy(&id).await.unwrap();
     assert!(!env.bundle(&id).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_root_is_an_unprivileged_host_uid_and_the_image_stays_unshifted_on_disk() {
+    let Some(env) = setup(12).await else { return };
+    let spec = env.spec(IDLE);
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (ok, out) = env.exec(&id, "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin/busybox").await;
+    assert!(ok, "{out}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "100000", "65536", "0", "100000", "65536", "0", "0:0"], "{out}");
+    // Files the sandbox creates are owned on the host by the mapped id, never by host root.
+    let (ok, out) = env.exec(&id, "echo x > /root/made-inside && chmod 4755 /root/made-inside").await;
+    assert!(ok, "{out}");
+    let made = env.bundle(&id).join("disk/upper/root/made-inside");
+    let m = std::fs::metadata(&made).unwrap();
+    assert_eq!((m.uid(), m.gid()), (100_000, 100_000), "{}", made.display());
+    // The shared image tree keeps the image's own ids (idmapped, not chowned).
+    let lower = std::fs::metadata(env.lower.join("bin")).unwrap();
+    assert_eq!((lower.uid(), lower.gid()), (0, 0));
+    // The disk is mounted nosuid,nodev on the host.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let disk = env.bundle(&id).join("disk");
+    let line = info.lines().find(|l| l.split(' ').nth(4) == disk.to_str()).unwrap();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    // The generated /etc files cannot be written (they are host files, outside the disk).
+    let (ok, _) = env.exec(&id, "echo 1.2.3.4 evil >> /etc/hosts").await;
+    assert!(!ok, "/etc/hosts must be read-only");
+    // The toolbox dir is a small tmpfs: filling it does not reach the host disk.
+    let (_, out) =
+        env.exec(&id, "dd if=/dev/zero of=/run/cove/fill bs=1M count=8 2>&1; df -k /run/cove | tail -1").await;
+    assert!(out.contains("No space left"), "{out}");
+    env.rt().destroy(&id).await.unwrap();
 }

@@ -3,6 +3,7 @@
 //! /bin/busybox. Each test has its own bridge, CIDR, name prefix, cgroup parent and runc root
 //! (named apart from tests/sandbox.rs), and cleans up in a Drop guard.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +30,8 @@ async fn setup(n: u32) -> Option<Env> {
     }
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
+    // Steps run as host uid 100000 (their user namespace's root), which must pass through.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let base = dir.path().join("base");
     busybox_rootfs(&base, &[]);
     let agent = dir.path().join("agent");
@@ -42,6 +45,7 @@ async fn setup(n: u32) -> Option<Env> {
         cgroup_parent: format!("/cove-steptest-{pid}-{n}"),
         name_prefix: format!("s{n:02}{:04}", pid % 10_000),
         seccomp_profile: None,
+        userns: "100000:65536".parse().unwrap(),
     };
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, base, dir })
@@ -52,20 +56,17 @@ impl Env {
         self.rt.as_ref().unwrap()
     }
 
-    /// A step over `extra` lowers (topmost first) and the busybox base, with fresh upper and
-    /// work dirs.
+    /// A step over `extra` lowers (topmost first) and the busybox base, with a fresh upper dir.
     fn spec(&self, id: &str, script: &str, extra: &[PathBuf]) -> StepSpec {
         let upper = self.dir.path().join(format!("{id}-upper"));
-        let work = self.dir.path().join(format!("{id}-work"));
         std::fs::create_dir_all(&upper).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
         let mut lowers = extra.to_vec();
         lowers.push(self.base.clone());
         StepSpec {
             id: id.into(),
             lowers,
             upper,
-            work,
+            disk_mib: 64,
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec!["GREETING=hi".into()],
             workdir: "/".into(),
@@ -249,8 +250,15 @@ async fn a_step_runs_as_its_user_in_its_workdir_with_its_environment() {
     let (code, out) = env.run(&spec).await;
     assert_eq!(code, 1, "root creates the missing workdir, so the user cannot write in it: {out}");
     assert_eq!(out, "1000\n1000\n/home/app/project\n/home/app hi\ncannot-write\n");
-    let made = std::fs::metadata(spec.upper.join("home/app/project")).unwrap();
-    assert_eq!((made.uid(), made.mode() & 0o777), (0, 0o755));
+    assert_eq!(std::fs::read_dir(&spec.upper).unwrap().count(), 0, "a failed step's changes are not kept");
+    // As root, the created workdir is root's inside the step (writable) and in the layer.
+    let mut spec = env.spec("rootdir", "touch mine && stat -c %u:%g .", &[]);
+    spec.workdir = "/srv/new".into();
+    let (code, out) = env.run(&spec).await;
+    assert_eq!((code, out.as_str()), (0, "0:0\n"));
+    let made = std::fs::metadata(spec.upper.join("srv/new")).unwrap();
+    assert_eq!((made.uid(), made.gid(), made.mode() & 0o777), (0, 0, 0o755));
+    assert_eq!(std::fs::metadata(spec.upper.join("srv/new/mine")).unwrap().uid(), 0);
 
     let mut spec = env.spec("numeric", "id -u; id -g; touch /tmp/x", &[]);
     spec.user = Some("1234:5678".into());
@@ -264,7 +272,7 @@ async fn a_step_runs_as_its_user_in_its_workdir_with_its_environment() {
     let (tx, _rx) = unbounded_channel();
     let err = env.rt().run_step(&spec, tx).await.unwrap_err();
     assert_eq!(err.kind(), cove_types::ErrorKind::InvalidArgument, "{err}");
-    for id in ["user", "numeric", "unknown-user"] {
+    for id in ["user", "rootdir", "numeric", "unknown-user"] {
         env.assert_clean(id);
     }
 }
@@ -351,4 +359,18 @@ async fn nothing_is_left_after_a_cancelled_step_or_a_crash() {
     env.assert_clean("crashed");
     assert!(!Path::new("/var/run/netns").join(&stray_netns).exists());
     assert!(env.rt().list().await.unwrap().is_empty(), "steps are never listed as sandboxes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_writing_past_its_disk_gets_enospc_and_costs_the_host_nothing() {
+    let Some(env) = setup(9).await else { return };
+    let mut spec = env.spec("fill", "dd if=/dev/zero of=/big bs=1M count=64 2>&1; echo rc=$?", &[]);
+    spec.disk_mib = 16;
+    let (code, out) = env.run(&spec).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No space left") && !out.contains("rc=0"), "{out}");
+    // The step's own disk is gone with the step; its upper (copied out) holds what fit.
+    let big = std::fs::metadata(spec.upper.join("big")).map(|m| m.len()).unwrap_or(0);
+    assert!(big < 16 << 20, "{big}");
+    env.assert_clean("fill");
 }

@@ -1,6 +1,7 @@
 //! Durable file writes.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `data` to `path` so that a crash leaves either the old file or the new one, never
@@ -12,7 +13,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // 0600: these files are the server's own records (some hold secrets, such as a
+        // sandbox's environment); nothing else on the host needs to read them.
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }

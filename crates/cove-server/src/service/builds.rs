@@ -394,7 +394,8 @@ impl Backend for RuncBackend<'_> {
             id: uuid::Uuid::new_v4().simple().to_string(),
             lowers: step.lowers.to_vec(),
             upper: step.upper.to_path_buf(),
-            work: step.work.to_path_buf(),
+            // The step writes to a disk of the build's size (its changes are copied off it).
+            disk_mib: (self.max_unpacked_bytes >> 20).max(8),
             argv: step.argv.to_vec(),
             env: step.env.to_vec(),
             workdir: step.workdir.to_string(),
