@@ -184,6 +184,8 @@ def main():
     from daytona import CreateSnapshotParams, Daytona, DaytonaConfig, Image
 
     tmp = Path(tempfile.mkdtemp(prefix="cvbb", dir="/tmp"))
+
+    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
     registry = Registry(tmp / "registry")
     data = tmp / "d"
     server = None

@@ -30,6 +30,7 @@ def mbps(size, secs):
 
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="cvp", dir="/tmp"))
+    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
     src_reg = Registry(tmp / "src")
     dst_reg = Registry(tmp / "dst")
     server = None

@@ -118,6 +118,7 @@ def docker_peer():
 
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
+    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
     registry = Registry(tmp / "registry")
     server = None
     try:

@@ -56,6 +56,7 @@ def skopeo_umoci(registry, work):
 
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
     registry = Registry(tmp / "registry")
     server = None
     try:

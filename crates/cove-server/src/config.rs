@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use cove_image::RegistryConfig;
 pub use cove_image::store::DEFAULT_MAX_UNPACK_RATIO;
 pub use cove_runtime::RuntimeConfig;
+pub use cove_runtime::userns::IdRange;
 
 /// Two weeks: unused snapshots go inactive after this long.
 pub const DEFAULT_INACTIVE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);

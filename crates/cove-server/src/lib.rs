@@ -8,6 +8,7 @@
 pub mod api;
 pub mod claims;
 pub mod config;
+pub mod datadir;
 pub mod keyfile;
 pub mod registry;
 pub mod s3;
@@ -70,6 +71,9 @@ pub enum StartError {
     /// The key that encrypts stored secrets could not be read or made.
     #[error("open the secrets key")]
     Secrets(#[source] service::secrets::SecretError),
+    /// The data dir's permissions or its recorded id range could not be set or checked.
+    #[error("secure the data dir")]
+    Secure(#[source] datadir::DataDirError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -94,6 +98,8 @@ pub struct Prepared {
 pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+    datadir::secure(&cfg.data_dir, cfg.runtime.userns).map_err(StartError::Secure)?;
+    datadir::check_reachable(&cfg.runtime.agent_binary, cfg.runtime.userns).map_err(StartError::Secure)?;
     let store: Arc<dyn store::Store> =
         Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
     let images = Arc::new(

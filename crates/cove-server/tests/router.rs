@@ -34,6 +34,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             cgroup_parent: "/cove-router-test".into(),
             name_prefix: "cvrt".into(),
             seccomp_profile: None,
+            userns: "100000:65536".parse().unwrap(),
         },
         default_snapshot: None,
         // Not the host of the images below: those must be remote (unreachable) registries,

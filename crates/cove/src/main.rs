@@ -4,7 +4,7 @@
 mod cli;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -121,6 +121,11 @@ struct ServerArgs {
     /// admin API keys only; without it such requests are refused with 403.
     #[arg(long, env = "COVE_ALLOW_PRIVILEGED")]
     allow_privileged: bool,
+    /// Host ids for sandboxes' user namespaces, `START:COUNT` (sandbox root is host id
+    /// START). Default: the `cove` entry of /etc/subuid and /etc/subgid, reserved there on
+    /// first start when missing. A data dir keeps the range it was first used with.
+    #[arg(long, env = "COVE_USERNS_RANGE")]
+    userns_range: Option<cove_server::config::IdRange>,
     /// Sandboxes one organization may have (any state but deleted), unless an admin set its
     /// own quota with `PUT /api/organizations/{id}/quota`.
     #[arg(long, env = "COVE_ORG_QUOTA_SANDBOXES", default_value_t = 100)]
@@ -225,6 +230,16 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         cgroup_parent: a.cgroup_parent,
         name_prefix: a.net_prefix,
         seccomp_profile: a.seccomp_profile,
+        userns: match a.userns_range {
+            Some(r) => r,
+            None => cove_server::config::IdRange::from_subid_files(
+                Path::new("/etc/subuid"),
+                Path::new("/etc/subgid"),
+                Path::new("/etc/passwd"),
+                Path::new("/etc/group"),
+            )
+            .context("choose the sandboxes' id range (or pass --userns-range)")?,
+        },
     };
     let quota = [
         a.org_quota_sandboxes,
