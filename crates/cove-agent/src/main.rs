@@ -52,6 +52,9 @@ fn main() {
         return;
     }
     load_env_file();
+    if let Err(e) = sys::set_not_dumpable() {
+        eprintln!("cove-agent: {}", error::chain(&e));
+    }
     if sys::getpid() == 1 {
         become_supervisor();
     }

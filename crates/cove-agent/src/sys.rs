@@ -20,6 +20,9 @@ pub enum SysError {
     /// `fork` failed.
     #[error("fork the server process")]
     Fork(#[source] io::Error),
+    /// `prctl(PR_SET_DUMPABLE, 0)` failed.
+    #[error("make the agent non-dumpable")]
+    NotDumpable(#[source] io::Error),
     /// `mkfifo` failed.
     #[error("create fifo {path}")]
     Mkfifo {
@@ -48,6 +51,19 @@ impl std::fmt::Debug for SavedMask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SavedMask")
     }
+}
+
+/// Marks this process non-dumpable (`PR_SET_DUMPABLE 0`): code in the sandbox, even as the
+/// same user, can then neither ptrace the agent nor open its `/proc/<pid>/mem`, `fd/` or
+/// `environ` without CAP_SYS_PTRACE, which sandboxes do not have. Children get it back at
+/// `execve`, so the processes the agent starts are ordinary.
+pub fn set_not_dumpable() -> Result<(), SysError> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        return Err(SysError::NotDumpable(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The pid of this process.
