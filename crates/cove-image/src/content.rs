@@ -113,6 +113,12 @@ impl ContentStore {
         self.ingest_with(Hashers { sha256: Some(sha2::Sha256::new()), sha512: Some(sha2::Sha512::new()) })
     }
 
+    /// Starts writing a new blob that will be committed under a sha256 digest (layers made
+    /// here): sha512 is not computed.
+    pub fn ingest_sha256(&self) -> Result<Ingest, ContentError> {
+        self.ingest_with(Hashers { sha256: Some(sha2::Sha256::new()), sha512: None })
+    }
+
     /// Starts writing a new blob that will be committed as `expected`: only its algorithm is
     /// hashed while writing.
     pub fn ingest_for(&self, expected: &Digest) -> Result<Ingest, ContentError> {
@@ -156,10 +162,15 @@ impl ContentStore {
         }
     }
 
-    /// Every sha256 blob present.
+    /// Every blob present (sha256 and sha512).
     pub fn list(&self) -> Vec<Digest> {
-        let Ok(rd) = std::fs::read_dir(self.root.join("blobs/sha256")) else { return Vec::new() };
-        rd.flatten().filter_map(|e| format!("sha256:{}", e.file_name().to_string_lossy()).parse().ok()).collect()
+        // Every supported algorithm, so that GC also frees sha512 blobs pushed to the registry.
+        let mut out = Vec::new();
+        for alg in ["sha256", "sha512"] {
+            let Ok(rd) = std::fs::read_dir(self.root.join("blobs").join(alg)) else { continue };
+            out.extend(rd.flatten().filter_map(|e| format!("{alg}:{}", e.file_name().to_string_lossy()).parse().ok()));
+        }
+        out
     }
 }
 

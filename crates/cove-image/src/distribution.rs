@@ -244,7 +244,8 @@ impl RegistryClient {
         let resp = self.get(ep, repository, &url, None, creds).await?;
         let mut resp = check(ep, &url, resp, || format!("blob {digest}")).await?;
         let store_err = |source| DistributionError::Store { base: ep.base.clone(), source };
-        let mut ingest = store.ingest().map_err(store_err)?;
+        // Only the expected digest's algorithm is hashed (sha512 too would halve the speed).
+        let mut ingest = store.ingest_for(digest).map_err(store_err)?;
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => ingest.write(&chunk).map_err(store_err)?,

@@ -172,7 +172,8 @@ fn describe_attempts(image: &str, attempts: &[DistributionError]) -> String {
         Some(cove_types::ErrorKind::Unavailable) => format!("cannot reach any registry for image {image}"),
         _ => format!("cannot pull image {image}"),
     };
-    let details: Vec<String> = attempts.iter().map(ToString::to_string).collect();
+    // Each attempt with its cause chain ("store blob from http://…: write …: No space left").
+    let details: Vec<String> = attempts.iter().map(|e| cove_types::error::chain(e)).collect();
     format!("{headline} ({})", details.join("; "))
 }
 

@@ -337,8 +337,10 @@ impl DockerRegistryService {
             format!("{headline} {image}: {}", cove_types::error::chain(&e))
         })?;
         images.pull(image, auth.as_ref().map(|a| &a.credentials), max_unpacked_bytes).await.map_err(|e| {
-            if e.kind() != ErrorKind::Unauthenticated {
-                return e.to_string();
+            let kind = e.kind();
+            let e = cove_types::error::chain(&e);
+            if kind != ErrorKind::Unauthenticated {
+                return e;
             }
             match &auth {
                 Some(a) => format!("{e}; the credentials of {} were used", a.registry),
