@@ -282,6 +282,11 @@ enum Launch {
 struct Record {
     spec: SandboxSpec,
     ip: Ipv4Addr,
+    /// The id range the disk's `upper/` is owned in (host ids `start + n`); `None` for
+    /// privileged sandboxes and for disks written before user namespaces (image ids), which
+    /// are shifted once at their next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disk_ids: Option<IdRange>,
 }
 
 /// What was seen when the sandbox last stopped (`exit.json`).
@@ -660,7 +665,7 @@ impl Runtime {
         }
         let result = async {
             let ip = self.allocate(&spec.id)?;
-            let record = Record { spec: spec.clone(), ip };
+            let record = Record { spec: spec.clone(), ip, disk_ids: (!spec.privileged).then_some(self.cfg.userns) };
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
@@ -710,8 +715,40 @@ impl Runtime {
             None => {}
         }
         self.ips_lock().insert(id.to_string(), record.ip);
+        let mut record = record;
+        if !record.spec.privileged && record.disk_ids != Some(self.cfg.userns) {
+            self.shift_legacy_disk(&mut record).await?;
+        }
         self.start_locked(&record, false, Launch::Run).await?;
         tracing::info!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
+        Ok(())
+    }
+
+    /// A disk written before sandboxes had user namespaces holds image ids (its sandbox ran as
+    /// host root): shift its `upper/` into the range once, then record that, so that the
+    /// sandbox keeps owning its files. A disk of another range is refused (the data dir's
+    /// range check makes that a corrupt record).
+    async fn shift_legacy_disk(&self, record: &mut Record) -> Result<(), RuntimeError> {
+        let id = record.spec.id.clone();
+        if let Some(other) = record.disk_ids {
+            return Err(RuntimeError::InvalidSpec {
+                id,
+                why: format!("its disk belongs to id range {other}, the server runs sandboxes in {}", self.cfg.userns),
+            });
+        }
+        let storage = |source: DiskError| RuntimeError::Storage { id: id.clone(), source: Box::new(source) };
+        let (image, disk_dir) = (self.bundle(&id).join("disk.img"), self.bundle(&id).join("disk"));
+        disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
+        let upper = disk_dir.join("upper");
+        let ns_result = self.userns.shift_tree(&upper);
+        let unmounted = disk::unmount(&disk_dir).map_err(storage);
+        ns_result.map_err(|e| RuntimeError::Userns(Box::new(e)))?;
+        unmounted?;
+        record.disk_ids = Some(self.cfg.userns);
+        let path = self.bundle(&id).join(SPEC_FILE);
+        let json = serde_json::to_vec_pretty(&*record).map_err(|e| io_file("write", &path)(e.into()))?;
+        write_atomic(&path, &json).map_err(io_file("write", &path))?;
+        tracing::info!(sandbox = %id, range = %self.cfg.userns, "shifted a disk from before user namespaces into the sandbox ids");
         Ok(())
     }
 

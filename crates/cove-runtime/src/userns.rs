@@ -290,6 +290,34 @@ impl Userns {
         Ok(tree)
     }
 
+    /// Shifts every entry under `dir` (and `dir`) from image ids into the range: `n` becomes
+    /// `start + n` for `n < count` (ids past it are left). Set-id bits, which chown clears,
+    /// are put back; symlinks are not followed. For a disk written before user namespaces,
+    /// whose sandbox is not running.
+    pub fn shift_tree(&self, dir: &Path) -> Result<(), UsernsError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let r = self.range;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let fail = |source| UsernsError::Shift { path: p.clone(), source };
+            let meta = std::fs::symlink_metadata(&p).map_err(fail)?;
+            let (uid, gid) = (r.host(meta.uid()), r.host(meta.gid()));
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&p, uid, gid).map_err(fail)?;
+                let mode = meta.mode() & 0o7777;
+                if meta.is_file() && mode & 0o6000 != 0 {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+                }
+            }
+            if meta.is_dir() {
+                for e in std::fs::read_dir(&p).map_err(fail)? {
+                    stack.push(e.map_err(fail)?.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `dir` (a new upper dir, or a sandbox's toolbox dir) owned by the sandbox's root.
     pub fn chown_root(&self, dir: &Path) -> Result<(), UsernsError> {
         std::os::unix::fs::lchown(dir, Some(self.range.start), Some(self.range.start))

@@ -498,3 +498,36 @@ async fn sandbox_root_is_an_unprivileged_host_uid_and_the_image_stays_unshifted_
     assert!(out.contains("No space left"), "{out}");
     env.rt().destroy(&id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_written_before_user_namespaces_is_shifted_once_and_its_files_stay_the_sandboxs() {
+    let Some(env) = setup(13).await else { return };
+    let spec = env.spec(IDLE);
+    let id = spec.id.clone();
+    env.rt().create(&spec).await.unwrap();
+    let (ok, out) = env.exec(&id, "echo kept > /root/old && chmod 4755 /root/old").await;
+    assert!(ok, "{out}");
+    env.rt().stop(&id, Duration::ZERO).await.unwrap();
+    // Make it look like an older server's sandbox: image ids on the disk, no range recorded.
+    let bundle = env.bundle(&id);
+    let record_path = bundle.join("spec.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("disk_ids");
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let disk = bundle.join("disk");
+    let mounted = Command::new("mount").args(["-o", "loop"]).arg(bundle.join("disk.img")).arg(&disk).status().unwrap();
+    assert!(mounted.success());
+    for p in [disk.join("upper"), disk.join("upper/root"), disk.join("upper/root/old")] {
+        std::os::unix::fs::lchown(&p, Some(0), Some(0)).unwrap();
+    }
+    std::fs::set_permissions(disk.join("upper/root/old"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    assert!(Command::new("umount").arg(&disk).status().unwrap().success());
+
+    env.rt().start(&id).await.unwrap();
+    let (ok, out) = env.exec(&id, "stat -c %u:%a /root/old && echo more >> /root/old && cat /root/old").await;
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0:4755", "kept", "more"]);
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["disk_ids"], serde_json::json!({"start": 100_000, "count": 65536}));
+    env.rt().destroy(&id).await.unwrap();
+}
