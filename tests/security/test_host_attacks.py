@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, Resources
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
 from harness import API_KEY, free_port, wait_until
 
@@ -53,14 +53,6 @@ def listener():
     l = HostListener()
     yield l
     l.stop()
-
-
-@pytest.fixture
-def env(cove):
-    server = cove()
-    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="small", image="python:3.12", resources=Resources(cpu=1, memory=1, disk=1)))
-    return server, daytona
 
 
 def gateway(server):

@@ -6,7 +6,6 @@ import json
 import sqlite3
 import urllib.request
 
-import pytest
 
 from harness import API_KEY
 

@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, Resources
+from daytona import CreateSandboxFromSnapshotParams
 
-from harness import API_KEY
 
 PROBE_SRC = Path(__file__).with_name("probe.c")
 SECRET = "cove-secret-token-4f1d9a"
@@ -26,14 +25,6 @@ def probe(tmp_path_factory):
     r = subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(PROBE_SRC)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out.read_bytes()
-
-
-@pytest.fixture
-def env(cove):
-    server = cove()
-    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="victim", image="python:3.12", resources=Resources(cpu=1, memory=1, disk=1)))
-    return server, daytona
 
 
 def run_probe(sandbox, probe):
@@ -64,7 +55,7 @@ def as_user(uid, *cmd):
 
 def test_every_escape_the_probe_tries_from_inside_a_sandbox_is_blocked(env, probe):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim"))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
     verdicts = run_probe(sb, probe)
     expected = {
         "add_key", "keyctl_read_host_keyring", "request_key", "unshare_user_mount", "unshare_mount",
@@ -80,7 +71,7 @@ def test_every_escape_the_probe_tries_from_inside_a_sandbox_is_blocked(env, prob
 
 def test_sandbox_root_is_an_unprivileged_host_id_and_its_files_are_not_host_root_owned(env, probe):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim"))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
     uid_map = sb.process.exec("cat /proc/self/uid_map").result.split()
     assert uid_map[0] == "0" and int(uid_map[1]) >= 65536, uid_map
     sb.process.exec("echo hi > /root/made-by-root")
@@ -97,7 +88,7 @@ def test_sandbox_root_is_an_unprivileged_host_id_and_its_files_are_not_host_root
 
 def test_a_setuid_root_binary_made_in_a_sandbox_gives_host_user_nobody_nothing(env):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim"))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
     r = sb.process.exec("cp /bin/busybox /root/rootshell && chmod 4755 /root/rootshell && ls -ln /root/rootshell")
     assert r.exit_code == 0, r.result
     bundle = server.data_dir / "sandboxes" / sb.id
@@ -121,7 +112,7 @@ def test_a_setuid_root_binary_made_in_a_sandbox_gives_host_user_nobody_nothing(e
 
 def test_a_host_user_with_the_images_uid_cannot_plant_links_in_a_sandboxs_toolbox_dir(env):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim"))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
     toolbox = server.data_dir / "sandboxes" / sb.id / "toolbox"
     st = toolbox.stat()
     assert st.st_uid >= 65536, "the toolbox dir must not belong to a uid host users can have"
@@ -136,7 +127,7 @@ def test_a_host_user_with_the_images_uid_cannot_plant_links_in_a_sandboxs_toolbo
 
 def test_a_sandbox_cannot_fill_the_host_disk_through_the_toolbox_dir_hosts_file_or_the_agents_stdout(env):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim"))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
     r = sb.process.exec("dd if=/dev/zero of=/run/cove/fill bs=1M count=64 2>&1; rm -f /run/cove/fill")
     assert "No space left" in r.result, r.result
     r = sb.process.exec("dd if=/dev/zero of=/etc/hosts bs=1M count=1 conv=notrunc 2>&1")
@@ -150,7 +141,7 @@ def test_a_sandbox_cannot_fill_the_host_disk_through_the_toolbox_dir_hosts_file_
 
 def test_a_sandboxs_secret_env_is_in_no_file_a_host_user_can_read(env):
     server, daytona = env
-    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="victim", env_vars={"SECRET_TOKEN": SECRET}))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small", env_vars={"SECRET_TOKEN": SECRET}))
     assert sb.process.exec("echo $SECRET_TOKEN").result.strip() == SECRET
     found, world_readable = [], []
     for root, dirs, files in os.walk(server.data_dir):
