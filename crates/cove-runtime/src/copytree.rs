@@ -121,7 +121,11 @@ impl Copier<'_> {
         // The copy recurses once per level: a step's deep tree is refused, not a stack overflow.
         if rel.components().count() > MAX_DEPTH {
             let why = format!("directories nested deeper than {MAX_DEPTH} levels");
-            return Err(fail("copy", &sp)(io::Error::new(io::ErrorKind::InvalidInput, why)));
+            // Named by its first 200 bytes: the whole path would be kilobytes of a/a/a/….
+            let text = sp.to_string_lossy();
+            let cut = (0..=200.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let shown = PathBuf::from(format!("{}…", &text[..cut]));
+            return Err(fail("copy", &shown)(io::Error::new(io::ErrorKind::InvalidInput, why)));
         }
         self.set_owner_and_mode(Target::Fd(dst_dir.as_fd()), st, &dp)?;
         copy_xattrs(Target::Fd(src_dir.as_fd()), Target::Fd(dst_dir.as_fd()), self.shift, &sp, &dp)?;
