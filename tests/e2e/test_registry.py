@@ -15,48 +15,9 @@ import urllib.request
 import pytest
 
 from harness import API_KEY
+from v2client import OCI_MANIFEST, V2, sha
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def sha(b: bytes) -> str:
-    return "sha256:" + hashlib.sha256(b).hexdigest()
-
-
-class V2:
-    """A tiny distribution API client with Basic auth."""
-
-    def __init__(self, server, password=API_KEY, user="anyone"):
-        self.base = server.url
-        self.auth = None if password is None else "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-    def req(self, method, path, body=None, headers=None):
-        """Returns (status, headers, body bytes); never raises on HTTP errors."""
-        h = dict(headers or {})
-        if self.auth:
-            h["Authorization"] = self.auth
-        url = path if path.startswith("http") else self.base + path
-        r = urllib.request.Request(url, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(r, timeout=60) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def json(self, method, path, body=None, headers=None):
-        st, h, b = self.req(method, path, body, headers)
-        return st, h, (json.loads(b) if b else None)
-
-    def push_blob(self, repo, data: bytes) -> str:
-        d = sha(data)
-        st, h, b = self.req("POST", f"/v2/{repo}/blobs/uploads/?digest={d}", data,
-                            {"Content-Type": "application/octet-stream"})
-        assert st == 201, (st, b)
-        return d
-
-    def push_manifest(self, repo, ref, manifest: bytes, media_type=OCI_MANIFEST):
-        return self.req("PUT", f"/v2/{repo}/manifests/{ref}", manifest, {"Content-Type": media_type})
 
 
 def error_code(body: bytes) -> str:

@@ -3,40 +3,15 @@ was announced. A blob is committed only under the digest its bytes hash to (sha2
 sha512 alike), so one organization cannot replace another's blob; an upload whose chunks do
 not follow each other is refused; a manifest cannot lie about the sizes of its blobs."""
 
-import base64
 import hashlib
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from harness import API_KEY
+from v2client import V2
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-class V2:
-    """A minimal distribution API client with Basic auth."""
-
-    def __init__(self, server, password):
-        self.base = server.url
-        self.auth = "Basic " + base64.b64encode(f"attacker:{password}".encode()).decode()
-
-    def req(self, method, path, body=None, headers=None):
-        """Returns (status, headers, body bytes); never raises on HTTP errors."""
-        h = dict(headers or {}, Authorization=self.auth)
-        url = path if path.startswith("http") else self.base + path
-        r = urllib.request.Request(url, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(r, timeout=60) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def push_blob(self, repo, data: bytes, digest: str):
-        return self.req("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data,
-                        {"Content-Type": "application/octet-stream"})
 
 
 def sha256(b: bytes) -> str:
@@ -77,11 +52,11 @@ def test_another_organization_cannot_overwrite_a_sha512_blob(org_a, org_b):
     assert ns_a != ns_b
     mine, theirs = b"organization A's layer " * 100, b"organization B's payload " * 100
     d = sha512(mine)
-    st, _, body = a.push_blob(f"{ns_a}/app", mine, d)
+    st, _, body = a.upload_blob(f"{ns_a}/app", mine, d)
     assert st == 201, body
 
     # Monolithic: B claims A's digest for its own bytes.
-    st, _, body = b.push_blob(f"{ns_b}/app", theirs, d)
+    st, _, body = b.upload_blob(f"{ns_b}/app", theirs, d)
     assert st == 400 and error(body)["code"] == "DIGEST_INVALID", (st, body)
     # Chunked: the same claim at the end of an upload.
     st, h, body = b.req("POST", f"/v2/{ns_b}/app/blobs/uploads/")
@@ -98,9 +73,9 @@ def test_another_organization_cannot_overwrite_a_sha512_blob(org_a, org_b):
 
 def test_a_digest_of_an_unsupported_algorithm_is_refused(org_a):
     ns, a = org_a
-    st, _, body = a.push_blob(f"{ns}/app", b"x", "md5:" + hashlib.md5(b"x").hexdigest())
+    st, _, body = a.upload_blob(f"{ns}/app", b"x", "md5:" + hashlib.md5(b"x").hexdigest())
     assert st == 400 and error(body)["code"] == "DIGEST_INVALID", (st, body)
-    st, _, body = a.push_blob(f"{ns}/app", b"x", "sha384:" + hashlib.sha384(b"x").hexdigest())
+    st, _, body = a.upload_blob(f"{ns}/app", b"x", "sha384:" + hashlib.sha384(b"x").hexdigest())
     assert st == 400 and error(body)["code"] == "DIGEST_INVALID", (st, body)
 
 
@@ -140,7 +115,7 @@ def test_a_manifest_with_a_lying_layer_size_is_refused(org_a):
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     layer = bytes(range(256)) * 4096  # 1 MiB
     for blob in (config, layer):
-        st, _, body = a.push_blob(repo, blob, sha256(blob))
+        st, _, body = a.upload_blob(repo, blob, sha256(blob))
         assert st == 201, body
 
     def manifest(layer_size):

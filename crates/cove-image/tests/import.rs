@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 
-use cove_image::content::sha256;
+use cove_image::content::{ContentStore, sha256};
 use cove_image::oci::{DOCKER_LIST, OCI_MANIFEST};
 use cove_image::{ImageStore, PullError, RegistryConfig};
 use cove_types::Digest;
@@ -65,8 +65,14 @@ fn store_image(store: &ImageStore, layers: &[(Vec<u8>, Digest)]) -> Digest {
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
-    let config_digest = sha256(&config);
-    cs.put(&config_digest, &config).unwrap();
+    put_manifest(cs, &config, descriptors).0
+}
+
+/// Stores `config` and a manifest of it and the layer `descriptors`; returns (manifest,
+/// config) digests.
+fn put_manifest(cs: &ContentStore, config: &[u8], descriptors: Vec<serde_json::Value>) -> (Digest, Digest) {
+    let config_digest = sha256(config);
+    cs.put(&config_digest, config).unwrap();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -80,7 +86,7 @@ fn store_image(store: &ImageStore, layers: &[(Vec<u8>, Digest)]) -> Digest {
     .unwrap();
     let d = sha256(&manifest);
     cs.put(&d, &manifest).unwrap();
-    d
+    (d, config_digest)
 }
 
 /// A gzip layer holding one file `zeros` of `mib` MiB of zeros, as concatenated gzip members
@@ -158,22 +164,8 @@ fn build_image(store: &ImageStore, store_layer_2: bool) -> Built {
         "history": [{"created_by": "test"}],
     }))
     .unwrap();
-    let config_digest = sha256(&config);
-    cs.put(&config_digest, &config).unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest.to_string(),
-            "size": config.len(),
-        },
-        "layers": descriptors,
-    }))
-    .unwrap();
-    let manifest_digest = sha256(&manifest);
-    cs.put(&manifest_digest, &manifest).unwrap();
-    Built { manifest: manifest_digest, config: config_digest, layers }
+    let (manifest, config) = put_manifest(cs, &config, descriptors);
+    Built { manifest, config, layers }
 }
 
 /// The disk size images are imported for in these tests: the default snapshot's 3 GiB.

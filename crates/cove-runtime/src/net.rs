@@ -29,26 +29,6 @@ pub enum NetError {
         #[source]
         source: CommandError,
     },
-    /// Creating the namespace or veth pair on the host side failed.
-    #[error("create network namespace {netns} with veth {veth}")]
-    CreateNamespace {
-        /// The namespace name.
-        netns: String,
-        /// The host-side veth.
-        veth: String,
-        /// Cause.
-        #[source]
-        source: CommandError,
-    },
-    /// Configuring addresses and routes inside the namespace failed.
-    #[error("configure network namespace {netns}")]
-    ConfigureNamespace {
-        /// The namespace name.
-        netns: String,
-        /// Cause.
-        #[source]
-        source: CommandError,
-    },
     /// Deleting the namespace failed.
     #[error("delete network namespace {netns}")]
     DeleteNamespace {

@@ -117,6 +117,15 @@ fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
 const REGISTRY_COLUMNS: &str =
     "id, org_id, name, url, username, secret, project, provider, role_arn, created_at, updated_at";
 
+fn org_from_row(r: &SqliteRow) -> Result<Organization, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Decode { what: "organization row", why: e.to_string() };
+    Ok(Organization {
+        id: r.try_get("id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+    })
+}
+
 fn registry_from_row(r: &SqliteRow) -> Result<RegistryRecord, StoreError> {
     let get = |e: sqlx::Error| StoreError::Decode { what: "registry row", why: e.to_string() };
     Ok(RegistryRecord {
@@ -293,15 +302,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("get first organization"))?;
-        row.map(|r| {
-            let get = |e: sqlx::Error| StoreError::Decode { what: "organization row", why: e.to_string() };
-            Ok(Organization {
-                id: r.try_get("id").map_err(get)?,
-                name: r.try_get("name").map_err(get)?,
-                created_at: r.try_get("created_at").map_err(get)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(org_from_row).transpose()
     }
 
     async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
@@ -677,15 +678,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("get organization"))?;
-        row.map(|r| {
-            let get = |e: sqlx::Error| StoreError::Decode { what: "organization row", why: e.to_string() };
-            Ok(Organization {
-                id: r.try_get("id").map_err(get)?,
-                name: r.try_get("name").map_err(get)?,
-                created_at: r.try_get("created_at").map_err(get)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(org_from_row).transpose()
     }
 
     async fn get_org_quota(&self, org_id: &str) -> Result<Option<super::QuotaRecord>, StoreError> {
