@@ -77,7 +77,7 @@ pub struct RunStep<'a> {
     pub workdir: &'a str,
     /// USER as written (`name`, `uid`, `uid:gid`, `name:group`); empty means root.
     pub user: &'a str,
-    /// `RUN --network` (`default`, `none`, `host`), if given.
+    /// `RUN --network` (`default` or `none`; the planner refuses others), if given.
     pub network: Option<&'a str>,
 }
 

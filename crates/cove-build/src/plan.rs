@@ -115,6 +115,17 @@ pub enum PlanError {
         /// The URL.
         url: String,
     },
+    /// `RUN --network=host` or an unknown mode.
+    #[error(
+        "dockerfile line {line}: RUN --network={value} is not supported: build steps never share the host's \
+         network; use the default (outbound access through the server's NAT, DNS and blocks) or --network=none"
+    )]
+    RunNetwork {
+        /// 1-based line.
+        line: usize,
+        /// The mode asked for.
+        value: String,
+    },
     /// A malformed flag or argument value (duration, port, signal…).
     #[error("dockerfile line {line}: invalid {what} {value:?}")]
     InvalidValue {
@@ -745,9 +756,10 @@ impl StageState<'_> {
                 env: Vec::new(),
                 workdir: String::new(),
                 user: String::new(),
-                network: r.network.clone(),
+                network: run_network(r.network.as_deref(), line)?,
             })),
             InstructionKind::Run(r) => {
+                let network = run_network(r.network.as_deref(), line)?;
                 let mut env: Vec<String> = self.config.env.clone().unwrap_or_default();
                 for (k, v) in &self.args {
                     if let Some(v) = v
@@ -761,7 +773,7 @@ impl StageState<'_> {
                     env,
                     workdir: self.workdir(),
                     user: self.config.user.clone().unwrap_or_default(),
-                    network: r.network.clone(),
+                    network,
                 }))
             }
             InstructionKind::Copy(c) => {
@@ -1134,6 +1146,14 @@ fn parse_duration(s: &str) -> Option<i64> {
     Some(total as i64)
 }
 
+/// `RUN --network`: `default` (also when absent) and `none` are what the builder offers.
+fn run_network(mode: Option<&str>, line: usize) -> Result<Option<String>, PlanError> {
+    match mode {
+        None | Some("default") | Some("none") => Ok(mode.map(str::to_string)),
+        Some(other) => Err(PlanError::RunNetwork { line, value: other.to_string() }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1151,6 +1171,22 @@ mod tests {
     fn run_env(step: &Step) -> Vec<String> {
         let Action::Run(r) = &step.action else { panic!("not a RUN: {:?}", step.action) };
         r.env.clone()
+    }
+
+    #[test]
+    fn run_network_host_is_refused_with_its_line_and_default_and_none_pass_through() {
+        let p = plan("FROM x\nRUN --network=host true\n", &[]);
+        let e = p.steps(&p.stages[0], &ContainerConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("--network=host is not supported"), "{e}");
+        let p = plan("FROM x\nRUN true\nRUN --network=none true\nRUN --network=default true\n", &[]);
+        let nets: Vec<Option<String>> = all_steps(&p, &ContainerConfig::default())[0]
+            .iter()
+            .map(|s| match &s.action {
+                Action::Run(r) => r.network.clone(),
+                a => panic!("not a RUN: {a:?}"),
+            })
+            .collect();
+        assert_eq!(nets, [None, Some("none".into()), Some("default".into())]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! One-shot build steps ([`Runtime::run_step`]) reuse the same isolation on a throw-away
 //! overlay whose upper dir the builder turns into a layer.
 
+pub mod cabundle;
 mod cgroup;
 mod cmd;
 pub mod copytree;

@@ -145,6 +145,9 @@ pub struct BundleParams {
     pub etc_hostname: PathBuf,
     /// See `etc_hosts`.
     pub etc_resolv: PathBuf,
+    /// Host path of the merged CA bundle (`cabundle`), bind-mounted read-only at
+    /// `cabundle::SANDBOX_PATH` with `cabundle::ENV_VARS` pointing at it; `None`: the image's own.
+    pub ca_bundle: Option<PathBuf>,
     /// Capabilities the host can grant (bit n = capability n, as in `CapBnd`); sandboxes get
     /// their set intersected with it, so a host without e.g. CAP_SYS_RESOURCE still works.
     pub host_caps: u64,
@@ -230,6 +233,11 @@ pub fn config(p: &BundleParams) -> Value {
     env_set(&mut env, "COVE_TOOLBOX_SOCKET", TOOLBOX_SOCKET);
     env_set(&mut env, "COVE_ENV_FILE", ENV_FILE);
     env_set(&mut env, "COVE_WORKDIR", &cwd);
+    if p.ca_bundle.is_some() {
+        for var in crate::cabundle::ENV_VARS {
+            env_default(&mut env, var, crate::cabundle::SANDBOX_PATH);
+        }
+    }
 
     let mut args = vec![AGENT_PATH.to_string()];
     args.extend(p.entrypoint.iter().cloned());
@@ -239,7 +247,7 @@ pub fn config(p: &BundleParams) -> Value {
     } else {
         (vec!["nosuid", "noexec", "nodev", "ro"], vec!["nosuid", "noexec", "nodev", "relatime", "ro"])
     };
-    let mounts = vec![
+    let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -260,6 +268,9 @@ pub fn config(p: &BundleParams) -> Value {
         bind(&p.etc_hostname, "/etc/hostname", true),
         bind(&p.etc_resolv, "/etc/resolv.conf", true),
     ];
+    if let Some(ca) = &p.ca_bundle {
+        mounts.push(bind(ca, crate::cabundle::SANDBOX_PATH, true));
+    }
 
     let memory = p.memory_mib.saturating_mul(1 << 20);
     let resources = json!({
@@ -373,10 +384,29 @@ mod tests {
             etc_hosts: "/data/sandboxes/x/etc/hosts".into(),
             etc_hostname: "/data/sandboxes/x/etc/hostname".into(),
             etc_resolv: "/data/sandboxes/x/etc/resolv.conf".into(),
+            ca_bundle: None,
             host_caps: u64::MAX,
             nofile: 4096,
             seccomp: Some(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []})),
         }
+    }
+
+    #[test]
+    fn an_extra_ca_bundle_is_mounted_read_only_and_named_by_the_tls_variables_unless_set() {
+        let mut p = params(false);
+        p.env.push("PIP_CERT=/mine.pem".into());
+        assert!(!config(&p)["process"]["env"].to_string().contains("SSL_CERT_FILE"), "no bundle, no variables");
+        p.ca_bundle = Some("/data/sandboxes/x/etc/ca-certificates.crt".into());
+        let c = config(&p);
+        let m = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == crate::cabundle::SANDBOX_PATH);
+        let m = m.expect("the bundle is mounted");
+        assert_eq!(m["source"], "/data/sandboxes/x/etc/ca-certificates.crt");
+        assert!(strings(&m["options"]).contains(&"ro"), "{m}");
+        let env = strings(&c["process"]["env"]);
+        for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
+            assert!(env.contains(&format!("{var}={}", crate::cabundle::SANDBOX_PATH).as_str()), "{var}: {env:?}");
+        }
+        assert!(env.contains(&"PIP_CERT=/mine.pem"), "the image's or user's own value wins: {env:?}");
     }
 
     fn strings(v: &Value) -> Vec<&str> {

@@ -62,6 +62,9 @@ pub struct RuntimeConfig {
     pub seccomp_profile: Option<PathBuf>,
     /// Host ids of unprivileged sandboxes and build steps: sandbox id `n` is `start + n`.
     pub userns: IdRange,
+    /// PEM certificates added to every sandbox's and build step's trust store
+    /// (`--sandbox-ca-bundle`; see [`crate::cabundle`]).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -455,6 +458,9 @@ impl Runtime {
             return Err(bad("agent_binary", &format!("{} is not a file", cfg.agent_binary.display())));
         }
         let cidr = Cidr::parse(&cfg.cidr).map_err(|e| bad("cidr", &e.to_string()))?;
+        if let Some(ca) = &cfg.ca_bundle {
+            crate::cabundle::load_extra(ca).map_err(|e| bad("ca_bundle", &cove_types::error::chain(&e)))?;
+        }
         let mut cfg = cfg;
         for p in [&mut cfg.root, &mut cfg.runc_root] {
             std::fs::create_dir_all(&*p).map_err(|source| RuntimeError::Dir { path: p.clone(), source })?;
@@ -851,6 +857,7 @@ impl Runtime {
         disk::mount_tmpfs(&toolbox, TOOLBOX_TMPFS_KIB, uid, gid, 0o700).map_err(storage)?;
         disk::mount_tmpfs(&logs, CONSOLE_TMPFS_KIB, 0, 0, 0o700).map_err(storage)?;
         let prepare_ms = ms(t);
+        let ca_bundle = self.write_ca_bundle(&rootfs, &etc)?;
 
         let params = BundleParams {
             id: id.clone(),
@@ -872,6 +879,7 @@ impl Runtime {
             etc_hosts: etc.join("hosts"),
             etc_hostname: etc.join("hostname"),
             etc_resolv: etc.join("resolv.conf"),
+            ca_bundle,
             host_caps: self.host_caps,
             nofile: oci::host_nofile_limit(),
             seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
@@ -1089,6 +1097,11 @@ impl Runtime {
         &self.cfg
     }
 
+    /// The bridge's address: the sandboxes' gateway, where the server's DNS forwarder listens.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.cidr.gateway()
+    }
+
     pub(crate) fn cidr(&self) -> &Cidr {
         &self.cidr
     }
@@ -1121,6 +1134,20 @@ impl Runtime {
 
     pub(crate) fn release_ip(&self, key: &str) {
         self.ips_lock().remove(key);
+    }
+
+    /// With `--sandbox-ca-bundle`: writes the image's bundle (read inside `rootfs`) plus the
+    /// extra certificates to `<etc>/ca-certificates.crt` (0644: certificates are public) and
+    /// returns its path for the read-only bind; `None` without the option.
+    pub(crate) fn write_ca_bundle(&self, rootfs: &Path, etc: &Path) -> Result<Option<PathBuf>, RuntimeError> {
+        let Some(extra) = &self.cfg.ca_bundle else { return Ok(None) };
+        let text = crate::cabundle::load_extra(extra).map_err(|e| RuntimeError::InvalidConfig {
+            field: "ca_bundle",
+            why: cove_types::error::chain(&e),
+        })?;
+        let path = etc.join("ca-certificates.crt");
+        write_replace(&path, &crate::cabundle::merged(rootfs, &text), 0o644).map_err(io_file("write", &path))?;
+        Ok(Some(path))
     }
 
     /// The host's resolv.conf as sandboxes get it.

@@ -605,9 +605,15 @@ impl Runtime {
             std::fs::write(&p, text).map_err(io_file("write", &p))?;
         }
 
+        let ca_bundle = self.write_ca_bundle(&rootfs, &etc)?;
         let mut env = spec.env.clone();
         env_default(&mut env, "PATH", oci::DEFAULT_PATH);
         env_default(&mut env, "HOME", &user.home);
+        if ca_bundle.is_some() {
+            for var in crate::cabundle::ENV_VARS {
+                env_default(&mut env, var, crate::cabundle::SANDBOX_PATH);
+            }
+        }
         let params = BundleParams {
             id: id.clone(),
             rootfs: rootfs.clone(),
@@ -629,6 +635,7 @@ impl Runtime {
             etc_hosts: etc.join("hosts"),
             etc_hostname: etc.join("hostname"),
             etc_resolv: etc.join("resolv.conf"),
+            ca_bundle,
             host_caps: self.host_caps(),
             nofile: oci::host_nofile_limit(),
             seccomp: Some(self.seccomp_spec().clone()),

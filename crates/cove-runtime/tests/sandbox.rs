@@ -55,6 +55,7 @@ async fn setup(n: u32) -> Option<Env> {
         name_prefix: format!("t{n:02}{:04}", pid % 10_000),
         seccomp_profile: None,
         userns: "100000:65536".parse().unwrap(),
+        ca_bundle: None,
     };
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
