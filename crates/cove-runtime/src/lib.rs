@@ -7,7 +7,9 @@
 //! limits in `<cgroup_parent>/<id>`, Docker's default capabilities and seccomp profile unless
 //! privileged. Sandboxes keep running when the server exits (`runc run -d`). At start the
 //! runtime caps `<cgroup_parent>`'s `pids.max` at half the host's PIDs and installs its
-//! nftables table that drops what the bridge sends to the host ([`firewall`]).
+//! nftables table ([`firewall`]): sandboxes never reach the host (but its DNS forwarder) or
+//! each other (unless linked), egress is masqueraded, and each sandbox's [`netpolicy`] is
+//! enforced.
 //!
 //! One-shot build steps ([`Runtime::run_step`]) reuse the same isolation on a throw-away
 //! overlay whose upper dir the builder turns into a layer.
@@ -19,6 +21,7 @@ pub mod copytree;
 pub mod disk;
 pub mod firewall;
 pub mod net;
+pub mod netpolicy;
 pub mod oci;
 mod pool;
 pub mod runc;

@@ -1,7 +1,10 @@
 //! Sandbox networking: one bridge with the first address of the CIDR, and per sandbox a named
 //! network namespace (made by runc inside the sandbox's user namespace, named and wired by
 //! [`attach_hook`]) with a veth pair whose host end is an *isolated* bridge port (sandboxes
-//! reach neither each other nor, past [`crate::firewall`], the host) and whose peer is `eth0` inside. No forwarding, no NAT.
+//! reach neither each other nor, past [`crate::firewall`], the host) and whose peer is `eth0` inside.
+//! Egress is routed and masqueraded by the host ([`crate::firewall`]); linked sandboxes reach
+//! each other through the gateway (a `/32` route each, [`add_peer_route`]), since the isolated
+//! ports drop what they would send each other directly.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -25,6 +28,19 @@ pub enum NetError {
     Bridge {
         /// The bridge.
         bridge: String,
+        /// Cause.
+        #[source]
+        source: CommandError,
+    },
+    /// Adding or removing a sandbox's route to a linked peer failed.
+    #[error("{op} route to {peer} in network namespace {netns}")]
+    PeerRoute {
+        /// `add` or `delete`.
+        op: &'static str,
+        /// The namespace name.
+        netns: String,
+        /// The peer's address.
+        peer: Ipv4Addr,
         /// Cause.
         #[source]
         source: CommandError,
@@ -129,6 +145,20 @@ pub async fn ensure_bridge(bridge: &str, cidr: &Cidr) -> Result<(), NetError> {
 /// gives `eth0` `ip` and a default route via the bridge. Failures fail the create; the
 /// runtime's teardown removes what was made.
 pub fn attach_hook(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &Cidr) -> serde_json::Value {
+    attach_hook_with_peers(netns, veth, bridge, ip, cidr, &[])
+}
+
+/// [`attach_hook`] that also adds a `/32` route via the gateway to each linked `peer`.
+pub fn attach_hook_with_peers(
+    netns: &str,
+    veth: &str,
+    bridge: &str,
+    ip: Ipv4Addr,
+    cidr: &Cidr,
+    peers: &[Ipv4Addr],
+) -> serde_json::Value {
+    let gw = cidr.gateway();
+    let routes: String = peers.iter().map(|p| format!("route replace {p}/32 via {gw}\n")).collect();
     let script = format!(
         "set -e\n\
          pid=$(sed -n 's/.*\"pid\": *\\([0-9][0-9]*\\).*/\\1/p')\n\
@@ -145,9 +175,9 @@ pub fn attach_hook(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &C
          link set lo up\n\
          link set eth0 up\n\
          route add default via {gw}\n\
+         {routes}\
          EOF\n",
         prefix = cidr.prefix(),
-        gw = cidr.gateway()
     );
     serde_json::json!({
         "path": "/bin/sh",
@@ -155,6 +185,28 @@ pub fn attach_hook(netns: &str, veth: &str, bridge: &str, ip: Ipv4Addr, cidr: &C
         "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
         "timeout": 10,
     })
+}
+
+/// Routes `peer` (a linked sandbox) via the gateway inside the namespace (idempotent).
+pub async fn add_peer_route(netns: &str, peer: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let (dst, gw) = (format!("{peer}/32"), gateway.to_string());
+    cmd::run("ip", &["-n", netns, "route", "replace", &dst, "via", &gw], None)
+        .await
+        .map(drop)
+        .map_err(|source| NetError::PeerRoute { op: "add", netns: netns.into(), peer, source })
+}
+
+/// Removes the route to `peer`; a missing route or namespace is fine.
+pub async fn delete_peer_route(netns: &str, peer: Ipv4Addr) -> Result<(), NetError> {
+    if !netns_path(netns).exists() {
+        return Ok(());
+    }
+    let dst = format!("{peer}/32");
+    match cmd::run("ip", &["-n", netns, "route", "del", &dst], None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.stderr().contains("No such process") || e.stderr().contains("Cannot find") => Ok(()),
+        Err(source) => Err(NetError::PeerRoute { op: "delete", netns: netns.into(), peer, source }),
+    }
 }
 
 /// Deletes the namespace (which destroys `eth0` and with it the veth pair) and any stray host
@@ -199,6 +251,20 @@ mod tests {
     fn a_full_network_has_no_free_address() {
         let c = Cidr::parse("10.0.0.0/30").unwrap();
         assert_eq!(c.first_free(&[Ipv4Addr::new(10, 0, 0, 2)]), None);
+    }
+
+    #[test]
+    fn the_hook_routes_linked_peers_via_the_gateway() {
+        let c = Cidr::parse("10.9.9.0/24").unwrap();
+        let hook =
+            attach_hook_with_peers("ns", "ns", "br", Ipv4Addr::new(10, 9, 9, 2), &c, &[Ipv4Addr::new(10, 9, 9, 7)]);
+        let script = hook["args"][2].as_str().unwrap();
+        assert!(
+            script.contains("route add default via 10.9.9.1\nroute replace 10.9.9.7/32 via 10.9.9.1\nEOF\n"),
+            "{script}"
+        );
+        let plain = attach_hook("ns", "ns", "br", Ipv4Addr::new(10, 9, 9, 2), &c);
+        assert!(!plain["args"][2].as_str().unwrap().contains("/32"));
     }
 
     #[test]

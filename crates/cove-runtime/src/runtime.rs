@@ -33,7 +33,9 @@ use serde_json::Value;
 
 use crate::cgroup;
 use crate::disk::{self, DiskError};
+use crate::firewall::FirewallConfig;
 use crate::net::{self, Cidr, NetError};
+use crate::netpolicy::{Ipv4Net, NetPolicy};
 use crate::oci::{self, BundleParams};
 use crate::pool::DiskPool;
 use crate::runc::{Runc, RuncError};
@@ -65,6 +67,11 @@ pub struct RuntimeConfig {
     /// PEM certificates added to every sandbox's and build step's trust store
     /// (`--sandbox-ca-bundle`; see [`crate::cabundle`]).
     pub ca_bundle: Option<PathBuf>,
+    /// Sandboxes reach beyond the bridge (routed, masqueraded); off: only linked sandboxes
+    /// reach each other (see [`crate::firewall`]).
+    pub egress: bool,
+    /// Private networks (RFC 1918, CGNAT) sandboxes may reach after all (`--sandbox-allow-private`).
+    pub allow_private: Vec<Ipv4Net>,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -227,6 +234,27 @@ pub enum RuntimeError {
     /// runc failed.
     #[error("runc")]
     Runc(#[source] Box<RuncError>),
+    /// A sandbox cannot be linked that way (to itself).
+    #[error("cannot link sandbox {a} with {b}: {why}")]
+    InvalidLink {
+        /// One sandbox.
+        a: String,
+        /// The other.
+        b: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A sandbox's network policy or links could not be applied in the firewall.
+    #[error("{op} sandbox {id}")]
+    NetworkPolicy {
+        /// What was attempted (`apply the network policy of`, `link`, …).
+        op: &'static str,
+        /// The sandbox id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::firewall::FirewallError>,
+    },
     /// Removing the bundle directory failed.
     #[error("remove bundle {path}")]
     RemoveBundle {
@@ -243,7 +271,7 @@ impl RuntimeError {
     pub fn kind(&self) -> cove_types::ErrorKind {
         use cove_types::ErrorKind as K;
         match self {
-            Self::InvalidSpec { .. } | Self::ResolveUser { .. } => K::InvalidArgument,
+            Self::InvalidSpec { .. } | Self::ResolveUser { .. } | Self::InvalidLink { .. } => K::InvalidArgument,
             Self::NotFound { .. } => K::NotFound,
             Self::AlreadyExists { .. } => K::AlreadyExists,
             Self::NotPrepared { .. } => K::FailedPrecondition,
@@ -260,7 +288,8 @@ impl RuntimeError {
             | Self::Storage { .. }
             | Self::Network { .. }
             | Self::Runc(_)
-            | Self::RemoveBundle { .. } => K::Internal,
+            | Self::RemoveBundle { .. }
+            | Self::NetworkPolicy { .. } => K::Internal,
         }
     }
 }
@@ -290,6 +319,12 @@ struct Record {
     /// are shifted once at their next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     disk_ids: Option<IdRange>,
+    /// Outbound policy, enforced by [`crate::firewall`] on the sandbox's address.
+    #[serde(default)]
+    policy: NetPolicy,
+    /// Ids of linked sandboxes (they reach each other; each has the other in `/etc/hosts`).
+    #[serde(default)]
+    links: Vec<String>,
 }
 
 /// What was seen when the sandbox last stopped (`exit.json`).
@@ -327,6 +362,8 @@ pub struct Runtime {
     seccomp: Value,
     host_caps: u64,
     ips: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Policies of sandboxes with a restricted one, by id (what the DNS forwarder asks).
+    policies: Mutex<HashMap<String, NetPolicy>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pool: Arc<DiskPool>,
     userns: Userns,
@@ -419,20 +456,20 @@ fn io_file(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Runt
     move |source| RuntimeError::BundleFile { op, path, source }
 }
 
-/// The host's resolv.conf without loopback resolvers (unreachable from a netns).
-fn resolv_conf() -> String {
-    sandbox_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+/// Sandboxes ask the server's DNS forwarder on the gateway (the host's own resolvers are
+/// loopback stubs or private addresses the firewall forbids), with the host's `search` and
+/// `options` lines.
+fn resolv_conf(gateway: Ipv4Addr) -> String {
+    sandbox_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), gateway)
 }
 
-fn sandbox_resolv_conf(host: &str) -> String {
-    let mut out = String::new();
+fn sandbox_resolv_conf(host: &str, gateway: Ipv4Addr) -> String {
+    let mut out = format!("nameserver {gateway}\n");
     for line in host.lines() {
-        let mut f = line.split_whitespace();
-        if f.next() == Some("nameserver") && f.next().is_some_and(|a| a.starts_with("127.") || a == "::1") {
-            continue;
+        if matches!(line.split_whitespace().next(), Some("search" | "domain" | "options")) {
+            out.push_str(line.trim());
+            out.push('\n');
         }
-        out.push_str(line);
-        out.push('\n');
     }
     out
 }
@@ -474,7 +511,8 @@ impl Runtime {
         let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };
         let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
 
-        crate::firewall::protect_host(&cfg.bridge).await.map_err(|e| RuntimeError::Firewall(Box::new(e)))?;
+        // The table (installed below, with every record's policy and links) needs the bridge;
+        // until then an earlier run's table, full or locked down, stays in force.
         net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
         cgroup::limit_parent_pids(&cfg.cgroup_parent).map_err(|e| RuntimeError::ParentPids(Box::new(e)))?;
         let pool_dir = cfg.root.join(POOL_DIR);
@@ -493,19 +531,26 @@ impl Runtime {
             seccomp,
             host_caps,
             ips: Mutex::new(HashMap::new()),
+            policies: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             cfg,
         };
+        let mut records = Vec::new();
         for id in rt.list().await? {
             match rt.read_record(&id) {
                 Ok(r) => {
-                    rt.ips_lock().insert(id, r.ip);
+                    rt.ips_lock().insert(id.clone(), r.ip);
+                    if r.policy.is_restricted() {
+                        rt.policies_lock().insert(id, r.policy.clone());
+                    }
+                    records.push(r);
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "unreadable sandbox record")
                 }
             }
         }
+        rt.install_firewall(&records).await?;
         rt.remove_step_leftovers().await;
         tracing::info!(root = %rt.cfg.root.display(), bridge = %rt.cfg.bridge, cidr = %rt.cidr, "runtime ready");
         Ok(rt)
@@ -671,7 +716,13 @@ impl Runtime {
         }
         let result = async {
             let ip = self.allocate(&spec.id)?;
-            let record = Record { spec: spec.clone(), ip, disk_ids: (!spec.privileged).then_some(self.cfg.userns) };
+            let record = Record {
+                spec: spec.clone(),
+                ip,
+                disk_ids: (!spec.privileged).then_some(self.cfg.userns),
+                policy: NetPolicy::default(),
+                links: Vec::new(),
+            };
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
             write_atomic(&path, &json).map_err(io_file("write", &path))?;
@@ -824,10 +875,9 @@ impl Runtime {
             }
             restrict_dir(&etc, self.cfg.userns.start)
                 .map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
-            let hosts =
-                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", record.ip);
+            let hosts = self.hosts_text(record);
             for (name, text) in
-                [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())]
+                [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf(self.cidr.gateway()))]
             {
                 let p = etc.join(name);
                 // Readable by the sandbox (bind-mounted read-only); nothing secret in them.
@@ -872,7 +922,14 @@ impl Runtime {
             pids: spec.pids,
             privileged: spec.privileged,
             cgroups_path: self.cgroups_path(id),
-            network_hook: Some(net::attach_hook(&netns, &netns, &self.cfg.bridge, record.ip, &self.cidr)),
+            network_hook: Some(net::attach_hook_with_peers(
+                &netns,
+                &netns,
+                &self.cfg.bridge,
+                record.ip,
+                &self.cidr,
+                &self.peer_ips(record),
+            )),
             idmap,
             agent_binary: self.cfg.agent_binary.clone(),
             toolbox_dir: toolbox,
@@ -1004,6 +1061,7 @@ impl Runtime {
 
     async fn remove_locked(&self, id: &str) -> Result<(), RuntimeError> {
         self.stop_locked(id, Duration::ZERO).await?;
+        self.forget_network(id).await?;
         let bundle = self.bundle(id);
         // Anything still mounted below the bundle (a crash between mounts) goes first, deepest
         // first, so that remove_dir_all never descends into a mounted image.
@@ -1152,7 +1210,271 @@ impl Runtime {
 
     /// The host's resolv.conf as sandboxes get it.
     pub(crate) fn resolv_conf(&self) -> String {
-        resolv_conf()
+        resolv_conf(self.cidr.gateway())
+    }
+}
+
+/// How long removing a sandbox waits for a linked peer's lock before it leaves the peer's
+/// record as it is (two linked sandboxes destroyed at once each wait for the other).
+const PEER_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Sandbox networking: policies, links and the firewall ([`crate::firewall`]).
+impl Runtime {
+    fn policies_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NetPolicy>> {
+        self.policies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn firewall_config(&self) -> FirewallConfig {
+        FirewallConfig {
+            bridge: self.cfg.bridge.clone(),
+            cidr: self.cidr,
+            egress: self.cfg.egress,
+            allow_private: self.cfg.allow_private.clone(),
+            state_dir: self.cfg.root.clone(),
+        }
+    }
+
+    fn policy_err(op: &'static str, id: &str) -> impl FnOnce(crate::firewall::FirewallError) -> RuntimeError {
+        let id = id.to_string();
+        move |e| RuntimeError::NetworkPolicy { op, id, source: Box::new(e) }
+    }
+
+    /// Installs the table with every record's policy and links in one transaction.
+    async fn install_firewall(&self, records: &[Record]) -> Result<(), RuntimeError> {
+        let policies: Vec<(Ipv4Addr, NetPolicy)> =
+            records.iter().filter(|r| r.policy.is_restricted()).map(|r| (r.ip, r.policy.clone())).collect();
+        let mut links: Vec<(Ipv4Addr, Ipv4Addr)> = records
+            .iter()
+            .flat_map(|r| self.peer_ips(r).into_iter().map(move |p| (r.ip.min(p), r.ip.max(p))))
+            .collect();
+        links.sort();
+        links.dedup();
+        crate::firewall::install(&self.firewall_config(), &policies, &links)
+            .await
+            .map_err(|e| RuntimeError::Firewall(Box::new(e)))
+    }
+
+    /// At a clean stop of the server: removes the firewall table (and restores the sysctls)
+    /// when no sandbox runs any more, else locks the bridge down until the next start (see
+    /// [`crate::firewall::shutdown`]). Failures are logged.
+    pub async fn shutdown(&self) {
+        let mut remain = false;
+        for id in self.runc_ids() {
+            match self.runc.state(&id).await {
+                Ok(Some(s)) if s.status != "stopped" => remain = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "runc state at shutdown");
+                    remain = true;
+                }
+            }
+        }
+        if let Err(e) = crate::firewall::shutdown(&self.firewall_config(), remain).await {
+            tracing::error!(error = %cove_types::error::chain(&e), "sandbox firewall at shutdown");
+        }
+    }
+
+    /// Addresses of the linked sandboxes that still have one.
+    fn peer_ips(&self, record: &Record) -> Vec<Ipv4Addr> {
+        let ips = self.ips_lock();
+        record.links.iter().filter_map(|p| ips.get(p).copied()).collect()
+    }
+
+    /// The sandbox's `/etc/hosts`: localhost, itself, and each linked sandbox by its short
+    /// hostname.
+    fn hosts_text(&self, record: &Record) -> String {
+        let mut hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+            record.ip,
+            short_id(&record.spec.id, 12)
+        );
+        let ips = self.ips_lock();
+        for peer in &record.links {
+            if let Some(ip) = ips.get(peer) {
+                hosts.push_str(&format!("{ip}\t{}\n", short_id(peer, 12)));
+            }
+        }
+        hosts
+    }
+
+    fn write_record(&self, record: &Record) -> Result<(), RuntimeError> {
+        let path = self.bundle(&record.spec.id).join(SPEC_FILE);
+        let json = serde_json::to_vec_pretty(record).map_err(|e| io_file("write", &path)(e.into()))?;
+        write_atomic(&path, &json).map_err(io_file("write", &path))
+    }
+
+    /// Rewrites `<bundle>/etc/hosts` in place (the sandbox's read-only bind keeps the inode);
+    /// a sandbox never started has none yet, which is fine.
+    fn rewrite_hosts(&self, record: &Record) -> Result<(), RuntimeError> {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.bundle(&record.spec.id).join("etc/hosts");
+        let text = self.hosts_text(record);
+        let mut f = match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_file("write", &path)(e)),
+        };
+        (|| {
+            f.set_len(0)?;
+            f.rewind()?;
+            f.write_all(text.as_bytes())
+        })()
+        .map_err(io_file("write", &path))
+    }
+
+    /// Replaces the sandbox's outbound policy: recorded, then applied at once in the firewall
+    /// (no restart; it stays in force across stops and starts, on the sandbox's address).
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn set_network_policy(&self, id: &str, policy: NetPolicy) -> Result<(), RuntimeError> {
+        let _guard = self.lock(id).await;
+        let mut record = self.read_record(id)?;
+        record.policy = policy;
+        self.write_record(&record)?;
+        let cleared = if record.policy.is_restricted() {
+            self.policies_lock().insert(id.to_string(), record.policy.clone());
+            false
+        } else {
+            self.policies_lock().remove(id);
+            true
+        };
+        crate::firewall::set_policy(&self.cfg.bridge, record.ip, &record.policy)
+            .await
+            .map_err(Self::policy_err("apply the network policy of", id))?;
+        tracing::info!(
+            block_all = record.policy.block_all,
+            cidrs = record.policy.allow_cidrs.len(),
+            domains = record.policy.allow_domains.len(),
+            cleared,
+            "network policy applied"
+        );
+        Ok(())
+    }
+
+    /// The sandbox's recorded policy; `None` when there is no such sandbox.
+    pub fn network_policy(&self, id: &str) -> Option<NetPolicy> {
+        self.ip(id)?;
+        Some(self.policies_lock().get(id).cloned().unwrap_or_default())
+    }
+
+    /// Who holds `ip` and with which policy, from memory (asked for every DNS query): `None`
+    /// for an address nothing holds. (A build step's address has the default policy.)
+    pub fn policy_for_ip(&self, ip: Ipv4Addr) -> Option<(String, NetPolicy)> {
+        let id = self.ips_lock().iter().find(|(_, a)| **a == ip).map(|(id, _)| id.clone())?;
+        let policy = self.policies_lock().get(&id).cloned().unwrap_or_default();
+        Some((id, policy))
+    }
+
+    /// Lets the sandbox at `ip` reach `addrs` (what its DNS query for an allowed domain
+    /// resolved to) for `ttl_secs` (at least 30 s, at most a day). A no-op unless its policy
+    /// has a domain allow-list.
+    pub async fn allow_resolved(&self, ip: Ipv4Addr, addrs: &[Ipv4Addr], ttl_secs: u32) -> Result<(), RuntimeError> {
+        let Some((id, policy)) = self.policy_for_ip(ip) else { return Ok(()) };
+        if policy.block_all || policy.allow_domains.is_empty() || addrs.is_empty() {
+            return Ok(());
+        }
+        crate::firewall::allow_resolved(&self.cfg.bridge, ip, addrs, ttl_secs)
+            .await
+            .map_err(Self::policy_err("allow resolved addresses for", &id))?;
+        tracing::debug!(sandbox = %id, ?addrs, ttl_secs, "resolved addresses allowed");
+        Ok(())
+    }
+
+    /// Links two sandboxes: both records remember it, the firewall lets them reach each other,
+    /// each running one gets a route to the other via the gateway and a line for it in its
+    /// `/etc/hosts` (short hostname); starts redo routes and hosts. Idempotent.
+    #[tracing::instrument(skip_all, fields(a = %a, b = %b))]
+    pub async fn link(&self, a: &str, b: &str) -> Result<(), RuntimeError> {
+        if a == b {
+            return Err(RuntimeError::InvalidLink { a: a.into(), b: b.into(), why: "a sandbox is linked to itself".into() });
+        }
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let _g1 = self.lock(first).await;
+        let _g2 = self.lock(second).await;
+        let (mut ra, mut rb) = (self.read_record(a)?, self.read_record(b)?);
+        for (r, peer) in [(&mut ra, b), (&mut rb, a)] {
+            if !r.links.iter().any(|l| l == peer) {
+                r.links.push(peer.to_string());
+                self.write_record(r)?;
+            }
+        }
+        crate::firewall::link(&self.cfg.bridge, ra.ip, rb.ip).await.map_err(Self::policy_err("link", a))?;
+        for (r, peer_ip) in [(&ra, rb.ip), (&rb, ra.ip)] {
+            let netns = self.netns_name(&r.spec.id);
+            if net::netns_path(&netns).exists() {
+                net::add_peer_route(&netns, peer_ip, self.cidr.gateway()).await.map_err(|source| {
+                    RuntimeError::Network { id: r.spec.id.clone(), source: Box::new(source) }
+                })?;
+            }
+            self.rewrite_hosts(r)?;
+        }
+        tracing::info!(ip_a = %ra.ip, ip_b = %rb.ip, "sandboxes linked");
+        Ok(())
+    }
+
+    /// Undoes [`Runtime::link`]; unlinked pairs are fine.
+    #[tracing::instrument(skip_all, fields(a = %a, b = %b))]
+    pub async fn unlink(&self, a: &str, b: &str) -> Result<(), RuntimeError> {
+        if a == b {
+            return Ok(());
+        }
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let _g1 = self.lock(first).await;
+        let _g2 = self.lock(second).await;
+        let (ra, rb) = (self.read_record(a)?, self.read_record(b)?);
+        let (ip_a, ip_b) = (ra.ip, rb.ip);
+        crate::firewall::unlink(&self.cfg.bridge, ip_a, ip_b).await.map_err(Self::policy_err("unlink", a))?;
+        self.unlink_from(ra, b, ip_b).await?;
+        self.unlink_from(rb, a, ip_a).await
+    }
+
+    /// Removes `gone` (at `gone_ip`) from `record`'s links, hosts and routes (its lock held).
+    async fn unlink_from(&self, mut record: Record, gone: &str, gone_ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        let before = record.links.len();
+        record.links.retain(|l| l != gone);
+        if record.links.len() != before {
+            self.write_record(&record)?;
+        }
+        let id = record.spec.id.clone();
+        net::delete_peer_route(&self.netns_name(&id), gone_ip)
+            .await
+            .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
+        self.rewrite_hosts(&record)
+    }
+
+    /// At destroy (the sandbox's lock held): its policy chain, its links (firewall elements,
+    /// the peers' records, routes and hosts lines). A peer busy for longer than
+    /// [`PEER_LOCK_WAIT`] keeps a stale link id, which names no address and is ignored.
+    async fn forget_network(&self, id: &str) -> Result<(), RuntimeError> {
+        let record = match self.read_record(id) {
+            Ok(r) => r,
+            Err(RuntimeError::NotFound { .. }) => {
+                self.policies_lock().remove(id);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.policies_lock().remove(id);
+        crate::firewall::clear_policy(&self.cfg.bridge, record.ip)
+            .await
+            .map_err(Self::policy_err("remove the network policy of", id))?;
+        for peer in &record.links {
+            if let Some(peer_ip) = self.ip(peer) {
+                crate::firewall::unlink(&self.cfg.bridge, record.ip, peer_ip)
+                    .await
+                    .map_err(Self::policy_err("unlink", id))?;
+            }
+            let Ok(_guard) = tokio::time::timeout(PEER_LOCK_WAIT, self.lock(peer)).await else {
+                tracing::warn!(sandbox = %id, peer = %peer, "linked sandbox busy: its record keeps the link");
+                continue;
+            };
+            match self.read_record(peer) {
+                Ok(r) => self.unlink_from(r, id, record.ip).await?,
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1175,8 +1497,12 @@ mod tests {
     }
 
     #[test]
-    fn loopback_resolvers_are_dropped_from_resolv_conf() {
-        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch example.org\n";
-        assert_eq!(sandbox_resolv_conf(host), "# generated\nnameserver 10.255.255.53\nsearch example.org\n");
+    fn sandboxes_resolve_through_the_gateway_with_the_hosts_search_and_options() {
+        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch example.org\noptions edns0 trust-ad\n";
+        assert_eq!(
+            sandbox_resolv_conf(host, Ipv4Addr::new(10, 213, 0, 1)),
+            "nameserver 10.213.0.1\nsearch example.org\noptions edns0 trust-ad\n"
+        );
+        assert_eq!(sandbox_resolv_conf("", Ipv4Addr::new(10, 0, 0, 1)), "nameserver 10.0.0.1\n");
     }
 }

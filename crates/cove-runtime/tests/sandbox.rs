@@ -56,6 +56,8 @@ async fn setup(n: u32) -> Option<Env> {
         seccomp_profile: None,
         userns: "100000:65536".parse().unwrap(),
         ca_bundle: None,
+        egress: true,
+        allow_private: vec![],
     };
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
