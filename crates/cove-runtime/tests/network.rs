@@ -7,12 +7,19 @@
 //! sysctls and restore them.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::time::Duration;
 
 use cove_runtime::firewall::{self, FirewallConfig};
 use cove_runtime::net::{self, Cidr};
 use cove_runtime::netpolicy::NetPolicy;
+use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec};
+
+// Each test binary uses a part of the shared helpers.
+#[allow(dead_code)]
+mod common;
+use common::{busybox_rootfs, remove_host_leftovers, restore_recorded_sysctls};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -133,16 +140,6 @@ impl Lab {
     }
 }
 
-/// What a test that failed before `shutdown` leaves: the recorded old values go back.
-fn restore_recorded_sysctls(state: &PathBuf) {
-    let Ok(bytes) = std::fs::read(state) else { return };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
-    for (key, old) in v["changed"].as_object().into_iter().flatten() {
-        let _ = std::fs::write(PathBuf::from("/proc/sys").join(key), old.as_str().unwrap_or_default());
-    }
-    let _ = std::fs::remove_file(state);
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         self.cleanup();
@@ -257,4 +254,160 @@ async fn block_all_drops_everything_and_allow_lists_let_out_only_their_networks_
     assert!(lab.ping(&a, lab.far_a), "the next start lifts the lockdown");
     firewall::shutdown(&lab.cfg, false).await.unwrap();
     assert!(!lab.table().0);
+}
+
+/// Removes what a test runtime leaves (containers, mounts, netns, bridge, table, sysctls).
+struct RuntimeLab {
+    rt: Option<Runtime>,
+    cfg: RuntimeConfig,
+    lower: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RuntimeLab {
+    fn drop(&mut self) {
+        drop(self.rt.take());
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let runc = |args: &[&str]| {
+                    let _ = Command::new("runc").arg("--root").arg(&self.cfg.runc_root).args(args).output();
+                };
+                runc(&["kill", &id, "KILL"]);
+                std::thread::sleep(Duration::from_millis(50));
+                runc(&["delete", "--force", &id]);
+            }
+        }
+        remove_host_leftovers(&self.cfg);
+    }
+}
+
+impl RuntimeLab {
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().unwrap()
+    }
+
+    fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            id: uuid::Uuid::new_v4().to_string(),
+            lower: self.lower.clone(),
+            entrypoint: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 1000 & wait".into()],
+            env: vec![],
+            workdir: None,
+            user: None,
+            cpu: 1,
+            memory_mib: 64,
+            disk_mib: 16,
+            pids: 32,
+            privileged: false,
+        }
+    }
+
+    async fn exec(&self, id: &str, script: &str) -> (bool, String) {
+        let out = tokio::process::Command::new("runc")
+            .arg("--root")
+            .arg(&self.cfg.runc_root)
+            .args(["exec", id, "sh", "-c", script])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    fn nft(&self, what: &str) -> String {
+        sh(&format!("nft list {what}")).1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_sandboxes_reach_each_other_by_name_across_restarts_and_destroy_forgets_links_and_policies() {
+    if !usable() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let lower = dir.path().join("lower");
+    busybox_rootfs(&lower, &[]);
+    let agent = dir.path().join("agent");
+    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = RuntimeConfig {
+        root: dir.path().join("sandboxes"),
+        runc_root: dir.path().join("runc"),
+        agent_binary: agent,
+        bridge: format!("cvnr{:05}", pid % 100_000),
+        cidr: format!("10.78.{}.0/24", pid % 250),
+        cgroup_parent: format!("/cove-nettest-{pid}"),
+        name_prefix: format!("nr{:04}", pid % 10_000),
+        seccomp_profile: None,
+        userns: "100000:65536".parse().unwrap(),
+        ca_bundle: None,
+        egress: true,
+        allow_private: vec![],
+    };
+    let rt = Runtime::new(cfg.clone()).await.unwrap();
+    let lab = RuntimeLab { rt: Some(rt), cfg: cfg.clone(), lower, _dir: dir };
+    let table = format!("table inet {}", firewall::table_name(&cfg.bridge));
+    let (a, b) = (lab.spec(), lab.spec());
+    lab.rt().create(&a).await.unwrap();
+    lab.rt().create(&b).await.unwrap();
+    let (ip_a, ip_b) = (lab.rt().ip(&a.id).unwrap(), lab.rt().ip(&b.id).unwrap());
+    let name_b: String = b.id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let name_a: String = a.id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+
+    let (_, resolv) = lab.exec(&a.id, "cat /etc/resolv.conf").await;
+    assert!(resolv.starts_with(&format!("nameserver {}\n", lab.rt().gateway())), "{resolv}");
+    assert!(!lab.exec(&a.id, &format!("ping -c 1 -W 1 {ip_b}")).await.0, "not linked yet");
+
+    lab.rt().link(&a.id, &b.id).await.unwrap();
+    lab.rt().link(&b.id, &a.id).await.expect("linking again is fine");
+    let (ok, out) = lab.exec(&a.id, &format!("ping -c 1 -W 1 {name_b}")).await;
+    assert!(ok, "A reaches B by its name: {out}");
+    let (ok, out) = lab.exec(&b.id, &format!("ping -c 1 -W 1 {name_a}")).await;
+    assert!(ok, "B reaches A by its name: {out}");
+    let (_, hosts) = lab.exec(&a.id, "cat /etc/hosts").await;
+    assert_eq!(hosts.matches(&name_b).count(), 1, "one line for B: {hosts}");
+
+    // B starts again in a new namespace: its route to A comes back with it.
+    lab.rt().stop(&b.id, Duration::ZERO).await.unwrap();
+    lab.rt().start(&b.id).await.unwrap();
+    let (ok, out) = lab.exec(&b.id, &format!("ping -c 1 -W 1 {name_a}")).await;
+    assert!(ok, "after a restart B still reaches A: {out}");
+
+    // Policies are recorded, answered from memory by address, and in the firewall.
+    let block = NetPolicy::from_fields(Some(true), None, None).unwrap();
+    lab.rt().set_network_policy(&a.id, block.clone()).await.unwrap();
+    assert_eq!(lab.rt().network_policy(&a.id), Some(block.clone()));
+    assert_eq!(lab.rt().policy_for_ip(ip_a), Some((a.id.clone(), block)));
+    assert_eq!(lab.rt().policy_for_ip(ip_b).map(|(_, p)| p), Some(NetPolicy::default()));
+    assert_eq!(lab.rt().policy_for_ip(Ipv4Addr::new(192, 0, 2, 200)), None);
+    let chain = firewall::policy_chain(ip_a);
+    assert!(lab.nft(&table).contains(&format!("{ip_a} : jump {chain}")), "{}", lab.nft(&table));
+    assert!(lab.exec(&a.id, &format!("ping -c 1 -W 1 {name_b}")).await.0, "linked pairs pass before any policy");
+
+    // A new runtime over the same directories reinstalls policies and links in one go.
+    let rt = Runtime::new(cfg.clone()).await.unwrap();
+    assert!(lab.nft(&table).contains(&format!("{ip_a} : jump {chain}")));
+    assert!(rt.policy_for_ip(ip_a).is_some_and(|(_, p)| p.block_all));
+
+    // Destroying B removes its link everywhere; A's policy goes with A.
+    rt.destroy(&b.id).await.unwrap();
+    let (_, hosts) = lab.exec(&a.id, "cat /etc/hosts").await;
+    assert!(!hosts.contains(&name_b), "B's line is gone from A's hosts: {hosts}");
+    assert!(!lab.nft(&format!("set inet {} links", firewall::table_name(&cfg.bridge))).contains(&ip_b.to_string()));
+
+    // A still runs: a clean stop locks the bridge down; without sandboxes it removes the table.
+    rt.shutdown().await;
+    assert!(lab.nft(&table).contains("server down"), "{}", lab.nft(&table));
+    rt.destroy(&a.id).await.unwrap();
+    assert!(!lab.nft(&table).contains(&chain), "A's policy chain is gone");
+    rt.shutdown().await;
+    assert!(!sh(&format!("nft list {table}")).0, "no sandboxes: the table is removed");
+    assert!(!cfg.root.join(firewall::STATE_FILE).exists(), "sysctls restored");
+    restore_recorded_sysctls(&cfg.root.join(firewall::STATE_FILE));
 }

@@ -60,8 +60,20 @@ pub fn rmdir_tree(p: &Path) {
     let _ = std::fs::remove_dir(p);
 }
 
+/// Puts back the forwarding sysctls a runtime changed (recorded in its state file) when it
+/// was not shut down cleanly, and removes the file. Best effort.
+pub fn restore_recorded_sysctls(state: &Path) {
+    let Ok(bytes) = std::fs::read(state) else { return };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
+    for (key, old) in v["changed"].as_object().into_iter().flatten() {
+        let _ = std::fs::write(Path::new("/proc/sys").join(key), old.as_str().unwrap_or_default());
+    }
+    let _ = std::fs::remove_file(state);
+}
+
 /// What a test runtime may leave on the host once its containers are gone: mounts under its
-/// root, its network namespaces, bridge and nftables table, its cgroup parent. Best effort.
+/// root, its network namespaces, bridge and nftables table, changed sysctls, its cgroup
+/// parent. Best effort.
 pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
     let mut mounts: Vec<String> =
         mounts_containing(&cfg.root).iter().filter_map(|l| l.split(' ').nth(4).map(String::from)).collect();
@@ -80,6 +92,7 @@ pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
     let _ = Command::new("ip").args(["link", "delete", &cfg.bridge]).output();
     let table = cove_runtime::firewall::table_name(&cfg.bridge);
     let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
+    restore_recorded_sysctls(&cfg.root.join(cove_runtime::firewall::STATE_FILE));
     for c in cgroup_hierarchies() {
         rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
     }
