@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 nftables golang-github-containers-common
-              python3-minimal apache2-utils curl ca-certificates docker.io)
+              python3-minimal apache2-utils curl ca-certificates docker.io mmdebstrap)
 SDK_PY="daytona==0.226.1"
 
 missing=()
