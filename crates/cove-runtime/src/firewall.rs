@@ -113,7 +113,7 @@ pub struct FirewallConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     /// `nft` could not be run or refused the ruleset.
-    #[error("{op} nftables table inet {table}{}", stderr_suffix(.stderr))]
+    #[error("{op} nftables table {table}{}", stderr_suffix(.stderr))]
     Nft {
         /// What was attempted (`install`, `remove`, `lock down`, `set policy`, …).
         op: &'static str,
@@ -716,6 +716,7 @@ pub async fn install(
     links: &[(Ipv4Addr, Ipv4Addr)],
 ) -> Result<(), FirewallError> {
     let guarded = enable_forwarding(cfg)?;
+    install_antispoof(&cfg.bridge).await?;
     ruleset_tx(cfg, &guarded, policies, links).apply("install").await?;
     tracing::info!(
         bridge = %cfg.bridge,
@@ -743,12 +744,108 @@ pub async fn shutdown(cfg: &FirewallConfig, sandboxes_remain: bool) -> Result<()
     Ok(())
 }
 
-/// Deletes the bridge's table; a missing table is fine.
+/// Deletes the bridge's tables (`inet` and the anti-spoofing `bridge` one); missing ones are
+/// fine.
 pub async fn remove(bridge: &str) -> Result<(), FirewallError> {
     let mut tx = Tx::new(bridge);
     tx.table("add");
     tx.table("delete");
-    tx.apply("remove").await
+    tx.apply("remove").await?;
+    let t = table_name(bridge);
+    let table = json!({"family": "bridge", "name": t});
+    apply_raw("remove", &t, json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]})).await
+}
+
+// ---- anti-spoofing: the `bridge` family table ----
+//
+// A sandbox has CAP_NET_RAW, so it can send IP packets with any source address, and ARP
+// with any sender. Every rule of the `inet` table that is keyed by source address (policies,
+// `block_all`, links) would then apply the victim's policy to the forger's packets: a
+// `block_all` sandbox could send UDP out under an unrestricted neighbour's address. So the
+// table `bridge cove_<bridge>` checks every frame where it enters the bridge: a frame from a
+// sandbox port (`@ports` names the veth with its one address, added by the attach hook before
+// the port comes up, removed at teardown) passes only with that IPv4 or ARP sender address;
+// anything else from a sandbox port (IPv6, other ethertypes) is dropped. Frames from other
+// ports pass untouched. The table is created once and never flushed of its elements (ports of
+// running sandboxes stay listed across server restarts); its rules are replaced at install.
+
+/// The anti-spoofing set: `ifname . ipv4_addr` of every sandbox and build-step port.
+pub const PORTS_SET: &str = "ports";
+/// The names alone (to tell sandbox ports from others).
+pub const PORT_NAMES_SET: &str = "port_names";
+/// The `bridge` family chain.
+pub const ANTISPOOF_CHAIN: &str = "prerouting";
+
+/// The transaction that (re)installs the anti-spoofing table's sets and rules, keeping the
+/// sets' elements.
+pub fn antispoof_ruleset(bridge: &str) -> Value {
+    let t = table_name(bridge);
+    let obj = |extra: Value| {
+        let mut o = json!({"family": "bridge", "table": t});
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        o
+    };
+    let iif = json!({"meta": {"key": "iifname"}});
+    let rule = |expr: Value| json!({"add": {"rule": obj(json!({"chain": ANTISPOOF_CHAIN, "expr": expr}))}});
+    let own = |field: &str, proto: &str| {
+        json!([{"match": {"op": "==", "left": {"concat": [iif, {"payload": {"protocol": proto, "field": field}}]},
+                          "right": format!("@{PORTS_SET}")}}, {"accept": null}])
+    };
+    json!({"nftables": [
+        {"add": {"table": {"family": "bridge", "name": t}}},
+        {"add": {"set": obj(json!({"name": PORTS_SET, "type": ["ifname", "ipv4_addr"]}))}},
+        {"add": {"set": obj(json!({"name": PORT_NAMES_SET, "type": "ifname"}))}},
+        {"add": {"chain": obj(json!({"name": ANTISPOOF_CHAIN, "type": "filter", "hook": "prerouting",
+                                     "prio": -200, "policy": "accept"}))}},
+        {"flush": {"chain": obj(json!({"name": ANTISPOOF_CHAIN}))}},
+        rule(json!([{"match": {"op": "!=", "left": iif, "right": format!("@{PORT_NAMES_SET}")}}, {"accept": null}])),
+        rule(own("saddr ip", "arp")),
+        rule(own("saddr", "ip")),
+        rule(json!([{"drop": null}])),
+    ]})
+}
+
+/// Installs the anti-spoofing table (see above); called by [`install`].
+async fn install_antispoof(bridge: &str) -> Result<(), FirewallError> {
+    apply_raw("install anti-spoofing", &table_name(bridge), antispoof_ruleset(bridge)).await
+}
+
+/// `nft -f` lines that list a sandbox port with its address (run by the attach hook).
+pub fn port_nft_lines(bridge: &str, veth: &str, ip: Ipv4Addr) -> String {
+    let t = table_name(bridge);
+    format!(
+        "add element bridge {t} {PORTS_SET} {{ \"{veth}\" . {ip} }}\nadd element bridge {t} {PORT_NAMES_SET} {{ \"{veth}\" }}\n"
+    )
+}
+
+/// Takes a port off the anti-spoofing sets (at teardown). One transaction that first adds
+/// what it deletes (`add` of an existing table, set or element is a no-op), so a port already
+/// gone, or a table removed meanwhile, is fine.
+pub async fn forget_port(bridge: &str, veth: &str, ip: Ipv4Addr) -> Result<(), FirewallError> {
+    let t = table_name(bridge);
+    let obj = |name: &str, extra: Value| {
+        let mut o = json!({"family": "bridge", "table": t, "name": name});
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        o
+    };
+    let port = json!({"concat": [veth, ip.to_string()]});
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "bridge", "name": t}}}),
+        json!({"add": {"set": obj(PORTS_SET, json!({"type": ["ifname", "ipv4_addr"]}))}}),
+        json!({"add": {"set": obj(PORT_NAMES_SET, json!({"type": "ifname"}))}}),
+    ];
+    for verb in ["add", "delete"] {
+        cmds.push(json!({verb: {"element": obj(PORTS_SET, json!({"elem": [port]}))}}));
+        cmds.push(json!({verb: {"element": obj(PORT_NAMES_SET, json!({"elem": [veth]}))}}));
+    }
+    apply_raw("forget port", &t, json!({"nftables": cmds})).await
+}
+
+async fn apply_raw(op: &'static str, table: &str, v: Value) -> Result<(), FirewallError> {
+    nftables::helper::apply_ruleset_raw_async(&v.to_string(), None::<&str>, std::iter::empty::<&str>())
+        .await
+        .map(drop)
+        .map_err(|e| FirewallError::nft(op, table, e))
 }
 
 /// The transaction of [`set_policy`].
@@ -866,6 +963,36 @@ mod tests {
 
     fn comments(n: &Value, chain: &str) -> Vec<String> {
         rules(n, chain).into_iter().map(|(c, _)| c).collect()
+    }
+
+    #[test]
+    fn frames_from_sandbox_ports_pass_only_with_their_own_address_and_the_sets_survive_a_reinstall() {
+        let v = antispoof_ruleset("cove0");
+        let cmds = v["nftables"].as_array().unwrap();
+        let verbs: Vec<String> = cmds
+            .iter()
+            .map(|c| {
+                let (verb, what) = c.as_object().unwrap().iter().next().unwrap();
+                format!("{verb} {}", what.as_object().unwrap().keys().next().unwrap())
+            })
+            .collect();
+        assert!(!verbs.iter().any(|v| v.starts_with("delete")), "elements of running sandboxes are kept: {verbs:?}");
+        assert_eq!(verbs[4], "flush chain", "the rules are replaced");
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c.get("add").and_then(|a| a.get("rule"))).collect();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(rules[0]["expr"][0]["match"]["op"], "!=", "other ports are not ours to police");
+        assert_eq!(rules[1]["expr"][0]["match"]["left"]["concat"][1]["payload"]["protocol"], "arp");
+        assert_eq!(rules[2]["expr"][0]["match"]["left"]["concat"][1]["payload"]["field"], "saddr");
+        assert_eq!(rules[3]["expr"], json!([{"drop": null}]), "IPv6 and anything else from a sandbox port");
+        for c in cmds {
+            let inner = c.as_object().unwrap().values().next().unwrap().as_object().unwrap().values().next().unwrap();
+            assert_eq!(inner["family"], "bridge", "{c}");
+        }
+        assert_eq!(
+            port_nft_lines("cove0", "cv1234", Ipv4Addr::new(10, 213, 0, 7)),
+            "add element bridge cove_cove0 ports { \"cv1234\" . 10.213.0.7 }\n\
+             add element bridge cove_cove0 port_names { \"cv1234\" }\n"
+        );
     }
 
     #[test]

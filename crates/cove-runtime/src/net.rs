@@ -159,10 +159,15 @@ pub fn attach_hook_with_peers(
 ) -> serde_json::Value {
     let gw = cidr.gateway();
     let routes: String = peers.iter().map(|p| format!("route replace {p}/32 via {gw}\n")).collect();
+    // The port is listed for anti-spoofing (`firewall::port_nft_lines`) before it exists.
+    let ports = crate::firewall::port_nft_lines(bridge, veth, ip);
     let script = format!(
         "set -e\n\
          pid=$(sed -n 's/.*\"pid\": *\\([0-9][0-9]*\\).*/\\1/p')\n\
          [ -n \"$pid\" ]\n\
+         nft -f - <<EOF\n\
+         {ports}\
+         EOF\n\
          ip netns attach {netns} \"$pid\"\n\
          ip -batch - <<EOF\n\
          link add {veth} type veth peer name eth0 netns {netns}\n\

@@ -876,9 +876,11 @@ impl Runtime {
             restrict_dir(&etc, self.cfg.userns.start)
                 .map_err(|source| RuntimeError::Dir { path: etc.clone(), source })?;
             let hosts = self.hosts_text(record);
-            for (name, text) in
-                [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf(self.cidr.gateway()))]
-            {
+            for (name, text) in [
+                ("hosts", hosts),
+                ("hostname", format!("{hostname}\n")),
+                ("resolv.conf", resolv_conf(self.cidr.gateway())),
+            ] {
                 let p = etc.join(name);
                 // Readable by the sandbox (bind-mounted read-only); nothing secret in them.
                 write_replace(&p, text.as_bytes(), 0o644).map_err(io_file("write", &p))?;
@@ -980,6 +982,11 @@ impl Runtime {
         let netns = self.netns_name(id);
         if let Err(e) = net::teardown(&netns, &netns).await {
             tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "network teardown");
+        }
+        if let Some(ip) = self.ip(id)
+            && let Err(e) = crate::firewall::forget_port(&self.cfg.bridge, &netns, ip).await
+        {
+            tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "anti-spoofing entry");
         }
     }
 
@@ -1199,10 +1206,8 @@ impl Runtime {
     /// returns its path for the read-only bind; `None` without the option.
     pub(crate) fn write_ca_bundle(&self, rootfs: &Path, etc: &Path) -> Result<Option<PathBuf>, RuntimeError> {
         let Some(extra) = &self.cfg.ca_bundle else { return Ok(None) };
-        let text = crate::cabundle::load_extra(extra).map_err(|e| RuntimeError::InvalidConfig {
-            field: "ca_bundle",
-            why: cove_types::error::chain(&e),
-        })?;
+        let text = crate::cabundle::load_extra(extra)
+            .map_err(|e| RuntimeError::InvalidConfig { field: "ca_bundle", why: cove_types::error::chain(&e) })?;
         let path = etc.join("ca-certificates.crt");
         write_replace(&path, &crate::cabundle::merged(rootfs, &text), 0o644).map_err(io_file("write", &path))?;
         Ok(Some(path))
@@ -1386,7 +1391,11 @@ impl Runtime {
     #[tracing::instrument(skip_all, fields(a = %a, b = %b))]
     pub async fn link(&self, a: &str, b: &str) -> Result<(), RuntimeError> {
         if a == b {
-            return Err(RuntimeError::InvalidLink { a: a.into(), b: b.into(), why: "a sandbox is linked to itself".into() });
+            return Err(RuntimeError::InvalidLink {
+                a: a.into(),
+                b: b.into(),
+                why: "a sandbox is linked to itself".into(),
+            });
         }
         let (first, second) = if a < b { (a, b) } else { (b, a) };
         let _g1 = self.lock(first).await;
@@ -1402,9 +1411,9 @@ impl Runtime {
         for (r, peer_ip) in [(&ra, rb.ip), (&rb, ra.ip)] {
             let netns = self.netns_name(&r.spec.id);
             if net::netns_path(&netns).exists() {
-                net::add_peer_route(&netns, peer_ip, self.cidr.gateway()).await.map_err(|source| {
-                    RuntimeError::Network { id: r.spec.id.clone(), source: Box::new(source) }
-                })?;
+                net::add_peer_route(&netns, peer_ip, self.cidr.gateway())
+                    .await
+                    .map_err(|source| RuntimeError::Network { id: r.spec.id.clone(), source: Box::new(source) })?;
             }
             self.rewrite_hosts(r)?;
         }

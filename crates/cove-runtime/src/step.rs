@@ -441,6 +441,11 @@ async fn cleanup(rt: &Runtime, res: &mut StepResources) -> Result<(), RuntimeErr
             note(RuntimeError::Storage { id: id.clone(), source: Box::new(source) });
         }
     }
+    if let (Some(netns), Some(ip)) = (&res.netns, res.ip_key.as_deref().and_then(|k| rt.ip(k)))
+        && let Err(e) = crate::firewall::forget_port(&rt.config().bridge, netns, ip).await
+    {
+        tracing::warn!(step = %id, error = %cove_types::error::chain(&e), "anti-spoofing entry");
+    }
     if let Some(netns) = &res.netns {
         if let Err(source) = net::teardown(netns, netns).await {
             note(RuntimeError::Network { id: id.clone(), source: Box::new(source) });

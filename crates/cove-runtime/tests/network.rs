@@ -136,6 +136,7 @@ impl Lab {
         let _ = sh(&format!("ip netns delete {}; ip link delete {}", self.outside, self.outside_veth));
         let _ = sh(&format!("ip link delete {}", self.cfg.bridge));
         let _ = sh(&format!("nft delete table inet {}", firewall::table_name(&self.cfg.bridge)));
+        let _ = sh(&format!("nft delete table bridge {}", firewall::table_name(&self.cfg.bridge)));
         restore_recorded_sysctls(&self.cfg.state_dir.join(firewall::STATE_FILE));
     }
 }
@@ -254,6 +255,40 @@ async fn block_all_drops_everything_and_allow_lists_let_out_only_their_networks_
     assert!(lab.ping(&a, lab.far_a), "the next start lifts the lockdown");
     firewall::shutdown(&lab.cfg, false).await.unwrap();
     assert!(!lab.table().0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_send_under_another_sandboxs_address_to_escape_its_policy() {
+    if !usable() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new(3).await;
+    let (a, b) = (lab.ns(0).to_string(), lab.ns(1).to_string());
+    let block_all = NetPolicy::from_fields(Some(true), None, None).unwrap();
+    firewall::install(&lab.cfg, &[(lab.ip(0), block_all)], &[]).await.unwrap();
+    // The ports listed as the attach hook lists them.
+    for i in 0..2 {
+        let lines = firewall::port_nft_lines(&lab.cfg.bridge, lab.ns(i), lab.ip(i));
+        must(&format!("nft -f - <<'EOF'\n{lines}EOF"));
+    }
+    assert!(lab.ping(&b, lab.far_a), "control: B's own address goes out");
+    assert!(!lab.ping(&a, lab.far_a), "A is block_all");
+    // A forges B's address (a sandbox can, with CAP_NET_RAW; here simply as an address).
+    must(&format!("ip -n {a} addr add {}/32 dev eth0", lab.ip(1)));
+    let forged = sh(&format!("ip netns exec {a} busybox ping -c 1 -W 1 -I {} {}", lab.ip(1), lab.far_a));
+    assert!(!forged.0, "a forged source address is dropped where it enters the bridge: {}", forged.1);
+    let (_, counters) = sh(&format!("nft list chain bridge {} prerouting", firewall::table_name(&lab.cfg.bridge)));
+    assert!(counters.contains("drop"), "{counters}");
+    // Taken off the list at teardown, the port is no longer held to an address (nothing else
+    // of ours then uses it).
+    firewall::forget_port(&lab.cfg.bridge, lab.ns(0), lab.ip(0)).await.unwrap();
+    firewall::forget_port(&lab.cfg.bridge, lab.ns(0), lab.ip(0)).await.expect("forgetting twice is fine");
+    let (_, set) = sh(&format!("nft list set bridge {} ports", firewall::table_name(&lab.cfg.bridge)));
+    assert!(!set.contains(lab.ns(0)) && set.contains(lab.ns(1)), "{set}");
+    firewall::shutdown(&lab.cfg, false).await.unwrap();
+    let (exists, _) = sh(&format!("nft list table bridge {}", firewall::table_name(&lab.cfg.bridge)));
+    assert!(!exists, "a clean stop with no sandboxes removes the anti-spoofing table too");
 }
 
 /// Removes what a test runtime leaves (containers, mounts, netns, bridge, table, sysctls).
