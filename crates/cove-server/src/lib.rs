@@ -9,6 +9,7 @@ pub mod api;
 pub mod claims;
 pub mod config;
 pub mod datadir;
+pub mod dns;
 pub mod keyfile;
 pub mod registry;
 pub mod s3;
