@@ -97,3 +97,20 @@ def s3_server(cove, trusted_ca, short_tmp):
     for f in ("ca.pem", "ca.key"):
         shutil.copy2(trusted_ca / "tls" / f, data / "tls" / f)
     return cove(data_dir=data)
+
+
+@pytest.fixture(scope="session")
+def debian_image(registry):
+    """A real Debian bookworm image (python3, pip, ca-certificates; no PEP 668 marker) built
+    by mmdebstrap from this machine's apt mirror, cached under /var/cache/cove-tests, and
+    pushed as `library/debian-py:bookworm`. `image` is the name a snapshot uses (through the
+    server's docker.io mirror, like `python:3.12`); `image_by_digest` pins the same manifest."""
+    import debimage
+
+    try:
+        digest = debimage.push_debian_image(registry.url, "library/debian-py", "bookworm")
+    except debimage.BuildError as e:
+        failure = str(e)  # mmdebstrap's own words, without a chained traceback
+    else:
+        return {"image": "debian-py:bookworm", "image_by_digest": f"debian-py@{digest}", "digest": digest}
+    pytest.fail(failure, pytrace=False)
