@@ -589,3 +589,407 @@ fn check_answer(upstream: SocketAddr, bytes: &[u8], id: u16, question: &Query) -
     }
     Ok(Upstreamed { bytes: bytes.to_vec(), msg })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::rdata::{A, CNAME};
+    use hickory_proto::rr::{Record, RecordType};
+
+    use super::*;
+
+    /// A test upstream on 127.0.0.1 (UDP and TCP on one port) that counts what it is asked.
+    struct FakeUpstream {
+        addr: SocketAddr,
+        udp: Arc<AtomicUsize>,
+        tcp: Arc<AtomicUsize>,
+    }
+
+    impl FakeUpstream {
+        async fn start() -> Self {
+            let (udp_sock, tcp_listener, addr) =
+                bind_pair((Ipv4Addr::LOCALHOST, 0).into()).await.expect("bind the fake upstream");
+            let (udp, tcp) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let count = udp.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok((n, peer)) = udp_sock.recv_from(&mut buf).await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let reply = upstream_answer(&buf[..n], false);
+                    let _ = udp_sock.send_to(&reply, peer).await;
+                }
+            });
+            let count = tcp.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = tcp_listener.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        while let Ok(query) = read_frame(&mut stream).await {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            if write_frame(&mut stream, &upstream_answer(&query, true)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { addr, udp, tcp }
+        }
+
+        fn asked(&self) -> usize {
+            self.udp.load(Ordering::SeqCst) + self.tcp.load(Ordering::SeqCst)
+        }
+    }
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).expect("test name")
+    }
+
+    fn a(owner: &str, ttl: u32, addr: [u8; 4]) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::from(addr))))
+    }
+
+    /// open.test: one A; www.allowed.test: a CNAME to two A records (TTL 60 and 30);
+    /// big.test: truncated over UDP, an A over TCP; anything else NXDOMAIN.
+    fn upstream_answer(query: &[u8], tcp: bool) -> Vec<u8> {
+        let req = Message::from_vec(query).expect("the forwarder sends well-formed queries");
+        let q = req.queries[0].clone();
+        let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+        m.metadata.recursion_desired = req.metadata.recursion_desired;
+        m.metadata.recursion_available = true;
+        m.add_query(q.clone());
+        let wants_a = q.query_type == RecordType::A;
+        match q.name.to_ascii().to_ascii_lowercase().as_str() {
+            "open.test." if wants_a => {
+                m.add_answer(a("open.test.", 300, [192, 0, 2, 1]));
+            }
+            "www.allowed.test." => {
+                m.add_answer(Record::from_rdata(
+                    name("www.allowed.test."),
+                    600,
+                    RData::CNAME(CNAME(name("edge.cdn.test."))),
+                ));
+                if wants_a {
+                    m.add_answer(a("edge.cdn.test.", 60, [192, 0, 2, 2]));
+                    m.add_answer(a("edge.cdn.test.", 30, [192, 0, 2, 3]));
+                }
+            }
+            "big.test." if tcp => {
+                m.add_answer(a("big.test.", 120, [192, 0, 2, 4]));
+            }
+            "big.test." => m.metadata.truncation = true,
+            "open.test." => {}
+            _ => m.metadata.response_code = ResponseCode::NXDomain,
+        }
+        m.to_vec().expect("encode the fake answer")
+    }
+
+    /// One `allow` call: client, addresses, TTL, and when it returned.
+    type AllowCall = (Ipv4Addr, Vec<Ipv4Addr>, u32, Instant);
+
+    /// Policies set by the test; `allow` calls recorded (after a delay, to prove the answer
+    /// waits for them), or refused.
+    struct TestClients {
+        policy: Mutex<ClientPolicy>,
+        allowed: Mutex<Vec<AllowCall>>,
+        fail: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl DnsClients for TestClients {
+        fn policy(&self, _client: Ipv4Addr) -> ClientPolicy {
+            self.policy.lock().unwrap().clone()
+        }
+
+        async fn allow(&self, client: Ipv4Addr, addrs: Vec<Ipv4Addr>, ttl_secs: u32) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("firewall said no".into());
+            }
+            self.allowed.lock().unwrap().push((client, addrs, ttl_secs, Instant::now()));
+            Ok(())
+        }
+    }
+
+    struct Setup {
+        upstream: FakeUpstream,
+        clients: Arc<TestClients>,
+        forwarder: Forwarder,
+    }
+
+    async fn setup(policy: ClientPolicy) -> Setup {
+        let upstream = FakeUpstream::start().await;
+        let clients = Arc::new(TestClients {
+            policy: Mutex::new(policy),
+            allowed: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+        });
+        let forwarder = Forwarder::start((Ipv4Addr::LOCALHOST, 0).into(), vec![upstream.addr], clients.clone())
+            .await
+            .expect("start the forwarder");
+        Setup { upstream, clients, forwarder }
+    }
+
+    fn query(id: u16, qname: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(name(qname), qtype));
+        m.to_vec().expect("encode the query")
+    }
+
+    /// Sends `packet` over UDP; the answer, or `None` after 3 s of silence.
+    async fn ask_udp_raw(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+        ask_udp_within(server, packet, Duration::from_secs(3)).await
+    }
+
+    /// Sends `packet` over UDP; the answer, or `None` after `wait` of silence.
+    async fn ask_udp_within(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        sock.send_to(packet, server).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(wait, sock.recv_from(&mut buf)).await.ok()?.unwrap();
+        Some(buf[..n].to_vec())
+    }
+
+    async fn ask_udp(server: SocketAddr, packet: &[u8]) -> Message {
+        let bytes = ask_udp_raw(server, packet).await.expect("an answer over udp");
+        Message::from_vec(&bytes).expect("a well-formed answer")
+    }
+
+    async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> Message {
+        let mut stream = TcpStream::connect(server).await.unwrap();
+        write_frame(&mut stream, packet).await.unwrap();
+        let bytes = tokio::time::timeout(Duration::from_secs(3), read_frame(&mut stream))
+            .await
+            .expect("an answer over tcp in time")
+            .unwrap();
+        Message::from_vec(&bytes).expect("a well-formed answer")
+    }
+
+    fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_open_client_gets_the_upstream_answer_with_its_own_id() {
+        let s = setup(ClientPolicy::Open).await;
+        let answer = ask_udp(s.forwarder.local_addr(), &query(0x1234, "open.test.", RecordType::A)).await;
+        assert_eq!(answer.metadata.id, 0x1234);
+        assert_eq!(answer.metadata.message_type, MessageType::Response);
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(answer.queries[0].name, name("open.test."));
+        assert_eq!(a_records(&answer), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(answer.answers[0].ttl, 300);
+        let nx = ask_udp(s.forwarder.local_addr(), &query(7, "missing.test.", RecordType::A)).await;
+        assert_eq!((nx.metadata.id, nx.metadata.response_code), (7, ResponseCode::NXDomain));
+        assert_eq!(s.upstream.udp.load(Ordering::SeqCst), 2);
+        assert!(s.clients.allowed.lock().unwrap().is_empty(), "open clients never reach the firewall callback");
+    }
+
+    #[tokio::test]
+    async fn a_domains_client_gets_nxdomain_for_a_name_outside_its_list_without_asking_upstream() {
+        let s = setup(ClientPolicy::Domains(vec!["*.allowed.test".into(), "exact.test".into()])).await;
+        for (id, qname) in
+            [(1, "open.test."), (2, "allowed.test."), (3, "sub.exact.test."), (4, "www.allowed.test.evil.")]
+        {
+            let answer = ask_udp(s.forwarder.local_addr(), &query(id, qname, RecordType::A)).await;
+            assert_eq!(answer.metadata.id, id);
+            assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain, "{qname}");
+            assert_eq!(answer.queries[0].name, name(qname));
+            assert!(answer.answers.is_empty());
+        }
+        assert_eq!(s.upstream.asked(), 0);
+        assert!(s.clients.allowed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_allowed_names_a_records_through_a_cname_reach_allow_with_the_smallest_ttl_before_the_answer() {
+        let s = setup(ClientPolicy::Domains(vec!["*.allowed.test".into()])).await;
+        let answer = ask_udp(s.forwarder.local_addr(), &query(0xbeef, "WWW.Allowed.test.", RecordType::A)).await;
+        let received = Instant::now();
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (0xbeef, ResponseCode::NoError));
+        let addrs = vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)];
+        assert_eq!(a_records(&answer), addrs);
+        let allowed = s.clients.allowed.lock().unwrap().clone();
+        assert_eq!(allowed.len(), 1, "one allow call, finished before the answer arrived");
+        let (client, got, ttl, at) = &allowed[0];
+        assert_eq!((*client, got, *ttl), (Ipv4Addr::LOCALHOST, &addrs, 30));
+        assert!(*at <= received);
+        // AAAA for an allowed name is forwarded; no A records, so no allow call.
+        let aaaa = ask_udp(s.forwarder.local_addr(), &query(9, "www.allowed.test.", RecordType::AAAA)).await;
+        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(aaaa.answers.len(), 1, "the CNAME only");
+        assert_eq!(s.clients.allowed.lock().unwrap().len(), 1);
+        assert_eq!(s.upstream.asked(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_allow_answers_servfail_and_hands_out_no_address() {
+        let s = setup(ClientPolicy::Domains(vec!["*.allowed.test".into()])).await;
+        s.clients.fail.store(true, Ordering::SeqCst);
+        let answer = ask_udp(s.forwarder.local_addr(), &query(42, "www.allowed.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (42, ResponseCode::ServFail));
+        assert!(answer.answers.is_empty());
+        assert_eq!(s.upstream.asked(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_client_is_refused_over_udp_and_tcp_without_asking_upstream() {
+        let s = setup(ClientPolicy::Blocked).await;
+        let answer = ask_udp(s.forwarder.local_addr(), &query(5, "open.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (5, ResponseCode::Refused));
+        let answer = ask_tcp(s.forwarder.local_addr(), &query(6, "open.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (6, ResponseCode::Refused));
+        assert_eq!(s.upstream.asked(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_udp_answer_is_retried_over_tcp() {
+        let s = setup(ClientPolicy::Open).await;
+        let answer = ask_udp(s.forwarder.local_addr(), &query(77, "big.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (77, ResponseCode::NoError));
+        assert!(!answer.metadata.truncation);
+        assert_eq!(a_records(&answer), vec![Ipv4Addr::new(192, 0, 2, 4)]);
+        assert_eq!(s.upstream.udp.load(Ordering::SeqCst), 1);
+        assert_eq!(s.upstream.tcp.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_client_is_answered_over_tcp_several_times_on_one_connection() {
+        let s = setup(ClientPolicy::Open).await;
+        let mut stream = TcpStream::connect(s.forwarder.local_addr()).await.unwrap();
+        for id in [100, 101] {
+            write_frame(&mut stream, &query(id, "open.test.", RecordType::A)).await.unwrap();
+            let bytes = tokio::time::timeout(Duration::from_secs(3), read_frame(&mut stream)).await.unwrap().unwrap();
+            let answer = Message::from_vec(&bytes).unwrap();
+            assert_eq!((answer.metadata.id, answer.metadata.response_code), (id, ResponseCode::NoError));
+            assert_eq!(a_records(&answer), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        }
+        assert_eq!(s.upstream.tcp.load(Ordering::SeqCst), 2, "tcp queries go upstream over tcp");
+        assert_eq!(s.upstream.udp.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_packet_gets_formerr_or_nothing_and_the_forwarder_keeps_serving() {
+        let s = setup(ClientPolicy::Open).await;
+        let server = s.forwarder.local_addr();
+        // A header announcing one question that is not there.
+        let header = [0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        let formerr = Message::from_vec(&ask_udp_raw(server, &header).await.expect("formerr")).unwrap();
+        assert_eq!((formerr.metadata.id, formerr.metadata.response_code), (0xabcd, ResponseCode::FormErr));
+        assert!(ask_udp_within(server, &[0x01], Duration::from_secs(1)).await.is_none(), "no id, no answer");
+        let mut response = query(3, "open.test.", RecordType::A);
+        response[2] |= 0x80;
+        assert!(
+            ask_udp_within(server, &response, Duration::from_secs(1)).await.is_none(),
+            "responses are never answered"
+        );
+        let mut two = Message::new(8, MessageType::Query, OpCode::Query);
+        two.add_query(Query::query(name("open.test."), RecordType::A));
+        two.add_query(Query::query(name("www.allowed.test."), RecordType::A));
+        let answer = ask_udp(server, &two.to_vec().unwrap()).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (8, ResponseCode::FormErr));
+        assert_eq!(s.upstream.asked(), 0);
+        let answer = ask_udp(server, &query(4, "open.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (4, ResponseCode::NoError));
+        assert_eq!(a_records(&answer), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    }
+
+    #[tokio::test]
+    async fn upstreams_are_asked_in_order_and_a_dead_one_is_skipped() {
+        let upstream = FakeUpstream::start().await;
+        let dead = {
+            let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            sock.local_addr().unwrap()
+        };
+        let clients = Arc::new(TestClients {
+            policy: Mutex::new(ClientPolicy::Open),
+            allowed: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+        });
+        let forwarder =
+            Forwarder::start((Ipv4Addr::LOCALHOST, 0).into(), vec![dead, upstream.addr], clients).await.unwrap();
+        let answer = ask_udp(forwarder.local_addr(), &query(11, "open.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (11, ResponseCode::NoError));
+        assert_eq!(upstream.asked(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_upstream_at_all_answers_servfail() {
+        let clients = Arc::new(TestClients {
+            policy: Mutex::new(ClientPolicy::Open),
+            allowed: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+        });
+        let forwarder = Forwarder::start((Ipv4Addr::LOCALHOST, 0).into(), Vec::new(), clients).await.unwrap();
+        let answer = ask_udp(forwarder.local_addr(), &query(12, "open.test.", RecordType::A)).await;
+        assert_eq!((answer.metadata.id, answer.metadata.response_code), (12, ResponseCode::ServFail));
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_the_listeners() {
+        let s = setup(ClientPolicy::Open).await;
+        let server = s.forwarder.local_addr();
+        s.forwarder.shutdown();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(TcpStream::connect(server).await.is_err(), "tcp listener closed");
+        assert!(ask_udp_within(server, &query(1, "open.test.", RecordType::A), Duration::from_secs(1)).await.is_none());
+        assert_eq!(s.upstream.asked(), 0);
+    }
+
+    #[test]
+    fn domain_patterns_match_exact_names_and_strictly_below_wildcards() {
+        let patterns = vec!["example.com".to_string(), "*.example.org".to_string()];
+        let ok = |n: &str| name_allowed(&patterns, &name(n));
+        assert!(ok("example.com."));
+        assert!(ok("Example.COM"));
+        assert!(!ok("www.example.com."));
+        assert!(!ok("example.org."));
+        assert!(ok("a.example.org."));
+        assert!(ok("a.b.example.org."));
+        assert!(!ok("badexample.org."));
+        assert!(!ok("example.org.evil."));
+        assert!(!ok("."));
+        // One label "a.example" under "org" is not below example.org.
+        assert!(!ok(r"a\.example.org."));
+        assert!(!name_allowed(&["*.".to_string(), String::new()], &name("example.com.")));
+    }
+
+    #[test]
+    fn upstreams_from_resolv_conf_reads_nameservers_and_skips_comments_options_and_junk() {
+        let text = "\
+# Generated by NetworkManager
+; another comment style
+search example.internal
+options edns0 trust-ad ndots:2
+nameserver 127.0.0.53
+nameserver 10.0.0.2 # inline comment
+  nameserver   2001:db8::1
+nameserver fe80::1%eth0
+nameserver not-an-address
+#nameserver 9.9.9.9
+nameserver
+nameservers 8.8.8.8
+nameserver 127.0.0.53
+";
+        assert_eq!(
+            upstreams_from_resolv_conf(text),
+            vec![
+                "127.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:53".parse().unwrap(),
+                "[2001:db8::1]:53".parse().unwrap(),
+            ]
+        );
+        assert!(upstreams_from_resolv_conf("").is_empty());
+    }
+}
