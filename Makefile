@@ -49,6 +49,7 @@ bench: setup bench-setup build
 	.venv/bin/python bench/sandbox_start.py
 	.venv/bin/python bench/build.py
 	.venv/bin/python bench/push.py
+	.venv/bin/python bench/preview.py
 
 ## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
 bench-setup:
