@@ -325,6 +325,10 @@ struct Record {
     /// Ids of linked sandboxes (they reach each other; each has the other in `/etc/hosts`).
     #[serde(default)]
     links: Vec<String>,
+    /// Names the sandbox answers to in its own and its linked peers' `/etc/hosts` besides its
+    /// short id (its name in the API).
+    #[serde(default)]
+    host_names: Vec<String>,
 }
 
 /// What was seen when the sandbox last stopped (`exit.json`).
@@ -722,6 +726,7 @@ impl Runtime {
                 disk_ids: (!spec.privileged).then_some(self.cfg.userns),
                 policy: NetPolicy::default(),
                 links: Vec::new(),
+                host_names: Vec::new(),
             };
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
@@ -1288,18 +1293,59 @@ impl Runtime {
     /// The sandbox's `/etc/hosts`: localhost, itself, and each linked sandbox by its short
     /// hostname.
     fn hosts_text(&self, record: &Record) -> String {
+        let names = |r: &Record| {
+            std::iter::once(short_id(&r.spec.id, 12)).chain(r.host_names.iter().cloned()).collect::<Vec<_>>().join(" ")
+        };
         let mut hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
             record.ip,
-            short_id(&record.spec.id, 12)
+            names(record)
         );
-        let ips = self.ips_lock();
         for peer in &record.links {
-            if let Some(ip) = ips.get(peer) {
-                hosts.push_str(&format!("{ip}\t{}\n", short_id(peer, 12)));
+            // The peer's record for its names; its short id when it cannot be read.
+            match self.read_record(peer) {
+                Ok(p) => hosts.push_str(&format!("{}\t{}\n", p.ip, names(&p))),
+                Err(_) => {
+                    if let Some(ip) = self.ips_lock().get(peer) {
+                        hosts.push_str(&format!("{ip}\t{}\n", short_id(peer, 12)));
+                    }
+                }
             }
         }
         hosts
+    }
+
+    /// Sets the names a sandbox answers to in `/etc/hosts` (its own and its linked peers'),
+    /// rewritten in place when it runs. Names that are not host names (letters, digits, `-`,
+    /// `_`, `.`, at most 63 bytes) are left out.
+    pub async fn set_host_names(&self, id: &str, names: &[String]) -> Result<(), RuntimeError> {
+        let host_names: Vec<String> = names
+            .iter()
+            .filter(|n| {
+                !n.is_empty()
+                    && n.len() <= 63
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+            .cloned()
+            .collect();
+        let peers = {
+            let _g = self.lock(id).await;
+            let mut r = self.read_record(id)?;
+            if r.host_names == host_names {
+                return Ok(());
+            }
+            r.host_names = host_names;
+            self.write_record(&r)?;
+            self.rewrite_hosts(&r)?;
+            r.links.clone()
+        };
+        for peer in peers {
+            let _g = self.lock(&peer).await;
+            if let Ok(p) = self.read_record(&peer) {
+                self.rewrite_hosts(&p)?;
+            }
+        }
+        Ok(())
     }
 
     fn write_record(&self, record: &Record) -> Result<(), RuntimeError> {

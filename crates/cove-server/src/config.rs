@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use cove_image::RegistryConfig;
 pub use cove_image::store::DEFAULT_MAX_UNPACK_RATIO;
 pub use cove_runtime::RuntimeConfig;
+pub use cove_runtime::netpolicy::Ipv4Net;
 pub use cove_runtime::userns::IdRange;
 
 /// Two weeks: unused snapshots go inactive after this long.
@@ -52,6 +53,9 @@ pub struct ServerConfig {
     pub aws: crate::service::ecr::AwsEndpoints,
     /// Every organization's quota unless an admin set its own (`--org-quota-*`).
     pub org_quota: crate::service::quotas::Limits,
+    /// `--preview-domain`: `host[:port]` under which `{port}-{sandboxId}` preview host names
+    /// are served (`None`: `localhost:{listen port}`, which resolves with no DNS set-up).
+    pub preview_domain: Option<String>,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 pub mod dns;
 pub mod keyfile;
+pub mod preview;
 pub mod registry;
 pub mod s3;
 pub mod service;
@@ -75,6 +76,12 @@ pub enum StartError {
     /// The data dir's permissions or its recorded id range could not be set or checked.
     #[error("secure the data dir")]
     Secure(#[source] datadir::DataDirError),
+    /// The sandboxes' DNS forwarder could not start.
+    #[error("start the sandboxes' DNS forwarder")]
+    Dns(#[source] dns::DnsError),
+    /// The preview service (its key) could not be set up.
+    #[error("set up preview links")]
+    Preview(#[source] preview::PreviewError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -93,6 +100,8 @@ pub struct Prepared {
     pub state: AppState,
     /// A freshly generated bootstrap key, to print once.
     pub generated_key: Option<String>,
+    /// The sandboxes' DNS forwarder; serves until dropped.
+    pub dns: dns::Forwarder,
 }
 
 /// Opens the stores, bootstraps the admin key and resumes unfinished jobs.
@@ -117,6 +126,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     .map_err(StartError::ObjectStorage)?;
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
     let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
+    let dns = service::network::start_dns(runtime.clone()).await.map_err(StartError::Dns)?;
     let builds = service::builds::BuildService::open(
         &cfg.data_dir,
         images.clone(),
@@ -134,6 +144,17 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     // Pre-format disks of the default size so the first sandboxes skip mkfs.
     runtime.warm_disk_pool(u64::try_from(service::snapshots::DEFAULT_DISK_GIB).unwrap_or(3) * 1024);
     let toolbox_url = format!("{}/toolbox", cfg.public_url.trim_end_matches('/'));
+    let preview = preview::PreviewService::open(
+        store.clone(),
+        runtime.clone(),
+        keys.clone(),
+        &cfg.data_dir,
+        preview::PreviewConfig {
+            domain: cfg.preview_domain.clone().unwrap_or_else(|| format!("localhost:{}", cfg.listen.port())),
+            scheme: if cfg.public_url.starts_with("https://") { "https".into() } else { "http".into() },
+        },
+    )
+    .map_err(StartError::Preview)?;
     let sandboxes = service::sandboxes::SandboxService::new(
         store.clone(),
         runtime,
@@ -161,9 +182,11 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             docker_registries,
             object_storage,
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
+            preview,
             started_at: chrono::Utc::now(),
         },
         generated_key,
+        dns,
     })
 }
 
@@ -180,7 +203,9 @@ pub async fn serve(
         state.object_storage.bind().await.map_err(|source| StartError::Listen { addr: cfg.s3_listen, source })?;
     let s3 = tokio::spawn(state.object_storage.clone().serve(s3_listener));
     tracing::info!(addr = %cfg.listen, data_dir = %cfg.data_dir.display(), regions = ?cfg.regions, "cove server listening");
-    let served = axum::serve(listener, api::app(state))
+    // The peer address feeds the preview proxy's X-Forwarded-For.
+    let app = api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| StartError::Listen { addr: cfg.listen, source });

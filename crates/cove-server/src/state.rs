@@ -26,6 +26,8 @@ pub struct AppState {
     pub object_storage: crate::s3::ObjectStorage,
     /// How clients reach this server (no trailing slash).
     pub public_url: String,
+    /// Preview links and the preview proxy.
+    pub preview: crate::preview::PreviewService,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

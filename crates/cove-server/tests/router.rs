@@ -35,6 +35,9 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             name_prefix: "cvrt".into(),
             seccomp_profile: None,
             userns: "100000:65536".parse().unwrap(),
+            ca_bundle: None,
+            egress: true,
+            allow_private: vec![],
         },
         default_snapshot: None,
         // Not the host of the images below: those must be remote (unreachable) registries,
@@ -47,6 +50,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         allow_privileged: false,
         aws: Default::default(),
         org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
+        preview_domain: None,
     };
     let p = prepare(&cfg).await.unwrap();
     (dir, api::app(p.state))

@@ -133,9 +133,11 @@ impl FromStr for SandboxState {
     }
 }
 
-/// `POST /sandbox` body. Unknown keys are ignored (newer SDKs send more).
+/// `POST /sandbox` body: every key the official SDKs send. Unknown keys are refused (400
+/// naming the key), and known ones Cove does not honour are refused by the service when set:
+/// a caller must never believe a setting applies that does not.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSandbox {
     /// Name (defaults to the id).
     pub name: Option<String>,
@@ -165,12 +167,52 @@ pub struct CreateSandbox {
     pub auto_archive_interval: Option<i64>,
     /// Minutes after stop before deleting (0 = delete on stop, -1 = never).
     pub auto_delete_interval: Option<i64>,
-    /// Block all network traffic.
+    /// Block all outbound network traffic.
     pub network_block_all: Option<bool>,
+    /// Outbound allow-list: comma-separated IPv4 CIDRs.
+    pub network_allow_list: Option<String>,
+    /// Outbound allow-list: comma-separated domains (`example.com`, `*.example.org`).
+    pub domain_allow_list: Option<String>,
+    /// Id or name of a sandbox of the same organization that this one may reach (and that may
+    /// reach it), by name and address.
+    pub linked_sandbox: Option<String>,
+    /// Daytona's outbound HTTP proxy: not supported, refused when set.
+    pub outbound_proxy_url: Option<String>,
+    /// OpenTelemetry collector override: not supported, refused when set.
+    pub otel_endpoint_override: Option<String>,
+    /// `/dev/kvm` inside the sandbox: not supported, refused when `true`.
+    pub kvm: Option<bool>,
+    /// GPU models: not supported, refused when non-empty.
+    pub gpu_type: Option<Vec<String>>,
+    /// Pre-emptible GPU sandbox: not supported, refused when `true`.
+    pub spot: Option<bool>,
+    /// Minutes before pausing: not supported, refused when non-zero.
+    pub auto_pause_interval: Option<i64>,
+    /// Minutes before the sandbox is deleted: not supported, refused when non-zero.
+    pub ttl_minutes: Option<i64>,
+    /// Minutes to wait for a runner: Cove places at once, so any positive value is met.
+    pub queue_timeout: Option<i64>,
+    /// Volume mounts: not supported, refused when non-empty.
+    pub volumes: Option<Vec<serde_json::Value>>,
+    /// Organization secrets as environment: not supported, refused when non-empty.
+    pub secrets: Option<Vec<serde_json::Value>>,
     /// Build from a Dockerfile instead of a snapshot.
     pub build_info: Option<crate::dto::CreateBuildInfo>,
     /// Run privileged (explicit opt-in).
     pub privileged: Option<bool>,
+}
+
+/// `POST /sandbox/{id}/network-settings` body (the SDK's `update_network_settings`). Unknown
+/// keys are refused: a caller must never believe a restriction applies that does not.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateNetworkSettings {
+    /// `true`: nothing leaves the sandbox; `false` alone: back to unrestricted.
+    pub network_block_all: Option<bool>,
+    /// Comma-separated IPv4 CIDRs (replaces the stored list).
+    pub network_allow_list: Option<String>,
+    /// Comma-separated domains (replaces the stored list).
+    pub domain_allow_list: Option<String>,
 }
 
 /// The full sandbox DTO (create, get, start, stop, delete answers).
@@ -195,6 +237,14 @@ pub struct SandboxDto {
     pub public: bool,
     /// Network blocked.
     pub network_block_all: bool,
+    /// Outbound CIDR allow-list (`None`: unrestricted by CIDR).
+    pub network_allow_list: Option<String>,
+    /// Outbound domain allow-list.
+    pub domain_allow_list: Option<String>,
+    /// The sandbox's IPv4 address on the host's sandbox network (Cove's addition).
+    pub ip: Option<String>,
+    /// The sandbox linked at create, when any (Cove's addition).
+    pub linked_sandbox_id: Option<String>,
     /// Always false.
     pub kvm: bool,
     /// Region id.

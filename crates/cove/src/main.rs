@@ -86,6 +86,11 @@ struct ServerArgs {
     /// URL clients use to reach this server (toolboxProxyUrl is derived from it); default http://LISTEN.
     #[arg(long, env = "COVE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// `HOST[:PORT]` under which preview URLs `{port}-{sandboxId}.HOST[:PORT]` are served
+    /// (a wildcard DNS name pointing here); default localhost:LISTEN-PORT, which browsers
+    /// and curl resolve to this machine with no DNS set-up. The scheme is --public-url's.
+    #[arg(long, env = "COVE_PREVIEW_DOMAIN")]
+    preview_domain: Option<String>,
     /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
     #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
     s3_listen: SocketAddr,
@@ -95,6 +100,22 @@ struct ServerArgs {
     /// Name of the host bridge sandboxes are attached to.
     #[arg(long, env = "COVE_BRIDGE", default_value = "cove0")]
     bridge: String,
+    /// Sandboxes and build steps reach the outside world through the host (IPv4 NAT out of
+    /// the default route); `--sandbox-egress=false` keeps them on the bridge (the server's
+    /// DNS forwarder still answers, linked sandboxes still reach each other).
+    #[arg(long, env = "COVE_SANDBOX_EGRESS", default_value_t = true, action = clap::ArgAction::Set)]
+    sandbox_egress: bool,
+    /// Private ranges (RFC 1918, CGNAT) sandboxes may reach after all, comma-separated CIDRs
+    /// (e.g. a company network); by default every such range is blocked, as are the host,
+    /// other sandboxes, loopback and link-local (cloud metadata), whatever this says.
+    #[arg(long, env = "COVE_SANDBOX_ALLOW_PRIVATE", value_delimiter = ',')]
+    sandbox_allow_private: Vec<String>,
+    /// PEM certificates every sandbox and build step trusts besides its image's own (a
+    /// TLS-intercepting proxy's CA): merged with the image's bundle at /etc/cove/ca-certificates.crt,
+    /// with SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
+    /// GIT_SSL_CAINFO pointing at it.
+    #[arg(long, env = "COVE_SANDBOX_CA_BUNDLE")]
+    sandbox_ca_bundle: Option<PathBuf>,
     /// Cgroup under which each sandbox gets its own.
     #[arg(long, env = "COVE_CGROUP_PARENT", default_value = "/cove")]
     cgroup_parent: String,
@@ -230,6 +251,16 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         cgroup_parent: a.cgroup_parent,
         name_prefix: a.net_prefix,
         seccomp_profile: a.seccomp_profile,
+        egress: a.sandbox_egress,
+        allow_private: a
+            .sandbox_allow_private
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                cove_server::config::Ipv4Net::parse(c.trim()).with_context(|| format!("--sandbox-allow-private {c}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        ca_bundle: a.sandbox_ca_bundle,
         userns: match a.userns_range {
             Some(r) => r,
             None => cove_server::config::IdRange::from_subid_files(
@@ -274,6 +305,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             memory: a.org_quota_memory,
             disk: a.org_quota_disk,
         },
+        preview_domain: a.preview_domain.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()),
         aws: cove_server::service::ecr::AwsEndpoints {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
@@ -297,9 +329,13 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     let sandboxes = prepared.state.sandboxes.clone();
+    let dns = prepared.dns;
     let served = cove_server::serve(&cfg, prepared.state, shutdown).await.context("serve the API");
-    // Started sandboxes keep running; the prepared ones nobody asked for go.
+    // Started sandboxes keep running; the prepared ones nobody asked for go. Their network is
+    // fenced off while no server answers their DNS or applies their policies.
     sandboxes.drain_pool().await;
+    sandboxes.shutdown_network().await;
+    dns.shutdown();
     served
 }
 

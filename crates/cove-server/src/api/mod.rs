@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod keys;
 mod object_storage;
+mod preview;
 mod quotas;
 mod registry_push;
 mod sandboxes;
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(object_storage::router())
         .merge(registry_push::router())
         .merge(sandboxes::router())
+        .merge(preview::router())
         .merge(builds::router())
         .merge(system::authed_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -49,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::registry::router())
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
+        // Preview host names and `/preview/…` are proxied before any route is matched.
+        .layer(middleware::from_fn_with_state(state.clone(), preview::dispatch))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

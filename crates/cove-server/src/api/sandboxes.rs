@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::routing::{any, get, post, put};
 use axum::{Extension, Json, Router};
 use cove_types::ErrorKind;
-use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto};
+use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, UpdateNetworkSettings};
 
 use super::error::ApiError;
 use super::extract::{Body, Params};
@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}/start", post(start))
         .route("/sandbox/{id}/stop", post(stop))
         .route("/sandbox/{id}/labels", put(set_labels))
+        .route("/sandbox/{id}/network-settings", post(update_network))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_url))
         .route("/sandbox/{id}/build-logs-url", get(build_logs_url))
         .route("/sandbox/{id}/build-logs", get(build_logs))
@@ -49,6 +50,15 @@ async fn build_logs(
 /// Mounted at the root, next to `/api`: `{toolboxProxyUrl}/{id}/{path}`.
 pub fn toolbox_router() -> Router<AppState> {
     Router::new().route("/toolbox/{id}/{*path}", any(toolbox))
+}
+
+async fn update_network(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateNetworkSettings>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.update_network(&who, &id, req).await?))
 }
 
 async fn create(

@@ -400,9 +400,10 @@ impl Backend for RuncBackend<'_> {
             env: step.env.to_vec(),
             workdir: step.workdir.to_string(),
             user: Some(step.user.to_string()).filter(|u| !u.is_empty()),
-            // No network unless the step asks for one (`RUN --network=default|host`); even
-            // then it is a sandbox-like port on the isolated bridge, never the host's.
-            network: matches!(step.network, Some("default" | "host")),
+            // Like `docker build`: network unless `RUN --network=none` (the planner refuses
+            // `host`); a sandbox-like port on the isolated bridge behind the same NAT, DNS
+            // forwarder and blocks as sandboxes, never the host's network.
+            network: step.network != Some("none"),
             cpu: STEP_CPU,
             memory_mib: STEP_MEMORY_MIB,
             pids: STEP_PIDS,

@@ -3,6 +3,7 @@
 pub mod builds;
 pub mod ecr;
 pub mod keys;
+pub mod network;
 pub mod pool;
 pub mod quotas;
 pub mod registries;

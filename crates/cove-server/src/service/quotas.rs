@@ -438,6 +438,9 @@ mod tests {
                 created_at: 0,
                 updated_at: 0,
                 build: None,
+                network_allow_list: None,
+                domain_allow_list: None,
+                linked_sandbox_id: None,
             }
         }
 

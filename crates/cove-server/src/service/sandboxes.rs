@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cove_runtime::netpolicy::NetPolicy;
 use cove_runtime::{Runtime, RuntimeError, SandboxSpec, SandboxStatus};
-use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, SandboxListItem};
+use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, SandboxListItem, UpdateNetworkSettings};
 use cove_types::{ErrorKind, SandboxState, SnapshotName};
 
 use super::keys::Principal;
@@ -41,8 +42,8 @@ pub enum SandboxError {
         "no snapshot given and this server has no default snapshot; name one, or start the server with --default-snapshot NAME"
     )]
     NoSnapshot,
-    /// A requested protection this server does not enforce yet: refused rather than ignored.
-    #[error("{0} is not supported by this server yet; the request was refused rather than run without it")]
+    /// A requested field this server does not honour: refused rather than ignored (400).
+    #[error("{0} is not supported by this server; the request was refused rather than run without it")]
     Unsupported(&'static str),
     /// The snapshot cannot be used.
     #[error(transparent)]
@@ -134,8 +135,9 @@ impl SandboxError {
     /// The error class.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } => ErrorKind::InvalidArgument,
-            Self::Unsupported(_) => ErrorKind::Unimplemented,
+            Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } | Self::Unsupported(_) => {
+                ErrorKind::InvalidArgument
+            }
             Self::Snapshot(e) => match e.kind() {
                 // A snapshot that does not exist is a bad request for a sandbox (Daytona: 400).
                 ErrorKind::NotFound => ErrorKind::InvalidArgument,
@@ -251,9 +253,7 @@ impl SandboxService {
                 "cannot specify sandbox resources when using a snapshot: the snapshot's resources apply".into(),
             ));
         }
-        if req.network_block_all == Some(true) {
-            return Err(SandboxError::Unsupported("networkBlockAll"));
-        }
+        let net = self.net_setup(who, &req).await?;
         let snapshot_ref = req
             .snapshot
             .clone()
@@ -305,6 +305,7 @@ impl SandboxService {
         let pooled = if privileged { None } else { self.inner.pool.take(&key) };
         let id = pooled.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let name = name.unwrap_or_else(|| id.clone());
+        let net = NetSetup { name: Some(name.clone()), ..net };
         let now = now_millis();
         let mut rec = SandboxRecord {
             id: id.clone(),
@@ -317,7 +318,7 @@ impl SandboxService {
             env: env.clone(),
             labels: req.labels.unwrap_or_default(),
             public: req.public.unwrap_or(false),
-            network_block_all: req.network_block_all.unwrap_or(false),
+            network_block_all: net.policy.block_all,
             privileged,
             region_id: snap.region_id.clone(),
             cpu: snap.cpu,
@@ -334,6 +335,9 @@ impl SandboxService {
             created_at: now,
             updated_at: now,
             build: None,
+            network_allow_list: net.policy.allow_list_string(),
+            domain_allow_list: net.policy.domain_list_string(),
+            linked_sandbox_id: net.link.clone(),
         };
         if let Err(e) = self.inner.store.insert_sandbox(&rec).await {
             if let Some(id) = pooled {
@@ -349,21 +353,24 @@ impl SandboxService {
         let runtime_err = |op, source| SandboxError::Runtime { op, id: id.clone(), source };
         let started = async {
             let cold = match pooled {
-                Some(_) => match self.inner.runtime.start_prepared(&id, &user_env).await {
-                    Ok(()) => false,
-                    Err(e @ cove_runtime::RuntimeError::NotPrepared { .. }) => {
-                        tracing::warn!(sandbox_id = %id, error = %e, "warm sandbox unusable, creating it again");
-                        self.inner.runtime.destroy(&id).await.map_err(|e| runtime_err("create", e))?;
-                        true
-                    }
-                    Err(e) => return Err(runtime_err("start", e)),
+                Some(_) => match self.apply_net(&id, &net).await {
+                    Err(e) => return Err(e),
+                    Ok(()) => match self.inner.runtime.start_prepared(&id, &user_env).await {
+                        Ok(()) => false,
+                        Err(e @ cove_runtime::RuntimeError::NotPrepared { .. }) => {
+                            tracing::warn!(sandbox_id = %id, error = %e, "warm sandbox unusable, creating it again");
+                            self.inner.runtime.destroy(&id).await.map_err(|e| runtime_err("create", e))?;
+                            true
+                        }
+                        Err(e) => return Err(runtime_err("start", e)),
+                    },
                 },
                 None => true,
             };
             if cold {
                 let mut spec = pool::spec_for(&key.template, &id);
                 cove_runtime::oci::merge_env(&mut spec.env, &user_env);
-                self.inner.runtime.create(&spec).await.map_err(|e| runtime_err("create", e))?;
+                self.launch(&spec, &net).await?;
             }
             self.wait_agent(&id).await
         }
@@ -388,9 +395,7 @@ impl SandboxService {
         if req.snapshot.as_deref().is_some_and(|s| !s.trim().is_empty()) {
             return Err(SandboxError::Invalid("cannot specify a snapshot when using a build info entry".into()));
         }
-        if req.network_block_all == Some(true) {
-            return Err(SandboxError::Unsupported("networkBlockAll"));
-        }
+        let net = self.net_setup(who, &req).await?;
         let build = snaps::validate_build(info)?;
         let cpu = resource("cpu", req.cpu, snaps::DEFAULT_CPU, 1, snaps::MAX_CPU)?;
         let mem = resource("memory", req.memory, snaps::DEFAULT_MEMORY_GIB, 1, snaps::MAX_MEMORY_GIB)?;
@@ -418,7 +423,7 @@ impl SandboxService {
             env,
             labels: req.labels.unwrap_or_default(),
             public: req.public.unwrap_or(false),
-            network_block_all: false,
+            network_block_all: net.policy.block_all,
             privileged: req.privileged.unwrap_or(false),
             region_id,
             cpu,
@@ -435,6 +440,9 @@ impl SandboxService {
             created_at: now,
             updated_at: now,
             build: Some(build),
+            network_allow_list: net.policy.allow_list_string(),
+            domain_allow_list: net.policy.domain_list_string(),
+            linked_sandbox_id: net.link.clone(),
         };
         self.inner.store.insert_sandbox(&rec).await.map_err(|e| match e {
             StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
@@ -526,11 +534,12 @@ impl SandboxService {
             privileged: rec.privileged,
         };
         let started = async {
-            self.inner.runtime.create(&spec).await.map_err(|source| SandboxError::Runtime {
-                op: "create",
-                id: id.clone(),
-                source,
-            })?;
+            let net = NetSetup {
+                policy: stored_policy(&rec)?,
+                link: rec.linked_sandbox_id.clone(),
+                name: Some(rec.name.clone()),
+            };
+            self.launch(&spec, &net).await?;
             self.wait_agent(&id).await
         }
         .await;
@@ -878,6 +887,12 @@ impl SandboxService {
         self.inner.pool.ready()
     }
 
+    /// At a clean stop, after the pool is drained: the runtime removes Cove's firewall table
+    /// when no sandbox is left, else locks the bridge down until the next start.
+    pub async fn shutdown_network(&self) {
+        self.inner.runtime.shutdown().await;
+    }
+
     /// Every `interval`, marks started sandboxes whose container died (e.g. OOM) as `error`.
     pub async fn run_monitor(self, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
@@ -903,6 +918,127 @@ impl SandboxService {
         }
     }
 
+    /// The network a create asks for: its policy (validated) and the sandbox it links to
+    /// (same organization, not being destroyed). Fields Cove cannot honour are refused.
+    async fn net_setup(&self, who: &Principal, req: &CreateSandbox) -> Result<NetSetup, SandboxError> {
+        refuse_unhonoured(req)?;
+        let policy = NetPolicy::from_fields(
+            req.network_block_all,
+            req.network_allow_list.as_deref(),
+            req.domain_allow_list.as_deref(),
+        )
+        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        let link = match req.linked_sandbox.as_deref().filter(|l| !l.trim().is_empty()) {
+            None => None,
+            Some(l) => {
+                let peer = self.find(who, l).await.map_err(|e| match e {
+                    SandboxError::NotFound { id_or_name } => {
+                        SandboxError::Invalid(format!("linkedSandbox {id_or_name} not found"))
+                    }
+                    e => e,
+                })?;
+                if !matches!(peer.state, SandboxState::Started | SandboxState::Stopped) {
+                    return Err(SandboxError::Invalid(format!(
+                        "linkedSandbox {} is {}; it must be started or stopped",
+                        peer.name, peer.state
+                    )));
+                }
+                Some(peer.id)
+            }
+        };
+        Ok(NetSetup { policy, link, name: None })
+    }
+
+    /// Puts a sandbox's policy and link in place: before anything in it runs at a create,
+    /// live at an update.
+    async fn apply_net(&self, id: &str, net: &NetSetup) -> Result<(), SandboxError> {
+        let runtime_err = |op, source| SandboxError::Runtime { op, id: id.to_string(), source };
+        if let Some(name) = net.name.as_ref().filter(|n| *n != id) {
+            self.inner
+                .runtime
+                .set_host_names(id, std::slice::from_ref(name))
+                .await
+                .map_err(|e| runtime_err("name", e))?;
+        }
+        if net.policy.is_restricted() {
+            self.inner
+                .runtime
+                .set_network_policy(id, net.policy.clone())
+                .await
+                .map_err(|e| runtime_err("apply the network policy of", e))?;
+        }
+        if let Some(peer) = &net.link {
+            self.inner.runtime.link(id, peer).await.map_err(|e| runtime_err("link", e))?;
+        }
+        Ok(())
+    }
+
+    /// A cold start: prepared (`runc create`), given its name, policy and link, and only then
+    /// started (as cheap as `runc run`: the fifo is read in process), so that nothing in the
+    /// sandbox ever runs without them.
+    async fn launch(&self, spec: &SandboxSpec, net: &NetSetup) -> Result<(), SandboxError> {
+        let runtime_err = |op, source| SandboxError::Runtime { op, id: spec.id.clone(), source };
+        self.inner.runtime.prepare(spec).await.map_err(|e| runtime_err("create", e))?;
+        self.apply_net(&spec.id, net).await?;
+        self.inner.runtime.start_prepared(&spec.id, &[]).await.map_err(|e| runtime_err("start", e))
+    }
+
+    /// `update_network_settings`: replaces the policy of a sandbox, live when it runs.
+    /// `networkBlockAll: true` blocks everything; `false` alone lifts every restriction; a
+    /// list given replaces the stored one, a list not given is kept.
+    pub async fn update_network(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        req: UpdateNetworkSettings,
+    ) -> Result<SandboxDto, SandboxError> {
+        if req.network_block_all.is_none() && req.network_allow_list.is_none() && req.domain_allow_list.is_none() {
+            return Err(SandboxError::Invalid(
+                "at least one of networkBlockAll, networkAllowList or domainAllowList must be set".into(),
+            ));
+        }
+        let mut rec = self.find(who, id_or_name).await?;
+        if rec.state.is_transitional() {
+            return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
+        }
+        if !matches!(rec.state, SandboxState::Started | SandboxState::Stopped) {
+            return Err(SandboxError::WrongState {
+                verb: "update the network of",
+                name: rec.name.clone(),
+                state: rec.state,
+            });
+        }
+        let lists_given = req.network_allow_list.is_some() || req.domain_allow_list.is_some();
+        let policy = match req.network_block_all {
+            Some(true) => {
+                NetPolicy::from_fields(Some(true), req.network_allow_list.as_deref(), req.domain_allow_list.as_deref())
+            }
+            Some(false) if !lists_given => Ok(NetPolicy::default()),
+            _ => NetPolicy::from_fields(
+                Some(false),
+                req.network_allow_list.as_deref().or(rec.network_allow_list.as_deref()),
+                req.domain_allow_list.as_deref().or(rec.domain_allow_list.as_deref()),
+            ),
+        }
+        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        let from = rec.state;
+        rec.network_block_all = policy.block_all;
+        rec.network_allow_list = policy.allow_list_string();
+        rec.domain_allow_list = policy.domain_list_string();
+        rec.updated_at = now_millis();
+        // The runtime first: a stored policy that is not in force would be a lie.
+        self.inner.runtime.set_network_policy(&rec.id, policy.clone()).await.map_err(|source| {
+            SandboxError::Runtime { op: "apply the network policy of", id: rec.id.clone(), source }
+        })?;
+        if !self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("update network settings"))? {
+            let now = self.find(who, id_or_name).await?;
+            return Err(SandboxError::Busy { name: now.name, state: now.state });
+        }
+        tracing::info!(sandbox_id = %rec.id, block_all = policy.block_all, cidrs = policy.allow_cidrs.len(),
+            domains = policy.allow_domains.len(), "network policy updated");
+        Ok(self.dto(&rec))
+    }
+
     fn dto(&self, r: &SandboxRecord) -> SandboxDto {
         SandboxDto {
             id: r.id.clone(),
@@ -914,6 +1050,10 @@ impl SandboxService {
             labels: r.labels.clone(),
             public: r.public,
             network_block_all: r.network_block_all,
+            network_allow_list: r.network_allow_list.clone(),
+            domain_allow_list: r.domain_allow_list.clone(),
+            ip: self.inner.runtime.ip(&r.id).map(|ip| ip.to_string()),
+            linked_sandbox_id: r.linked_sandbox_id.clone(),
             kvm: false,
             target: r.region_id.clone(),
             cpu: r.cpu,
@@ -934,6 +1074,46 @@ impl SandboxService {
             toolbox_proxy_url: self.inner.toolbox_url.clone(),
         }
     }
+}
+
+/// The network a sandbox starts with.
+#[derive(Debug, Clone, Default)]
+struct NetSetup {
+    policy: NetPolicy,
+    /// Id of the linked sandbox.
+    link: Option<String>,
+    /// Its name, for `/etc/hosts` (its own and its peers').
+    name: Option<String>,
+}
+
+/// Fields of a create Cove does not honour, refused when set to anything but their neutral
+/// value (the SDKs send `volumes: []` by default).
+fn refuse_unhonoured(req: &CreateSandbox) -> Result<(), SandboxError> {
+    let set = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let unhonoured = [
+        ("outboundProxyUrl", set(&req.outbound_proxy_url)),
+        ("otelEndpointOverride", set(&req.otel_endpoint_override)),
+        ("kvm", req.kvm == Some(true)),
+        ("gpuType", req.gpu_type.as_ref().is_some_and(|v| !v.is_empty())),
+        ("spot", req.spot == Some(true)),
+        ("autoPauseInterval", req.auto_pause_interval.is_some_and(|v| v != 0)),
+        ("ttlMinutes", req.ttl_minutes.is_some_and(|v| v != 0)),
+        ("volumes", req.volumes.as_ref().is_some_and(|v| !v.is_empty())),
+        ("secrets", req.secrets.as_ref().is_some_and(|v| !v.is_empty())),
+    ];
+    if let Some((field, _)) = unhonoured.iter().find(|(_, set)| *set) {
+        return Err(SandboxError::Unsupported(field));
+    }
+    if req.queue_timeout.is_some_and(|v| v < 1) {
+        return Err(SandboxError::Invalid("queueTimeout must be a positive number of minutes".into()));
+    }
+    Ok(())
+}
+
+/// The policy a sandbox row records.
+fn stored_policy(r: &SandboxRecord) -> Result<NetPolicy, SandboxError> {
+    NetPolicy::from_fields(Some(r.network_block_all), r.network_allow_list.as_deref(), r.domain_allow_list.as_deref())
+        .map_err(|e| SandboxError::Invalid(format!("stored network policy of sandbox {}: {e}", r.id)))
 }
 
 /// A requested sandbox name, checked (`None`: the id will be the name).

@@ -217,6 +217,12 @@ pub struct SandboxRecord {
     pub updated_at: Millis,
     /// The Dockerfile build it comes from, when created from an `Image` rather than a snapshot.
     pub build: Option<BuildSpec>,
+    /// Outbound CIDR allow-list, canonical `a.b.c.d/n,…` (`None`: no CIDR restriction).
+    pub network_allow_list: Option<String>,
+    /// Outbound domain allow-list, canonical `example.com,*.example.org` (`None`: none).
+    pub domain_allow_list: Option<String>,
+    /// The sandbox linked to this one at create (each reaches the other).
+    pub linked_sandbox_id: Option<String>,
 }
 
 /// A private registry of an organization (`/api/docker-registry`).
@@ -461,4 +467,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn set_org_quota(&self, q: &QuotaRecord) -> Result<(), StoreError>;
     /// What an organization's sandboxes hold, over every row not `destroyed`.
     async fn sandbox_usage(&self, org_id: &str) -> Result<SandboxUsage, StoreError>;
+
+    /// A sandbox by id in any organization (for the preview proxy, which learns the
+    /// organization from the sandbox it is asked for).
+    async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    /// Stores a signed preview token (its hash), dropping every token expired before `now`.
+    async fn insert_preview_token(&self, t: &PreviewTokenRecord, now: Millis) -> Result<(), StoreError>;
+    /// A signed preview token by its hash, unless it expired at or before `now`.
+    async fn get_preview_token(&self, hash: &str, now: Millis) -> Result<Option<PreviewTokenRecord>, StoreError>;
+    /// Removes a sandbox's signed preview token for `port`; false when there was none.
+    async fn delete_preview_token(&self, sandbox_id: &str, port: u16, hash: &str) -> Result<bool, StoreError>;
+}
+
+/// A signed preview URL's token (migration 0009): only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewTokenRecord {
+    /// sha256 hex of the token.
+    pub token_hash: String,
+    /// The sandbox it opens (the row goes with it).
+    pub sandbox_id: String,
+    /// The port it opens.
+    pub port: u16,
+    /// When it stops working.
+    pub expires_at: Millis,
 }

@@ -26,8 +26,9 @@ const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reaso
 const SNAPSHOT_COLUMN_COUNT: usize = 20;
 const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
      network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
-     auto_archive, auto_delete, daemon_version, created_at, updated_at, build_dockerfile, build_context_hashes";
-const SANDBOX_COLUMN_COUNT: usize = 28;
+     auto_archive, auto_delete, daemon_version, created_at, updated_at, build_dockerfile, build_context_hashes, \
+     network_allow_list, domain_allow_list, linked_sandbox_id";
+const SANDBOX_COLUMN_COUNT: usize = 31;
 
 impl SqliteStore {
     /// Opens (creating) the database file and applies pending migrations.
@@ -197,6 +198,9 @@ fn sandbox_from_row(r: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         created_at: r.try_get("created_at").map_err(get)?,
         updated_at: r.try_get("updated_at").map_err(get)?,
         build: build_from_row(r)?,
+        network_allow_list: r.try_get("network_allow_list").map_err(get)?,
+        domain_allow_list: r.try_get("domain_allow_list").map_err(get)?,
+        linked_sandbox_id: r.try_get("linked_sandbox_id").map_err(get)?,
     })
 }
 
@@ -248,6 +252,9 @@ fn bind_sandbox<'q>(q: SqliteQuery<'q>, s: &'q SandboxRecord) -> SqliteQuery<'q>
         .bind(s.updated_at)
         .bind(s.build.as_ref().map(|b| b.dockerfile.clone()))
         .bind(build_json(&s.build))
+        .bind(&s.network_allow_list)
+        .bind(&s.domain_allow_list)
+        .bind(&s.linked_sandbox_id)
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -737,6 +744,65 @@ impl Store for SqliteStore {
             memory: r.try_get("mem").map_err(get)?,
             disk: r.try_get("disk").map_err(get)?,
         })
+    }
+
+    async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(q("get sandbox by id"))?;
+        row.as_ref().map(sandbox_from_row).transpose()
+    }
+
+    async fn insert_preview_token(&self, t: &super::PreviewTokenRecord, now: Millis) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM preview_tokens WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(q("drop expired preview tokens"))?;
+        sqlx::query("INSERT INTO preview_tokens (token_hash, sandbox_id, port, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&t.token_hash)
+            .bind(&t.sandbox_id)
+            .bind(i64::from(t.port))
+            .bind(t.expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(q("insert preview token"))?;
+        Ok(())
+    }
+
+    async fn get_preview_token(
+        &self,
+        hash: &str,
+        now: Millis,
+    ) -> Result<Option<super::PreviewTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, sandbox_id, port, expires_at FROM preview_tokens WHERE token_hash = ? AND expires_at > ?",
+        )
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("get preview token"))?;
+        let Some(r) = row else { return Ok(None) };
+        let get = |e: sqlx::Error| StoreError::Decode { what: "preview token", why: e.to_string() };
+        let port: i64 = r.try_get("port").map_err(get)?;
+        Ok(Some(super::PreviewTokenRecord {
+            token_hash: r.try_get("token_hash").map_err(get)?,
+            sandbox_id: r.try_get("sandbox_id").map_err(get)?,
+            port: u16::try_from(port)
+                .map_err(|e| StoreError::Decode { what: "preview token port", why: e.to_string() })?,
+            expires_at: r.try_get("expires_at").map_err(get)?,
+        }))
+    }
+
+    async fn delete_preview_token(&self, sandbox_id: &str, port: u16, hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM preview_tokens WHERE token_hash = ? AND sandbox_id = ? AND port = ?")
+            .bind(hash)
+            .bind(sandbox_id)
+            .bind(i64::from(port))
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete preview token"))?;
+        Ok(r.rows_affected() == 1)
     }
 }
 

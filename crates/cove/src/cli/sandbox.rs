@@ -15,6 +15,11 @@ pub enum SandboxCommand {
     Create(CreateArgs),
     /// List sandboxes.
     List,
+    /// Show one sandbox: state, resources, its IP and network policy.
+    Get {
+        /// Sandbox id or name.
+        id: String,
+    },
     /// Run a command in a sandbox: `cove sandbox exec ID -- CMD ARGS…`; exits with its code.
     Exec {
         /// Sandbox id or name.
@@ -48,6 +53,18 @@ pub struct CreateArgs {
     /// `KEY=VALUE` label (repeatable).
     #[arg(long = "label", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
+    /// Block all outbound network traffic.
+    #[arg(long)]
+    pub network_block_all: bool,
+    /// Allow outbound traffic only to these comma-separated IPv4 CIDRs.
+    #[arg(long)]
+    pub network_allow_list: Option<String>,
+    /// Allow outbound traffic only to these comma-separated domains (`*.example.org` too).
+    #[arg(long)]
+    pub domain_allow_list: Option<String>,
+    /// A sandbox (id or name) that this one may reach, and that may reach it, by name.
+    #[arg(long)]
+    pub linked_sandbox: Option<String>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -62,9 +79,20 @@ pub async fn run(c: Client, cmd: SandboxCommand, g: &Global) -> anyhow::Result<(
         SandboxCommand::Create(a) => {
             let env: serde_json::Map<String, Value> = a.env.into_iter().map(|(k, v)| (k, json!(v))).collect();
             let labels: serde_json::Map<String, Value> = a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let s: Value = c
-                .post_json("/sandbox", &json!({ "snapshot": a.snapshot, "name": a.name, "env": env, "labels": labels }))
-                .await?;
+            let mut body = json!({ "snapshot": a.snapshot, "name": a.name, "env": env, "labels": labels });
+            if a.network_block_all {
+                body["networkBlockAll"] = json!(true);
+            }
+            for (key, v) in [
+                ("networkAllowList", a.network_allow_list),
+                ("domainAllowList", a.domain_allow_list),
+                ("linkedSandbox", a.linked_sandbox),
+            ] {
+                if let Some(v) = v {
+                    body[key] = json!(v);
+                }
+            }
+            let s: Value = c.post_json("/sandbox", &body).await?;
             match g.format {
                 Format::Json => output::json(&s),
                 Format::Table => print(std::slice::from_ref(&s)),
@@ -77,6 +105,14 @@ pub async fn run(c: Client, cmd: SandboxCommand, g: &Global) -> anyhow::Result<(
             match g.format {
                 Format::Json => output::json(&items),
                 Format::Table => print(&items),
+            }
+            Ok(())
+        }
+        SandboxCommand::Get { id } => {
+            let s: Value = c.get_json(&format!("/sandbox/{}", seg(&id))).await?;
+            match g.format {
+                Format::Json => output::json(&s),
+                Format::Table => print!("{}", detail(&s)),
             }
             Ok(())
         }
@@ -124,6 +160,46 @@ fn print(items: &[Value]) {
     output::table(&["ID", "NAME", "STATE", "SNAPSHOT", "CPU/MEM/DISK", "REGION"], &rows);
 }
 
+/// `cove sandbox get`: one `Key: value` line per property, the network last.
+fn detail(s: &Value) -> String {
+    let or = |key: &str, none: &str| {
+        let v = output::field(s, key);
+        if v.is_empty() { none.to_string() } else { v }
+    };
+    let egress = if s["networkBlockAll"].as_bool() == Some(true) {
+        "blocked (networkBlockAll)".to_string()
+    } else {
+        let lists: Vec<String> = [("CIDRs", "networkAllowList"), ("domains", "domainAllowList")]
+            .iter()
+            .filter(|(_, k)| s[*k].as_str().is_some_and(|v| !v.is_empty()))
+            .map(|(what, k)| format!("{what} {}", output::field(s, k)))
+            .collect();
+        if lists.is_empty() { "unrestricted".to_string() } else { format!("only {}", lists.join(" and ")) }
+    };
+    let rows = [
+        ("ID", output::field(s, "id")),
+        ("Name", output::field(s, "name")),
+        ("State", output::field(s, "state")),
+        ("Error", or("errorReason", "-")),
+        ("Snapshot", or("snapshot", "-")),
+        ("Region", output::field(s, "target")),
+        (
+            "CPU/Memory/Disk",
+            format!(
+                "{} / {} GiB / {} GiB",
+                output::field(s, "cpu"),
+                output::field(s, "memory"),
+                output::field(s, "disk")
+            ),
+        ),
+        ("Public", output::field(s, "public")),
+        ("IP", or("ip", "-")),
+        ("Egress", egress),
+        ("Linked sandbox", or("linkedSandboxId", "-")),
+    ];
+    rows.iter().map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:"))).collect()
+}
+
 /// Joins argv into one shell command line, quoting what needs it.
 fn shell_join(args: &[String]) -> String {
     if args.len() == 1 {
@@ -144,6 +220,19 @@ fn shell_join(args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_shows_the_ip_and_the_policy_in_words() {
+        let s = json!({"id": "i", "name": "n", "state": "started", "cpu": 1, "memory": 1, "disk": 3, "target": "us",
+                       "public": false, "ip": "10.213.0.5", "networkBlockAll": false,
+                       "networkAllowList": "10.0.0.0/8", "domainAllowList": "pypi.org"});
+        let d = detail(&s);
+        assert!(d.contains("IP:             10.213.0.5"), "{d}");
+        assert!(d.contains("Egress:         only CIDRs 10.0.0.0/8 and domains pypi.org"), "{d}");
+        let blocked = detail(&json!({"networkBlockAll": true}));
+        assert!(blocked.contains("Egress:         blocked (networkBlockAll)"), "{blocked}");
+        assert!(detail(&json!({})).contains("Egress:         unrestricted"));
+    }
 
     #[test]
     fn argv_is_quoted_for_the_shell_and_a_single_argument_is_a_command_line() {

@@ -1,0 +1,303 @@
+"""Sandbox networking for real (issue 10): egress through NAT and the server's DNS forwarder,
+the CA bundle a TLS-intercepting proxy needs, builds that install packages, per-sandbox
+policies through both official SDKs, and linked sandboxes.
+
+The only outside address contacted is the package index the host's pip is configured with
+(PyPI, through this machine's proxy); everything else is on this machine."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from daytona import (
+    CreateSandboxFromImageParams,
+    CreateSandboxFromSnapshotParams,
+    CreateSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    Image,
+)
+
+from harness import API_KEY, COVE_BIN
+
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+TS_DIR = Path(__file__).parent / "ts"
+
+# Runs inside a sandbox: one TCP connect with a bound, prints `open` or `closed <why>`.
+PROBE = """import socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    socket.create_connection((host, port), timeout=timeout).close()
+    print("open")
+except Exception as e:
+    print("closed", type(e).__name__, e)
+"""
+
+RESOLVE = """import socket, sys
+try:
+    print(sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 443, socket.AF_INET)}))
+except Exception as e:
+    print("error", type(e).__name__, e)
+"""
+
+
+def index_address():
+    """The package index's address as the host resolves it (the one outside peer tests use)."""
+    return socket.gethostbyname("pypi.org")
+
+
+@pytest.fixture
+def net(cove, registry_with_python, debian_image):
+    """A server that hands the host's CA bundle to sandboxes, with a snapshot of the python
+    fixture image (`py`) and of the real Debian image (`deb`)."""
+    server = cove(extra=["--sandbox-ca-bundle", HOST_CA])
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="deb", image=debian_image["image"]))
+    return server, daytona
+
+
+def probe(sandbox, host, port, timeout=3):
+    sandbox.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
+    started = time.monotonic()
+    out = sandbox.process.exec(f"python3 /tmp/probe.py {host} {port} {timeout}", timeout=30).result.strip()
+    assert time.monotonic() - started < timeout + 10, "a blocked connection ends within its bound"
+    return out
+
+
+def resolve(sandbox, name):
+    sandbox.fs.upload_file(RESOLVE.encode(), "/tmp/resolve.py")
+    return sandbox.process.exec(f"python3 /tmp/resolve.py {name}", timeout=30).result.strip()
+
+
+def pip_install(sandbox, pkg="six"):
+    return sandbox.process.exec(
+        f"python -m pip install --no-cache-dir --disable-pip-version-check --quiet {pkg} 2>&1 && "
+        f"python -c 'import {pkg}; print(\"imported\", {pkg}.__name__)'",
+        timeout=180,
+    )
+
+
+def test_a_debian_sandbox_installs_a_package_with_pip_through_nat_dns_and_the_ca_bundle(net, tmp_path):
+    server, daytona = net
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="deb", name="egress"))
+    gw = server.net["cidr"].rsplit(".", 1)[0] + ".1"
+    assert sandbox.process.exec("cat /etc/resolv.conf").result.split("\n")[0:3].count(f"nameserver {gw}") == 1
+    hosts = sandbox.process.exec("cat /etc/hosts").result
+    assert "egress" in hosts, hosts
+    env = sandbox.process.exec("echo $SSL_CERT_FILE $PIP_CERT").result.split()
+    assert env == ["/etc/cove/ca-certificates.crt"] * 2, env
+    bundle = sandbox.process.exec("grep -c 'BEGIN CERTIFICATE' /etc/cove/ca-certificates.crt").result.strip()
+    assert int(bundle) >= Path(HOST_CA).read_text().count("BEGIN CERTIFICATE"), "the host's CAs are all there"
+    assert resolve(sandbox, "pypi.org") == str([index_address()]), "DNS through the server's forwarder"
+    r = pip_install(sandbox)
+    assert r.exit_code == 0 and "imported six" in r.result, r.result
+    info = server.api("GET", f"/sandbox/{sandbox.id}")[1]
+    assert info["ip"].startswith(server.net["cidr"].rsplit(".", 1)[0] + "."), info
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVE_", "DAYTONA_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    login = subprocess.run([str(COVE_BIN), "login", "--api-url", server.url, "--api-key", API_KEY], env=env,
+                           capture_output=True, text=True)
+    assert login.returncode == 0, login.stderr
+    out = subprocess.run([str(COVE_BIN), "sandbox", "get", "egress"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"IP:             {info['ip']}" in out.stdout and "Egress:         unrestricted" in out.stdout, out.stdout
+    sandbox.delete()
+
+
+def test_an_image_with_pip_install_builds_with_egress_and_network_none_fails_with_a_message(net, debian_image):
+    server, daytona = net
+    image = (
+        Image.base(debian_image["image"])
+        .env({"GREETING": "from-the-image"})
+        .pip_install(["six"])
+        .run_commands("python -c 'import six' && echo built > /built")
+    )
+    sandbox = daytona.create(CreateSandboxFromImageParams(image=image), timeout=600)
+    r = sandbox.process.exec("python -c 'import six; print(six.__name__)'; cat /built; echo $GREETING")
+    assert r.result.split() == ["six", "built", "from-the-image"], r.result
+    sandbox.delete()
+
+    offline = Image.base(debian_image["image"]).dockerfile_commands(
+        ["RUN --network=none python -m pip install --no-cache-dir --disable-pip-version-check six"]
+    )
+    with pytest.raises(Exception) as e:
+        daytona.snapshot.create(CreateSnapshotParams(name="offline", image=offline), on_logs=lambda _: None)
+    logs = server.api("GET", "/snapshots/offline")[1]
+    assert logs["state"] == "build_failed", logs
+    assert "exit" in (logs.get("errorReason") or "").lower() or "fail" in str(e.value).lower(), (logs, e.value)
+
+    host = Image.base(debian_image["image"]).dockerfile_commands(["RUN --network=host true"])
+    with pytest.raises(Exception) as e:
+        daytona.snapshot.create(CreateSnapshotParams(name="hostnet", image=host), on_logs=lambda _: None)
+    reason = server.api("GET", "/snapshots/hostnet")[1].get("errorReason") or str(e.value)
+    assert "--network=host is not supported" in reason, reason
+
+
+def test_apt_get_installs_a_package_in_a_build_step(net, debian_image):
+    server, daytona = net
+    image = Image.base(debian_image["image"]).run_commands(
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends jq >/dev/null && jq --version"
+    )
+    sandbox = daytona.create(CreateSandboxFromImageParams(image=image), timeout=600)
+    assert sandbox.process.exec("echo '{\"a\": 7}' | jq .a").result.strip() == "7"
+    sandbox.delete()
+
+
+class HostListener:
+    """A TCP listener on the host's 0.0.0.0 that counts connections."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            c.close()
+
+
+def host_addresses():
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return [l.split()[3].split("/")[0] for l in out.splitlines() if " lo " not in l and "127." not in l.split()[3]]
+
+
+def test_the_host_other_sandboxes_metadata_and_private_networks_are_unreachable(net):
+    server, daytona = net
+    listener = HostListener()
+    metadata_added = subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]).returncode == 0
+    try:
+        a = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
+        b = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
+        b.process.exec("nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+        b_ip = server.api("GET", f"/sandbox/{b.id}")[1]["ip"]
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection((b_ip, 8000), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the host cannot reach sandbox b's server: the test proves nothing")
+        for addr in host_addresses() + (["169.254.169.254"] if metadata_added else []):
+            socket.create_connection((addr, listener.port), timeout=2).close()  # the host itself can
+            assert probe(a, addr, listener.port).startswith("closed"), f"host address {addr} reachable"
+        assert listener.accepted == len(host_addresses()) + int(metadata_added), "only the host's own connects arrived"
+        assert probe(a, b_ip, 8000).startswith("closed"), "another sandbox reachable"
+        # A private network the host reaches (its own resolver, an RFC 1918 address here).
+        upstream = next(
+            (l.split()[1] for l in Path("/etc/resolv.conf").read_text().splitlines() if l.startswith("nameserver")),
+            None,
+        )
+        if upstream and not upstream.startswith("127.") and ":" not in upstream:
+            socket.create_connection((upstream, 53), timeout=3).close()
+            assert probe(a, upstream, 53).startswith("closed"), f"private {upstream} reachable"
+        a.delete()
+        b.delete()
+    finally:
+        listener.sock.close()
+        if metadata_added:
+            subprocess.run(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"])
+
+
+def test_block_all_allow_lists_and_live_updates_through_the_python_sdk(net):
+    server, daytona = net
+    index = index_address()
+    blocked = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", network_block_all=True))
+    assert blocked.network_block_all is True
+    assert probe(blocked, index, 443).startswith("closed")
+    assert "error" in resolve(blocked, "pypi.org"), "no DNS either"
+
+    only_index = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", network_allow_list=f"{index}/32"))
+    assert only_index.network_allow_list == f"{index}/32"
+    assert probe(only_index, index, 443) == "open"
+    assert probe(only_index, index, 80).startswith(("open", "closed"))  # any port of an allowed address
+    assert probe(only_index, "192.0.2.77", 443, timeout=2).startswith("closed"), "outside the list"
+
+    open_one = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
+    assert probe(open_one, index, 443) == "open"
+    open_one.update_network_settings(network_block_all=True)
+    assert open_one.network_block_all is True
+    assert probe(open_one, index, 443).startswith("closed"), "applied live, no restart"
+    open_one.update_network_settings(network_block_all=False)
+    assert probe(open_one, index, 443) == "open"
+    open_one.update_network_settings(network_allow_list="192.0.2.0/24")
+    assert probe(open_one, index, 443).startswith("closed")
+    assert server.api("GET", f"/sandbox/{open_one.id}")[1]["networkAllowList"] == "192.0.2.0/24"
+
+    status, body = server.api("POST", f"/sandbox/{open_one.id}/network-settings", {"networkAllowList": "10.0.0.0/33"})
+    assert status == 400 and "10.0.0.0/33" in json.dumps(body), body
+    status, body = server.api("POST", f"/sandbox/{open_one.id}/network-settings", {"networkBlockAl": True})
+    assert status == 400 and "networkBlockAl" in json.dumps(body), "an unknown field is refused, never ignored"
+    status, body = server.api("POST", "/sandbox", {"snapshot": "py", "outboundProxyUrl": "http://proxy:3128"})
+    assert status == 400 and "outboundProxyUrl" in json.dumps(body), body
+    for s in (blocked, only_index, open_one):
+        s.delete()
+
+
+def test_a_domain_allow_list_resolves_only_its_names_and_opens_only_their_addresses(net):
+    server, daytona = net
+    index = index_address()
+    s = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", domain_allow_list="pypi.org"))
+    assert s.domain_allow_list == "pypi.org"
+    assert probe(s, index, 443, timeout=2).startswith("closed"), "not before the name was resolved"
+    assert "error" in resolve(s, "example.com"), "names outside the list do not resolve"
+    assert resolve(s, "pypi.org") == str([index])
+    assert probe(s, index, 443) == "open", "the resolved address is open for its TTL"
+    s.delete()
+
+
+def test_linked_sandboxes_reach_each_other_by_name_and_no_one_else_reaches_them(net):
+    server, daytona = net
+    db = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", name="db"))
+    db.process.exec("nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+    app = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", name="app", linked_sandbox="db"))
+    app.process.exec("nohup python3 -m http.server 8001 >/dev/null 2>&1 &")
+    other = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", name="other"))
+    db_ip = server.api("GET", f"/sandbox/{db.id}")[1]["ip"]
+    app_ip = server.api("GET", f"/sandbox/{app.id}")[1]["ip"]
+    assert server.api("GET", f"/sandbox/{app.id}")[1]["linkedSandboxId"] == db.id
+    time.sleep(1)
+    assert probe(app, "db", 8000) == "open", "by name"
+    assert probe(app, db_ip, 8000) == "open", "by address"
+    assert probe(db, "app", 8001) == "open", "both ways"
+    assert probe(other, db_ip, 8000).startswith("closed")
+    assert probe(other, app_ip, 8001).startswith("closed")
+    status, body = server.api("POST", "/sandbox", {"snapshot": "py", "linkedSandbox": "nope"})
+    assert status == 400 and "nope" in json.dumps(body), body
+    for s in (app, other, db):
+        s.delete()
+
+
+def test_the_typescript_sdk_blocks_allows_and_updates_the_network(net):
+    server, daytona = net
+    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
+        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
+    env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY, INDEX_ADDR=index_address())
+    out = subprocess.run(
+        [shutil.which("node") or "node", "network_policy.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["blockedFlag"] is True and r["blocked"].startswith("closed"), r
+    assert r["allowList"] == f"{index_address()}/32" and r["allowed"] == "open", r
+    assert r["afterUpdate"].startswith("closed") and r["restored"] == "open", r
