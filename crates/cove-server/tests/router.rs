@@ -12,7 +12,19 @@ use tower::ServiceExt;
 
 const KEY: &str = "router-test-key";
 
-async fn app() -> (tempfile::TempDir, axum::Router) {
+/// The tests share one bridge, whose address the server's DNS forwarder binds: one server at
+/// a time.
+static ONE_SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a test holds while it uses its server: the data dir, the forwarder, the turn.
+struct Held {
+    _dir: tempfile::TempDir,
+    _dns: cove_server::dns::Forwarder,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn app() -> (Held, axum::Router) {
+    let turn = ONE_SERVER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -36,7 +48,8 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             seccomp_profile: None,
             userns: "100000:65536".parse().unwrap(),
             ca_bundle: None,
-            egress: true,
+            // No NAT: these tests must not turn on forwarding on the host's uplink.
+            egress: false,
             allow_private: vec![],
         },
         default_snapshot: None,
@@ -53,7 +66,7 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         preview_domain: None,
     };
     let p = prepare(&cfg).await.unwrap();
-    (dir, api::app(p.state))
+    (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))
 }
 
 async fn call(
@@ -148,11 +161,31 @@ async fn unknown_routes_are_a_json_404_and_health_needs_no_key() {
 }
 
 #[tokio::test]
-async fn a_network_block_the_server_cannot_enforce_is_refused_not_ignored() {
+async fn create_fields_the_server_does_not_honour_and_unknown_keys_are_refused_by_name() {
     let (_d, app) = app().await;
-    let (st, body) = call(&app, "POST", "/api/sandbox", Some(json!({"networkBlockAll": true})), Some(KEY)).await;
-    assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("networkBlockAll"));
+    for (field, value) in [
+        ("outboundProxyUrl", json!("http://proxy:3128")),
+        ("volumes", json!([{"volumeId": "v", "mountPath": "/data"}])),
+        ("secrets", json!([{"TOKEN": "s"}])),
+        ("kvm", json!(true)),
+        ("ttlMinutes", json!(5)),
+        ("notAField", json!(1)),
+    ] {
+        let mut req = json!({"snapshot": "x"});
+        req[field] = value;
+        let (st, body) = call(&app, "POST", "/api/sandbox", Some(req), Some(KEY)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{field}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(field), "{field}: {body}");
+    }
+    let both = json!({"snapshot": "x", "networkBlockAll": true, "networkAllowList": "198.51.100.0/24"});
+    let (st, body) = call(&app, "POST", "/api/sandbox", Some(both), Some(KEY)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("networkBlockAll") && msg.contains("networkAllowList"), "{msg}");
+    let bad = json!({"snapshot": "x", "networkAllowList": "10.0.0.0/33"});
+    let (st, body) = call(&app, "POST", "/api/sandbox", Some(bad), Some(KEY)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("10.0.0.0/33"), "{body}");
 }
 
 #[tokio::test]
