@@ -21,30 +21,13 @@ from daytona import (
     Daytona,
     DaytonaConfig,
     Image,
-    SessionExecuteRequest,
 )
 
 from harness import API_KEY, COVE_BIN
+from netprobe import gateway, probe, resolve, serve
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 TS_DIR = Path(__file__).parent / "ts"
-
-# Runs inside a sandbox: one TCP connect with a bound, prints `open` or `closed <why>`.
-PROBE = """import socket, sys
-host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-try:
-    socket.create_connection((host, port), timeout=timeout).close()
-    print("open")
-except Exception as e:
-    print("closed", type(e).__name__, e)
-"""
-
-RESOLVE = """import socket, sys
-try:
-    print(sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 443, socket.AF_INET)}))
-except Exception as e:
-    print("error", type(e).__name__, e)
-"""
 
 
 def index_address():
@@ -63,27 +46,6 @@ def net(cove, registry_with_python, debian_image):
     return server, daytona
 
 
-def probe(sandbox, host, port, timeout=3):
-    sandbox.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
-    started = time.monotonic()
-    out = sandbox.process.exec(f"python3 /tmp/probe.py {host} {port} {timeout}", timeout=30).result.strip()
-    assert time.monotonic() - started < timeout + 10, "a blocked connection ends within its bound"
-    return out
-
-
-def serve(sandbox, port):
-    """`python3 -m http.server port` in the background (an async session command)."""
-    sandbox.process.create_session(f"http{port}")
-    sandbox.process.execute_session_command(
-        f"http{port}", SessionExecuteRequest(command=f"python3 -m http.server {port}", run_async=True)
-    )
-
-
-def resolve(sandbox, name):
-    sandbox.fs.upload_file(RESOLVE.encode(), "/tmp/resolve.py")
-    return sandbox.process.exec(f"python3 /tmp/resolve.py {name}", timeout=30).result.strip()
-
-
 def pip_install(sandbox, pkg="six"):
     return sandbox.process.exec(
         f"python -m pip install --no-cache-dir --disable-pip-version-check --quiet {pkg} 2>&1 && "
@@ -95,7 +57,7 @@ def pip_install(sandbox, pkg="six"):
 def test_a_debian_sandbox_installs_a_package_with_pip_through_nat_dns_and_the_ca_bundle(net, tmp_path):
     server, daytona = net
     sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="deb", name="egress"))
-    gw = server.net["cidr"].rsplit(".", 1)[0] + ".1"
+    gw = gateway(server)
     assert sandbox.process.exec("cat /etc/resolv.conf").result.split("\n")[0:3].count(f"nameserver {gw}") == 1
     hosts = sandbox.process.exec("cat /etc/hosts").result
     assert "egress" in hosts, hosts

@@ -17,15 +17,7 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 
 from harness import API_KEY
-
-PROBE = """import socket, sys
-host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-try:
-    socket.create_connection((host, port), timeout=timeout).close()
-    print("open")
-except Exception as e:
-    print("closed", type(e).__name__, e)
-"""
+from netprobe import gateway, probe, serve
 
 # A DNS query for pypi.org (id 0x4242, A, IN).
 QUERY = bytes.fromhex("424201000001000000000000") + b"\x04pypi\x03org\x00" + bytes.fromhex("00010001")
@@ -63,25 +55,6 @@ def net_env(cove, registry_with_python):
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
     daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
     return server, daytona
-
-
-def probe(sandbox, host, port, timeout=3):
-    sandbox.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
-    started = time.monotonic()
-    out = sandbox.process.exec(f"python3 /tmp/probe.py {host} {port} {timeout}", timeout=30).result.strip()
-    assert time.monotonic() - started < timeout + 10, "a blocked connection ends within its bound"
-    return out
-
-
-def serve(sandbox, port):
-    sandbox.process.create_session(f"http{port}")
-    sandbox.process.execute_session_command(
-        f"http{port}", SessionExecuteRequest(command=f"python3 -m http.server {port}", run_async=True)
-    )
-
-
-def gateway(server):
-    return server.net["cidr"].rsplit(".", 1)[0] + ".1"
 
 
 class HostListener:

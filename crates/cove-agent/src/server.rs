@@ -258,8 +258,52 @@ async fn set_permissions(State(s): State<AppState>, Query(q): Query<PermissionsQ
     Ok(StatusCode::OK)
 }
 
-async fn bulk_upload(State(s): State<AppState>, mp: Multipart) -> Result<Response, ApiError> {
-    let result = files::bulk_upload(&s.config.workdir, mp).await?;
+/// A request body shared between the multipart parser and [`SharedBody::drain`].
+#[derive(Clone)]
+struct SharedBody(Arc<tokio::sync::Mutex<axum::body::BodyDataStream>>);
+
+impl SharedBody {
+    /// The multipart parser reads the body only up to its closing boundary. hyper closes a
+    /// connection whose request body was not read to its end, and a client still writing the
+    /// last bytes (the epilogue, a final CRLF) then gets EPIPE instead of the answer. So
+    /// the rest is read here before answering, up to 1 MiB (beyond that, closing is right).
+    async fn drain(&self) {
+        use futures_util::StreamExt;
+        let mut left: usize = 1 << 20;
+        let mut body = self.0.lock().await;
+        while let Some(Ok(chunk)) = body.next().await {
+            match left.checked_sub(chunk.len()) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    }
+}
+
+/// `Multipart` over `req`'s body, and the handle that drains what the parser leaves.
+async fn multipart_drained(req: Request) -> Result<(Multipart, SharedBody), ApiError> {
+    use axum::extract::FromRequest;
+    let (parts, body) = req.into_parts();
+    let shared = SharedBody(Arc::new(tokio::sync::Mutex::new(body.into_data_stream())));
+    let stream = futures_util::stream::unfold(shared.clone(), |s| async move {
+        let next = {
+            use futures_util::StreamExt;
+            s.0.lock().await.next().await
+        };
+        next.map(|item| (item, s))
+    });
+    let req = Request::from_parts(parts, Body::from_stream(stream));
+    let mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::InvalidArgument, format!("not a multipart body: {}", e.body_text())))?;
+    Ok((mp, shared))
+}
+
+async fn bulk_upload(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (mp, body) = multipart_drained(req).await?;
+    let result = files::bulk_upload(&s.config.workdir, mp).await;
+    body.drain().await;
+    let result = result?;
     let status = if result.errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
     Ok((status, Json(result)).into_response())
 }
@@ -267,9 +311,12 @@ async fn bulk_upload(State(s): State<AppState>, mp: Multipart) -> Result<Respons
 async fn upload_v2(
     State(s): State<AppState>,
     Query(q): Query<PathQuery>,
-    mp: Multipart,
+    req: Request,
 ) -> Result<Json<files::UploadedFile>, ApiError> {
-    Ok(Json(files::upload_v2(&s.config.workdir, q.path.as_deref(), mp).await?))
+    let (mp, body) = multipart_drained(req).await?;
+    let result = files::upload_v2(&s.config.workdir, q.path.as_deref(), mp).await;
+    body.drain().await;
+    Ok(Json(result?))
 }
 
 async fn create_session(

@@ -7,7 +7,6 @@
 //! sysctls and restore them.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,7 +18,9 @@ use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec};
 // Each test binary uses a part of the shared helpers.
 #[allow(dead_code)]
 mod common;
-use common::{busybox_rootfs, remove_host_leftovers, restore_recorded_sysctls};
+use common::{
+    TestNet, busybox_rootfs, remove_host_leftovers, restore_recorded_sysctls, runc_exec, test_runtime_config,
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -339,17 +340,7 @@ impl RuntimeLab {
     }
 
     async fn exec(&self, id: &str, script: &str) -> (bool, String) {
-        let out = tokio::process::Command::new("runc")
-            .arg("--root")
-            .arg(&self.cfg.runc_root)
-            .args(["exec", id, "sh", "-c", script])
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
+        runc_exec(&self.cfg.runc_root, id, script).await
     }
 
     fn nft(&self, what: &str) -> String {
@@ -365,26 +356,17 @@ async fn linked_sandboxes_reach_each_other_by_name_across_restarts_and_destroy_f
     let _serial = SERIAL.lock().await;
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let lower = dir.path().join("lower");
     busybox_rootfs(&lower, &[]);
-    let agent = dir.path().join("agent");
-    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cfg = RuntimeConfig {
-        root: dir.path().join("sandboxes"),
-        runc_root: dir.path().join("runc"),
-        agent_binary: agent,
-        bridge: format!("cvnr{:05}", pid % 100_000),
-        cidr: format!("10.78.{}.0/24", pid % 250),
-        cgroup_parent: format!("/cove-nettest-{pid}"),
-        name_prefix: format!("nr{:04}", pid % 10_000),
-        seccomp_profile: None,
-        userns: "100000:65536".parse().unwrap(),
-        ca_bundle: None,
-        egress: true,
-        allow_private: vec![],
-    };
+    let cfg = test_runtime_config(
+        dir.path(),
+        TestNet {
+            bridge: format!("cvnr{:05}", pid % 100_000),
+            cidr: format!("10.78.{}.0/24", pid % 250),
+            cgroup_parent: format!("/cove-nettest-{pid}"),
+            name_prefix: format!("nr{:04}", pid % 10_000),
+        },
+    );
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     let lab = RuntimeLab { rt: Some(rt), cfg: cfg.clone(), lower, _dir: dir };
     let table = format!("table inet {}", firewall::table_name(&cfg.bridge));

@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 
 use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
 
+// Each test binary uses a part of the shared helpers.
+#[allow(dead_code)]
 mod common;
-use common::{busybox_rootfs, is_root, mounts_containing, remove_host_leftovers};
+use common::{
+    TestNet, busybox_rootfs, is_root, mounts_containing, remove_host_leftovers, runc_exec, test_runtime_config,
+};
 
 /// Long-running entrypoint that exits promptly on SIGTERM.
 const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
@@ -37,28 +41,17 @@ async fn setup(n: u32) -> Option<Env> {
     }
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
-    // Sandboxes run as host uid 100000 (their user namespace's root), which must pass through.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let lower = dir.path().join("lower");
     build_rootfs(&lower);
-    // Stand-in agent: runs its arguments (the entrypoint) with the image's own shell.
-    let agent = dir.path().join("agent");
-    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cfg = RuntimeConfig {
-        root: dir.path().join("sandboxes"),
-        runc_root: dir.path().join("runc"),
-        agent_binary: agent,
-        bridge: format!("cvb{n:02}{:05}", pid % 100_000),
-        cidr: format!("10.{}.{}.0/24", 100 + n, pid % 250),
-        cgroup_parent: format!("/cove-test-{pid}-{n}"),
-        name_prefix: format!("t{n:02}{:04}", pid % 10_000),
-        seccomp_profile: None,
-        userns: "100000:65536".parse().unwrap(),
-        ca_bundle: None,
-        egress: true,
-        allow_private: vec![],
-    };
+    let cfg = test_runtime_config(
+        dir.path(),
+        TestNet {
+            bridge: format!("cvb{n:02}{:05}", pid % 100_000),
+            cidr: format!("10.{}.{}.0/24", 100 + n, pid % 250),
+            cgroup_parent: format!("/cove-test-{pid}-{n}"),
+            name_prefix: format!("t{n:02}{:04}", pid % 10_000),
+        },
+    );
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
 }
@@ -86,15 +79,7 @@ impl Env {
 
     /// `runc exec <id> sh -c <script>`: (success, stdout + stderr).
     async fn exec(&self, id: &str, script: &str) -> (bool, String) {
-        let out = tokio::process::Command::new("runc")
-            .arg("--root")
-            .arg(&self.cfg.runc_root)
-            .args(["exec", id, "sh", "-c", script])
-            .output()
-            .await
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        runc_exec(&self.cfg.runc_root, id, script).await
     }
 
     fn bundle(&self, id: &str) -> PathBuf {

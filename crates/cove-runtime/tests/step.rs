@@ -3,7 +3,6 @@
 //! /bin/busybox. Each test has its own bridge, CIDR, name prefix, cgroup parent and runc root
 //! (named apart from tests/sandbox.rs), and cleans up in a Drop guard.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +11,13 @@ use std::time::{Duration, Instant};
 use cove_runtime::{Runtime, RuntimeConfig, StepSpec};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+// Each test binary uses a part of the shared helpers.
+#[allow(dead_code)]
 mod common;
-use common::{BUSYBOX, busybox_rootfs, cgroup_hierarchies, is_root, mounts_containing, remove_host_leftovers};
+use common::{
+    BUSYBOX, TestNet, busybox_rootfs, cgroup_hierarchies, is_root, mounts_containing, remove_host_leftovers,
+    test_runtime_config,
+};
 
 struct Env {
     rt: Option<Runtime>,
@@ -30,26 +34,17 @@ async fn setup(n: u32) -> Option<Env> {
     }
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
-    // Steps run as host uid 100000 (their user namespace's root), which must pass through.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let base = dir.path().join("base");
     busybox_rootfs(&base, &[]);
-    let agent = dir.path().join("agent");
-    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
-    let cfg = RuntimeConfig {
-        root: dir.path().join("sandboxes"),
-        runc_root: dir.path().join("runc"),
-        agent_binary: agent,
-        bridge: format!("cvs{n:02}{:05}", pid % 100_000),
-        cidr: format!("10.{}.{}.0/24", 180 + n, pid % 250),
-        cgroup_parent: format!("/cove-steptest-{pid}-{n}"),
-        name_prefix: format!("s{n:02}{:04}", pid % 10_000),
-        seccomp_profile: None,
-        userns: "100000:65536".parse().unwrap(),
-        ca_bundle: None,
-        egress: true,
-        allow_private: vec![],
-    };
+    let cfg = test_runtime_config(
+        dir.path(),
+        TestNet {
+            bridge: format!("cvs{n:02}{:05}", pid % 100_000),
+            cidr: format!("10.{}.{}.0/24", 180 + n, pid % 250),
+            cgroup_parent: format!("/cove-steptest-{pid}-{n}"),
+            name_prefix: format!("s{n:02}{:04}", pid % 10_000),
+        },
+    );
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, base, dir })
 }

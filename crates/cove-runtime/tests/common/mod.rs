@@ -97,3 +97,55 @@ pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
         rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
     }
 }
+
+/// A stand-in agent in `dir`: runs its arguments (the entrypoint) with the image's own shell.
+pub fn stand_in_agent(dir: &Path) -> PathBuf {
+    let agent = dir.join("agent");
+    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent
+}
+
+/// Names of a test runtime's host plumbing, unique per test binary and instance.
+pub struct TestNet {
+    /// Bridge (≤ 15 bytes).
+    pub bridge: String,
+    /// Sandbox network.
+    pub cidr: String,
+    /// Cgroup parent.
+    pub cgroup_parent: String,
+    /// netns/veth prefix (≤ 7 bytes).
+    pub name_prefix: String,
+}
+
+/// A runtime configuration under `dir` (which must be traversable by the sandboxes' root,
+/// host uid 100000) with a stand-in agent, Docker's seccomp profile and egress on.
+pub fn test_runtime_config(dir: &Path, net: TestNet) -> cove_runtime::RuntimeConfig {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    cove_runtime::RuntimeConfig {
+        root: dir.join("sandboxes"),
+        runc_root: dir.join("runc"),
+        agent_binary: stand_in_agent(dir),
+        bridge: net.bridge,
+        cidr: net.cidr,
+        cgroup_parent: net.cgroup_parent,
+        name_prefix: net.name_prefix,
+        seccomp_profile: None,
+        userns: "100000:65536".parse().unwrap(),
+        ca_bundle: None,
+        egress: true,
+        allow_private: vec![],
+    }
+}
+
+/// `runc exec <id> sh -c <script>`: (success, stdout + stderr).
+pub async fn runc_exec(runc_root: &Path, id: &str, script: &str) -> (bool, String) {
+    let out = tokio::process::Command::new("runc")
+        .arg("--root")
+        .arg(runc_root)
+        .args(["exec", id, "sh", "-c", script])
+        .output()
+        .await
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
