@@ -42,6 +42,11 @@ YML
   args+=(--registry-mirror "docker.io=http://127.0.0.1:$MIRROR_PORT")
 fi
 
+# Sandboxes trust what this host trusts (its bundle holds a corporate TLS-intercepting
+# proxy's CA where there is one), so pip, npm and git work behind such a proxy too.
+HOST_CA=${COVE_SANDBOX_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+[[ -f $HOST_CA ]] && args+=(--sandbox-ca-bundle "$HOST_CA")
+
 # The object storage endpoint (build contexts, HTTPS on 127.0.0.1:9443) uses the server's own
 # CA; the Python SDK only trusts the system store, so install the CA there (idempotent).
 target/release/cove tls trust --data-dir "$DATA_DIR" ||
