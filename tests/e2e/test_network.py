@@ -205,3 +205,14 @@ def test_the_typescript_sdk_blocks_allows_and_updates_the_network(net):
     assert r["blockedFlag"] is True and r["blocked"].startswith("closed"), r
     assert r["allowList"] == f"{index_address()}/32" and r["allowed"] == "open", r
     assert r["afterUpdate"].startswith("closed") and r["restored"] == "open", r
+
+
+def test_with_egress_off_sandboxes_resolve_names_but_nothing_leaves(cove, registry_with_python):
+    server = cove(extra=["--sandbox-egress=false"])
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    s = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
+    index = index_address()
+    assert resolve(s, "pypi.org") == str([index]), "the forwarder still answers"
+    assert probe(s, index, 443).startswith("closed"), "no NAT, no forwarding"
+    s.delete()
