@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod dns;
 pub mod keyfile;
 pub mod preview;
+pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod service;

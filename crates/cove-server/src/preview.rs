@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCo
 use cove_runtime::Runtime;
 use cove_types::{ErrorKind, SandboxState};
 use hmac::Mac;
-use hyper_util::rt::TokioIo;
 use sha2::Digest as _;
 
 use crate::keyfile::KeyFileError;
@@ -750,37 +749,14 @@ impl PreviewService {
             }
         };
         let _ = stream.set_nodelay(true);
-        let upstream_err = |source| PreviewError::Upstream { id: up.sandbox_id.clone(), port: up.port, source };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(upstream_err)?;
-        let sandbox_id = up.sandbox_id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(sandbox_id = %sandbox_id, error = %e, "preview upstream connection ended with an error");
-            }
-        });
-        let mut resp = sender.send_request(out).await.map_err(upstream_err)?;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let (sandbox_id, port) = (up.sandbox_id.clone(), up.port);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let r =
-                            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
-                        tracing::debug!(sandbox_id = %sandbox_id, port, result = ?r, "preview upgrade closed");
-                    }
-                    Err(e) => tracing::debug!(sandbox_id = %sandbox_id, port, error = %e, "preview upgrade failed"),
-                }
-            });
-            let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, Body::empty()));
+        let label = format!("sandbox {} port {}", up.sandbox_id, up.port);
+        let mut resp = crate::proxy::exchange(stream, out, client_upgrade, &label)
+            .await
+            .map_err(|source| PreviewError::Upstream { id: up.sandbox_id.clone(), port: up.port, source })?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut());
         }
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(resp)
     }
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 /// Where a sandbox's agent listens, and which sandbox it must be.
@@ -59,7 +58,11 @@ pub enum ToolboxError {
     },
 }
 
-async fn send(agent: &AgentAddr, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ToolboxError> {
+async fn send(
+    agent: &AgentAddr,
+    req: Request<Body>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<Body>, ToolboxError> {
     let socket = &agent.socket;
     let connect_err = |source| ToolboxError::Connect { path: socket.display().to_string(), source };
     // The socket's directory is writable from inside the sandbox, so the path may have been
@@ -79,25 +82,18 @@ async fn send(agent: &AgentAddr, req: Request<Body>) -> Result<Response<hyper::b
     if !in_sandbox {
         return Err(ToolboxError::ForeignPeer { sandbox_id: agent.sandbox_id.clone(), pid });
     }
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ToolboxError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "agent connection ended with an error");
-        }
-    });
-    sender.send_request(req).await.map_err(ToolboxError::Http)
+    crate::proxy::exchange(stream, req, client_upgrade, "sandbox agent").await.map_err(ToolboxError::Http)
 }
 
 /// `GET /version` once; the agent's version when it answers 200.
 pub async fn version(agent: &AgentAddr) -> Result<String, ToolboxError> {
     let req =
         Request::get("/version").header(header::HOST, "agent").body(Body::empty()).expect("a static request is valid");
-    let resp = send(agent, req).await?;
+    let resp = send(agent, req, None).await?;
     if !resp.status().is_success() {
         return Err(ToolboxError::Status { what: "GET /version", status: resp.status() });
     }
-    let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     Ok(v.get("version").and_then(|v| v.as_str()).unwrap_or("unknown").to_string())
 }
@@ -137,28 +133,11 @@ pub async fn forward(
         out = out.header(name, value);
     }
     let out = out.header(header::HOST, "agent").body(body).expect("a request rebuilt from a valid one is valid");
-    let mut resp = send(agent, out).await?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let agent_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, agent_upgrade) {
-                Ok((client, agent)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(agent)).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "websocket upgrade through the toolbox proxy failed"),
-            }
-        });
-        let mut r = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-        for (name, value) in resp.headers() {
-            r = r.header(name, value);
-        }
-        return Ok(r.body(Body::empty()).expect("a response rebuilt from a valid one is valid"));
+    let mut resp = send(agent, out, client_upgrade).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().entry(header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
     }
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.entry(header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(resp)
 }
 
 #[cfg(test)]
