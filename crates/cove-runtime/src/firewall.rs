@@ -253,17 +253,24 @@ fn pair(a: Ipv4Addr, b: Ipv4Addr) -> Value {
 
 /// Accumulates commands of one transaction for one table.
 struct Tx {
+    family: &'static str,
     table: String,
     cmds: Vec<Value>,
 }
 
 impl Tx {
+    /// The `inet` table of `bridge`.
     fn new(bridge: &str) -> Self {
-        Tx { table: table_name(bridge), cmds: Vec::new() }
+        Tx { family: "inet", table: table_name(bridge), cmds: Vec::new() }
+    }
+
+    /// The `bridge` family (anti-spoofing) table of `bridge`.
+    fn bridge_family(bridge: &str) -> Self {
+        Tx { family: "bridge", ..Tx::new(bridge) }
     }
 
     fn cmd(&mut self, verb: &str, kind: &str, mut body: Value) {
-        body["family"] = json!("inet");
+        body["family"] = json!(self.family);
         if kind == "table" {
             body["name"] = json!(self.table);
         } else {
@@ -303,7 +310,7 @@ impl Tx {
     }
 
     async fn apply(self, op: &'static str) -> Result<(), FirewallError> {
-        let table = self.table.clone();
+        let table = format!("{} {}", self.family, self.table);
         let payload = self.build().to_string();
         nftables::helper::apply_ruleset_raw_async(&payload, None::<&str>, std::iter::empty::<&str>())
             .await
@@ -751,9 +758,10 @@ pub async fn remove(bridge: &str) -> Result<(), FirewallError> {
     tx.table("add");
     tx.table("delete");
     tx.apply("remove").await?;
-    let t = table_name(bridge);
-    let table = json!({"family": "bridge", "name": t});
-    apply_raw("remove", &t, json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]})).await
+    let mut tx = Tx::bridge_family(bridge);
+    tx.table("add");
+    tx.table("delete");
+    tx.apply("remove").await
 }
 
 // ---- anti-spoofing: the `bridge` family table ----
@@ -779,35 +787,41 @@ pub const ANTISPOOF_CHAIN: &str = "prerouting";
 /// The transaction that (re)installs the anti-spoofing table's sets and rules, keeping the
 /// sets' elements.
 pub fn antispoof_ruleset(bridge: &str) -> Value {
-    let t = table_name(bridge);
-    let obj = |extra: Value| {
-        let mut o = json!({"family": "bridge", "table": t});
-        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        o
-    };
+    antispoof_tx(bridge).build()
+}
+
+fn antispoof_tx(bridge: &str) -> Tx {
+    let mut tx = Tx::bridge_family(bridge);
     let iif = json!({"meta": {"key": "iifname"}});
-    let rule = |expr: Value| json!({"add": {"rule": obj(json!({"chain": ANTISPOOF_CHAIN, "expr": expr}))}});
     let own = |field: &str, proto: &str| {
-        json!([{"match": {"op": "==", "left": {"concat": [iif, {"payload": {"protocol": proto, "field": field}}]},
-                          "right": format!("@{PORTS_SET}")}}, {"accept": null}])
+        vec![
+            json!({"match": {"op": "==", "left": {"concat": [iif, {"payload": {"protocol": proto, "field": field}}]},
+                             "right": format!("@{PORTS_SET}")}}),
+            json!({"accept": null}),
+        ]
     };
-    json!({"nftables": [
-        {"add": {"table": {"family": "bridge", "name": t}}},
-        {"add": {"set": obj(json!({"name": PORTS_SET, "type": ["ifname", "ipv4_addr"]}))}},
-        {"add": {"set": obj(json!({"name": PORT_NAMES_SET, "type": "ifname"}))}},
-        {"add": {"chain": obj(json!({"name": ANTISPOOF_CHAIN, "type": "filter", "hook": "prerouting",
-                                     "prio": -200, "policy": "accept"}))}},
-        {"flush": {"chain": obj(json!({"name": ANTISPOOF_CHAIN}))}},
-        rule(json!([{"match": {"op": "!=", "left": iif, "right": format!("@{PORT_NAMES_SET}")}}, {"accept": null}])),
-        rule(own("saddr ip", "arp")),
-        rule(own("saddr", "ip")),
-        rule(json!([{"drop": null}])),
-    ]})
+    tx.table("add");
+    tx.set("add", PORTS_SET, json!(["ifname", "ipv4_addr"]), &[]);
+    tx.set("add", PORT_NAMES_SET, json!("ifname"), &[]);
+    tx.base_chain(ANTISPOOF_CHAIN, "filter", "prerouting", -200);
+    tx.cmd("flush", "chain", json!({"name": ANTISPOOF_CHAIN}));
+    tx.rule(
+        ANTISPOOF_CHAIN,
+        "not a sandbox port",
+        vec![
+            json!({"match": {"op": "!=", "left": iif, "right": format!("@{PORT_NAMES_SET}")}}),
+            json!({"accept": null}),
+        ],
+    );
+    tx.rule(ANTISPOOF_CHAIN, "ARP from the port's own address", own("saddr ip", "arp"));
+    tx.rule(ANTISPOOF_CHAIN, "IPv4 from the port's own address", own("saddr", "ip"));
+    tx.rule(ANTISPOOF_CHAIN, "anything else from a sandbox port", vec![json!({"drop": null})]);
+    tx
 }
 
 /// Installs the anti-spoofing table (see above); called by [`install`].
 async fn install_antispoof(bridge: &str) -> Result<(), FirewallError> {
-    apply_raw("install anti-spoofing", &table_name(bridge), antispoof_ruleset(bridge)).await
+    antispoof_tx(bridge).apply("install anti-spoofing").await
 }
 
 /// `nft -f` lines that list a sandbox port with its address (run by the attach hook).
@@ -822,30 +836,15 @@ pub fn port_nft_lines(bridge: &str, veth: &str, ip: Ipv4Addr) -> String {
 /// what it deletes (`add` of an existing table, set or element is a no-op), so a port already
 /// gone, or a table removed meanwhile, is fine.
 pub async fn forget_port(bridge: &str, veth: &str, ip: Ipv4Addr) -> Result<(), FirewallError> {
-    let t = table_name(bridge);
-    let obj = |name: &str, extra: Value| {
-        let mut o = json!({"family": "bridge", "table": t, "name": name});
-        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        o
-    };
-    let port = json!({"concat": [veth, ip.to_string()]});
-    let mut cmds = vec![
-        json!({"add": {"table": {"family": "bridge", "name": t}}}),
-        json!({"add": {"set": obj(PORTS_SET, json!({"type": ["ifname", "ipv4_addr"]}))}}),
-        json!({"add": {"set": obj(PORT_NAMES_SET, json!({"type": "ifname"}))}}),
-    ];
+    let mut tx = Tx::bridge_family(bridge);
+    tx.table("add");
+    tx.set("add", PORTS_SET, json!(["ifname", "ipv4_addr"]), &[]);
+    tx.set("add", PORT_NAMES_SET, json!("ifname"), &[]);
     for verb in ["add", "delete"] {
-        cmds.push(json!({verb: {"element": obj(PORTS_SET, json!({"elem": [port]}))}}));
-        cmds.push(json!({verb: {"element": obj(PORT_NAMES_SET, json!({"elem": [veth]}))}}));
+        tx.elements(verb, PORTS_SET, vec![json!({"concat": [veth, ip.to_string()]})]);
+        tx.elements(verb, PORT_NAMES_SET, vec![json!(veth)]);
     }
-    apply_raw("forget port", &t, json!({"nftables": cmds})).await
-}
-
-async fn apply_raw(op: &'static str, table: &str, v: Value) -> Result<(), FirewallError> {
-    nftables::helper::apply_ruleset_raw_async(&v.to_string(), None::<&str>, std::iter::empty::<&str>())
-        .await
-        .map(drop)
-        .map_err(|e| FirewallError::nft(op, table, e))
+    tx.apply("forget port").await
 }
 
 /// The transaction of [`set_policy`].
