@@ -150,3 +150,21 @@ def test_a_block_all_sandbox_cannot_forge_a_neighbours_address_to_get_dns_answer
     assert heard.strip() == "nothing", f"a forged packet got through: {heard}"
     for s in (victim, attacker):
         s.delete()
+
+
+def test_another_organization_cannot_link_to_a_sandbox_it_does_not_own_or_change_its_network(net_env):
+    server, daytona = net_env
+    victim = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", name="victim"))
+    st, org = server.api("POST", "/organizations", {"name": "intruders"})
+    assert st == 200, org
+    other = org["apiKey"]["value"]
+    st, snap = server.api("POST", "/snapshots", {"name": "py", "imageName": "pyreal:3.11"}, key=other)
+    assert st == 200, snap
+    server.wait_state(snap["id"], key=other)
+    for ref in ("victim", victim.id):
+        st, body = server.api("POST", "/sandbox", {"snapshot": "py", "linkedSandbox": ref}, key=other)
+        assert st == 400 and "not found" in body["message"], body
+    st, body = server.api("POST", f"/sandbox/{victim.id}/network-settings", {"networkBlockAll": True}, key=other)
+    assert st == 404, body
+    assert server.api("GET", f"/sandbox/{victim.id}")[1]["networkBlockAll"] is False, "the victim's policy is untouched"
+    victim.delete()
