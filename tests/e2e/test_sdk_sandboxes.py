@@ -134,8 +134,12 @@ def test_creating_from_an_inactive_snapshot_reactivates_it_and_records_its_use(s
     sandbox.delete()
 
 
-def test_without_a_snapshot_or_server_default_the_error_names_the_option(cove):
+def test_without_a_snapshot_the_error_names_the_missing_default_or_the_option(cove):
     server = cove()
+    st, body = server.api("POST", "/sandbox", {"env": {}, "labels": {}})
+    assert st == 400 and "default snapshot cove-small does not exist" in body["message"], body
+    assert "cove image bootstrap --general" in body["message"], body
+    server = cove(extra=["--default-snapshot", ""])
     st, body = server.api("POST", "/sandbox", {"env": {}, "labels": {}})
     assert st == 400 and "--default-snapshot" in body["message"], body
     st, body = server.api("POST", "/sandbox", {"snapshot": "nope"})

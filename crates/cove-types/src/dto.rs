@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::SnapshotState;
 
-/// `POST /snapshots` body.
+/// `POST /snapshots` body. Unknown fields are refused (400 naming them), never ignored.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// Snapshot name, unique in the organization.
     pub name: String,
@@ -34,11 +34,13 @@ pub struct CreateSnapshot {
     pub region_id: Option<String>,
     /// `container` (the only class served).
     pub sandbox_class: Option<String>,
+    /// A general snapshot (admin keys only): visible to every organization.
+    pub general: Option<bool>,
 }
 
 /// `buildInfo` in a create request.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBuildInfo {
     /// The Dockerfile text.
     pub dockerfile_content: String,

@@ -80,8 +80,9 @@ struct ServerArgs {
     /// Seconds between inactivity sweeps.
     #[arg(long, env = "COVE_INACTIVITY_SWEEP_SECS", default_value_t = 3600)]
     inactivity_sweep_secs: u64,
-    /// Snapshot for `POST /api/sandbox` requests that name none.
-    #[arg(long, env = "COVE_DEFAULT_SNAPSHOT")]
+    /// Snapshot for `POST /api/sandbox` requests that name none (the general snapshot that
+    /// `cove image bootstrap --general` makes; an empty value: none).
+    #[arg(long, env = "COVE_DEFAULT_SNAPSHOT", default_value = "cove-small")]
     default_snapshot: Option<String>,
     /// URL clients use to reach this server (toolboxProxyUrl is derived from it); default http://LISTEN.
     #[arg(long, env = "COVE_PUBLIC_URL")]

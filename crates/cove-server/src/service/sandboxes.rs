@@ -42,6 +42,12 @@ pub enum SandboxError {
         "no snapshot given and this server has no default snapshot; name one, or start the server with --default-snapshot NAME"
     )]
     NoSnapshot,
+    /// No snapshot named, and the server's default does not exist (yet).
+    #[error(
+        "no snapshot given, and this server's default snapshot {0} does not exist; name a snapshot, or have an \
+         admin create the general snapshots with `cove image bootstrap --general`"
+    )]
+    DefaultSnapshotMissing(String),
     /// A requested field this server does not honour: refused rather than ignored (400).
     #[error("{0} is not supported by this server; the request was refused rather than run without it")]
     Unsupported(&'static str),
@@ -135,7 +141,11 @@ impl SandboxError {
     /// The error class.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Invalid(_) | Self::NoSnapshot | Self::NoGpu { .. } | Self::Unsupported(_) => {
+            Self::Invalid(_)
+            | Self::NoSnapshot
+            | Self::DefaultSnapshotMissing(_)
+            | Self::NoGpu { .. }
+            | Self::Unsupported(_) => {
                 ErrorKind::InvalidArgument
             }
             Self::Snapshot(e) => match e.kind() {
@@ -254,13 +264,16 @@ impl SandboxService {
             ));
         }
         let net = self.net_setup(who, &req).await?;
-        let snapshot_ref = req
-            .snapshot
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .or_else(|| self.inner.default_snapshot.clone())
-            .ok_or(SandboxError::NoSnapshot)?;
-        let (snap, image) = self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await?;
+        let named = req.snapshot.clone().filter(|s| !s.trim().is_empty());
+        let by_default = named.is_none();
+        let snapshot_ref = named.or_else(|| self.inner.default_snapshot.clone()).ok_or(SandboxError::NoSnapshot)?;
+        let (snap, image) =
+            match self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await {
+                Err(SnapshotError::NotFound { .. }) if by_default => {
+                    return Err(SandboxError::DefaultSnapshotMissing(snapshot_ref));
+                }
+                r => r?,
+            };
         if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
             return Err(SandboxError::Invalid(format!(
                 "snapshot {} is available in region {}, not {t}",

@@ -72,6 +72,20 @@ pub enum SnapshotError {
         /// The name.
         name: String,
     },
+    /// The name is a general snapshot's (reserved for every organization).
+    #[error("snapshot name \"{name}\" is taken by a general snapshot every organization shares; choose another name")]
+    NameReserved {
+        /// The name.
+        name: String,
+    },
+    /// A general snapshot, changed by a key that is not an admin key.
+    #[error("cannot {verb} snapshot {name}: it is a general snapshot, shared by every organization; only an admin API key may {verb} it")]
+    GeneralSnapshot {
+        /// The verb.
+        verb: &'static str,
+        /// The snapshot.
+        name: String,
+    },
     /// No such snapshot in the caller's organization.
     #[error("snapshot {id_or_name} not found")]
     NotFound {
@@ -115,7 +129,8 @@ impl SnapshotError {
         match self {
             Self::Invalid(_) | Self::ImageName(_) => ErrorKind::InvalidArgument,
             Self::RegionNotFound { .. } | Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
-            Self::NameTaken { .. } => ErrorKind::AlreadyExists,
+            Self::NameTaken { .. } | Self::NameReserved { .. } => ErrorKind::AlreadyExists,
+            Self::GeneralSnapshot { .. } => ErrorKind::PermissionDenied,
             Self::WrongState { .. } | Self::ImageMissing { .. } => ErrorKind::FailedPrecondition,
             Self::Store { source, .. } => source.kind(),
         }
@@ -187,6 +202,21 @@ impl SnapshotService {
     /// record; the SDK polls until `active` or `error`.
     pub async fn create(&self, who: &Principal, req: CreateSnapshot) -> Result<SnapshotDto, SnapshotError> {
         let name = SnapshotName::parse(&req.name).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let general = req.general.unwrap_or(false);
+        if general && !who.admin {
+            return Err(SnapshotError::GeneralSnapshot { verb: "create", name: name.as_str().to_string() });
+        }
+        if !general
+            && self
+                .inner
+                .store
+                .general_snapshot_named(name.as_str())
+                .await
+                .map_err(store("check general snapshot names"))?
+                .is_some()
+        {
+            return Err(SnapshotError::NameReserved { name: name.as_str().to_string() });
+        }
         let build = match req.build_info {
             Some(info) => {
                 if req.image_name.is_some() {
@@ -256,6 +286,7 @@ impl SnapshotService {
             updated_at: now,
             last_used_at: None,
             build,
+            general,
         };
         self.inner.store.insert_snapshot(&rec).await.map_err(|e| match e {
             StoreError::Duplicate { .. } => SnapshotError::NameTaken { name: rec.name.clone() },
@@ -283,6 +314,21 @@ impl SnapshotService {
     /// The regions served, default first.
     pub fn regions(&self) -> &[String] {
         &self.inner.regions
+    }
+
+    /// [`Self::find`] for a verb that changes the snapshot: a general snapshot only for an
+    /// admin key.
+    async fn find_to_change(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        verb: &'static str,
+    ) -> Result<SnapshotRecord, SnapshotError> {
+        let s = self.find(who, id_or_name).await?;
+        if s.general && !who.admin {
+            return Err(SnapshotError::GeneralSnapshot { verb, name: s.name });
+        }
+        Ok(s)
     }
 
     async fn find(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotRecord, SnapshotError> {
@@ -389,7 +435,7 @@ impl SnapshotService {
     /// Makes an inactive snapshot usable again; a harmless no-op on an active one. When its
     /// image was removed meanwhile, it is pulled again (`pending` → `pulling` → `active`).
     pub async fn activate(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotDto, SnapshotError> {
-        let mut s = self.find(who, id_or_name).await?;
+        let mut s = self.find_to_change(who, id_or_name, "activate").await?;
         if !s.state.can_activate() {
             return Err(wrong_state("activate", &s, "; only inactive snapshots can be activated"));
         }
@@ -423,7 +469,7 @@ impl SnapshotService {
 
     /// Makes an active snapshot unavailable for new sandboxes (kept on disk).
     pub async fn deactivate(&self, who: &Principal, id_or_name: &str) -> Result<(), SnapshotError> {
-        let mut s = self.find(who, id_or_name).await?;
+        let mut s = self.find_to_change(who, id_or_name, "deactivate").await?;
         if !s.state.can_deactivate() {
             return Err(wrong_state("deactivate", &s, "; only active snapshots can be deactivated"));
         }
@@ -447,7 +493,7 @@ impl SnapshotService {
 
     /// Deletes the record at once and frees its image in the background.
     pub async fn delete(&self, who: &Principal, id_or_name: &str) -> Result<(), SnapshotError> {
-        let mut s = self.find(who, id_or_name).await?;
+        let mut s = self.find_to_change(who, id_or_name, "delete").await?;
         if !s.state.can_delete() {
             return Err(wrong_state("delete", &s, "; it is already being removed"));
         }
@@ -743,7 +789,7 @@ pub fn to_dto(s: &SnapshotRecord) -> SnapshotDto {
     SnapshotDto {
         id: s.id.clone(),
         organization_id: s.org_id.clone(),
-        general: false,
+        general: s.general,
         name: s.name.clone(),
         image_name: s.image_name.clone(),
         state: s.state,

@@ -134,6 +134,8 @@ pub struct SnapshotRecord {
     pub last_used_at: Option<Millis>,
     /// The Dockerfile build it comes from, instead of a pull.
     pub build: Option<BuildSpec>,
+    /// Visible to every organization, changeable only by an admin key, never made inactive.
+    pub general: bool,
 }
 
 /// A Dockerfile build as the SDK sends it (`buildInfo`).
@@ -416,11 +418,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Inserts a snapshot; [`StoreError::Duplicate`] when the name is taken in the organization.
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError>;
-    /// A snapshot by id or, failing that, by name, within one organization.
+    /// A snapshot by id or, failing that, by name, that one organization sees: its own and the
+    /// general ones (its own name wins over a general snapshot's).
     async fn get_snapshot(&self, org_id: &str, id_or_name: &str) -> Result<Option<SnapshotRecord>, StoreError>;
+    /// The general snapshot called `name`, if there is one.
+    async fn general_snapshot_named(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError>;
     /// A snapshot by id in any organization (for background jobs).
     async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError>;
-    /// One page of an organization's snapshots, and the total count.
+    /// One page of the snapshots an organization sees (its own and the general ones), and the
+    /// total count.
     async fn list_snapshots(&self, org_id: &str, q: &SnapshotQuery) -> Result<(Vec<SnapshotRecord>, i64), StoreError>;
     /// Writes `s` only if the stored state is one of `expected`; returns whether it did.
     async fn update_snapshot_if(&self, s: &SnapshotRecord, expected: &[SnapshotState]) -> Result<bool, StoreError>;

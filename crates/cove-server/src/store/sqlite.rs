@@ -22,8 +22,8 @@ pub struct SqliteStore {
 
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
      entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at, build_dockerfile, \
-     build_context_hashes";
-const SNAPSHOT_COLUMN_COUNT: usize = 20;
+     build_context_hashes, general";
+const SNAPSHOT_COLUMN_COUNT: usize = 21;
 const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
      network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
      auto_archive, auto_delete, daemon_version, created_at, updated_at, build_dockerfile, build_context_hashes, \
@@ -112,6 +112,7 @@ fn snapshot_from_row(r: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
         updated_at: r.try_get("updated_at").map_err(get)?,
         last_used_at: r.try_get("last_used_at").map_err(get)?,
         build: build_from_row(r)?,
+        general: r.try_get::<i64, _>("general").map_err(get)? != 0,
     })
 }
 
@@ -281,6 +282,7 @@ fn bind_snapshot<'q>(q: SqliteQuery<'q>, s: &'q SnapshotRecord) -> SqliteQuery<'
         .bind(s.last_used_at)
         .bind(s.build.as_ref().map(|b| b.dockerfile.clone()))
         .bind(build_json(&s.build))
+        .bind(i64::from(s.general))
 }
 
 fn entrypoint_json(e: &Option<Vec<String>>) -> Option<String> {
@@ -453,7 +455,27 @@ impl Store for SqliteStore {
     }
 
     async fn get_snapshot(&self, org_id: &str, id_or_name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
-        self.get_scoped("snapshots", SNAPSHOT_COLUMNS, org_id, id_or_name, snapshot_from_row, "get snapshot").await
+        // An id first, then the organization's own name before a general snapshot's.
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (org_id = ? OR general = 1) AND (id = ? OR name = ?) \
+             ORDER BY (id = ?) DESC, (org_id = ?) DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get snapshot"))?;
+        row.as_ref().map(snapshot_from_row).transpose()
+    }
+
+    async fn general_snapshot_named(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE general = 1 AND name = ? LIMIT 1");
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await.map_err(q("get general snapshot"))?;
+        row.as_ref().map(snapshot_from_row).transpose()
     }
 
     async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
@@ -481,14 +503,15 @@ impl Store for SqliteStore {
             .map(|n| format!("%{}%", n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let filter = if pattern.is_some() { "AND name LIKE ? ESCAPE '\\'" } else { "" };
         let sql = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? {filter} ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?"
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (org_id = ? OR general = 1) {filter} \
+             ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?"
         );
         let mut rq = sqlx::query(&sql).bind(org_id);
         if let Some(p) = &pattern {
             rq = rq.bind(p);
         }
         let rows = rq.bind(query.limit).bind(query.offset).fetch_all(&self.pool).await.map_err(q("list snapshots"))?;
-        let count_sql = format!("SELECT COUNT(*) FROM snapshots WHERE org_id = ? {filter}");
+        let count_sql = format!("SELECT COUNT(*) FROM snapshots WHERE (org_id = ? OR general = 1) {filter}");
         let mut cq = sqlx::query_scalar(&count_sql).bind(org_id);
         if let Some(p) = &pattern {
             cq = cq.bind(p);
@@ -547,7 +570,7 @@ impl Store for SqliteStore {
     async fn deactivate_unused(&self, before: Millis, now: Millis) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE snapshots SET state = 'inactive', updated_at = ? \
-             WHERE state = 'active' AND COALESCE(last_used_at, created_at) < ?",
+             WHERE state = 'active' AND general = 0 AND COALESCE(last_used_at, created_at) < ?",
         )
         .bind(now)
         .bind(before)
@@ -894,6 +917,7 @@ mod tests {
         r.state = SnapshotState::Active;
         assert!(!s.update_snapshot_if(&r, &[SnapshotState::Pending]).await.unwrap());
         assert_eq!(s.get_snapshot("o1", "a").await.unwrap().unwrap().state, SnapshotState::Pulling);
+            general: false,
     }
 
     #[tokio::test]
@@ -929,6 +953,25 @@ mod tests {
     #[tokio::test]
     async fn revoked_keys_no_longer_authenticate() {
         let (_d, s) = store().await;
+    #[tokio::test]
+    async fn every_organization_sees_general_snapshots_and_its_own_name_wins_over_theirs() {
+        let (_d, s) = store().await;
+        let mut general = snap("g", "o1", "cove-small", 1);
+        general.general = true;
+        general.state = SnapshotState::Active;
+        s.insert_snapshot(&general).await.unwrap();
+        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "g");
+        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g");
+        assert!(s.get_snapshot("o2", "g").await.unwrap().unwrap().general);
+        assert_eq!(s.list_snapshots("o2", &all()).await.unwrap().1, 1);
+        assert_eq!(s.general_snapshot_named("cove-small").await.unwrap().unwrap().id, "g");
+        s.insert_snapshot(&snap("own", "o2", "cove-small", 2)).await.unwrap();
+        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "own");
+        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g", "an id still names the general one");
+        assert!(s.general_snapshot_named("own").await.unwrap().is_none());
+        assert_eq!(s.deactivate_unused(i64::MAX, 5).await.unwrap(), 0, "a general snapshot never becomes inactive");
+    }
+
         s.insert_api_key(&key("k", "o1", "h", false)).await.unwrap();
         let hmac = KeyHashScheme::HmacSha256;
         assert!(s.api_key_by_hash(hmac, "h").await.unwrap().is_some());

@@ -176,11 +176,12 @@ fn print_snapshots(items: &[Value]) {
                     .as_array()
                     .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
                     .unwrap_or_default(),
+                if s["general"].as_bool() == Some(true) { "yes" } else { "" }.to_string(),
                 output::field(s, "createdAt"),
             ]
         })
         .collect();
-    output::table(&["NAME", "STATE", "IMAGE", "CPU/MEM/DISK", "GPU", "REGION", "CREATED"], &rows);
+    output::table(&["NAME", "STATE", "IMAGE", "CPU/MEM/DISK", "GPU", "REGION", "GENERAL", "CREATED"], &rows);
 }
 
 fn show(s: &Value, g: &Global) {
