@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or an IO failure on our side (500).
     Internal,
+    /// Everything of a limited resource (GPUs) is held by others now (409): the same request
+    /// succeeds once some is released.
+    Exhausted,
 }
 
 /// Renders an error and its causes on one line (`outer: inner: root`), skipping a cause whose

@@ -31,7 +31,7 @@ impl ApiError {
 fn status(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::AlreadyExists | ErrorKind::Exhausted => StatusCode::CONFLICT,
         ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition => StatusCode::BAD_REQUEST,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
