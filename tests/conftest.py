@@ -1,5 +1,7 @@
 """Fixtures for end-to-end tests: a real OCI registry (Debian's docker-registry) seeded
-with images built from the host's static busybox, and real `cove server` processes."""
+with images built from the host's static busybox, and real `cove server` processes. The
+images are named `fixtures.cove.test/…` (see tests/fixtures/harness.py), never as Docker
+Hub's images."""
 
 import shutil
 import signal
@@ -11,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 import mkimage  # noqa: E402
-from harness import AGENT_BIN, API_KEY, COVE_BIN, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
+from harness import AGENT_BIN, API_KEY, COVE_BIN, FIXTURES, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +21,11 @@ def registry(tmp_path_factory):
     if not shutil.which("docker-registry"):
         pytest.fail("docker-registry is not installed: run scripts/setup.sh (make test does)")
     reg = Registry(tmp_path_factory.mktemp("registry"))
-    mkimage.push_image(reg.url, "library/python", ["3.12", "3.11-slim", "3.12-slim"])
-    mkimage.push_image(reg.url, "library/ubuntu", ["22.04"], seed="ubuntu")
-    mkimage.push_image(reg.url, "library/multiarch", ["1.0"], index_arches=["arm64", "amd64"])
-    mkimage.push_image(reg.url, "library/armonly", ["1.0"], index_arches=["arm64"])
+    # harness.BUSYBOX, BUSYBOX_2, MULTIARCH, ARM64_ONLY
+    mkimage.push_image(reg.url, "busybox", ["1"])
+    mkimage.push_image(reg.url, "busybox", ["2"], seed="second")
+    mkimage.push_image(reg.url, "multiarch", ["1.0"], index_arches=["arm64", "amd64"])
+    mkimage.push_image(reg.url, "arm64-only", ["1.0"], index_arches=["arm64"])
     yield reg
     reg.stop()
 
@@ -30,8 +33,8 @@ def registry(tmp_path_factory):
 @pytest.fixture(scope="session")
 def big_image(registry):
     """A 48 MiB image: slow enough to kill the server in the middle of its pull."""
-    mkimage.push_image(registry.url, "library/big", ["1.0"], random_mb=48, seed="big")
-    return "big:1.0"
+    mkimage.push_image(registry.url, "big", ["1.0"], random_mb=48, seed="big")
+    return f"{FIXTURES}/big:1.0"
 
 
 @pytest.fixture
@@ -54,8 +57,8 @@ def cove(short_tmp, registry):
             pytest.fail(f"{b} is missing: build it with `make agent-debug` and `cargo build -p cove` (make test does)")
     servers = []
 
-    def make(extra=(), data_dir=None, mirror=registry.url):
-        s = Cove(data_dir or short_tmp / f"d{len(servers)}", mirror, extra)
+    def make(extra=(), data_dir=None, docker_hub_mirror=None):
+        s = Cove(data_dir or short_tmp / f"d{len(servers)}", registry.url, extra, docker_hub_mirror)
         servers.append(s)
         return s.start()
 
@@ -71,8 +74,8 @@ def server(cove):
 
 @pytest.fixture(scope="session")
 def registry_with_python(registry):
-    """An image with Debian's real python3 in it (for code_run)."""
-    mkimage.push_image(registry.url, "library/pyreal", ["3.11"], python=True, seed="python")
+    """harness.BUSYBOX_PYTHON: busybox with Debian's real python3 in it (for code_run)."""
+    mkimage.push_image(registry.url, "busybox-python", ["1"], python=True, seed="python")
     return registry
 
 
@@ -91,26 +94,43 @@ def trusted_ca(tmp_path_factory):
 
 
 @pytest.fixture
-def s3_server(cove, trusted_ca, short_tmp):
-    data = short_tmp / "s3"
-    (data / "tls").mkdir(parents=True)
-    for f in ("ca.pem", "ca.key"):
-        shutil.copy2(trusted_ca / "tls" / f, data / "tls" / f)
-    return cove(data_dir=data)
+def s3_cove(cove, trusted_ca, short_tmp):
+    """Starts servers whose S3 endpoint's certificate the system trusts (the session's CA);
+    takes `cove`'s keyword arguments."""
+    made = []
+
+    def make(**kw):
+        data = short_tmp / f"s3-{len(made)}"
+        (data / "tls").mkdir(parents=True)
+        for f in ("ca.pem", "ca.key"):
+            shutil.copy2(trusted_ca / "tls" / f, data / "tls" / f)
+        made.append(data)
+        return cove(data_dir=data, **kw)
+
+    return make
+
+
+@pytest.fixture
+def s3_server(s3_cove):
+    return s3_cove()
 
 
 @pytest.fixture(scope="session")
 def debian_image(registry):
     """A real Debian bookworm image (python3, pip, ca-certificates; no PEP 668 marker) built
     by mmdebstrap from this machine's apt mirror, cached under /var/cache/cove-tests, and
-    pushed as `library/debian-py:bookworm`. `image` is the name a snapshot uses (through the
-    server's docker.io mirror, like `python:3.12`); `image_by_digest` pins the same manifest."""
+    pushed as `fixtures.cove.test/debian-py:bookworm`. `image` is the name a snapshot uses;
+    `image_by_digest` pins the same manifest."""
     import debimage
 
     try:
-        digest = debimage.push_debian_image(registry.url, "library/debian-py", "bookworm")
+        digest = debimage.push_debian_image(registry.url, "debian-py", "bookworm")
     except debimage.BuildError as e:
         failure = str(e)  # mmdebstrap's own words, without a chained traceback
     else:
-        return {"image": "debian-py:bookworm", "image_by_digest": f"debian-py@{digest}", "digest": digest}
+        return {
+            "image": f"{FIXTURES}/debian-py:bookworm",
+            "image_by_digest": f"{FIXTURES}/debian-py@{digest}",
+            "digest": digest,
+        }
     pytest.fail(failure, pytrace=False)

@@ -16,7 +16,7 @@ from daytona import (
     Resources,
 )
 
-from harness import API_KEY
+from harness import API_KEY, BUSYBOX, Registry
 
 
 @pytest.fixture
@@ -49,10 +49,10 @@ def exec_in(daytona, snapshot, command):
         sandbox.delete()
 
 
-MULTI_STAGE = """\
-FROM python:3.12 AS builder
+MULTI_STAGE = f"""\
+FROM {BUSYBOX} AS builder
 RUN mkdir -p /out && echo built-in-stage-one > /out/artifact
-FROM python:3.12
+FROM {BUSYBOX}
 ARG GREETING=hello
 COPY --from=builder /out/artifact /opt/artifact
 WORKDIR /srv/work
@@ -81,7 +81,7 @@ def test_a_multi_stage_dockerfile_builds_with_workdir_user_and_a_deleted_file(bu
 
 def test_an_unchanged_rebuild_hits_the_cache_and_a_changed_step_reruns_only_from_there(builds):
     server, _ = builds
-    df = "FROM python:3.12\nRUN echo one > /one\nRUN echo two > /two\nRUN echo three > /three\n"
+    df = f"FROM {BUSYBOX}\nRUN echo one > /one\nRUN echo two > /two\nRUN echo three > /three\n"
     first = build(server, "c1", df)
     assert first["state"] == "active", first.get("errorReason")
     t0 = time.monotonic()
@@ -98,7 +98,7 @@ def test_an_unchanged_rebuild_hits_the_cache_and_a_changed_step_reruns_only_from
 
 def test_a_failing_step_names_itself_its_exit_code_and_its_last_output(builds):
     server, _ = builds
-    snap = build(server, "bad", "FROM python:3.12\nRUN echo fine\nRUN echo about-to-fail; exit 3\n")
+    snap = build(server, "bad", f"FROM {BUSYBOX}\nRUN echo fine\nRUN echo about-to-fail; exit 3\n")
     assert snap["state"] == "build_failed"
     reason = snap["errorReason"]
     assert "RUN echo about-to-fail; exit 3" in reason and "exit code 3" in reason, reason
@@ -108,7 +108,7 @@ def test_a_failing_step_names_itself_its_exit_code_and_its_last_output(builds):
 
 def test_a_dockerfile_that_does_not_parse_is_refused_naming_the_problem(builds):
     server, _ = builds
-    st, body = server.api("POST", "/snapshots", {"name": "unparsable", "buildInfo": {"dockerfileContent": "FROM python:3.12\nFROBNICATE x\n"}})
+    st, body = server.api("POST", "/snapshots", {"name": "unparsable", "buildInfo": {"dockerfileContent": f"FROM {BUSYBOX}\nFROBNICATE x\n"}})
     assert st == 400, body
     assert "FROBNICATE" in body["message"] or "line 2" in body["message"], body
 
@@ -116,7 +116,7 @@ def test_a_dockerfile_that_does_not_parse_is_refused_naming_the_problem(builds):
 def test_the_sdk_image_builder_streams_logs_before_the_build_ends(builds):
     server, daytona = builds
     image = (
-        Image.base("python:3.12")
+        Image.base(BUSYBOX)
         .run_commands("echo hello-from-the-build", "sleep 1", "mkdir -p /data && echo payload > /data/f")
         .env({"A": "b c"})
         .workdir("/home/daytona")
@@ -138,7 +138,7 @@ def test_local_files_and_dirs_reach_the_build_through_the_s3_endpoint(builds, tm
     (tmp_path / "ctx" / "a.txt").write_text("alpha\n")
     (tmp_path / "ctx" / "sub" / "b.txt").write_text("beta\n")
     image = (
-        Image.base("python:3.12")
+        Image.base(BUSYBOX)
         .add_local_file(str(tmp_path / "ctx" / "a.txt"), "/app/a.txt")
         .add_local_dir(str(tmp_path / "ctx"), "/app/ctx")
     )
@@ -151,7 +151,7 @@ def test_local_files_and_dirs_reach_the_build_through_the_s3_endpoint(builds, tm
 def test_the_seed_gpu_snippet_builds_in_us_east_1_and_sandboxes_are_refused_without_gpus(s3_server):
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=s3_server.api_url, target="us-east-1"))
     snap = daytona.snapshot.create(
-        CreateSnapshotParams(name="gpu-snap", image=Image.base("python:3.12"), resources=Resources(cpu=1, memory=1, disk=1, gpu=1)),
+        CreateSnapshotParams(name="gpu-snap", image=Image.base(BUSYBOX), resources=Resources(cpu=1, memory=1, disk=1, gpu=1)),
     )
     assert snap.state == "active" and snap.gpu == 1
     assert snap.region_ids == ["us-east-1"] if hasattr(snap, "region_ids") else True
@@ -164,7 +164,7 @@ def test_a_sandbox_from_an_image_builds_then_starts_with_the_requested_resources
     from daytona import CreateSandboxFromImageParams
 
     server, daytona = builds
-    image = Image.base("python:3.12").run_commands("echo sandbox-build-line > /built").env({"FROM_IMAGE": "yes"})
+    image = Image.base(BUSYBOX).run_commands("echo sandbox-build-line > /built").env({"FROM_IMAGE": "yes"})
     seen = []
     sandbox = daytona.create(
         CreateSandboxFromImageParams(image=image, resources=Resources(cpu=2, memory=4, disk=8), env_vars={"X": "1"}),
@@ -187,7 +187,7 @@ def test_a_sandbox_from_an_image_builds_then_starts_with_the_requested_resources
 
 def test_a_sandbox_whose_image_fails_to_build_ends_build_failed_with_the_reason(builds):
     server, _ = builds
-    st, sb = server.api("POST", "/sandbox", {"buildInfo": {"dockerfileContent": "FROM python:3.12\nRUN exit 7\n"}})
+    st, sb = server.api("POST", "/sandbox", {"buildInfo": {"dockerfileContent": f"FROM {BUSYBOX}\nRUN exit 7\n"}})
     assert st == 200 and sb["state"] == "pending_build", sb
 
     def failed():
@@ -200,12 +200,12 @@ def test_a_sandbox_whose_image_fails_to_build_ends_build_failed_with_the_reason(
     s = failed()
     assert "RUN exit 7" in s["errorReason"] and "exit code 7" in s["errorReason"], s
     assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
-    assert server.api("POST", "/sandbox", {"snapshot": "x", "buildInfo": {"dockerfileContent": "FROM python:3.12\n"}})[0] == 400
+    assert server.api("POST", "/sandbox", {"snapshot": "x", "buildInfo": {"dockerfileContent": f"FROM {BUSYBOX}\n"}})[0] == 400
 
 
 def test_the_step_cache_is_listed_for_admins_only_and_a_prune_makes_steps_run_again(builds):
     server, _ = builds
-    df = "FROM python:3.12\nRUN echo cached-step > /c\n"
+    df = f"FROM {BUSYBOX}\nRUN echo cached-step > /c\n"
     assert build(server, "p1", df)["state"] == "active"
     st, cache = server.api("GET", "/builds/cache")
     assert st == 200, cache
@@ -227,7 +227,7 @@ def test_the_step_cache_is_listed_for_admins_only_and_a_prune_makes_steps_run_ag
 
 def test_a_build_killed_with_the_server_runs_again_after_the_restart(builds):
     server, _ = builds
-    df = "FROM python:3.12\nRUN echo slow-step-started; sleep 3; echo slow-step-done > /done\n"
+    df = f"FROM {BUSYBOX}\nRUN echo slow-step-started; sleep 3; echo slow-step-done > /done\n"
     st, snap = server.api("POST", "/snapshots", {"name": "durable", "buildInfo": {"dockerfileContent": df, "contextHashes": []}})
     assert st == 200
     from harness import wait_until
@@ -257,7 +257,7 @@ def test_a_dockerfile_can_build_from_an_image_pushed_to_the_built_in_registry(bu
     src = registry.url.split("://", 1)[1]
     p = subprocess.run(
         ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds", f"x:{API_KEY}",
-         f"docker://{src}/library/python:3.12", f"docker://{here}/{org}/base:1.0"],
+         f"docker://{src}/busybox:1", f"docker://{here}/{org}/base:1.0"],
         capture_output=True, text=True,
     )
     assert p.returncode == 0, p.stderr
@@ -272,9 +272,9 @@ def test_a_dockerfile_can_build_from_an_image_pushed_to_the_built_in_registry(bu
     assert failed["state"] == "build_failed" and "not found" in failed["errorReason"], failed
 
 
-# Stand-ins for Debian's tools in the busybox fixture (the machine has no Debian image to
-# offer): they log how they were called and leave a trace, so the SDK's exact
-# `Image.debian_slim()` Dockerfile can be built step by step here.
+# Stand-ins for Debian's tools in a busybox image: they log how they were called and leave a
+# trace, so the SDK's exact `Image.debian_slim()` Dockerfile can be built step by step here
+# without installing compilers from the network.
 DEBIAN_STUBS = [
     ("usr/bin/apt-get", b'#!/bin/sh\necho "stub apt-get $*"\n[ "$1" = install ] && for p in "$@"; do touch "/usr/bin/$p"; chmod +x "/usr/bin/$p"; done\nexit 0\n', 0o755),
     ("usr/local/bin/pip", b'#!/bin/sh\necho "stub pip $*"\n', 0o755),
@@ -283,14 +283,24 @@ DEBIAN_STUBS = [
 ]
 
 
-def test_the_sdks_debian_slim_image_builds_step_by_step(builds, registry):
+def test_the_sdks_debian_slim_image_builds_step_by_step(s3_cove, tmp_path):
     import mkimage
 
-    server, daytona = builds
-    mkimage.push_image(registry.url, "library/python", ["3.12.10-slim-bookworm"], seed="slim", files=DEBIAN_STUBS)
-    image = Image.debian_slim("3.12").pip_install("requests")
-    seen = []
-    snap = daytona.snapshot.create(CreateSnapshotParams(name="slim", image=image), on_logs=seen.append)
+    # The SDK itself names a Docker Hub image here (`FROM python:3.12.10-slim-bookworm`), so
+    # this test, and only this one, gives its server a docker.io mirror: a registry of its own
+    # holding the stubbed busybox under that one name. (The real Debian image would have to
+    # install gcc, gfortran and build-essential from the network, far past this test's time.)
+    hub = Registry(tmp_path / "docker-hub-stand-in")
+    try:
+        mkimage.push_image(hub.url, "library/python", ["3.12.10-slim-bookworm"], seed="slim", files=DEBIAN_STUBS)
+        server = s3_cove(docker_hub_mirror=hub.url)
+        daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+        image = Image.debian_slim("3.12").pip_install("requests")
+        assert image.dockerfile().startswith("FROM python:3.12.10-slim-bookworm\n"), image.dockerfile()
+        seen = []
+        snap = daytona.snapshot.create(CreateSnapshotParams(name="slim", image=image), on_logs=seen.append)
+    finally:
+        hub.stop()
     assert snap.state == "active"
     log = "\n".join(seen)
     assert "stub apt-get install -y gcc gfortran build-essential" in log, log

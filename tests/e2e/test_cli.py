@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from harness import API_KEY, COVE_BIN
+from harness import API_KEY, BUSYBOX, COVE_BIN
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_login_stores_the_url_and_key_for_the_user_only(cli):
 
 
 def test_snapshot_create_from_an_image_then_list_get_deactivate_activate_and_delete(cli):
-    out = cli("snapshot", "create", "cli-snap", "--image", "python:3.12", "--cpu", "2", "--memory", "2")
+    out = cli("snapshot", "create", "cli-snap", "--image", BUSYBOX, "--cpu", "2", "--memory", "2")
     assert "cli-snap is active" in out.stdout
     listed = cli("snapshot", "list")
     assert "cli-snap" in listed.stdout and "NAME" in listed.stdout and "2/2/3" in listed.stdout
@@ -69,7 +69,7 @@ def test_snapshot_create_from_a_dockerfile_uploads_what_copy_uses_and_streams_th
     (ctx / "app" / "hello.txt").write_text("hello from the context\n")
     (ctx / "unused.bin").write_bytes(b"x" * 1000)
     (ctx / "Dockerfile").write_text(
-        "FROM python:3.12\nCOPY app/hello.txt /srv/\nRUN cat /srv/hello.txt && echo built-by-cli\n"
+        f"FROM {BUSYBOX}\nCOPY app/hello.txt /srv/\nRUN cat /srv/hello.txt && echo built-by-cli\n"
         'ENTRYPOINT ["sleep", "infinity"]\n'
     )
     out = cli("snapshot", "create", "from-df", "--dockerfile", str(ctx / "Dockerfile"))
@@ -83,7 +83,7 @@ def test_snapshot_create_from_a_dockerfile_uploads_what_copy_uses_and_streams_th
 
 
 def test_a_failing_dockerfile_build_exits_non_zero_with_the_reason(cli, tmp_path):
-    (tmp_path / "Dockerfile").write_text("FROM python:3.12\nRUN echo doomed; exit 4\n")
+    (tmp_path / "Dockerfile").write_text(f"FROM {BUSYBOX}\nRUN echo doomed; exit 4\n")
     out = cli("snapshot", "create", "doomed", "--dockerfile", str(tmp_path / "Dockerfile"), check=False)
     assert out.returncode != 0
     assert "build_failed" in out.stderr and "exit code 4" in out.stderr and "doomed" in out.stderr, out.stderr
@@ -92,7 +92,7 @@ def test_a_failing_dockerfile_build_exits_non_zero_with_the_reason(cli, tmp_path
 
 
 def test_sandbox_create_list_exec_and_delete(cli):
-    cli("snapshot", "create", "sb-snap", "--image", "python:3.12")
+    cli("snapshot", "create", "sb-snap", "--image", BUSYBOX)
     sb = json.loads(cli("sandbox", "create", "--snapshot", "sb-snap", "--env", "GREETING=hi there", "--format", "json").stdout)
     assert sb["state"] == "started"
     assert sb["id"] in cli("sandbox", "list").stdout
@@ -114,7 +114,7 @@ def test_api_keys_are_created_listed_and_revoked(cli):
 
 def test_delete_all_removes_every_snapshot(cli):
     for n in ("a1", "a2"):
-        cli("snapshot", "create", n, "--image", "python:3.12")
+        cli("snapshot", "create", n, "--image", BUSYBOX)
     out = cli("snapshot", "delete", "--all")
     assert "Deleted 2 snapshots" in out.stdout
     assert json.loads(cli("snapshot", "list", "--format", "json").stdout)["total"] == 0
@@ -131,24 +131,24 @@ def skopeo(*args):
 
 
 def test_snapshot_push_from_an_oci_layout_and_a_docker_archive_becomes_active_and_runs(cli, registry, tmp_path):
-    src = f"docker://{host_of(registry.url)}/library/python:3.12"
-    skopeo("copy", "--src-tls-verify=false", src, f"oci:{tmp_path / 'layout'}:3.12")
-    out = cli("snapshot", "push", f"oci:{tmp_path / 'layout'}:3.12", "--name", "pushed-oci", "--cpu", "1")
+    src = f"docker://{host_of(registry.url)}/busybox:1"
+    skopeo("copy", "--src-tls-verify=false", src, f"oci:{tmp_path / 'layout'}:1")
+    out = cli("snapshot", "push", f"oci:{tmp_path / 'layout'}:1", "--name", "pushed-oci", "--cpu", "1")
     assert "pushed-oci is active" in out.stdout, out.stdout + out.stderr
     assert "MB/s" in out.stderr
     sb = json.loads(cli("sandbox", "create", "--snapshot", "pushed-oci", "--format", "json").stdout)
     assert cli("sandbox", "exec", sb["id"], "--", "echo pushed-and-running").stdout == "pushed-and-running\n"
     cli("sandbox", "delete", sb["id"])
 
-    skopeo("copy", "--src-tls-verify=false", src, f"docker-archive:{tmp_path / 'img.tar'}:custom-python:3.12")
+    skopeo("copy", "--src-tls-verify=false", src, f"docker-archive:{tmp_path / 'img.tar'}:custom-busybox:1.0")
     out = cli("snapshot", "push", f"docker-archive:{tmp_path / 'img.tar'}", "--name", "pushed-archive")
     assert "pushed-archive is active" in out.stdout, out.stdout + out.stderr
     got = json.loads(cli("snapshot", "get", "pushed-archive", "--format", "json").stdout)
-    assert got["imageName"].endswith(":3.12"), got["imageName"]
+    assert got["imageName"].endswith(":1.0"), got["imageName"]
 
 
 def test_snapshot_push_refuses_an_arm64_image_with_the_platform_advice(cli, registry, tmp_path):
-    src = f"docker://{host_of(registry.url)}/library/armonly:1.0"
+    src = f"docker://{host_of(registry.url)}/arm64-only:1.0"
     skopeo("copy", "--src-tls-verify=false", "--override-arch", "arm64", src, f"oci:{tmp_path / 'arm'}:1.0")
     out = cli("snapshot", "push", f"oci:{tmp_path / 'arm'}:1.0", "--name", "armsnap", check=False)
     assert out.returncode != 0
@@ -212,7 +212,7 @@ def dockerd(tmp_path_factory):
 
 def test_the_seeds_push_flow_from_a_docker_engine(cli, registry, dockerd, tmp_path):
     archive = tmp_path / "alpine.tar"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/library/python:3.12",
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/busybox:1",
            f"docker-archive:{archive}:custom-alpine:3.21")
     docker = ["docker", "-H", dockerd]
     subprocess.run([*docker, "load", "-i", str(archive)], check=True, capture_output=True)
@@ -228,7 +228,7 @@ def test_the_seeds_push_flow_from_a_docker_engine(cli, registry, dockerd, tmp_pa
 
 def test_docker_push_into_the_built_in_registry_then_a_snapshot_of_it(cli, registry, dockerd, tmp_path):
     archive = tmp_path / "img.tar"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/library/python:3.12",
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/busybox:1",
            f"docker-archive:{archive}:local/app:2.0")
     here = host_of(cli.server.url)
     org = cli.server.api("GET", "/object-storage/push-access")[1]["organizationId"]

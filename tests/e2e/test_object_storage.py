@@ -14,7 +14,7 @@ from daytona import Daytona, DaytonaConfig, Image
 from daytona._sync.snapshot import SnapshotService
 from obstore.store import S3Store
 
-from harness import API_KEY, COVE_BIN
+from harness import API_KEY, BUSYBOX, COVE_BIN
 
 TS_DIR = os.path.join(os.path.dirname(__file__), "ts")
 
@@ -51,7 +51,7 @@ def test_push_access_hands_out_scoped_https_credentials(s3_server):
 def test_the_python_sdk_uploads_a_context_and_skips_it_once_present(s3_server, tmp_path):
     root = context_tree(tmp_path)
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=s3_server.api_url))
-    image = Image.base("python:3.12").add_local_file(str(root / "ctx" / "a.txt"), "/app/a.txt")
+    image = Image.base(BUSYBOX).add_local_file(str(root / "ctx" / "a.txt"), "/app/a.txt")
     image = image.add_local_dir(str(root / "ctx"), "/app/ctx")
     hashes = SnapshotService.process_image_context(daytona._object_storage_api, image)
     assert len(hashes) == 2
@@ -71,7 +71,7 @@ def test_the_python_sdk_uploads_a_context_and_skips_it_once_present(s3_server, t
 def test_another_organizations_prefix_is_refused_to_obstore(s3_server, tmp_path):
     root = context_tree(tmp_path)
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=s3_server.api_url))
-    image = Image.base("python:3.12").add_local_file(str(root / "ctx" / "a.txt"), "/app/a.txt")
+    image = Image.base(BUSYBOX).add_local_file(str(root / "ctx" / "a.txt"), "/app/a.txt")
     [h] = SnapshotService.process_image_context(daytona._object_storage_api, image)
     mine = push_access(s3_server)
     st, org = s3_server.api("POST", "/organizations", {"name": "team b"})

@@ -16,7 +16,7 @@ import urllib.parse
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 
-from harness import API_KEY, wait_until
+from harness import API_KEY, BUSYBOX_PYTHON, wait_until
 
 WEB_PORT = 8000
 WS_PORT = 8765
@@ -84,7 +84,7 @@ def web(cove, registry_with_python):
     WebSocket echo on WS_PORT."""
     server = cove()
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
     sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
     sandbox.fs.upload_file(PAGE.encode(), "/tmp/www/index.txt")
     sandbox.fs.upload_file(WS_SERVER.encode(), "/tmp/ws_echo.py")

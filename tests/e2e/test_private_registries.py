@@ -112,8 +112,10 @@ def test_a_generic_registry_makes_the_pull_active_and_its_password_never_leaves_
 
 
 def test_a_dockerhub_registry_is_used_for_docker_hub_images_through_the_mirror(cove, private):
-    # Docker Hub is mirrored to the fixture: its credentials must be sent to the mirror.
-    server = cove(mirror=private.url)
+    # This test is about mirrors: Docker Hub mirrored (as an admin may configure it) to the
+    # htpasswd fixture, so a `dockerhub` record's credentials must be sent to the mirror.
+    # `private/app:1.0` is a Docker Hub name on purpose; only this server mirrors docker.io.
+    server = cove(docker_hub_mirror=private.url)
     denied = snapshot(server, "hub-denied", "private/app:1.0")
     assert denied["state"] == "error" and "unauthorized" in denied["errorReason"], denied
     st, created = add(server, type="dockerhub", name="hub", username=USER, password=SECRET)
@@ -270,7 +272,6 @@ def test_an_ecr_registry_assumes_the_role_with_the_org_as_external_id_and_pulls_
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     # The ECR host is mirrored to the htpasswd fixture, which knows moto's token password.
     server = cove(
-        mirror=None,
         extra=[
             "--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"],
             "--registry-mirror", f"{ECR_HOST}={private.url}",
@@ -297,7 +298,7 @@ def test_an_ecr_registry_assumes_the_role_with_the_org_as_external_id_and_pulls_
 def test_an_ecr_pull_without_server_aws_credentials_says_what_is_missing(cove, private, moto, monkeypatch):
     for v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(v, raising=False)
-    server = cove(mirror=None, extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
+    server = cove(extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
     st, reg = add(server, type="ecr", name="no-aws", url=ECR_HOST, roleArn=moto["role"])
     assert st == 201, reg
     snap = snapshot(server, "ecr-no-aws", f"{ECR_HOST}/team/app:1.0")
@@ -309,7 +310,7 @@ def test_an_ecr_pull_signed_with_a_wrong_server_secret_is_refused_by_sts(cove, p
     # The emulator checks signatures, so the passing ECR test above really verified SigV4.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto["key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-" + moto["secret"])
-    server = cove(mirror=None, extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
+    server = cove(extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
     st, reg = add(server, type="ecr", name="bad-sig", url=ECR_HOST, roleArn=moto["role"])
     assert st == 201, reg
     snap = snapshot(server, "ecr-bad-sig", f"{ECR_HOST}/team/app:1.0")

@@ -55,9 +55,9 @@ def reg(cove):
 
 @pytest.fixture(scope="session")
 def oci_layout(registry, tmp_path_factory):
-    d = tmp_path_factory.mktemp("layout") / "python"
+    d = tmp_path_factory.mktemp("layout") / "busybox"
     host = registry.url.split("://", 1)[1]
-    skopeo("copy", "--src-tls-verify=false", f"docker://{host}/library/python:3.12", f"oci:{d}:3.12")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host}/busybox:1", f"oci:{d}:1")
     return d
 
 
@@ -77,7 +77,7 @@ def test_skopeo_pushes_an_oci_layout_and_pulls_it_back_byte_for_byte(reg, oci_la
     server, org, v2 = reg
     host = f"127.0.0.1:{server.port}"
     dest = f"docker://{host}/{org}/myimg:1.0"
-    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:3.12", dest)
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:1", dest)
     info = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", f"any:{API_KEY}", dest).stdout)
     assert info["Architecture"] == "amd64" and len(info["Layers"]) >= 1
     out = tmp_path / "back"
@@ -86,7 +86,7 @@ def test_skopeo_pushes_an_oci_layout_and_pulls_it_back_byte_for_byte(reg, oci_la
     back_index = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
     assert src_index == back_index == info["Digest"], "the manifest comes back unchanged"
     # A second push uploads nothing new and keeps the digest.
-    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:3.12",
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:1",
            f"docker://{host}/{org}/myimg:1.1")
     st, _, tags = v2.json("GET", f"/v2/{org}/myimg/tags/list")
     assert st == 200 and tags == {"name": f"{org}/myimg", "tags": ["1.0", "1.1"]}
@@ -96,7 +96,7 @@ def test_an_index_pushed_with_all_platforms_becomes_a_snapshot_of_its_amd64_imag
     server, org, v2 = reg
     src = registry.url.split("://", 1)[1]
     skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}",
-           f"docker://{src}/library/multiarch:1.0", f"docker://127.0.0.1:{server.port}/{org}/multi:1.0")
+           f"docker://{src}/multiarch:1.0", f"docker://127.0.0.1:{server.port}/{org}/multi:1.0")
     st, h, b = v2.req("GET", f"/v2/{org}/multi/manifests/1.0", headers={"Accept": OCI_INDEX})
     assert st == 200 and h["Content-Type"] == OCI_INDEX
     st, snap = server.api("POST", "/snapshots", {"name": "multi", "imageName": f"127.0.0.1:{server.port}/{org}/multi:1.0"})
@@ -254,7 +254,7 @@ def test_a_pushed_image_becomes_a_snapshot_and_a_sandbox_runs_from_it(reg, oci_l
 
     server, org, v2 = reg
     name = f"127.0.0.1:{server.port}/{org}/myimg:1.0"
-    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:3.12", f"docker://{name}")
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:1", f"docker://{name}")
     st, snap = server.api("POST", "/snapshots", {"name": "pushed", "imageName": name})
     assert st == 200, snap
     done = server.wait_state("pushed")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, Resources
 
-from harness import API_KEY, wait_until
+from harness import API_KEY, BUSYBOX, wait_until
 
 
 @pytest.fixture
 def env(cove):
     server = cove(extra=["--sandbox-pids-limit", "128"])
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="small", image="python:3.12", resources=Resources(cpu=1, memory=1, disk=1)))
+    daytona.snapshot.create(CreateSnapshotParams(name="small", image=BUSYBOX, resources=Resources(cpu=1, memory=1, disk=1)))
     return server, daytona
 
 

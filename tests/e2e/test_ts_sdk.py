@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from daytona import CreateSnapshotParams, Daytona, DaytonaConfig
 
-from harness import API_KEY
+from harness import API_KEY, BUSYBOX
 
 TS_DIR = Path(__file__).parent / "ts"
 
@@ -20,7 +20,7 @@ def test_the_typescript_sdk_runs_the_seed_k3s_flow(cove):
         pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     server = cove(extra=["--default-snapshot", "k3s-snap"])
     Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url)).snapshot.create(
-        CreateSnapshotParams(name="k3s-snap", image="python:3.12")
+        CreateSnapshotParams(name="k3s-snap", image=BUSYBOX)
     )
     env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY)
     out = subprocess.run(

@@ -12,6 +12,7 @@ import uuid
 from datetime import timedelta
 
 import mkimage
+from harness import BUSYBOX, FIXTURES
 
 KIB = 1024
 
@@ -30,7 +31,7 @@ def create_built(server, name, dockerfile, hashes=()):
 def multiplying_args(lines=11, before_from=False):
     """The measured attack: each ARG is four times the one before (64 MiB after 11 lines)."""
     args = [f"ARG A0={'x' * 64}"] + [f"ARG A{i}=$A{i - 1}$A{i - 1}$A{i - 1}$A{i - 1}" for i in range(1, lines)]
-    body = args + ["FROM python:3.12"] if before_from else ["FROM python:3.12"] + args
+    body = args + [f"FROM {BUSYBOX}"] if before_from else [f"FROM {BUSYBOX}"] + args
     return "\n".join(body + ["RUN echo never-built"]) + "\n"
 
 
@@ -54,21 +55,21 @@ def test_multiplying_args_are_refused_at_create_with_a_400_naming_the_limit_quic
 
 
 def test_an_instruction_whose_expanded_words_add_up_past_its_limit_is_refused(server):
-    df = f"FROM python:3.12\nARG A={'y' * 60 * KIB}\nENV B1=$A B2=$A B3=$A B4=$A B5=$A\n"
+    df = f"FROM {BUSYBOX}\nARG A={'y' * 60 * KIB}\nENV B1=$A B2=$A B3=$A B4=$A B5=$A\n"
     st, body = create_built(server, "wide", df)
     assert st == 400, body
     assert "dockerfile line 3: expanded instruction exceeds 256 KiB" in body["message"], body
 
 
 def test_env_values_accumulating_past_the_stage_limit_are_refused(server):
-    df = f"FROM python:3.12\nARG A={'v' * 60 * KIB}\n" + "".join(f"ENV E{i}a=$A E{i}b=$A\n" for i in range(6))
+    df = f"FROM {BUSYBOX}\nARG A={'v' * 60 * KIB}\n" + "".join(f"ENV E{i}a=$A E{i}b=$A\n" for i in range(6))
     st, body = create_built(server, "accumulate", df)
     assert st == 400, body
     assert "dockerfile line 6:" in body["message"] and "over the limit of 512 KiB" in body["message"], body
 
 
 def test_a_dockerfile_over_one_mib_is_refused(server):
-    df = "FROM python:3.12\n" + "# padding padding padding\n" * (60 * KIB)
+    df = f"FROM {BUSYBOX}\n" + "# padding padding padding\n" * (60 * KIB)
     assert len(df) > 1 << 20
     st, body = create_built(server, "huge", df)
     assert st == 400, body
@@ -76,20 +77,20 @@ def test_a_dockerfile_over_one_mib_is_refused(server):
 
 
 def test_more_than_a_thousand_instructions_are_refused(server):
-    df = "FROM python:3.12\n" + "RUN true\n" * 1000
+    df = f"FROM {BUSYBOX}\n" + "RUN true\n" * 1000
     st, body = create_built(server, "long", df)
     assert st == 400, body
     assert "1001 instructions, over the limit of 1000" in body["message"] and "line 1001" in body["message"], body
-    st, _ = create_built(server, "long-enough", "FROM python:3.12\n" + "LABEL a=b\n" * 999)
+    st, _ = create_built(server, "long-enough", f"FROM {BUSYBOX}\n" + "LABEL a=b\n" * 999)
     assert st == 200, "a thousand instructions are fine"
 
 
 def test_a_copy_destination_five_thousand_directories_deep_is_a_400_naming_the_path_problem(server):
     deep = "/d" * 5000
     for name, df in [
-        ("deep-copy", f"FROM python:3.12\nCOPY a.txt {deep}/\n"),
-        ("deep-workdir", f"FROM python:3.12\nWORKDIR {deep}\n"),
-        ("deep-many-workdirs", "FROM python:3.12\n" + "WORKDIR d\n" * 600),
+        ("deep-copy", f"FROM {BUSYBOX}\nCOPY a.txt {deep}/\n"),
+        ("deep-workdir", f"FROM {BUSYBOX}\nWORKDIR {deep}\n"),
+        ("deep-many-workdirs", f"FROM {BUSYBOX}\n" + "WORKDIR d\n" * 600),
     ]:
         st, body = create_built(server, name, df)
         assert st == 400, (name, body)
@@ -125,7 +126,7 @@ def test_a_build_context_entry_five_thousand_directories_deep_ends_build_failed_
     )
     h = uuid.uuid4().hex
     store.put(f"{access['organizationId']}/{h}/context.tar", deep_context_tar())
-    st, snap = create_built(s3_server, "deep-context", "FROM python:3.12\nCOPY . /ctx/\n", [h])
+    st, snap = create_built(s3_server, "deep-context", f"FROM {BUSYBOX}\nCOPY . /ctx/\n", [h])
     assert st == 200, snap
     done = s3_server.wait_state(snap["id"], timeout=120)
     assert done["state"] == "build_failed", done
@@ -145,8 +146,8 @@ def deep_layer():
 
 
 def test_a_base_image_layer_deeper_than_path_max_fails_with_its_cause_in_the_reason(server, registry):
-    mkimage.push_image(registry.url, "library/deeplayer", ["1.0"], seed="deeplayer", raw_layers=[deep_layer()])
-    st, snap = server.api("POST", "/snapshots", {"name": "deep-layer", "imageName": "deeplayer:1.0"})
+    mkimage.push_image(registry.url, "deeplayer", ["1.0"], seed="deeplayer", raw_layers=[deep_layer()])
+    st, snap = server.api("POST", "/snapshots", {"name": "deep-layer", "imageName": f"{FIXTURES}/deeplayer:1.0"})
     assert st == 200, snap
     done = server.wait_state(snap["id"], timeout=120)
     assert done["state"] == "error", done
@@ -154,7 +155,7 @@ def test_a_base_image_layer_deeper_than_path_max_fails_with_its_cause_in_the_rea
     assert "from layer entry" in reason and "File name too long" in reason, reason
     assert len(reason) < 1000, len(reason)
 
-    st, snap = create_built(server, "from-deep-layer", "FROM deeplayer:1.0\nRUN true\n")
+    st, snap = create_built(server, "from-deep-layer", f"FROM {FIXTURES}/deeplayer:1.0\nRUN true\n")
     assert st == 200, snap
     done = server.wait_state(snap["id"], timeout=120)
     assert done["state"] == "build_failed", done
@@ -164,7 +165,7 @@ def test_a_base_image_layer_deeper_than_path_max_fails_with_its_cause_in_the_rea
 def test_a_run_step_nesting_directories_past_the_depth_limit_ends_build_failed_naming_the_path_problem(server):
     # 1500 levels: deeper than the limit, and as deep as busybox's `cd` goes (its PWD must
     # stay under PATH_MAX).
-    df = "FROM python:3.12\nRUN i=0; while [ $i -lt 1500 ]; do mkdir a && cd a || exit 1; i=$((i+1)); done\n"
+    df = f"FROM {BUSYBOX}\nRUN i=0; while [ $i -lt 1500 ]; do mkdir a && cd a || exit 1; i=$((i+1)); done\n"
     st, snap = create_built(server, "deep-run", df)
     assert st == 200, snap
     done = server.wait_state(snap["id"], timeout=180)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from harness import API_KEY, free_port, wait_until
+from harness import API_KEY, BUSYBOX, free_port, wait_until
 
 
 class HostListener:
@@ -102,7 +102,7 @@ def test_a_network_build_step_cannot_reach_host_services_either(cove, listener):
     server = cove()
     gw = gateway(server)
     dockerfile = (
-        "FROM python:3.12\n"
+        f"FROM {BUSYBOX}\n"
         f"RUN --network=default ip -4 -o addr show eth0 > /net; (echo hi | nc -w 2 {gw} {listener.port} > /got 2>&1); echo rc=$? >> /got\n"
     )
     st, snap = server.api("POST", "/snapshots", {"name": "netstep", "buildInfo": {"dockerfileContent": dockerfile, "contextHashes": []}})
@@ -167,7 +167,7 @@ def test_an_organization_cannot_create_past_its_quota_and_only_admins_change_it(
     st, body = server.api("PUT", f"/organizations/{org_id}/quota", {"sandboxes": 1})
     assert st == 200 and body["sandboxes"] == 1, body
 
-    st, snap = server.api("POST", "/snapshots", {"name": "small", "imageName": "python:3.12"}, key=key)
+    st, snap = server.api("POST", "/snapshots", {"name": "small", "imageName": BUSYBOX}, key=key)
     assert st == 200, snap
     assert server.wait_state(snap["id"], key=key)["state"] == "active"
     st, first = server.api("POST", "/sandbox", {"snapshot": "small"}, key=key)
@@ -179,7 +179,7 @@ def test_an_organization_cannot_create_past_its_quota_and_only_admins_change_it(
     assert st == 200 and q["used"]["sandboxes"] == 1, q
 
     # The admin's own organization is not held by another organization's quota.
-    st, snap = server.api("POST", "/snapshots", {"name": "small", "imageName": "python:3.12"})
+    st, snap = server.api("POST", "/snapshots", {"name": "small", "imageName": BUSYBOX})
     assert st == 200, snap
     server.wait_state(snap["id"])
     st, mine = server.api("POST", "/sandbox", {"snapshot": "small"})

@@ -12,6 +12,10 @@ import tarfile
 import pytest
 
 import mkimage
+from harness import FIXTURES
+
+BOMB = f"{FIXTURES}/bomb:1.0"
+DEVICES = f"{FIXTURES}/devices:1.0"
 
 
 def special_layer():
@@ -38,8 +42,8 @@ def special_layer():
 
 @pytest.fixture(scope="module")
 def attack_images(registry):
-    mkimage.push_image(registry.url, "library/bomb", ["1.0"], seed="bomb", raw_layers=[mkimage.zeros_bomb()])
-    mkimage.push_image(registry.url, "library/devices", ["1.0"], seed="devices", raw_layers=[special_layer()])
+    mkimage.push_image(registry.url, "bomb", ["1.0"], seed="bomb", raw_layers=[mkimage.zeros_bomb()])
+    mkimage.push_image(registry.url, "devices", ["1.0"], seed="devices", raw_layers=[special_layer()])
     return registry
 
 
@@ -56,7 +60,7 @@ def assert_no_unpack_left(server):
 
 
 def test_a_layer_bomb_stops_at_the_unpack_ratio_and_leaves_nothing_behind(server, attack_images):
-    snap = create(server, "bomb", "bomb:1.0")
+    snap = create(server, "bomb", BOMB)
     assert snap["state"] == "error", snap
     reason = snap["errorReason"]
     assert "size limit of" in reason and "--max-unpack-ratio" in reason, reason
@@ -66,7 +70,7 @@ def test_a_layer_bomb_stops_at_the_unpack_ratio_and_leaves_nothing_behind(server
 
 def test_with_no_ratio_limit_a_layer_bomb_stops_at_the_snapshot_disk_size(cove, attack_images):
     server = cove(extra=["--max-unpack-ratio", "0"])
-    snap = create(server, "bomb-disk", "bomb:1.0", disk=1)
+    snap = create(server, "bomb-disk", BOMB, disk=1)
     assert snap["state"] == "error", snap
     reason = snap["errorReason"]
     assert "size limit of 1.0 GiB (the disk size it is pulled for)" in reason, reason
@@ -74,7 +78,7 @@ def test_with_no_ratio_limit_a_layer_bomb_stops_at_the_snapshot_disk_size(cove, 
 
 
 def test_device_nodes_in_a_layer_are_not_created_on_the_host(server, attack_images):
-    snap = create(server, "devices", "devices:1.0")
+    snap = create(server, "devices", DEVICES)
     assert snap["state"] == "active", snap
     images = server.data_dir / "images"
     (image,) = list(images.iterdir())

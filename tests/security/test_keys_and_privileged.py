@@ -7,7 +7,7 @@ import sqlite3
 import urllib.request
 
 
-from harness import API_KEY
+from harness import API_KEY, BUSYBOX
 
 SECOND_ADMIN_KEY = "second-admin-test-key"  # another prefix than API_KEY
 CAP_SYS_ADMIN = 21
@@ -160,7 +160,7 @@ def test_keys_stored_as_bare_sha256_by_an_older_server_still_work_and_are_rehash
 
 
 def snapshot(server, key=API_KEY, name="priv"):
-    st, body = server.api("POST", "/snapshots", {"name": name, "imageName": "python:3.12"}, key=key)
+    st, body = server.api("POST", "/snapshots", {"name": name, "imageName": BUSYBOX}, key=key)
     assert st == 200, body
     assert server.wait_state(body["id"], key=key)["state"] == "active"
     return name
@@ -199,7 +199,7 @@ def test_a_member_key_asking_for_a_privileged_sandbox_is_refused_naming_allow_pr
     assert_refused(st, body, "--allow-privileged")
     # The build path (a sandbox from an Image) is refused the same way, before any build.
     st, body = server.api(
-        "POST", "/sandbox", {"buildInfo": {"dockerfileContent": "FROM python:3.12\n"}, "privileged": True}, key=other
+        "POST", "/sandbox", {"buildInfo": {"dockerfileContent": f"FROM {BUSYBOX}\n"}, "privileged": True}, key=other
     )
     assert_refused(st, body, "--allow-privileged")
     st, listed = server.api("GET", "/sandbox", key=other)

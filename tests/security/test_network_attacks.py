@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 
-from harness import API_KEY
+from harness import API_KEY, BUSYBOX_PYTHON
 from netprobe import gateway, probe, serve
 
 # A DNS query for pypi.org (id 0x4242, A, IN).
@@ -53,7 +53,7 @@ except socket.timeout:
 def net_env(cove, registry_with_python):
     server = cove()
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
     return server, daytona
 
 
@@ -158,7 +158,7 @@ def test_another_organization_cannot_link_to_a_sandbox_it_does_not_own_or_change
     st, org = server.api("POST", "/organizations", {"name": "intruders"})
     assert st == 200, org
     other = org["apiKey"]["value"]
-    st, snap = server.api("POST", "/snapshots", {"name": "py", "imageName": "pyreal:3.11"}, key=other)
+    st, snap = server.api("POST", "/snapshots", {"name": "py", "imageName": BUSYBOX_PYTHON}, key=other)
     assert st == 200, snap
     server.wait_state(snap["id"], key=other)
     for ref in ("victim", victim.id):

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from daytona import CreateSandboxFromSnapshotParams
 
+from harness import BUSYBOX
+
 
 PROBE_SRC = Path(__file__).with_name("probe.c")
 SECRET = "cove-secret-token-4f1d9a"
@@ -175,7 +177,7 @@ def build(server, name, dockerfile, **extra):
 
 def test_build_steps_run_in_the_user_namespace_and_their_set_uid_files_give_host_users_nothing(env):
     server, daytona = env
-    snap = build(server, "userns-build", "FROM python:3.12\n"
+    snap = build(server, "userns-build", f"FROM {BUSYBOX}\n"
                  "RUN cat /proc/self/uid_map > /uidmap && cp /bin/busybox /rootshell && chmod 4755 /rootshell\n")
     assert snap["state"] == "active", snap
     sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="userns-build"))
@@ -197,7 +199,7 @@ def test_build_steps_run_in_the_user_namespace_and_their_set_uid_files_give_host
 def test_a_build_step_writing_past_the_builds_disk_fails_and_costs_the_host_nothing(env):
     server, daytona = env
     before = shutil.disk_usage(server.data_dir).used
-    snap = build(server, "filler", "FROM python:3.12\nRUN dd if=/dev/zero of=/big bs=1M count=1500\n",
+    snap = build(server, "filler", f"FROM {BUSYBOX}\nRUN dd if=/dev/zero of=/big bs=1M count=1500\n",
                  cpu=1, memory=1, disk=1)
     assert snap["state"] == "build_failed", snap
     assert "No space left" in (snap.get("errorReason") or ""), snap

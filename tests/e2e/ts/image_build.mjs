@@ -7,7 +7,8 @@ import { Daytona, Image } from '@daytona/sdk'
 
 const name = process.env.SNAPSHOT
 const daytona = new Daytona()
-const image = Image.base('python:3.12')
+// The test fixture registry's busybox (tests/fixtures/harness.py: BUSYBOX).
+const image = Image.base('fixtures.cove.test/busybox:1')
   // The sleep keeps the build running past the SDK's first poll (1 s after the POST): the SDK
   // opens the log stream only once it has seen a state other than pending.
   .runCommands('echo hello-from-ts-build', 'sleep 3')

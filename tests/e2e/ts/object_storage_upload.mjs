@@ -6,8 +6,9 @@ import { S3Client, PutObjectCommand, ListObjectsV2Command } from '@aws-sdk/clien
 
 process.chdir(process.env.CONTEXT_ROOT)
 const daytona = new Daytona()
-// Paths as given stay relative, as in the SDK's own examples: COPY ctx/a.txt …
-const image = Image.base('python:3.12').addLocalFile('ctx/a.txt', '/app/a.txt').addLocalDir('ctx', '/app/ctx')
+// Paths as given stay relative, as in the SDK's own examples: COPY ctx/a.txt … (the base is
+// the test fixture registry's busybox, tests/fixtures/harness.py: BUSYBOX; nothing is pulled).
+const image = Image.base('fixtures.cove.test/busybox:1').addLocalFile('ctx/a.txt', '/app/a.txt').addLocalDir('ctx', '/app/ctx')
 const SnapshotService = daytona.snapshot.constructor
 const started = Date.now()
 const hashes = await SnapshotService.processImageContext(daytona.objectStorageApi, image)
