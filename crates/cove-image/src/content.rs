@@ -61,6 +61,9 @@ pub enum ContentError {
         /// The blob.
         digest: Digest,
     },
+    /// [`Ingest::commit_sha256`] on an ingest that did not hash sha256.
+    #[error("cannot commit under the blob's own sha256: it was not hashed while the blob was written")]
+    NoSha256,
     /// Renaming into place or deleting failed.
     #[error("commit blob {digest}")]
     Commit {
@@ -265,6 +268,19 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// Commits under the sha256 of what was written and returns that digest: for content made
+    /// here whose digest is known only at its end (a sandbox's disk archive). The ingest must
+    /// hash sha256 ([`ContentStore::ingest_sha256`] or [`ContentStore::ingest`]).
+    pub fn commit_sha256(self) -> Result<Digest, ContentError> {
+        let h = self.hashers.sha256.clone().ok_or(ContentError::NoSha256)?;
+        let digest = Digest::sha256_from_bytes(&h.finalize().into());
+        let size = self.size;
+        self.commit(&digest, Some(size))?;
+        Ok(digest)
+    }
+}
+
 impl Drop for Ingest {
     fn drop(&mut self) {
         // After a successful commit the path no longer exists; otherwise clean up.
@@ -317,6 +333,17 @@ mod tests {
         assert_eq!(cs.read(&d).unwrap(), b"hello");
         assert_eq!(cs.list(), vec![d]);
         assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_blob_committed_under_its_own_sha256_is_found_by_that_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let mut w = cs.ingest_sha256().unwrap();
+        w.write(b"made here").unwrap();
+        let d = w.commit_sha256().unwrap();
+        assert_eq!(d, sha256(b"made here"));
+        assert_eq!(cs.read(&d).unwrap(), b"made here");
     }
 
     #[test]
