@@ -50,6 +50,7 @@ bench: setup bench-setup build
 	.venv/bin/python bench/build.py
 	.venv/bin/python bench/push.py
 	.venv/bin/python bench/preview.py
+	.venv/bin/python bench/archive.py
 
 ## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
 bench-setup:

@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub aws: crate::service::ecr::AwsEndpoints,
     /// Every organization's quota unless an admin set its own (`--org-quota-*`).
     pub org_quota: crate::service::quotas::Limits,
+    /// `--lifecycle-minute-secs`: how long a "minute" of the sandboxes' auto-stop, auto-archive
+    /// and auto-delete intervals lasts (60 s; tests use 1 s). The lifecycle sweep runs every
+    /// quarter of it.
+    pub lifecycle_minute: Duration,
     /// `--preview-domain`: `host[:port]` under which `{port}-{sandboxId}` preview host names
     /// are served (`None`: `localhost:{listen port}`, which resolves with no DNS set-up).
     pub preview_domain: Option<String>,

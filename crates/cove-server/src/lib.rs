@@ -137,6 +137,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     .map_err(StartError::Builds)?;
     let registry = registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url)
         .map_err(StartError::Registry)?;
+    let content = images.content().clone();
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone(), builds);
     snapshots.attach_registry(registry.clone());
     let secrets = service::secrets::SecretBox::open(&cfg.data_dir).map_err(StartError::Secrets)?;
@@ -156,6 +157,8 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         },
     )
     .map_err(StartError::Preview)?;
+    let lifecycle =
+        service::lifecycle::LifecycleService::new(store.clone(), runtime.clone(), content, cfg.lifecycle_minute);
     let sandboxes = service::sandboxes::SandboxService::new(
         store.clone(),
         runtime,
@@ -167,11 +170,15 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     )
     .allow_privileged(cfg.allow_privileged);
     sandboxes.attach_quotas(service::quotas::QuotaService::new(store.clone(), cfg.org_quota));
+    sandboxes.attach_lifecycle(lifecycle.clone());
+    // Archives and restores a crash interrupted first: the disk or the archive decides.
+    lifecycle.reconcile().await.map_err(|e| StartError::Reconcile(e.into()))?;
     // Sandboxes first: their images must count as referenced before snapshots collect garbage.
     sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
     snapshots.resume().await.map_err(StartError::Resume)?;
     tokio::spawn(snapshots.clone().run_inactivity_sweeper(cfg.inactive_after, cfg.sweep_interval));
     tokio::spawn(sandboxes.clone().run_monitor(cfg.monitor_interval));
+    tokio::spawn(lifecycle.run_sweeper(sandboxes.clone()));
     tokio::spawn(sandboxes.clone().run_pool_sweeper(Duration::from_secs(30).min(cfg.warm_pool.idle)));
     Ok(Prepared {
         state: AppState {

@@ -98,6 +98,27 @@ pub async fn version(agent: &AgentAddr) -> Result<String, ToolboxError> {
     Ok(v.get("version").and_then(|v| v.as_str()).unwrap_or("unknown").to_string())
 }
 
+/// How many session commands have not finished in the sandbox (`GET /process/session`:
+/// commands without an exit code). The entrypoint is not a session command.
+pub async fn running_commands(agent: &AgentAddr) -> Result<usize, ToolboxError> {
+    let req = Request::get("/process/session")
+        .header(header::HOST, "agent")
+        .body(Body::empty())
+        .expect("a static request is valid");
+    let resp = send(agent, req, None).await?;
+    if !resp.status().is_success() {
+        return Err(ToolboxError::Status { what: "GET /process/session", status: resp.status() });
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap_or_default();
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap_or_default();
+    Ok(sessions
+        .iter()
+        .filter_map(|s| s.get("commands").and_then(|c| c.as_array()))
+        .flatten()
+        .filter(|c| c.get("exitCode").is_none_or(serde_json::Value::is_null))
+        .count())
+}
+
 /// Polls `GET /version` until the agent answers, up to `timeout`.
 pub async fn wait_ready(agent: &AgentAddr, timeout: Duration) -> Result<String, ToolboxError> {
     // The agent is usually up within a few milliseconds of `runc run` returning: poll every

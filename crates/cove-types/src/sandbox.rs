@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// A sandbox's state, spelled as Daytona spells it.
 ///
 /// ```text
-/// creating ─► started ◄─► stopped
+/// creating ─► started ◄─► stopped ─► archiving ─► archived ─► restoring ─► stopped
 ///    │           │  (stopping/starting in between)
 ///    └► error ◄──┘
 /// any ─► destroying ─► destroyed
@@ -41,11 +41,18 @@ pub enum SandboxState {
     BuildingSnapshot,
     /// Created from an `Image` whose build failed; `errorReason` says why.
     BuildFailed,
+    /// Stopped, and its disk is being compressed into the content store.
+    Archiving,
+    /// Stopped with its disk only in the content store (no disk image); `start` restores it.
+    Archived,
+    /// Its disk is being restored from its archive (the first part of starting an archived
+    /// sandbox).
+    Restoring,
 }
 
 impl SandboxState {
     /// Every state.
-    pub const ALL: [SandboxState; 12] = [
+    pub const ALL: [SandboxState; 15] = [
         Self::Creating,
         Self::PullingSnapshot,
         Self::Starting,
@@ -58,6 +65,9 @@ impl SandboxState {
         Self::PendingBuild,
         Self::BuildingSnapshot,
         Self::BuildFailed,
+        Self::Archiving,
+        Self::Archived,
+        Self::Restoring,
     ];
 
     /// The wire spelling.
@@ -75,13 +85,21 @@ impl SandboxState {
             Self::PendingBuild => "pending_build",
             Self::BuildingSnapshot => "building_snapshot",
             Self::BuildFailed => "build_failed",
+            Self::Archiving => "archiving",
+            Self::Archived => "archived",
+            Self::Restoring => "restoring",
         }
     }
 
-    /// `start` is allowed from stopped and error (a crashed sandbox can be started again),
-    /// and is a no-op on a started one.
+    /// `start` is allowed from stopped, archived (its disk is restored first) and error (a
+    /// crashed sandbox can be started again), and is a no-op on a started one.
     pub fn can_start(self) -> bool {
-        matches!(self, Self::Stopped | Self::Error | Self::Started)
+        matches!(self, Self::Stopped | Self::Archived | Self::Error | Self::Started)
+    }
+
+    /// `archive` is allowed from stopped only, and is a no-op on an archived one.
+    pub fn can_archive(self) -> bool {
+        matches!(self, Self::Stopped | Self::Archived)
     }
 
     /// `stop` is allowed from started, and is a no-op on a stopped one.
@@ -89,9 +107,10 @@ impl SandboxState {
         matches!(self, Self::Started | Self::Stopped)
     }
 
-    /// Anything not already going away can be deleted.
+    /// Anything not already going away can be deleted, except while its disk moves to or
+    /// from its archive.
     pub fn can_delete(self) -> bool {
-        !matches!(self, Self::Destroying | Self::Destroyed)
+        !matches!(self, Self::Destroying | Self::Destroyed | Self::Archiving | Self::Restoring)
     }
 
     /// Toolbox calls are proxied only to a started sandbox.
@@ -110,6 +129,8 @@ impl SandboxState {
                 | Self::Destroying
                 | Self::PendingBuild
                 | Self::BuildingSnapshot
+                | Self::Archiving
+                | Self::Restoring
         )
     }
 }

@@ -12,6 +12,7 @@ use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, Upda
 use super::error::ApiError;
 use super::extract::{Body, Params};
 use crate::service::keys::Principal;
+use crate::service::lifecycle::Interval;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -25,6 +26,53 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_url))
         .route("/sandbox/{id}/build-logs-url", get(build_logs_url))
         .route("/sandbox/{id}/build-logs", get(build_logs))
+        .route("/sandbox/{id}/archive", post(archive))
+        .route("/sandbox/{id}/autostop/{interval}", post(set_autostop))
+        .route("/sandbox/{id}/autoarchive/{interval}", post(set_autoarchive))
+        .route("/sandbox/{id}/autodelete/{interval}", post(set_autodelete))
+        .route("/sandbox/{id}/last-activity", post(refresh_activity))
+}
+
+async fn archive(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.archive(&who, &id).await?))
+}
+
+async fn set_autostop(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.set_interval(&who, &id, Interval::Stop, &n).await?))
+}
+
+async fn set_autoarchive(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.set_interval(&who, &id, Interval::Archive, &n).await?))
+}
+
+async fn set_autodelete(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    Ok(Json(s.sandboxes.set_interval(&who, &id, Interval::Delete, &n).await?))
+}
+
+/// `refresh_activity`: 201 with no body, as the SDKs expect.
+async fn refresh_activity(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    s.sandboxes.refresh_activity(&who, &id).await?;
+    Ok(axum::http::StatusCode::CREATED)
 }
 
 async fn build_logs_url(
@@ -144,6 +192,8 @@ async fn toolbox(
     req: Request,
 ) -> Result<Response, ApiError> {
     let agent = s.sandboxes.toolbox_agent(&who, &id).await?;
+    // Activity for auto-stop: now, while in flight, and at the answer.
+    let _active = s.sandboxes.lifecycle().begin_request(&agent.sandbox_id);
     let target = match req.uri().query() {
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),

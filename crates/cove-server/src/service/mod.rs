@@ -3,6 +3,7 @@
 pub mod builds;
 pub mod ecr;
 pub mod keys;
+pub mod lifecycle;
 pub mod network;
 pub mod pool;
 pub mod quotas;

@@ -483,6 +483,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_preview_token(&self, hash: &str, now: Millis) -> Result<Option<PreviewTokenRecord>, StoreError>;
     /// Removes a sandbox's signed preview token for `port`; false when there was none.
     async fn delete_preview_token(&self, sandbox_id: &str, port: u16, hash: &str) -> Result<bool, StoreError>;
+
+    /// Every sandbox's lifecycle row (migration 0011; `service::lifecycle`).
+    async fn sandbox_lifecycles(&self) -> Result<Vec<SandboxLifecycle>, StoreError>;
+    /// Raises sandboxes' last activity to the given times (never lowers it); sandboxes
+    /// deleted meanwhile are skipped.
+    async fn record_sandbox_activity(&self, at: &[(String, Millis)]) -> Result<(), StoreError>;
+    /// Sets (or with `None` clears) a sandbox's archive, only while the sandbox is in `state`;
+    /// returns whether it did.
+    async fn set_sandbox_archive_if(
+        &self,
+        id: &str,
+        archive: Option<&SandboxArchive>,
+        state: SandboxState,
+    ) -> Result<bool, StoreError>;
+}
+
+/// What the lifecycle sweep keeps about a sandbox (migration 0011).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxLifecycle {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// Its last activity as last flushed.
+    pub last_activity_at: Millis,
+    /// Its compressed disk, while it is archived (or being archived or restored).
+    pub archive: Option<SandboxArchive>,
+}
+
+/// A sandbox disk's archive: a content store blob (a GC root while recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxArchive {
+    /// `sha256:…` of the blob.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: i64,
 }
 
 /// A signed preview URL's token (migration 0009): only its hash is stored.
