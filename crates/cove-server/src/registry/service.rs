@@ -26,6 +26,11 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// The registry id the push-access answer names.
 pub const REGISTRY_ID: &str = "internal";
 
+/// The system namespace: `cove/…` repositories (the images `cove image bootstrap` builds)
+/// are pulled by every organization and pushed only with a token issued to an admin key.
+/// Organization ids are UUIDs, so none is ever `cove`; [`owns`] does not rely on it either.
+pub const SYSTEM_NAMESPACE: &str = "cove";
+
 /// The built-in registry.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
@@ -43,11 +48,35 @@ struct Inner {
     host: String,
 }
 
-/// Who is calling: every repository they reach is under `<org_id>/`.
+/// Who is calling: every repository they write is under `<org_id>/`, or under
+/// [`SYSTEM_NAMESPACE`] for a system caller; they read those and `cove/…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The caller's organization.
+    /// The caller's organization ([`SYSTEM_NAMESPACE`] for a system caller).
     pub org_id: String,
+    /// Holds a push token for the system namespace (issued to an admin key).
+    pub system: bool,
+}
+
+impl Caller {
+    /// A caller of organization `org_id`.
+    pub fn org(org_id: impl Into<String>) -> Self {
+        Caller { org_id: org_id.into(), system: false }
+    }
+
+    /// A caller holding a system namespace token.
+    pub fn system() -> Self {
+        Caller { org_id: SYSTEM_NAMESPACE.to_string(), system: true }
+    }
+}
+
+/// Whose push-access credentials to issue (`?namespace=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// The caller's organization.
+    Org,
+    /// [`SYSTEM_NAMESPACE`] (admin keys only).
+    System,
 }
 
 /// What a request does to a repository.
@@ -83,6 +112,14 @@ pub enum RegistryError {
     /// A push token that does not verify.
     #[error("authenticate with a registry token")]
     Token(#[source] TokenError),
+    /// Push credentials for the system namespace asked with a key that is not admin.
+    #[error("push access to the system namespace {SYSTEM_NAMESPACE}/ needs an admin API key")]
+    SystemNeedsAdmin,
+    /// `?namespace=` names neither the organization nor the system namespace.
+    #[error(
+        "unknown namespace {0:?}: leave it out for your organization's, or ask for {SYSTEM_NAMESPACE:?} with an admin key"
+    )]
+    UnknownNamespace(String),
     /// A push outside the caller's organization.
     #[error("repository {name} is outside your organization's namespace {org_id}/")]
     Denied {
@@ -189,7 +226,8 @@ impl RegistryError {
             Self::Key(e) if e.kind() == ErrorKind::Unauthenticated => (401, "UNAUTHORIZED"),
             Self::Token(TokenError::Invalid | TokenError::Expired(_)) => (401, "UNAUTHORIZED"),
             Self::Key(_) | Self::Token(_) => (500, "UNKNOWN"),
-            Self::Denied { .. } => (403, "DENIED"),
+            Self::Denied { .. } | Self::SystemNeedsAdmin => (403, "DENIED"),
+            Self::UnknownNamespace(_) => (400, "NAME_INVALID"),
             Self::Path(PathError::Name(_)) => (400, "NAME_INVALID"),
             Self::Path(PathError::Tag(_)) => (400, "TAG_INVALID"),
             Self::Path(PathError::Digest(_)) => (400, "DIGEST_INVALID"),
@@ -316,32 +354,46 @@ impl RegistryService {
             return Err(RegistryError::Unauthenticated("use Basic or Bearer authentication"));
         };
         if secret.starts_with(TOKEN_PREFIX) {
-            let org_id = self.inner.tokens.verify(&secret, chrono::Utc::now()).map_err(RegistryError::Token)?;
-            return Ok(Caller { org_id });
+            let namespace = self.inner.tokens.verify(&secret, chrono::Utc::now()).map_err(RegistryError::Token)?;
+            // Only `push_access` with `Namespace::System` (an admin key) signs this name.
+            return Ok(if namespace == SYSTEM_NAMESPACE { Caller::system() } else { Caller::org(namespace) });
         }
         let p = self.inner.keys.authenticate(Some(&secret)).await.map_err(RegistryError::Key)?;
-        Ok(Caller { org_id: p.org_id })
+        Ok(Caller::org(p.org_id))
     }
 
-    /// Short-lived push credentials for an organization.
-    pub fn push_access(&self, org_id: &str) -> Result<RegistryPushAccessDto, RegistryError> {
-        let t = self.inner.tokens.issue(org_id, chrono::Utc::now()).map_err(RegistryError::Token)?;
-        tracing::info!(org_id = %org_id, expires_at = %t.expires_at, "issued a registry push token");
+    /// Short-lived push credentials for the caller's organization, or for the system
+    /// namespace when `namespace` asks for it and `admin` (the key is an admin key).
+    pub fn push_access(
+        &self,
+        org_id: &str,
+        admin: bool,
+        namespace: Namespace,
+    ) -> Result<RegistryPushAccessDto, RegistryError> {
+        let project = match namespace {
+            Namespace::System if !admin => return Err(RegistryError::SystemNeedsAdmin),
+            Namespace::System => SYSTEM_NAMESPACE,
+            // Never happens (ids are UUIDs); a token for it would open the system namespace.
+            Namespace::Org if org_id == SYSTEM_NAMESPACE => return Err(RegistryError::SystemNeedsAdmin),
+            Namespace::Org => org_id,
+        };
+        let t = self.inner.tokens.issue(project, chrono::Utc::now()).map_err(RegistryError::Token)?;
+        tracing::info!(org_id = %org_id, namespace = %project, expires_at = %t.expires_at, "issued a registry push token");
         Ok(RegistryPushAccessDto {
             username: "cove".into(),
             secret: t.token,
             registry_url: self.inner.host.clone(),
             registry_id: REGISTRY_ID.into(),
-            project: org_id.to_string(),
+            project: project.to_string(),
             expires_at: cove_types::dto::iso8601(t.expires_at),
         })
     }
 
-    /// Checks that `caller` may `access` repository `name`: only names under `<orgId>/`.
-    /// Another organization's repository does not exist for a reader and is denied to a
-    /// writer.
+    /// Checks that `caller` may `access` repository `name`: names under `<orgId>/` (or
+    /// `cove/` for a system caller), and reads of `cove/…` for everyone. Another
+    /// organization's repository does not exist for a reader and is denied to a writer.
     pub fn check(&self, caller: &Caller, name: &str, access: Access) -> Result<(), RegistryError> {
-        if owns(caller, name) {
+        if owns(caller, name) || (access == Access::Pull && is_system(name)) {
             return Ok(());
         }
         Err(match access {
@@ -665,7 +717,7 @@ impl RegistryService {
     /// The linux/amd64 image manifest an image name in this registry stands for, in the
     /// organization `org_id` (another organization's repositories do not exist for it).
     pub fn resolve_for_snapshot(&self, org_id: &str, image: &ImageRef) -> Result<Digest, RegistryError> {
-        let caller = Caller { org_id: org_id.to_string() };
+        let caller = Caller::org(org_id);
         let name = &image.repository;
         if !valid_name(name) {
             return Err(PathError::Name(name.clone()).into());
@@ -692,9 +744,22 @@ impl RegistryService {
     }
 }
 
-/// Whether `name` is under the caller's namespace `<orgId>/`.
+/// Whether `name` is under the caller's namespace: `<orgId>/`, or `cove/` for a system
+/// caller only (an organization never owns `cove/…`, whatever its id).
 pub fn owns(caller: &Caller, name: &str) -> bool {
-    name.strip_prefix(caller.org_id.as_str()).is_some_and(|rest| rest.starts_with('/'))
+    if is_system(name) || caller.system {
+        return caller.system && is_system(name);
+    }
+    under(name, &caller.org_id)
+}
+
+/// Whether `name` is in the system namespace `cove/`.
+pub fn is_system(name: &str) -> bool {
+    under(name, SYSTEM_NAMESPACE)
+}
+
+fn under(name: &str, namespace: &str) -> bool {
+    name.strip_prefix(namespace).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn is_index(media_type: &str) -> bool {
@@ -752,9 +817,62 @@ mod tests {
 
     #[test]
     fn a_caller_owns_only_repositories_under_its_organization() {
-        let c = Caller { org_id: "org1".into() };
+        let c = Caller::org("org1");
         assert!(owns(&c, "org1/app") && owns(&c, "org1/a/b"));
         assert!(!owns(&c, "org1") && !owns(&c, "org10/app") && !owns(&c, "org2/org1/app"));
+    }
+
+    #[test]
+    fn only_a_system_caller_owns_the_system_namespace_and_it_owns_nothing_else() {
+        let sys = Caller::system();
+        assert!(owns(&sys, "cove/sandbox") && !owns(&sys, "org1/app") && !owns(&sys, "cove"));
+        // Even an organization whose id were `cove` would not own the system namespace.
+        let named_cove = Caller::org(SYSTEM_NAMESPACE);
+        assert!(!owns(&named_cove, "cove/sandbox"));
+        assert!(!owns(&Caller::org("org1"), "cove/sandbox"));
+    }
+
+    #[tokio::test]
+    async fn system_push_access_needs_an_admin_key_and_its_token_opens_only_the_system_namespace() {
+        let (_d, reg) = registry().await;
+        let e = reg.push_access("org1", false, Namespace::System).unwrap_err();
+        assert_eq!(e.code(), (403, "DENIED"));
+        assert!(e.to_string().contains("admin API key"), "{e}");
+        let a = reg.push_access("org1", true, Namespace::System).unwrap();
+        assert_eq!(a.project, SYSTEM_NAMESPACE);
+        let who = reg.authenticate(Some(&format!("Bearer {}", a.secret))).await.unwrap();
+        assert_eq!(who, Caller::system());
+        reg.check(&who, "cove/sandbox", Access::Push).unwrap();
+        assert!(matches!(reg.check(&who, "org1/app", Access::Push), Err(RegistryError::Denied { .. })));
+        assert!(matches!(reg.check(&who, "org1/app", Access::Pull), Err(RegistryError::NameUnknown { .. })));
+        // An ordinary token stays an organization's, admin or not.
+        let o = reg.push_access("org1", true, Namespace::Org).unwrap();
+        assert_eq!(o.project, "org1");
+        let who = reg.authenticate(Some(&format!("Bearer {}", o.secret))).await.unwrap();
+        assert_eq!(who, Caller::org("org1"));
+    }
+
+    #[tokio::test]
+    async fn every_organization_pulls_the_system_namespace_but_none_writes_or_deletes_there() {
+        let (_d, reg) = registry().await;
+        let sys = Caller::system();
+        let m = manifest_declaring(&reg, &sys, "cove/sandbox", b"layer", 5).await;
+        let tag = Reference::Tag("minimal-bookworm".into());
+        let d = reg.put_manifest(&sys, "cove/sandbox", &tag, Some(oci::OCI_MANIFEST), &m).unwrap();
+        let other = org("org2");
+        assert_eq!(reg.manifest(&other, "cove/sandbox", &tag).unwrap().digest, d);
+        assert_eq!(read_blob(&reg, &other, "cove/sandbox", &sha256(b"layer")).await, b"layer");
+        let image = ImageRef::parse("127.0.0.1:2/cove/sandbox:minimal-bookworm").unwrap();
+        assert_eq!(reg.resolve_for_snapshot("org2", &image).unwrap(), d);
+
+        let denied = |r: Result<(), RegistryError>| assert!(matches!(r, Err(RegistryError::Denied { .. })), "{r:?}");
+        denied(reg.put_manifest(&other, "cove/sandbox", &tag, Some(oci::OCI_MANIFEST), &m).map(drop));
+        denied(reg.delete_manifest(&other, "cove/sandbox", &tag));
+        denied(reg.delete_manifest(&other, "cove/sandbox", &Reference::Digest(d.clone())));
+        denied(reg.delete_blob(&other, "cove/sandbox", &sha256(b"layer")));
+        denied(reg.start_upload(&other, "cove/sandbox").map(drop));
+        denied(reg.upload_whole(&other, "cove/sandbox", &sha256(b"x"), body(b"x")).await);
+        assert_eq!(reg.manifest(&other, "cove/sandbox", &tag).unwrap().digest, d, "the tag is unchanged");
     }
 
     #[test]
@@ -803,7 +921,7 @@ mod tests {
     }
 
     fn org(id: &str) -> Caller {
-        Caller { org_id: id.into() }
+        Caller::org(id)
     }
 
     async fn read_blob(reg: &RegistryService, caller: &Caller, name: &str, d: &Digest) -> Vec<u8> {
