@@ -48,6 +48,93 @@ struct PushAccess {
     project: String,
 }
 
+/// Push credentials for the server's built-in registry, and where it is.
+pub struct Registry {
+    /// `http[s]://host[:port]`.
+    base: String,
+    /// `host[:port]`, as image names start.
+    pub host: String,
+    /// The namespace the credentials open (the organization id, or `cove`).
+    pub project: String,
+    /// The `Authorization` header value.
+    auth: String,
+}
+
+impl Registry {
+    /// Asks the server for push credentials: the organization's, or with `namespace`
+    /// (`cove`, admin keys only) the system namespace's.
+    pub async fn open(c: &Client, namespace: Option<&str>) -> anyhow::Result<Self> {
+        let path = match namespace {
+            Some(n) => format!("/docker-registry/registry-push-access?namespace={}", super::client::seg(n)),
+            None => "/docker-registry/registry-push-access".to_string(),
+        };
+        let access: PushAccess = c.get_json(&path).await?;
+        let (base, host) = match access.registry_url.split_once("://") {
+            Some((_, rest)) => {
+                (access.registry_url.trim_end_matches('/').to_string(), rest.trim_end_matches('/').to_string())
+            }
+            None => (format!("http://{}", access.registry_url.trim_end_matches('/')), access.registry_url.clone()),
+        };
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", access.username, access.secret))
+        );
+        Ok(Registry { base, host, project: access.project, auth })
+    }
+
+    /// Uploads a blob unless the repository has it.
+    pub async fn push_blob(
+        &self,
+        c: &Client,
+        repo: &str,
+        digest: &str,
+        path: &Path,
+        size: u64,
+        bar: &mut Progress,
+    ) -> anyhow::Result<()> {
+        push_blob(c, &self.base, repo, &self.auth, digest, path, size, bar).await
+    }
+
+    /// Pushes a manifest under `tag`.
+    pub async fn push_manifest(
+        &self,
+        c: &Client,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> anyhow::Result<()> {
+        let resp = c
+            .http()
+            .put(format!("{}/v2/{repo}/manifests/{tag}", self.base))
+            .header("authorization", &self.auth)
+            .header("content-type", media_type)
+            .body(manifest.to_vec())
+            .send()
+            .await
+            .context("push the manifest")?;
+        check(resp, "push the manifest").await.map(drop)
+    }
+
+    /// The digest `repo:tag` points at, `None` when there is no such tag.
+    pub async fn manifest_digest(&self, c: &Client, repo: &str, tag: &str) -> anyhow::Result<Option<String>> {
+        let resp = c
+            .http()
+            .head(format!("{}/v2/{repo}/manifests/{tag}", self.base))
+            .header("authorization", &self.auth)
+            .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+            .send()
+            .await
+            .context("look up the manifest")?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(resp, &format!("look up {repo}:{tag}")).await?;
+        let d = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok());
+        Ok(d.map(str::to_string))
+    }
+}
+
 /// An image ready to push: blobs on disk, and its manifest.
 struct LocalImage {
     manifest: Vec<u8>,
@@ -61,40 +148,21 @@ struct LocalImage {
 
 pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
     let image = load(&a.image).await?;
-    let access: PushAccess = c.get_json("/docker-registry/registry-push-access").await?;
-    let (base, host) = match access.registry_url.split_once("://") {
-        Some((_, rest)) => {
-            (access.registry_url.trim_end_matches('/').to_string(), rest.trim_end_matches('/').to_string())
-        }
-        None => (format!("http://{}", access.registry_url.trim_end_matches('/')), access.registry_url.clone()),
-    };
-    let repo = format!("{}/{}", access.project, a.name.to_ascii_lowercase());
+    let reg = Registry::open(c, None).await?;
+    let host = reg.host.clone();
+    let repo = format!("{}/{}", reg.project, a.name.to_ascii_lowercase());
     let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&image.manifest)));
     let tag = match image.tag.as_deref().filter(|t| *t != "latest" && !t.is_empty()) {
         Some(t) => t.to_string(),
         None => format!("pushed-{}", &digest[7..19]),
     };
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", access.username, access.secret))
-    );
     let total: u64 = image.blobs.iter().map(|b| b.2).sum();
     let mut bar = Progress::new(format!("Pushing {}", a.image), total);
     let t0 = Instant::now();
     for (d, path, size) in &image.blobs {
-        push_blob(c, &base, &repo, &auth, d, path, *size, &mut bar).await?;
+        reg.push_blob(c, &repo, d, path, *size, &mut bar).await?;
     }
-    let url = format!("{base}/v2/{repo}/manifests/{tag}");
-    let resp = c
-        .http()
-        .put(&url)
-        .header("authorization", &auth)
-        .header("content-type", &image.media_type)
-        .body(image.manifest.clone())
-        .send()
-        .await
-        .context("push the manifest")?;
-    check(resp, "push the manifest").await?;
+    reg.push_manifest(c, &repo, &tag, &image.media_type, &image.manifest).await?;
     bar.finish();
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("Pushed {:.1} MB in {secs:.3} s ({:.1} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / secs.max(1e-6));
