@@ -14,12 +14,15 @@
 //! One-shot build steps ([`Runtime::run_step`]) reuse the same isolation on a throw-away
 //! overlay whose upper dir the builder turns into a layer.
 
+pub mod archive;
 pub mod cabundle;
+pub mod cdi;
 mod cgroup;
 mod cmd;
 pub mod copytree;
 pub mod disk;
 pub mod firewall;
+pub mod gpu;
 pub mod net;
 pub mod netpolicy;
 pub mod oci;

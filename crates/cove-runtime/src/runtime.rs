@@ -72,6 +72,9 @@ pub struct RuntimeConfig {
     pub egress: bool,
     /// Private networks (RFC 1918, CGNAT) sandboxes may reach after all (`--sandbox-allow-private`).
     pub allow_private: Vec<Ipv4Net>,
+    /// CDI spec directories the GPUs are read from at start (`--cdi-spec-dir`; see
+    /// [`crate::gpu`]); empty: no GPUs.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -99,6 +102,9 @@ pub struct SandboxSpec {
     pub pids: u32,
     /// All capabilities, no seccomp, no masked paths.
     pub privileged: bool,
+    /// GPUs it takes at every start (through CDI, see [`crate::gpu`]); 0: no edits at all.
+    #[serde(default)]
+    pub gpu: u32,
 }
 
 /// What a sandbox is doing.
@@ -255,6 +261,24 @@ pub enum RuntimeError {
         #[source]
         source: Box<crate::firewall::FirewallError>,
     },
+    /// Not enough GPUs are free for the sandbox.
+    #[error("sandbox {id}")]
+    NoFreeGpu {
+        /// The sandbox id.
+        id: String,
+        /// Requested, free and total.
+        #[source]
+        source: crate::gpu::NoFreeGpu,
+    },
+    /// The CDI edits of the sandbox's GPUs could not be applied.
+    #[error("give sandbox {id} its GPUs")]
+    Gpu {
+        /// The sandbox id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::cdi::CdiError>,
+    },
     /// Removing the bundle directory failed.
     #[error("remove bundle {path}")]
     RemoveBundle {
@@ -276,6 +300,7 @@ impl RuntimeError {
             Self::AlreadyExists { .. } => K::AlreadyExists,
             Self::NotPrepared { .. } => K::FailedPrecondition,
             Self::NoFreeAddress { .. } => K::Unavailable,
+            Self::NoFreeGpu { .. } => K::Exhausted,
             Self::InvalidConfig { .. }
             | Self::Seccomp(_)
             | Self::Dir { .. }
@@ -289,6 +314,7 @@ impl RuntimeError {
             | Self::Network { .. }
             | Self::Runc(_)
             | Self::RemoveBundle { .. }
+            | Self::Gpu { .. }
             | Self::NetworkPolicy { .. } => K::Internal,
         }
     }
@@ -329,6 +355,9 @@ struct Record {
     /// short id (its name in the API).
     #[serde(default)]
     host_names: Vec<String>,
+    /// CDI names of the GPUs it holds while it runs (taken at start, freed at stop).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gpus: Vec<String>,
 }
 
 /// What was seen when the sandbox last stopped (`exit.json`).
@@ -371,6 +400,7 @@ pub struct Runtime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pool: Arc<DiskPool>,
     userns: Userns,
+    gpus: crate::gpu::Gpus,
 }
 
 impl Drop for Runtime {
@@ -527,7 +557,14 @@ impl Runtime {
         // bundle's mount sources, but no host user may (0710, group = sandbox root).
         restrict_dir(&cfg.root, cfg.userns.start)
             .map_err(|source| RuntimeError::Dir { path: cfg.root.clone(), source })?;
+        // No CDI mount may expose the data dir (the parent of `root`) or runc's state.
+        let protected: Vec<PathBuf> =
+            cfg.root.parent().into_iter().map(Path::to_path_buf).chain([cfg.runc_root.clone()]).collect();
+        let gpus = crate::gpu::Gpus::discover(&cfg.cdi_spec_dirs, &protected)
+            .await
+            .map_err(|e| bad("cdi_spec_dirs", &cove_types::error::chain(&e)))?;
         let rt = Runtime {
+            gpus,
             userns,
             pool: Arc::new(pool),
             runc: Runc::new(&cfg.runc_root),
@@ -544,6 +581,10 @@ impl Runtime {
             match rt.read_record(&id) {
                 Ok(r) => {
                     rt.ips_lock().insert(id.clone(), r.ip);
+                    // A sandbox runc knows holds its GPUs until it is stopped.
+                    if !r.gpus.is_empty() && rt.runc.container_ids().contains(&id) {
+                        rt.gpus.adopt(&id, &r.gpus);
+                    }
                     if r.policy.is_restricted() {
                         rt.policies_lock().insert(id, r.policy.clone());
                     }
@@ -565,7 +606,7 @@ impl Runtime {
     }
 
     /// Serializes lifecycle operations per sandbox.
-    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(id.to_string()).or_default().clone()
@@ -573,7 +614,7 @@ impl Runtime {
         m.lock_owned().await
     }
 
-    fn bundle(&self, id: &str) -> PathBuf {
+    pub(crate) fn bundle(&self, id: &str) -> PathBuf {
         self.cfg.root.join(id)
     }
 
@@ -727,6 +768,7 @@ impl Runtime {
                 policy: NetPolicy::default(),
                 links: Vec::new(),
                 host_names: Vec::new(),
+                gpus: Vec::new(),
             };
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
@@ -832,6 +874,7 @@ impl Runtime {
     async fn start_steps(&self, record: &Record, new_disk: bool, launch: Launch) -> Result<(), RuntimeError> {
         let spec = &record.spec;
         let id = &spec.id;
+        let gpus = self.take_gpus(record)?;
         let bundle = self.bundle(id);
         let storage = |source: DiskError| RuntimeError::Storage { id: id.clone(), source: Box::new(source) };
         let disk_dir = bundle.join("disk");
@@ -949,7 +992,13 @@ impl Runtime {
             seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
         };
         let path = bundle.join("config.json");
-        let json = serde_json::to_vec_pretty(&oci::config(&params)).map_err(|e| io_file("write", &path)(e.into()))?;
+        let mut config = oci::config(&params);
+        if !gpus.is_empty() {
+            let gpu_err = |e| RuntimeError::Gpu { id: id.clone(), source: Box::new(e) };
+            let edits = self.gpus.edits(&gpus).map_err(gpu_err)?;
+            crate::cdi::apply(&mut config, &edits, crate::cdi::Target { idmap }).map_err(gpu_err)?;
+        }
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| io_file("write", &path)(e.into()))?;
         // 0600: it holds the sandbox's environment.
         write_replace(&path, &json, 0o600).map_err(io_file("write", &path))?;
         let config_ms = ms(t) - prepare_ms;
@@ -993,6 +1042,7 @@ impl Runtime {
         {
             tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "anti-spoofing entry");
         }
+        self.free_gpus(id);
     }
 
     /// Writes `exit.json` from what the (stopped, not yet deleted) container's cgroup shows.
@@ -1221,6 +1271,73 @@ impl Runtime {
     /// The host's resolv.conf as sandboxes get it.
     pub(crate) fn resolv_conf(&self) -> String {
         resolv_conf(self.cidr.gateway())
+    }
+}
+
+/// GPUs ([`crate::gpu`]): what the server asks, the hold a start takes and a stop frees.
+impl Runtime {
+    /// GPUs of this machine (CDI devices of kind `nvidia.com/gpu`).
+    pub fn gpu_total(&self) -> usize {
+        self.gpus.total()
+    }
+
+    /// GPUs no sandbox holds now.
+    pub fn gpus_free(&self) -> usize {
+        self.gpus.free()
+    }
+
+    /// Takes `n` GPUs for sandbox `id` before its create or start (which keep them), so that a
+    /// request finding none free is refused before anything is made. Undo with
+    /// [`Runtime::release_gpus`] when the create or start does not happen.
+    pub fn reserve_gpus(&self, id: &str, n: u32) -> Result<(), RuntimeError> {
+        self.gpus
+            .acquire(id, n as usize)
+            .map(drop)
+            .map_err(|source| RuntimeError::NoFreeGpu { id: id.to_string(), source })
+    }
+
+    /// Frees what [`Runtime::reserve_gpus`] took for a sandbox that was not created or started.
+    pub fn release_gpus(&self, id: &str) {
+        self.gpus.release(id);
+    }
+
+    /// The GPUs a start gives the sandbox (held from now on, recorded so that a restarted
+    /// server knows them); none for a sandbox without GPUs.
+    fn take_gpus(&self, record: &Record) -> Result<Vec<String>, RuntimeError> {
+        let id = &record.spec.id;
+        if record.spec.gpu == 0 {
+            return Ok(Vec::new());
+        }
+        let names = self
+            .gpus
+            .acquire(id, record.spec.gpu as usize)
+            .map_err(|source| RuntimeError::NoFreeGpu { id: id.clone(), source })?;
+        if names != record.gpus {
+            let mut r = record.clone();
+            r.gpus = names.clone();
+            if let Err(e) = self.write_record(&r) {
+                self.gpus.release(id);
+                return Err(e);
+            }
+        }
+        tracing::info!(sandbox = %id, gpus = ?names, "GPUs taken");
+        Ok(names)
+    }
+
+    /// At every stop: the sandbox's GPUs are free again, in memory and in its record.
+    fn free_gpus(&self, id: &str) {
+        let held = self.gpus.release(id);
+        if let Ok(mut r) = self.read_record(id)
+            && !r.gpus.is_empty()
+        {
+            r.gpus.clear();
+            if let Err(e) = self.write_record(&r) {
+                tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "clear the recorded GPUs");
+            }
+        }
+        if held {
+            tracing::info!(sandbox = %id, "GPUs freed");
+        }
     }
 }
 

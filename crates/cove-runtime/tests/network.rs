@@ -336,6 +336,7 @@ impl RuntimeLab {
             disk_mib: 16,
             pids: 32,
             privileged: false,
+            gpu: 0,
         }
     }
 

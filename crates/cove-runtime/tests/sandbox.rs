@@ -74,6 +74,7 @@ impl Env {
             disk_mib: 32,
             pids: 64,
             privileged: false,
+            gpu: 0,
         }
     }
 

@@ -51,6 +51,7 @@ async fn app() -> (Held, axum::Router) {
             // No NAT: these tests must not turn on forwarding on the host's uplink.
             egress: false,
             allow_private: vec![],
+            cdi_spec_dirs: vec![],
         },
         default_snapshot: None,
         // Not the host of the images below: those must be remote (unreachable) registries,
@@ -64,6 +65,7 @@ async fn app() -> (Held, axum::Router) {
         aws: Default::default(),
         org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
         preview_domain: None,
+        lifecycle_minute: Duration::from_secs(60),
     };
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))

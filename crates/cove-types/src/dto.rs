@@ -359,12 +359,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sdk_create_body_parses_and_unknown_keys_are_ignored() {
-        let body =
-            r#"{"name":"gpu-snap","cpu":1,"gpu":1,"memory":1,"disk":1,"regionId":"us-east-1","futureField":true}"#;
+    fn the_sdk_create_body_parses_and_an_unknown_key_is_refused_by_name() {
+        let body = r#"{"name":"gpu-snap","cpu":1,"gpu":1,"memory":1,"disk":1,"regionId":"us-east-1","gpuType":null}"#;
         let c: CreateSnapshot = serde_json::from_str(body).unwrap();
         assert_eq!((c.cpu, c.gpu, c.memory, c.disk), (Some(1), Some(1), Some(1), Some(1)));
         assert_eq!(c.region_id.as_deref(), Some("us-east-1"));
+        let e = serde_json::from_str::<CreateSnapshot>(r#"{"name":"s","futureField":true}"#).unwrap_err();
+        assert!(e.to_string().contains("futureField"), "{e}");
     }
 
     #[test]

@@ -92,6 +92,10 @@ struct ServerArgs {
     /// and curl resolve to this machine with no DNS set-up. The scheme is --public-url's.
     #[arg(long, env = "COVE_PREVIEW_DOMAIN")]
     preview_domain: Option<String>,
+    /// Seconds in a "minute" of the sandboxes' autoStop/autoArchive/autoDelete intervals
+    /// (tests use 1 so that nothing waits minutes); the lifecycle sweep runs 4 times per one.
+    #[arg(long, env = "COVE_LIFECYCLE_MINUTE_SECS", default_value_t = 60)]
+    lifecycle_minute_secs: u64,
     /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
     #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
     s3_listen: SocketAddr,
@@ -111,6 +115,11 @@ struct ServerArgs {
     /// other sandboxes, loopback and link-local (cloud metadata), whatever this says.
     #[arg(long, env = "COVE_SANDBOX_ALLOW_PRIVATE", value_delimiter = ',')]
     sandbox_allow_private: Vec<String>,
+    /// Directory of CDI specs the GPUs are read from at start (repeatable; a later one's device
+    /// replaces an earlier one's of the same name). Write one with
+    /// `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`; an empty value: no GPUs.
+    #[arg(long = "cdi-spec-dir", env = "COVE_CDI_SPEC_DIR", value_delimiter = ',', default_values = ["/etc/cdi", "/var/run/cdi"])]
+    cdi_spec_dirs: Vec<PathBuf>,
     /// PEM certificates every sandbox and build step trusts besides its image's own (a
     /// TLS-intercepting proxy's CA): merged with the image's bundle at /etc/cove/ca-certificates.crt,
     /// with SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
@@ -262,6 +271,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?,
         ca_bundle: a.sandbox_ca_bundle,
+        cdi_spec_dirs: a.cdi_spec_dirs.into_iter().filter(|d| !d.as_os_str().is_empty()).collect(),
         userns: match a.userns_range {
             Some(r) => r,
             None => cove_server::config::IdRange::from_subid_files(
@@ -307,6 +317,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             disk: a.org_quota_disk,
         },
         preview_domain: a.preview_domain.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()),
+        lifecycle_minute: Duration::from_secs(a.lifecycle_minute_secs.max(1)),
         aws: cove_server::service::ecr::AwsEndpoints {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),

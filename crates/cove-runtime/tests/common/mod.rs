@@ -135,6 +135,7 @@ pub fn test_runtime_config(dir: &Path, net: TestNet) -> cove_runtime::RuntimeCon
         ca_bundle: None,
         egress: true,
         allow_private: vec![],
+        cdi_spec_dirs: vec![],
     }
 }
 

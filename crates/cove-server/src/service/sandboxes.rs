@@ -70,6 +70,24 @@ pub enum SandboxError {
         /// GPUs asked for.
         gpu: i64,
     },
+    /// The snapshot asks for more GPUs than this machine has at all.
+    #[error("snapshot {snapshot} needs {gpu} GPUs and this server has {total}")]
+    TooManyGpus {
+        /// Snapshot.
+        snapshot: String,
+        /// GPUs asked for.
+        gpu: i64,
+        /// GPUs of the server.
+        total: usize,
+    },
+    /// Every GPU it needs is held by other sandboxes now (409: retrying later succeeds).
+    #[error("GPUs for {snapshot}: {source}")]
+    NoFreeGpu {
+        /// Snapshot (or sandbox).
+        snapshot: String,
+        /// Requested, free and total.
+        source: cove_runtime::gpu::NoFreeGpu,
+    },
     /// Build logs of a sandbox that was created from a snapshot.
     #[error("sandbox {id} has no build info: it was created from a snapshot")]
     NoBuildInfo {
@@ -126,6 +144,9 @@ pub enum SandboxError {
         #[source]
         source: ToolboxError,
     },
+    /// Archive, restore or an interval failed (`service::lifecycle`).
+    #[error(transparent)]
+    Lifecycle(#[from] super::lifecycle::LifecycleError),
     /// The store failed.
     #[error("{op}: {source}")]
     Store {
@@ -145,9 +166,8 @@ impl SandboxError {
             | Self::NoSnapshot
             | Self::DefaultSnapshotMissing(_)
             | Self::NoGpu { .. }
-            | Self::Unsupported(_) => {
-                ErrorKind::InvalidArgument
-            }
+            | Self::TooManyGpus { .. }
+            | Self::Unsupported(_) => ErrorKind::InvalidArgument,
             Self::Snapshot(e) => match e.kind() {
                 // A snapshot that does not exist is a bad request for a sandbox (Daytona: 400).
                 ErrorKind::NotFound => ErrorKind::InvalidArgument,
@@ -158,8 +178,10 @@ impl SandboxError {
             Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::Forbidden(e) => e.kind(),
             Self::WrongState { .. } => ErrorKind::FailedPrecondition,
+            Self::NoFreeGpu { .. } => ErrorKind::Exhausted,
             Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
+            Self::Lifecycle(e) => e.kind(),
         }
     }
 }
@@ -191,6 +213,8 @@ struct Inner {
     sockets: std::sync::Mutex<std::collections::HashMap<(String, String), AgentAddr>>,
     /// Per-organization quotas, checked by every create ([`SandboxService::attach_quotas`]).
     quotas: std::sync::OnceLock<QuotaService>,
+    /// Activity, archive and restore ([`SandboxService::attach_lifecycle`]).
+    lifecycle: std::sync::OnceLock<super::lifecycle::LifecycleService>,
 }
 
 /// How many prepared sandboxes to keep per snapshot, and for how long after its last use.
@@ -213,7 +237,7 @@ impl SandboxService {
         pids_limit: u32,
         warm_pool: WarmPoolConfig,
     ) -> Self {
-        let has_gpu = std::path::Path::new("/dev/nvidia0").exists();
+        let has_gpu = runtime.gpu_total() > 0;
         let pool = WarmPool::new(runtime.clone(), snapshots.clone(), warm_pool.size, warm_pool.idle);
         SandboxService {
             inner: Arc::new(Inner {
@@ -228,6 +252,7 @@ impl SandboxService {
                 allow_privileged: false,
                 sockets: Default::default(),
                 quotas: Default::default(),
+                lifecycle: Default::default(),
             }),
         }
     }
@@ -242,6 +267,21 @@ impl SandboxService {
     /// Installs the quota service every create asks first (once, at start).
     pub fn attach_quotas(&self, quotas: QuotaService) {
         let _ = self.inner.quotas.set(quotas);
+    }
+
+    /// Installs the lifecycle service (once, at start).
+    pub fn attach_lifecycle(&self, lifecycle: super::lifecycle::LifecycleService) {
+        let _ = self.inner.lifecycle.set(lifecycle);
+    }
+
+    /// The metadata store (for `service::lifecycle`'s verbs).
+    pub(super) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The lifecycle service (activity, archive, restore).
+    pub fn lifecycle(&self) -> &super::lifecycle::LifecycleService {
+        self.inner.lifecycle.get().expect("attach_lifecycle is called at start, before any request")
     }
 
     /// The quota service (for `/organizations/{id}/quota`).
@@ -264,29 +304,27 @@ impl SandboxService {
             ));
         }
         let net = self.net_setup(who, &req).await?;
+        let intervals = super::lifecycle::Intervals::for_create(
+            req.auto_stop_interval,
+            req.auto_archive_interval,
+            req.auto_delete_interval,
+        )?;
         let named = req.snapshot.clone().filter(|s| !s.trim().is_empty());
         let by_default = named.is_none();
         let snapshot_ref = named.or_else(|| self.inner.default_snapshot.clone()).ok_or(SandboxError::NoSnapshot)?;
-        let (snap, image) =
-            match self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await {
-                Err(SnapshotError::NotFound { .. }) if by_default => {
-                    return Err(SandboxError::DefaultSnapshotMissing(snapshot_ref));
-                }
-                r => r?,
-            };
+        let (snap, image) = match self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await {
+            Err(SnapshotError::NotFound { .. }) if by_default => {
+                return Err(SandboxError::DefaultSnapshotMissing(snapshot_ref));
+            }
+            r => r?,
+        };
         if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
             return Err(SandboxError::Invalid(format!(
                 "snapshot {} is available in region {}, not {t}",
                 snap.name, snap.region_id
             )));
         }
-        if snap.gpu > 0 && !self.inner.has_gpu {
-            return Err(SandboxError::NoGpu {
-                snapshot: snap.name.clone(),
-                region: snap.region_id.clone(),
-                gpu: snap.gpu,
-            });
-        }
+        self.check_gpus(&snap.name, &snap.region_id, snap.gpu)?;
         let user =
             req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
         let privileged = req.privileged.unwrap_or(false);
@@ -307,6 +345,7 @@ impl SandboxService {
                 disk_mib: u64::try_from(snap.disk).unwrap_or(3) * 1024,
                 pids: self.inner.pids_limit,
                 privileged,
+                gpu: u32::try_from(snap.gpu).unwrap_or(0),
             },
         };
         let name = sandbox_name(req.name.as_deref())?;
@@ -314,9 +353,11 @@ impl SandboxService {
         validate_env(&env)?;
         let admission = self.quotas().admit(&who.org_id, snap.cpu, snap.mem, snap.disk).await?;
         // Privileged sandboxes are rare and never pooled: a prepared one would sit with every
-        // capability.
-        let pooled = if privileged { None } else { self.inner.pool.take(&key) };
+        // capability. GPU sandboxes neither: a prepared one would hold GPUs.
+        let gpu = key.template.gpu;
+        let pooled = if privileged || gpu > 0 { None } else { self.inner.pool.take(&key) };
         let id = pooled.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.reserve_gpus(&id, gpu, &snap.name)?;
         let name = name.unwrap_or_else(|| id.clone());
         let net = NetSetup { name: Some(name.clone()), ..net };
         let now = now_millis();
@@ -341,9 +382,9 @@ impl SandboxService {
             state: SandboxState::Creating,
             desired_state: "started".into(),
             error_reason: None,
-            auto_stop: req.auto_stop_interval.unwrap_or(0),
-            auto_archive: req.auto_archive_interval.unwrap_or(10080),
-            auto_delete: req.auto_delete_interval.unwrap_or(-1),
+            auto_stop: intervals.auto_stop,
+            auto_archive: intervals.auto_archive,
+            auto_delete: intervals.auto_delete,
             daemon_version: None,
             created_at: now,
             updated_at: now,
@@ -353,6 +394,7 @@ impl SandboxService {
             linked_sandbox_id: net.link.clone(),
         };
         if let Err(e) = self.inner.store.insert_sandbox(&rec).await {
+            self.inner.runtime.release_gpus(&id);
             if let Some(id) = pooled {
                 self.inner.pool.give_back(&key, id);
             }
@@ -388,7 +430,7 @@ impl SandboxService {
             self.wait_agent(&id).await
         }
         .await;
-        if !privileged {
+        if !privileged && gpu == 0 {
             self.inner.pool.refill(&key);
         }
         tracing::debug!(sandbox_id = %id, warm = pooled.is_some(), "sandbox create finished");
@@ -409,15 +451,18 @@ impl SandboxService {
             return Err(SandboxError::Invalid("cannot specify a snapshot when using a build info entry".into()));
         }
         let net = self.net_setup(who, &req).await?;
+        let intervals = super::lifecycle::Intervals::for_create(
+            req.auto_stop_interval,
+            req.auto_archive_interval,
+            req.auto_delete_interval,
+        )?;
         let build = snaps::validate_build(info)?;
         let cpu = resource("cpu", req.cpu, snaps::DEFAULT_CPU, 1, snaps::MAX_CPU)?;
         let mem = resource("memory", req.memory, snaps::DEFAULT_MEMORY_GIB, 1, snaps::MAX_MEMORY_GIB)?;
         let disk = resource("disk", req.disk, snaps::DEFAULT_DISK_GIB, 1, snaps::MAX_DISK_GIB)?;
         let gpu = resource("gpu", req.gpu, 0, 0, snaps::MAX_GPU)?;
         let region_id = self.inner.snapshots.region(req.target.as_deref())?;
-        if gpu > 0 && !self.inner.has_gpu {
-            return Err(SandboxError::NoGpu { snapshot: "(built from an image)".into(), region: region_id, gpu });
-        }
+        self.check_gpus("(built from an image)", &region_id, gpu)?;
         let name = sandbox_name(req.name.as_deref())?;
         let env = req.env.unwrap_or_default();
         validate_env(&env)?;
@@ -446,9 +491,9 @@ impl SandboxService {
             state: SandboxState::PendingBuild,
             desired_state: "started".into(),
             error_reason: None,
-            auto_stop: req.auto_stop_interval.unwrap_or(0),
-            auto_archive: req.auto_archive_interval.unwrap_or(10080),
-            auto_delete: req.auto_delete_interval.unwrap_or(-1),
+            auto_stop: intervals.auto_stop,
+            auto_archive: intervals.auto_archive,
+            auto_delete: intervals.auto_delete,
             daemon_version: None,
             created_at: now,
             updated_at: now,
@@ -545,6 +590,7 @@ impl SandboxService {
             disk_mib: u64::try_from(rec.disk).unwrap_or(3) * 1024,
             pids: self.inner.pids_limit,
             privileged: rec.privileged,
+            gpu: u32::try_from(rec.gpu).unwrap_or(0),
         };
         let started = async {
             let net = NetSetup {
@@ -621,7 +667,7 @@ impl SandboxService {
         r.map(|r| self.dto(&r)).ok_or_else(|| SandboxError::NotFound { id_or_name: rec.id.clone() })
     }
 
-    async fn find(&self, who: &Principal, id_or_name: &str) -> Result<SandboxRecord, SandboxError> {
+    pub(super) async fn find(&self, who: &Principal, id_or_name: &str) -> Result<SandboxRecord, SandboxError> {
         self.inner
             .store
             .get_sandbox(&who.org_id, id_or_name)
@@ -657,7 +703,17 @@ impl SandboxService {
         if rec.state == SandboxState::Started {
             return Ok(self.dto(&rec));
         }
-        self.transition(&mut rec, "start", SandboxState::Starting, "started").await?;
+        if rec.state == SandboxState::Archived {
+            // Its disk comes back from the archive first; it is then stopped like any other.
+            rec = self.lifecycle().restore(rec).await?;
+        }
+        // The GPUs first: without free ones the sandbox stays stopped and the caller hears why.
+        let gpu = u32::try_from(rec.gpu).unwrap_or(0);
+        self.reserve_gpus(&rec.id, gpu, rec.snapshot_name.as_deref().unwrap_or(&rec.name))?;
+        if let Err(e) = self.transition(&mut rec, "start", SandboxState::Starting, "started").await {
+            self.inner.runtime.release_gpus(&rec.id);
+            return Err(e);
+        }
         let id = rec.id.clone();
         let outcome = async {
             self.inner.runtime.start(&id).await.map_err(|source| SandboxError::Runtime {
@@ -678,7 +734,7 @@ impl SandboxService {
         if rec.auto_delete == 0 {
             return self.delete(who, id_or_name).await;
         }
-        if rec.state == SandboxState::Stopped {
+        if matches!(rec.state, SandboxState::Stopped | SandboxState::Archived) {
             return Ok(self.dto(&rec));
         }
         self.transition(&mut rec, "stop", SandboxState::Stopping, "stopped").await?;
@@ -778,6 +834,35 @@ impl SandboxService {
         Ok(())
     }
 
+    /// Refuses GPUs this server does not have at all: none (`NoGpu`) or fewer than asked.
+    fn check_gpus(&self, snapshot: &str, region: &str, gpu: i64) -> Result<(), SandboxError> {
+        let total = self.inner.runtime.gpu_total();
+        if gpu > 0 && !self.inner.has_gpu {
+            return Err(SandboxError::NoGpu { snapshot: snapshot.into(), region: region.into(), gpu });
+        }
+        if usize::try_from(gpu).unwrap_or(usize::MAX) > total {
+            return Err(SandboxError::TooManyGpus { snapshot: snapshot.into(), gpu, total });
+        }
+        Ok(())
+    }
+
+    /// Takes `gpu` free GPUs for sandbox `id` before its create or start (409 when there are
+    /// not that many free); nothing for `gpu == 0`.
+    fn reserve_gpus(&self, id: &str, gpu: u32, snapshot: &str) -> Result<(), SandboxError> {
+        if gpu == 0 {
+            return Ok(());
+        }
+        self.inner.runtime.reserve_gpus(id, gpu).map_err(|e| match e {
+            RuntimeError::NoFreeGpu { source, .. } => SandboxError::NoFreeGpu { snapshot: snapshot.into(), source },
+            source => SandboxError::Runtime { op: "reserve GPUs for", id: id.into(), source },
+        })
+    }
+
+    /// GPUs of this server (what `/api/regions` reports).
+    pub fn gpu_total(&self) -> usize {
+        self.inner.runtime.gpu_total()
+    }
+
     /// Where a started sandbox's agent listens, for the toolbox proxy.
     pub async fn toolbox_agent(&self, who: &Principal, id_or_name: &str) -> Result<AgentAddr, SandboxError> {
         let key = (who.org_id.clone(), id_or_name.to_string());
@@ -843,6 +928,9 @@ impl SandboxService {
                 }
                 self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
                 continue;
+            }
+            if matches!(rec.state, SandboxState::Archiving | SandboxState::Archived | SandboxState::Restoring) {
+                continue; // nothing runs; service::lifecycle reconciles interrupted archives
             }
             if matches!(rec.state, SandboxState::PendingBuild | SandboxState::BuildingSnapshot) {
                 tracing::info!(sandbox_id = %rec.id, "restarting the image build a restart interrupted");
@@ -1052,7 +1140,7 @@ impl SandboxService {
         Ok(self.dto(&rec))
     }
 
-    fn dto(&self, r: &SandboxRecord) -> SandboxDto {
+    pub(super) fn dto(&self, r: &SandboxRecord) -> SandboxDto {
         SandboxDto {
             id: r.id.clone(),
             organization_id: r.org_id.clone(),

@@ -79,7 +79,9 @@ pub enum SnapshotError {
         name: String,
     },
     /// A general snapshot, changed by a key that is not an admin key.
-    #[error("cannot {verb} snapshot {name}: it is a general snapshot, shared by every organization; only an admin API key may {verb} it")]
+    #[error(
+        "cannot {verb} snapshot {name}: it is a general snapshot, shared by every organization; only an admin API key may {verb} it"
+    )]
     GeneralSnapshot {
         /// The verb.
         verb: &'static str,

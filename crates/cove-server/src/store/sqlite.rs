@@ -560,7 +560,11 @@ impl Store for SqliteStore {
 
     async fn referenced_images(&self) -> Result<HashSet<String>, StoreError> {
         let v: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL")
+            // Archived sandboxes' disks (migration 0011) are blobs that must be kept too.
+            sqlx::query_scalar(
+                "SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL \
+                 UNION SELECT archive_digest FROM sandbox_lifecycle WHERE archive_digest IS NOT NULL",
+            )
                 .fetch_all(&self.pool)
                 .await
                 .map_err(q("list referenced images"))?;
@@ -827,6 +831,64 @@ impl Store for SqliteStore {
             .map_err(q("delete preview token"))?;
         Ok(r.rows_affected() == 1)
     }
+
+    async fn sandbox_lifecycles(&self) -> Result<Vec<super::SandboxLifecycle>, StoreError> {
+        let rows =
+            sqlx::query("SELECT sandbox_id, last_activity_at, archive_digest, archive_size FROM sandbox_lifecycle")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list sandbox lifecycles"))?;
+        Ok(rows
+            .iter()
+            .map(|r| super::SandboxLifecycle {
+                sandbox_id: r.get(0),
+                last_activity_at: r.get(1),
+                archive: r
+                    .get::<Option<String>, _>(2)
+                    .map(|digest| super::SandboxArchive { digest, size: r.get::<Option<i64>, _>(3).unwrap_or(0) }),
+            })
+            .collect())
+    }
+
+    async fn record_sandbox_activity(&self, at: &[(String, Millis)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("record sandbox activity"))?;
+        for (id, t) in at {
+            sqlx::query(
+                "INSERT INTO sandbox_lifecycle (sandbox_id, last_activity_at) \
+                 SELECT id, ? FROM sandboxes WHERE id = ? \
+                 ON CONFLICT(sandbox_id) DO UPDATE SET \
+                 last_activity_at = MAX(last_activity_at, excluded.last_activity_at)",
+            )
+            .bind(t)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("record sandbox activity"))?;
+        }
+        tx.commit().await.map_err(q("record sandbox activity"))
+    }
+
+    async fn set_sandbox_archive_if(
+        &self,
+        id: &str,
+        archive: Option<&super::SandboxArchive>,
+        state: SandboxState,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO sandbox_lifecycle (sandbox_id, last_activity_at, archive_digest, archive_size) \
+             SELECT id, updated_at, ?, ? FROM sandboxes WHERE id = ? AND state = ? \
+             ON CONFLICT(sandbox_id) DO UPDATE SET \
+             archive_digest = excluded.archive_digest, archive_size = excluded.archive_size",
+        )
+        .bind(archive.map(|a| a.digest.as_str()))
+        .bind(archive.map(|a| a.size))
+        .bind(id)
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(q("record sandbox archive"))?;
+        Ok(r.rows_affected() == 1)
+    }
 }
 
 #[cfg(test)]
@@ -854,6 +916,7 @@ mod tests {
             updated_at: created,
             last_used_at: None,
             build: None,
+            general: false,
         }
     }
 
@@ -890,6 +953,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_organization_sees_general_snapshots_and_its_own_name_wins_over_theirs() {
+        let (_d, s) = store().await;
+        let mut general = snap("g", "o1", "cove-small", 1);
+        general.general = true;
+        general.state = SnapshotState::Active;
+        s.insert_snapshot(&general).await.unwrap();
+        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "g");
+        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g");
+        assert!(s.get_snapshot("o2", "g").await.unwrap().unwrap().general);
+        assert_eq!(s.list_snapshots("o2", &all()).await.unwrap().1, 1);
+        assert_eq!(s.general_snapshot_named("cove-small").await.unwrap().unwrap().id, "g");
+        s.insert_snapshot(&snap("own", "o2", "cove-small", 2)).await.unwrap();
+        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "own");
+        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g", "an id still names the general one");
+        assert!(s.general_snapshot_named("own").await.unwrap().is_none());
+        assert_eq!(s.deactivate_unused(i64::MAX, 5).await.unwrap(), 0, "a general snapshot never becomes inactive");
+    }
+
+    #[tokio::test]
     async fn pages_are_stable_and_counted() {
         let (_d, s) = store().await;
         for i in 0..25 {
@@ -917,7 +999,6 @@ mod tests {
         r.state = SnapshotState::Active;
         assert!(!s.update_snapshot_if(&r, &[SnapshotState::Pending]).await.unwrap());
         assert_eq!(s.get_snapshot("o1", "a").await.unwrap().unwrap().state, SnapshotState::Pulling);
-            general: false,
     }
 
     #[tokio::test]
@@ -953,25 +1034,6 @@ mod tests {
     #[tokio::test]
     async fn revoked_keys_no_longer_authenticate() {
         let (_d, s) = store().await;
-    #[tokio::test]
-    async fn every_organization_sees_general_snapshots_and_its_own_name_wins_over_theirs() {
-        let (_d, s) = store().await;
-        let mut general = snap("g", "o1", "cove-small", 1);
-        general.general = true;
-        general.state = SnapshotState::Active;
-        s.insert_snapshot(&general).await.unwrap();
-        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "g");
-        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g");
-        assert!(s.get_snapshot("o2", "g").await.unwrap().unwrap().general);
-        assert_eq!(s.list_snapshots("o2", &all()).await.unwrap().1, 1);
-        assert_eq!(s.general_snapshot_named("cove-small").await.unwrap().unwrap().id, "g");
-        s.insert_snapshot(&snap("own", "o2", "cove-small", 2)).await.unwrap();
-        assert_eq!(s.get_snapshot("o2", "cove-small").await.unwrap().unwrap().id, "own");
-        assert_eq!(s.get_snapshot("o2", "g").await.unwrap().unwrap().id, "g", "an id still names the general one");
-        assert!(s.general_snapshot_named("own").await.unwrap().is_none());
-        assert_eq!(s.deactivate_unused(i64::MAX, 5).await.unwrap(), 0, "a general snapshot never becomes inactive");
-    }
-
         s.insert_api_key(&key("k", "o1", "h", false)).await.unwrap();
         let hmac = KeyHashScheme::HmacSha256;
         assert!(s.api_key_by_hash(hmac, "h").await.unwrap().is_some());
