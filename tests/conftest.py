@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,38 @@ def debian_image(registry):
             "digest": digest,
         }
     pytest.fail(failure, pytrace=False)
+
+
+CDI_SPEC = """cdiVersion: 0.5.0
+kind: nvidia.com/gpu
+devices:
+- name: "0"
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+      hostPath: {node}
+- name: all
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+      hostPath: {node}
+containerEdits:
+  env:
+  - NVIDIA_VISIBLE_DEVICES=void
+"""
+
+
+@pytest.fixture
+def cdi_dir():
+    """A CDI spec directory with one "GPU": a character device with /dev/null's numbers made
+    by the test (root) outside any data dir (no NVIDIA hardware needed)."""
+    host = Path(tempfile.mkdtemp(prefix="cvcdi", dir="/tmp"))
+    host.chmod(0o711)  # the sandboxes' root passes through to the node
+    node = host / "fakegpu0"
+    subprocess.run(["mknod", "-m", "666", str(node), "c", "1", "3"], check=True)
+    specs = host / "cdi"
+    specs.mkdir()
+    (specs / "nvidia.yaml").write_text(CDI_SPEC.format(node=node))
+    (specs / "nvidia.yaml").chmod(0o644)
+    yield specs
+    shutil.rmtree(host, ignore_errors=True)

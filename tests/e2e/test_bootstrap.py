@@ -126,6 +126,21 @@ def test_a_second_server_gets_the_cached_build_without_rebuilding(cove, release)
     assert secs < 120, f"a cached bootstrap took {secs:.0f} s"
 
 
+def test_on_a_server_with_gpus_the_general_snapshots_include_cove_gpu(cove, release, cdi_dir):
+    server = cove(extra=["--cdi-spec-dir", str(cdi_dir)])
+    out, log, _ = bootstrap(server, "--profile", "minimal", "--general")
+    assert [s["name"] for s in out["generalSnapshots"]] == ["cove-small", "cove-medium", "cove-large", "cove-gpu"], log
+    st, gpu = server.api("GET", "/snapshots/cove-gpu")
+    assert st == 200 and gpu["general"] is True and gpu["gpu"] == 1 and gpu["state"] == "active", gpu
+    st, sb = server.api("POST", "/sandbox", {"snapshot": "cove-gpu"})
+    assert st == 200 and sb["state"] == "started", sb
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    sandbox = daytona.get(sb["id"])
+    r = sandbox.process.exec("test -c /dev/nvidia0 && echo gpu-node; python -c 'print(6*7)'")
+    assert r.exit_code == 0 and r.result.split() == ["gpu-node", "42"], r.result
+    sandbox.delete()
+
+
 def test_a_member_key_cannot_bootstrap(cove, release):
     server = cove()
     st, k = server.api("POST", "/api-keys", {"name": "member"})

@@ -3,48 +3,11 @@ reads a CDI spec the test writes, whose "GPU" is a character device with /dev/nu
 made by the test (root) outside the data dir."""
 
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError, Resources
 
 from harness import API_KEY, BUSYBOX
-
-SPEC = """cdiVersion: 0.5.0
-kind: nvidia.com/gpu
-devices:
-- name: "0"
-  containerEdits:
-    deviceNodes:
-    - path: /dev/nvidia0
-      hostPath: {node}
-- name: all
-  containerEdits:
-    deviceNodes:
-    - path: /dev/nvidia0
-      hostPath: {node}
-containerEdits:
-  env:
-  - NVIDIA_VISIBLE_DEVICES=void
-"""
-
-
-@pytest.fixture
-def cdi_dir():
-    host = Path(tempfile.mkdtemp(prefix="cvcdi", dir="/tmp"))
-    host.chmod(0o711)  # the sandboxes' root passes through to the node
-    node = host / "fakegpu0"
-    subprocess.run(["mknod", "-m", "666", str(node), "c", "1", "3"], check=True)
-    specs = host / "cdi"
-    specs.mkdir()
-    (specs / "nvidia.yaml").write_text(SPEC.format(node=node))
-    (specs / "nvidia.yaml").chmod(0o644)
-    yield specs
-    shutil.rmtree(host, ignore_errors=True)
-
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root")
 def test_a_one_gpu_server_gives_its_gpu_to_one_sandbox_at_a_time_and_says_why_the_second_waits(cove, cdi_dir):

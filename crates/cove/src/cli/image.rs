@@ -1,7 +1,8 @@
 //! `cove image bootstrap`: builds a Debian sandbox image on this host with mmdebstrap (see
 //! [`super::debian`]), pushes it into the server's built-in registry as
 //! `cove/sandbox:<profile>-<release>` (the system namespace: an admin key), and with
-//! `--general` makes the general snapshots `cove-small`, `cove-medium` and `cove-large` of it.
+//! `--general` makes the general snapshots `cove-small`, `cove-medium` and `cove-large` of it,
+//! and `cove-gpu` (1 GPU) where the server's regions report GPUs.
 //!
 //! Idempotent: a cached build is reused (`--force` rebuilds), a manifest already in the
 //! registry is not pushed again, general snapshots of the same image are left alone.
@@ -24,6 +25,9 @@ const REPOSITORY: &str = "cove/sandbox";
 /// The general snapshots `--general` ensures: name, vCPUs, memory GiB, disk GiB.
 const GENERAL: [(&str, i64, i64, i64); 3] =
     [("cove-small", 1, 1, 3), ("cove-medium", 2, 4, 8), ("cove-large", 4, 8, 10)];
+/// `(name, vCPUs, memory GiB, disk GiB, GPUs)` of the general GPU snapshot, made only on a
+/// server whose regions report GPUs.
+const GPU_GENERAL: (&str, i64, i64, i64, i64) = ("cove-gpu", 4, 8, 10, 1);
 
 /// `cove image …`.
 #[derive(Subcommand, Debug)]
@@ -149,8 +153,15 @@ async fn bootstrap(c: &Client, a: BootstrapArgs, g: &Global) -> anyhow::Result<(
     let mut snapshots = Vec::new();
     if a.general {
         eprintln!("[3/3] General snapshots of {image}");
-        for (name, cpu, memory, disk) in GENERAL {
-            let state = ensure_general(c, name, &image, cpu, memory, disk).await?;
+        let mut general: Vec<(&str, i64, i64, i64, i64)> =
+            GENERAL.iter().map(|&(n, cpu, mem, disk)| (n, cpu, mem, disk, 0)).collect();
+        // The seed's daytona-gpu: only where the server has GPUs (GET /regions → gpus).
+        let regions: Value = c.get_json("/regions").await.context("read the server's regions")?;
+        if regions.as_array().is_some_and(|r| r.iter().any(|r| r["gpus"].as_i64().unwrap_or(0) > 0)) {
+            general.push(GPU_GENERAL);
+        }
+        for (name, cpu, memory, disk, gpu) in general {
+            let state = ensure_general(c, name, &image, cpu, memory, disk, gpu).await?;
             snapshots.push(json!({ "name": name, "state": state }));
         }
     } else {
@@ -177,6 +188,7 @@ async fn ensure_general(
     cpu: i64,
     memory: i64,
     disk: i64,
+    gpu: i64,
 ) -> anyhow::Result<String> {
     let path = format!("/snapshots/{}", seg(name));
     let existing: Option<Value> = match c.get_json::<Value>(&path).await {
@@ -200,7 +212,7 @@ async fn ensure_general(
         c.delete(&format!("/snapshots/{}", seg(&id))).await?;
     }
     let body = json!({
-        "name": name, "imageName": image, "cpu": cpu, "memory": memory, "disk": disk, "general": true,
+        "name": name, "imageName": image, "cpu": cpu, "memory": memory, "disk": disk, "gpu": gpu, "general": true,
     });
     // A deleted snapshot's name is free once its removal finished.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -214,7 +226,9 @@ async fn ensure_general(
         }
     };
     let id = created["id"].as_str().context("the server answered without an id")?;
-    eprintln!("      {name}: created ({cpu} vCPU, {memory} GiB memory, {disk} GiB disk), waiting until active");
+    eprintln!(
+        "      {name}: created ({cpu} vCPU, {memory} GiB memory, {disk} GiB disk, {gpu} GPU), waiting until active"
+    );
     let done = snapshot::wait(c, id).await?;
     finished(&done, name)
 }
