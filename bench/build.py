@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """`make bench`, builds: a small multi-step Dockerfile (three RUN steps and one COPY of a
-small context file on the busybox fixture `python:3.12`) built through Cove's API, beside
+small context file on the busybox fixture `fixtures.cove.test/busybox:1`) built through Cove's API, beside
 `buildah bud --layers` of the same Dockerfile and context measured in the same run.
 
 The Dockerfile is the one the official Python SDK generates for
-`Image.base("python:3.12").run_commands(f"echo run-{i} …").add_local_file(…).run_commands(…)`,
+`Image.base(BUSYBOX).run_commands(f"echo run-{i} …").add_local_file(…).run_commands(…)`,
 and its context is uploaded by the SDK itself to Cove's HTTPS S3 endpoint (the server's CA is
 trusted for the run with `cove tls trust` and removed again at the end).
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, COVE_BIN, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, COVE_BIN, FIXTURES, Cove, Registry  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_BUILD_RUNS", "7"))
 
@@ -57,7 +57,7 @@ def image(ctx_file, i, last="echo done > /srv/done"):
     from daytona import Image
 
     return (
-        Image.base("python:3.12")
+        Image.base(BUSYBOX)
         .run_commands(f"echo run-{i} > /run-id")
         .add_local_file(str(ctx_file), "/app/a.txt")
         .run_commands("mkdir -p /srv && cp /app/a.txt /srv/a.txt && sha256sum /srv/a.txt > /srv/a.sum", last)
@@ -105,17 +105,14 @@ class CoveSide:
 
 class Buildah:
     """`buildah bud --layers` (Docker's default: one cached layer per step) with private
-    storage under the run's temporary directory and the local registry as docker.io."""
+    storage under the run's temporary directory and the local registry as fixtures.cove.test."""
 
     def __init__(self, work, registry_url):
         self.work = work
         work.mkdir()
         conf = work / "registries.conf"
         host = registry_url.split("://", 1)[1]
-        conf.write_text(
-            'unqualified-search-registries = ["docker.io"]\n'
-            f'[[registry]]\nprefix = "docker.io"\nlocation = "{host}"\ninsecure = true\n'
-        )
+        conf.write_text(f'[[registry]]\nprefix = "{FIXTURES}"\nlocation = "{host}"\ninsecure = true\n')
         self.env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf))
         self.driver = None
         self.why = None
@@ -135,9 +132,9 @@ class Buildah:
         host = registry_url.split("://", 1)[1]
         errors = []
         for driver in ("overlay", "vfs"):
-            out = self.run("pull", "-q", "--tls-verify=false", f"docker://{host}/library/python:3.12", driver=driver)
+            out = self.run("pull", "-q", "--tls-verify=false", f"docker://{host}/busybox:1", driver=driver)
             if out.returncode == 0:
-                out = self.run("tag", f"{host}/library/python:3.12", "docker.io/library/python:3.12", driver=driver)
+                out = self.run("tag", f"{host}/busybox:1", BUSYBOX, driver=driver)
             if out.returncode == 0:
                 self.driver = driver
                 try:
@@ -192,8 +189,8 @@ def main():
     trusted = False
     buildah = Buildah(tmp / "buildah", registry.url)
     try:
-        mkimage.push_image(registry.url, "library/python", ["3.12"], seed="bench")
-        add_history(registry.url, "library/python", "3.12")
+        mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
+        add_history(registry.url, "busybox", "1")
         ctx_file = tmp / "ctx" / "app.txt"
         ctx_file.parent.mkdir()
         ctx_file.write_text("".join(f"line {n} of the build context\n" for n in range(200)))
@@ -211,7 +208,7 @@ def main():
         # pulls the base image.
         t0 = time.perf_counter()
         warm = daytona.snapshot.create(CreateSnapshotParams(
-            name="warm-up", image=Image.base("python:3.12").add_local_file(str(ctx_file), "/warm.txt").run_commands("echo warm")))
+            name="warm-up", image=Image.base(BUSYBOX).add_local_file(str(ctx_file), "/warm.txt").run_commands("echo warm")))
         warm_s = time.perf_counter() - t0
         assert warm.state == "active", warm
 
@@ -235,8 +232,8 @@ def main():
                 b_cached.append(buildah.bud(f"cached-{i}", img.dockerfile(), ctx_file))
                 b_last.append(buildah.bud(f"last-{i}", changed(ctx_file, i).dockerfile(), ctx_file))
 
-        print(f"\nDockerfile builds (3 RUN + 1 COPY of a {ctx_file.stat().st_size} B context file on the busybox "
-              f"python:3.12), {RUNS} runs each; cold = unique first RUN per run, base image already pulled")
+        print(f"\nDockerfile builds (3 RUN + 1 COPY of a {ctx_file.stat().st_size} B context file on "
+              f"{BUSYBOX}), {RUNS} runs each; cold = unique first RUN per run, base image already pulled")
         print("Dockerfile (run 0):\n  " + image(ctx_file, 0).dockerfile().strip().replace("\n", "\n  "))
         print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
         if have_buildah:

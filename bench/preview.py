@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, Cove, Registry, wait_until  # noqa: E402
+from harness import API_KEY, BUSYBOX_PYTHON, Cove, Registry, wait_until  # noqa: E402
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_PREVIEW_RUNS", "5"))
@@ -55,10 +55,10 @@ def main():
     registry = Registry(tmp / "registry")
     server = None
     try:
-        mkimage.push_image(registry.url, "library/pyreal", ["3.11"], python=True, seed="python")
+        mkimage.push_image(registry.url, "busybox-python", ["1"], python=True, seed="python")  # BUSYBOX_PYTHON
         server = Cove(tmp / "d", registry.url).start()
         daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-        daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+        daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
         sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
         r = sandbox.process.exec(
             f"mkdir -p /tmp/www && python3 -c \"import os; open('/tmp/www/big.bin', 'wb').write(os.urandom({SIZE}))\"",

@@ -35,9 +35,9 @@ def main():
     dst_reg = Registry(tmp / "dst")
     server = None
     try:
-        mkimage.push_image(src_reg.url, "library/big", ["1.0"], random_mb=48, seed="pushbench")
+        mkimage.push_image(src_reg.url, "big", ["1.0"], random_mb=48, seed="pushbench")
         layout = tmp / "layout"
-        subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{host(src_reg.url)}/library/big:1.0",
+        subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{host(src_reg.url)}/big:1.0",
                         f"oci:{layout}:1.0"], check=True, capture_output=True)
         size = sum(p.stat().st_size for p in (layout / "blobs").rglob("*") if p.is_file())
         server = Cove(tmp / "d", src_reg.url).start()

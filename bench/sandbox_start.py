@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, Cove, Registry  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 EXEC_RUNS = int(os.environ.get("BENCH_EXEC_RUNS", "100"))
@@ -99,7 +99,7 @@ def cold_server(tmp, registry):
     """The same measurement on a server without a warm pool: every create runs runc."""
     server = Cove(tmp / "cold", registry.url, extra=["--default-snapshot", "bench", "--warm-pool-size", "0"]).start()
     try:
-        snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": "python:3.12"})
+        snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": BUSYBOX})
         server.wait_state(snap["id"])
         sb = post(server.api_url + "/sandbox", {})  # warm-up
         server.api("DELETE", f"/sandbox/{sb['id']}")
@@ -122,9 +122,9 @@ def main():
     registry = Registry(tmp / "registry")
     server = None
     try:
-        mkimage.push_image(registry.url, "library/python", ["3.12"], seed="bench")
+        mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
         server = Cove(tmp / "d", registry.url, extra=["--default-snapshot", "bench"]).start()
-        snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": "python:3.12"})
+        snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": BUSYBOX})
         snap = server.wait_state(snap["id"])
         rootfs = server.data_dir / "images" / snap["ref"].split(":")[1] / "rootfs"
 

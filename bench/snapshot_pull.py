@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchenv import row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import Cove, Registry, wait_until  # noqa: E402
+from harness import FIXTURES, Cove, Registry, wait_until  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "15"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "4"))
@@ -24,7 +24,7 @@ IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "4"))
 
 def cove_cold_pull(server, i):
     t0 = time.perf_counter()
-    st, snap = server.api("POST", "/snapshots", {"name": f"bench-{i}", "imageName": "bench:1.0"})
+    st, snap = server.api("POST", "/snapshots", {"name": f"bench-{i}", "imageName": f"{FIXTURES}/bench:1.0"})
     assert st == 200, snap
     while True:
         st, snap = server.api("GET", f"/snapshots/{snap['id']}")
@@ -44,7 +44,7 @@ def skopeo_umoci(registry, work):
     layout, bundle = work / "layout", work / "bundle"
     t0 = time.perf_counter()
     subprocess.run(
-        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/library/bench:1.0", f"oci:{layout}:bench"],
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/bench:1.0", f"oci:{layout}:bench"],
         check=True,
     )
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True, stdout=subprocess.DEVNULL)
@@ -60,7 +60,7 @@ def main():
     registry = Registry(tmp / "registry")
     server = None
     try:
-        mkimage.push_image(registry.url, "library/bench", ["1.0"], random_mb=IMAGE_MB, seed="bench")
+        mkimage.push_image(registry.url, "bench", ["1.0"], random_mb=IMAGE_MB, seed="bench")
         server = Cove(tmp / "cove", registry.url).start()
         work = tmp / "baseline"
         work.mkdir()
