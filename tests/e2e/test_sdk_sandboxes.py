@@ -9,7 +9,7 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 from daytona import SandboxState as SdkSandboxState
 
-from harness import API_KEY, wait_until
+from harness import API_KEY, BUSYBOX, BUSYBOX_PYTHON, wait_until
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def sbx(cove):
     """A server with a default snapshot, and an SDK client for it."""
     server = cove(extra=["--default-snapshot", "default-snap", "--sandbox-pids-limit", "256"])
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="default-snap", image="python:3.12"))
+    daytona.snapshot.create(CreateSnapshotParams(name="default-snap", image=BUSYBOX))
     return server, daytona
 
 
@@ -92,7 +92,7 @@ def test_list_shows_the_sandbox_with_its_labels(sbx):
 def test_code_run_uses_python_when_the_image_has_it(cove, registry_with_python):
     server = cove()
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
     sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
     r = sandbox.process.code_run("import sys\nprint(sum(range(10)), sys.version_info[0])")
     assert r.exit_code == 0, r.result
