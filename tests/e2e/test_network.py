@@ -23,8 +23,8 @@ from daytona import (
     Image,
 )
 
-from harness import API_KEY, COVE_BIN
-from netprobe import gateway, probe, resolve, serve
+from harness import API_KEY, BUSYBOX_PYTHON, COVE_BIN
+from netprobe import gateway, probe, probe_outside, resolve, serve
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 TS_DIR = Path(__file__).parent / "ts"
@@ -41,7 +41,7 @@ def net(cove, registry_with_python, debian_image):
     fixture image (`py`) and of the real Debian image (`deb`)."""
     server = cove(extra=["--sandbox-ca-bundle", HOST_CA])
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
     daytona.snapshot.create(CreateSnapshotParams(name="deb", image=debian_image["image"]))
     return server, daytona
 
@@ -132,17 +132,17 @@ def test_block_all_allow_lists_and_live_updates_through_the_python_sdk(net):
 
     only_index = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", network_allow_list=f"{index}/32"))
     assert only_index.network_allow_list == f"{index}/32"
-    assert probe(only_index, index, 443) == "open"
+    assert probe_outside(only_index, index, 443) == "open"
     assert probe(only_index, index, 80).startswith(("open", "closed"))  # any port of an allowed address
     assert probe(only_index, "192.0.2.77", 443, timeout=2).startswith("closed"), "outside the list"
 
     open_one = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
-    assert probe(open_one, index, 443) == "open"
+    assert probe_outside(open_one, index, 443) == "open"
     open_one.update_network_settings(network_block_all=True)
     assert open_one.network_block_all is True
     assert probe(open_one, index, 443).startswith("closed"), "applied live, no restart"
     open_one.update_network_settings(network_block_all=False)
-    assert probe(open_one, index, 443) == "open"
+    assert probe_outside(open_one, index, 443) == "open"
     open_one.update_network_settings(network_allow_list="192.0.2.0/24")
     assert probe(open_one, index, 443).startswith("closed")
     assert server.api("GET", f"/sandbox/{open_one.id}")[1]["networkAllowList"] == "192.0.2.0/24"
@@ -165,7 +165,7 @@ def test_a_domain_allow_list_resolves_only_its_names_and_opens_only_their_addres
     assert probe(s, index, 443, timeout=2).startswith("closed"), "not before the name was resolved"
     assert "error" in resolve(s, "example.com"), "names outside the list do not resolve"
     assert resolve(s, "pypi.org") == str([index])
-    assert probe(s, index, 443) == "open", "the resolved address is open for its TTL"
+    assert probe_outside(s, index, 443) == "open", "the resolved address is open for its TTL"
     s.delete()
 
 
@@ -210,7 +210,7 @@ def test_the_typescript_sdk_blocks_allows_and_updates_the_network(net):
 def test_with_egress_off_sandboxes_resolve_names_but_nothing_leaves(cove, registry_with_python):
     server = cove(extra=["--sandbox-egress=false"])
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="py", image="pyreal:3.11"))
+    daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
     s = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
     index = index_address()
     assert resolve(s, "pypi.org") == str([index]), "the forwarder still answers"
