@@ -432,8 +432,12 @@ impl SessionManager {
     }
 
     /// Writes `data` to a running command's stdin (and echoes it into its output unless the
-    /// command was started with `suppressInputEcho`).
+    /// command was started with `suppressInputEcho`). Like Daytona's daemon, a newline is
+    /// appended unless `data` ends with one: the SDKs send a line without it, and a command
+    /// waiting in `read` would otherwise never see the end of its line.
     pub async fn send_input(&self, id: &str, cmd_id: &str, data: &str) -> Result<(), SessionError> {
+        let data = if data.ends_with('\n') { data.to_string() } else { format!("{data}\n") };
+        let data = data.as_str();
         let cmd = self.command(id, cmd_id)?;
         let mut stdin = cmd.stdin.lock().await;
         match &mut *stdin {
@@ -739,6 +743,27 @@ mod tests {
             vec!["marker:Some(3)", "data:next", "marker:None"]
         );
         assert!(p.is_empty());
+    }
+
+    #[tokio::test]
+    async fn input_without_a_newline_completes_the_line_a_waiting_read_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = SessionManager::new(dir.path().to_path_buf(), dir.path().join("run"));
+        m.create("r").expect("create");
+        let req = ExecRequest {
+            command: "read a; read b; echo \"got:$a:$b\"".into(),
+            run_async: Some(true),
+            is_async: None,
+            suppress_input_echo: Some(true),
+        };
+        let (r, _) = m.exec("r", req).await.expect("exec");
+        // One line without its newline, one with: each reaches the command as exactly one line.
+        m.send_input("r", &r.cmd_id, "first").await.expect("input");
+        m.send_input("r", &r.cmd_id, "second\n").await.expect("input");
+        let cmd = m.command("r", &r.cmd_id).expect("command");
+        let code = tokio::time::timeout(Duration::from_secs(5), cmd.log.wait()).await.expect("read got its lines");
+        assert_eq!((code, cmd.log.text().stdout.as_str()), (0, "got:first:second\n"));
+        m.delete("r").expect("delete");
     }
 
     #[test]
