@@ -1,5 +1,6 @@
 //! The only module allowed `unsafe`: thin wrappers over the few libc calls the agent needs that
-//! neither `std` nor tokio expose (fork, signal masks, `waitpid(-1)`, process-group kill, mkfifo).
+//! neither `std` nor tokio expose (fork, signal masks, `waitpid(-1)`, process-group kill, mkfifo,
+//! pseudo-terminals).
 
 #![allow(unsafe_code)]
 
@@ -218,4 +219,104 @@ pub fn set_env_single_threaded(key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
     // SAFETY: called from `main` before the tokio runtime or any other thread is started, so
     // nothing can read the environment concurrently.
     unsafe { std::env::set_var(key, value) }
+}
+
+/// A new pseudo-terminal: `(master, slave)`, both close-on-exec and neither our controlling
+/// terminal. The slave is opened from the master (`TIOCGPTPEER`), not by a path under
+/// `/dev/pts` that a process in the sandbox could have replaced; kernels before 4.13 fall back
+/// to the path of the master's number.
+pub fn open_pty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags as an integer argument and touches no memory.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd >= 0 {
+        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+        return Ok((master, unsafe { OwnedFd::from_raw_fd(fd) }));
+    }
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(format!("/dev/pts/{n}"))?;
+    Ok((master, slave.into()))
+}
+
+/// Sets the window size of the terminal `fd` (the kernel signals SIGWINCH to its foreground
+/// process group).
+pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts `fd` into non-blocking mode.
+pub fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL take and return integers only.
+    let rc = unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 { flags } else { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the child `cmd` starts lead a new session whose controlling terminal is its stdin
+/// (which the caller sets to a pty slave), as a login on a terminal does.
+pub fn controlling_terminal_on_stdin(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid and ioctl,
+    // both async-signal-safe; it allocates nothing and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `sig` to the process `pid` (ignoring "no such process"); never to 0, 1 or a group.
+pub fn kill_pid(pid: i32, sig: libc::c_int) {
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill has no memory-safety preconditions; pid > 1 names a single process.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Registers `file` (non-blocking) with tokio's reactor.
+pub fn async_fd(file: std::fs::File) -> io::Result<tokio::io::unix::AsyncFd<std::fs::File>> {
+    // SAFETY: the `File` owns its descriptor and moves into the `AsyncFd`, which keeps it open
+    // and unreplaced until the `AsyncFd` is dropped and deregisters it.
+    unsafe { tokio::io::unix::AsyncFd::register(file) }.map_err(|e| e.into_parts().1)
 }

@@ -72,6 +72,15 @@ impl Users {
     }
 }
 
+/// The login shell `passwd` (the text of `/etc/passwd`) gives `uid`, if it names one.
+pub fn login_shell(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let shell = f.get(6)?.trim();
+        (f.get(2)?.parse::<u32>().ok()? == uid && !shell.is_empty()).then(|| shell.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +98,13 @@ mod tests {
         assert_eq!(u.home_of(0), Some(PathBuf::from("/root")));
         assert_eq!(u.uid("daytona"), Some(1000));
         assert_eq!(u.gid("12"), Some(12));
+    }
+
+    #[test]
+    fn the_login_shell_is_the_seventh_field_of_the_users_line() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# x:x:1000:\nnologin:x:7:7::/:\n";
+        assert_eq!(login_shell(passwd, 0).as_deref(), Some("/bin/bash"));
+        assert_eq!(login_shell(passwd, 7), None);
+        assert_eq!(login_shell(passwd, 1000), None);
     }
 }
