@@ -391,7 +391,9 @@ impl PtyManager {
         let s = self.map().remove(id).ok_or_else(|| PtyError::NotFound { id: id.to_string() })?;
         let pid = s.term().running.as_ref().map(|r| r.pid);
         match pid {
-            Some(pid) => kill_terminal_session(pid),
+            Some(pid) if pid > 1 => kill_terminal_session(pid),
+            // The shell was just reaped; its exit is on its way to the clients.
+            Some(_) => {}
             None => {
                 // Never started (lazy): there is no shell to reap, so end it here.
                 s.exit.send_replace(Some(Exit::new(137)));
@@ -480,6 +482,10 @@ impl PtySession {
         let (session, registry) = (self.clone(), registry.clone());
         tokio::spawn(async move {
             let code = child.wait().await.map_or(-1, crate::process::exit_code);
+            // Reaped: the pid may be reused from now on, so a kill must not signal it.
+            if let Some(r) = session.term().running.as_mut() {
+                r.pid = 0;
+            }
             let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await;
             reader.abort();
             writer.abort();
