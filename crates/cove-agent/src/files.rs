@@ -28,6 +28,8 @@ pub struct FileInfo {
     pub size: u64,
     /// Last modification, ISO 8601.
     pub mod_time: String,
+    /// The same instant (the SDKs' newer field; `modTime` is kept for older clients).
+    pub modified_at: String,
     /// `ls`-style, e.g. `-rw-r--r--`.
     pub mode: String,
     /// Octal, e.g. `0644`.
@@ -119,6 +121,20 @@ pub enum FileError {
         #[source]
         source: io::Error,
     },
+    /// A boolean query parameter that is neither `true` nor `false`.
+    #[error("invalid {name} {value:?}: expected true or false")]
+    InvalidBool {
+        /// The parameter.
+        name: &'static str,
+        /// As sent.
+        value: String,
+    },
+    /// Copying across filesystems met an entry that cannot be copied.
+    #[error("cannot move {path} across filesystems: only files, directories and symbolic links can be copied")]
+    Uncopyable {
+        /// The entry.
+        path: String,
+    },
     /// The mode is not octal.
     #[error("invalid mode {mode:?}: expected octal digits such as 755")]
     InvalidMode {
@@ -198,6 +214,8 @@ impl FileError {
             FileError::MissingParameter(_)
             | FileError::IsDirectory { .. }
             | FileError::InvalidMode { .. }
+            | FileError::InvalidBool { .. }
+            | FileError::Uncopyable { .. }
             | FileError::DirectoryNotEmpty { .. }
             | FileError::UnknownId { .. }
             | FileError::Multipart(_)
@@ -250,6 +268,7 @@ fn file_info(p: &Path, meta: &std::fs::Metadata, users: &Users) -> FileInfo {
         is_dir: meta.is_dir(),
         size: meta.len(),
         mod_time: iso8601(mtime),
+        modified_at: iso8601(mtime),
         mode: mode_string(meta.mode()),
         permissions: format!("{:04o}", meta.mode() & 0o7777),
         owner: users.user_name(meta.uid()),
@@ -321,7 +340,18 @@ pub fn create_folder(workdir: &Path, path: Option<&str>, mode: Option<&str>) -> 
     Ok(())
 }
 
-/// `DELETE /files`: a file, an empty directory, or with `recursive` a whole tree.
+/// A boolean query parameter: absent is `false`; `true`/`false`/`1`/`0` (any case); else 400.
+pub fn parse_bool(value: Option<&str>, name: &'static str) -> Result<bool, FileError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(v) => Err(FileError::InvalidBool { name, value: v.to_string() }),
+    }
+}
+
+/// `DELETE /files`: a file, an empty directory, or with `recursive` a whole tree. A link is
+/// removed itself, never what it points to (`remove_dir_all` does not follow links either).
 pub fn delete(workdir: &Path, path: Option<&str>, recursive: bool) -> Result<(), FileError> {
     let p = resolve(workdir, Some(required(path, "path")?));
     let shown = p.display().to_string();
@@ -339,18 +369,73 @@ pub fn delete(workdir: &Path, path: Option<&str>, recursive: bool) -> Result<(),
     })
 }
 
-/// `POST /files/move`: rename; refuses to overwrite.
+/// `POST /files/move`: rename; refuses to overwrite. Across filesystems (`EXDEV`, e.g. from a
+/// tmpfs to the disk) the tree is copied without following links (files, directories with
+/// their modes, links as links), then the source is removed.
 pub fn move_path(workdir: &Path, source: Option<&str>, destination: Option<&str>) -> Result<(), FileError> {
     let from = resolve(workdir, Some(required(source, "source")?));
     let to = resolve(workdir, Some(required(destination, "destination")?));
     if std::fs::symlink_metadata(&to).is_ok() {
         return Err(FileError::DestinationExists { path: to.display().to_string() });
     }
-    std::fs::rename(&from, &to).map_err(|e| FileError::Move {
+    let err = |e| FileError::Move {
         source_path: from.display().to_string(),
         destination: to.display().to_string(),
         source: e,
-    })
+    };
+    match std::fs::rename(&from, &to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_tree(&from, &to).map_err(|e| match e {
+                CopyError::Io(e) => err(e),
+                CopyError::Uncopyable(path) => FileError::Uncopyable { path: path.display().to_string() },
+            })?;
+            let meta = std::fs::symlink_metadata(&from).map_err(err)?;
+            if meta.is_dir() { std::fs::remove_dir_all(&from) } else { std::fs::remove_file(&from) }.map_err(err)
+        }
+        other => other.map_err(err),
+    }
+}
+
+enum CopyError {
+    Io(io::Error),
+    Uncopyable(PathBuf),
+}
+
+impl From<io::Error> for CopyError {
+    fn from(e: io::Error) -> Self {
+        CopyError::Io(e)
+    }
+}
+
+/// Copies `from` to the new path `to`, links as links; on failure removes what it made.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), CopyError> {
+    let result = copy_entry(from, to);
+    if result.is_err() {
+        let made = std::fs::symlink_metadata(to);
+        let _ = if made.is_ok_and(|m| m.is_dir()) { std::fs::remove_dir_all(to) } else { std::fs::remove_file(to) };
+    }
+    result
+}
+
+/// One entry of [`copy_tree`], recursing into directories (never through links).
+fn copy_entry(from: &Path, to: &Path) -> Result<(), CopyError> {
+    let meta = std::fs::symlink_metadata(from)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        std::fs::create_dir(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_entry(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+    } else if ft.is_file() {
+        std::fs::copy(from, to)?;
+    } else {
+        return Err(CopyError::Uncopyable(from.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// `POST /files/permissions`: chmod and/or chown.
@@ -363,6 +448,7 @@ pub fn set_permissions(
 ) -> Result<(), FileError> {
     let p = resolve(workdir, Some(required(path, "path")?));
     let err = |source| FileError::SetPermissions { path: p.display().to_string(), source };
+    std::fs::metadata(&p).map_err(|source| FileError::Stat { path: p.display().to_string(), source })?;
     if mode.is_some_and(|m| !m.trim().is_empty()) {
         let m = parse_mode(mode, 0)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).map_err(err)?;
@@ -371,11 +457,22 @@ pub fn set_permissions(
     let group = group.filter(|g| !g.is_empty());
     if owner.is_some() || group.is_some() {
         let users = Users::load();
+        // A name from /etc/passwd or /etc/group, else a numeric id.
         let uid = owner
-            .map(|o| users.uid(o).ok_or_else(|| FileError::UnknownId { what: "user", name: o.into() }))
+            .map(|o| {
+                users
+                    .uid(o)
+                    .or_else(|| o.parse().ok())
+                    .ok_or_else(|| FileError::UnknownId { what: "user", name: o.into() })
+            })
             .transpose()?;
         let gid = group
-            .map(|g| users.gid(g).ok_or_else(|| FileError::UnknownId { what: "group", name: g.into() }))
+            .map(|g| {
+                users
+                    .gid(g)
+                    .or_else(|| g.parse().ok())
+                    .ok_or_else(|| FileError::UnknownId { what: "group", name: g.into() })
+            })
             .transpose()?;
         std::os::unix::fs::chown(&p, uid, gid).map_err(err)?;
     }
@@ -547,6 +644,35 @@ mod tests {
         let meta = std::fs::metadata(dir.path().join("a/b")).expect("stat");
         assert_eq!(meta.mode() & 0o777, 0o700);
         assert!(matches!(create_folder(dir.path(), Some("x"), Some("9z")), Err(FileError::InvalidMode { .. })));
+    }
+
+    #[test]
+    fn a_move_across_filesystems_copies_the_tree_with_links_as_links_then_removes_the_source() {
+        let shm = Path::new("/dev/shm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Ok(src) = tempfile::tempdir_in(shm) else {
+            eprintln!("skipped: no /dev/shm");
+            return;
+        };
+        let dev = |p: &Path| std::fs::metadata(p).expect("stat").dev();
+        if dev(src.path()) == dev(dir.path()) {
+            eprintln!("skipped: /dev/shm and the temporary directory share a filesystem");
+            return;
+        }
+        let tree = src.path().join("t");
+        std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+        std::fs::write(tree.join("d/f"), "data").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", tree.join("l")).expect("symlink");
+        std::fs::set_permissions(tree.join("d"), std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        move_path(dir.path(), tree.to_str(), Some("moved")).expect("moves");
+        let moved = dir.path().join("moved");
+        assert_eq!(std::fs::read_to_string(moved.join("d/f")).expect("read"), "data");
+        assert_eq!(std::fs::read_link(moved.join("l")).expect("link"), Path::new("/etc/passwd"));
+        assert_eq!(std::fs::metadata(moved.join("d")).expect("stat").mode() & 0o777, 0o500);
+        assert!(!tree.exists());
+        assert_eq!(parse_bool(Some("TRUE"), "recursive").ok(), Some(true));
+        assert!(matches!(parse_bool(Some("yes"), "recursive"), Err(FileError::InvalidBool { .. })));
+        std::fs::set_permissions(moved.join("d"), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     }
 
     #[test]
