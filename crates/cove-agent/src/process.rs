@@ -1,5 +1,6 @@
 //! One-shot processes: `POST /process/execute` (a shell reading the command on stdin) and
-//! `POST /process/code-run` (an interpreter reading the code). Both combine stdout and stderr in
+//! `POST /process/code-run` (an interpreter reading the code; Python runs under
+//! [`crate::charts::PRELUDE`], which reports matplotlib charts). Both combine stdout and stderr in
 //! arrival order by giving the child one pipe as fd 1 and fd 2.
 
 use std::collections::HashMap;
@@ -137,7 +138,11 @@ pub async fn code_run(workdir: &Path, req: CodeRunRequest) -> Result<ExecuteResp
     let (program, mut args, stdin, tmp): (PathBuf, Vec<String>, Option<Vec<u8>>, Option<PathBuf>) =
         match language.as_str() {
             "python" | "python3" => match find("python3") {
-                Some(p) => (p, vec!["-u".into(), "-".into()], Some(req.code.into_bytes()), None),
+                // The code comes on stdin; the prelude runs it and reports matplotlib charts.
+                Some(p) => {
+                    let args = vec!["-u".into(), "-c".into(), crate::charts::PRELUDE.into()];
+                    (p, args, Some(req.code.into_bytes()), None)
+                }
                 None => return Ok(missing("python3", "python")),
             },
             "javascript" | "js" | "node" => match find("node") {
