@@ -37,7 +37,7 @@ pub enum Profile {
     /// python3 (as `python`), pip and CA certificates: the smallest image `code_run` works on.
     Minimal,
     /// minimal + venv, git, curl, build-essential and Debian's numpy, pandas, matplotlib,
-    /// requests, beautifulsoup.
+    /// requests, beautifulsoup, and pylsp (the language server `create_lsp_server("python")` starts).
     Python,
     /// minimal + git, curl, Node.js and npm.
     Node,
@@ -57,6 +57,7 @@ const PYTHON: &[&str] = &[
     "python3-matplotlib",
     "python3-numpy",
     "python3-pandas",
+    "python3-pylsp",
     "python3-requests",
     "python3-venv",
 ];
@@ -588,6 +589,8 @@ mod tests {
             assert!(full.contains(&p), "{p}");
         }
         assert!(Profile::Node.packages().contains(&"npm") && !Profile::Python.packages().contains(&"nodejs"));
+        // The SDK's create_lsp_server("python") needs a language server in the default image.
+        assert!(Profile::Python.packages().contains(&"python3-pylsp") && full.contains(&"python3-pylsp"));
     }
 
     #[test]
