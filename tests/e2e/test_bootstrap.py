@@ -116,6 +116,8 @@ def test_a_bootstrapped_minimal_image_is_the_default_sandbox_for_both_sdks(cove,
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert (r["exitCode"], r["result"].strip()) == (0, "2"), r
     assert r["who"].split() == ["daytona", "/home/daytona"], r
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
 
 
 def test_a_second_server_gets_the_cached_build_without_rebuilding(cove, release):

@@ -205,3 +205,5 @@ def test_the_typescript_sdk_sets_intervals_refreshes_archives_and_starts_again(l
     assert r["started"] == "started"
     assert r["file"] == "ts kept\n"
     assert r["badInterval"] is True
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"

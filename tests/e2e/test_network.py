@@ -205,6 +205,8 @@ def test_the_typescript_sdk_blocks_allows_and_updates_the_network(net):
     assert r["blockedFlag"] is True and r["blocked"].startswith("closed"), r
     assert r["allowList"] == f"{index_address()}/32" and r["allowed"] == "open", r
     assert r["afterUpdate"].startswith("closed") and r["restored"] == "open", r
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
 
 
 def test_with_egress_off_sandboxes_resolve_names_but_nothing_leaves(cove, registry_with_python):

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod datadir;
 pub mod dns;
+pub mod events;
 pub mod keyfile;
 pub mod preview;
 pub mod proxy;

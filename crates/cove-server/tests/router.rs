@@ -156,9 +156,12 @@ async fn a_failed_pull_ends_in_error_with_a_reason_and_can_be_deleted() {
 #[tokio::test]
 async fn unknown_routes_are_a_json_404_and_health_needs_no_key() {
     let (_d, app) = app().await;
-    let (st, body) = call(&app, "GET", "/api/socket.io/", None, None).await;
+    let (st, body) = call(&app, "GET", "/api/no-such-route/", None, None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(body["statusCode"], 404);
+    // The SDKs' event gateway is served (engine.io refuses a handshake without its parameters).
+    let (st, _) = call(&app, "GET", "/api/socket.io/", None, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(call(&app, "GET", "/api/health", None, None).await.0, StatusCode::OK);
 }
 

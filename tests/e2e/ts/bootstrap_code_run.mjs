@@ -5,12 +5,13 @@ import { Daytona } from '@daytona/sdk'
 
 const daytona = new Daytona()
 const sandbox = await daytona.create()
+let out
 try {
   const run = await sandbox.process.codeRun('print(1+1)')
   const who = await sandbox.process.executeCommand('whoami; echo $HOME')
-  console.log(JSON.stringify({ exitCode: run.exitCode, result: run.result, who: who.result }))
+  out = { exitCode: run.exitCode, result: run.result, who: who.result }
 } finally {
   await sandbox.delete()
 }
-// The SDK's Socket.IO client keeps retrying in the background; nothing is left to wait for.
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ ...out, lastCallDoneAt: Date.now() }))

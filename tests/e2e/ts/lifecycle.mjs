@@ -23,5 +23,5 @@ const started = sandbox.state
 const file = (await sandbox.process.executeCommand('cat /root/ts.txt')).result
 await sandbox.delete()
 
-console.log(JSON.stringify({ intervals, badInterval, archived, started, file }))
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ intervals, badInterval, archived, started, file, lastCallDoneAt: Date.now() }))

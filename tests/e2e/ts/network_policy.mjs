@@ -33,6 +33,5 @@ await allowedSbx.updateNetworkSettings({ networkBlockAll: false })
 out.restored = await probe(allowedSbx, index, 443)
 await blockedSbx.delete()
 await allowedSbx.delete()
-console.log(JSON.stringify(out))
-// The SDK's event socket would keep the process alive; the results are out.
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ ...out, lastCallDoneAt: Date.now() }))

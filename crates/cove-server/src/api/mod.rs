@@ -51,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::registry::router())
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
+        // Socket.IO events at `/api/socket.io/` (their own key check: `crate::events`).
+        .layer(crate::events::layer(&state))
         // Preview host names and `/preview/…` are proxied before any route is matched.
         .layer(middleware::from_fn_with_state(state.clone(), preview::dispatch))
         .layer(TraceLayer::new_for_http())

@@ -497,6 +497,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         archive: Option<&SandboxArchive>,
         state: SandboxState,
     ) -> Result<bool, StoreError>;
+
+    /// Every later write of a sandbox or snapshot row, in commit order (`crate::events`
+    /// turns them into the SDKs' Socket.IO events). A receiver that falls behind by more
+    /// than the channel's capacity loses the oldest changes (`RecvError::Lagged`).
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
+}
+
+/// A write [`Store::changes`] reports: the row as written, or the id of a deleted one.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A sandbox row was inserted (`created`) or updated.
+    Sandbox {
+        /// The row as written.
+        record: SandboxRecord,
+        /// Whether this was the insert.
+        created: bool,
+        /// The state the write replaced, when the compare-and-set named only one.
+        previous: Option<SandboxState>,
+    },
+    /// A sandbox row was deleted.
+    SandboxDeleted {
+        /// Its id.
+        id: String,
+    },
+    /// A snapshot row was inserted (`created`) or updated.
+    Snapshot {
+        /// The row as written.
+        record: SnapshotRecord,
+        /// Whether this was the insert.
+        created: bool,
+        /// The state the write replaced, when the compare-and-set named only one.
+        previous: Option<SnapshotState>,
+    },
+    /// A snapshot row was deleted.
+    SnapshotDeleted {
+        /// Its id.
+        id: String,
+    },
 }
 
 /// What the lifecycle sweep keeps about a sandbox (migration 0011).

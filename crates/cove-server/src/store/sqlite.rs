@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ApiKeyRecord, BuildSpec, KeyHashScheme, Millis, Organization, RegistryRecord, Revoked, SandboxRecord,
+    ApiKeyRecord, BuildSpec, Change, KeyHashScheme, Millis, Organization, RegistryRecord, Revoked, SandboxRecord,
     SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError,
 };
 
@@ -18,6 +18,8 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// [`Store::changes`]: sandbox and snapshot writes, sent after they commit.
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
@@ -49,7 +51,7 @@ impl SqliteStore {
             .await
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, changes: tokio::sync::broadcast::channel(1024).0 })
     }
 
     /// One row of `table` in the organization, by id or else by name (an id match wins).
@@ -451,6 +453,7 @@ impl Store for SqliteStore {
         bind_snapshot(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
             if is_unique_violation(&e) { StoreError::Duplicate { what: "snapshot" } } else { q("insert snapshot")(e) }
         })?;
+        let _ = self.changes.send(Change::Snapshot { record: s.clone(), created: true, previous: None });
         Ok(())
     }
 
@@ -533,6 +536,10 @@ impl Store for SqliteStore {
             rq = rq.bind(st.as_str());
         }
         let r = rq.execute(&self.pool).await.map_err(q("update snapshot"))?;
+        if r.rows_affected() == 1 {
+            let previous = if let [one] = expected { Some(*one) } else { None };
+            let _ = self.changes.send(Change::Snapshot { record: s.clone(), created: false, previous });
+        }
         Ok(r.rows_affected() == 1)
     }
 
@@ -542,6 +549,7 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(q("delete snapshot"))?;
+        let _ = self.changes.send(Change::SnapshotDeleted { id: id.to_string() });
         Ok(())
     }
 
@@ -599,6 +607,7 @@ impl Store for SqliteStore {
         bind_sandbox(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
             if is_unique_violation(&e) { StoreError::Duplicate { what: "sandbox" } } else { q("insert sandbox")(e) }
         })?;
+        let _ = self.changes.send(Change::Sandbox { record: s.clone(), created: true, previous: None });
         Ok(())
     }
 
@@ -623,6 +632,10 @@ impl Store for SqliteStore {
             rq = rq.bind(st.as_str());
         }
         let r = rq.execute(&self.pool).await.map_err(q("update sandbox"))?;
+        if r.rows_affected() == 1 {
+            let previous = if let [one] = expected { Some(*one) } else { None };
+            let _ = self.changes.send(Change::Sandbox { record: s.clone(), created: false, previous });
+        }
         Ok(r.rows_affected() == 1)
     }
 
@@ -632,6 +645,7 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(q("delete sandbox"))?;
+        let _ = self.changes.send(Change::SandboxDeleted { id: id.to_string() });
         Ok(())
     }
 
@@ -888,6 +902,10 @@ impl Store for SqliteStore {
         .await
         .map_err(q("record sandbox archive"))?;
         Ok(r.rows_affected() == 1)
+    }
+
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 }
 
