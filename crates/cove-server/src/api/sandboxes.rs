@@ -117,17 +117,13 @@ async fn create(
     Ok(Json(s.sandboxes.create(&who, req).await?))
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ListQuery {
-    labels: Option<String>,
-}
-
 async fn list(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Params(q): Params<ListQuery>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> Result<Json<ListSandboxesResponse>, ApiError> {
-    Ok(Json(s.sandboxes.list(&who, q.labels.as_deref()).await?))
+    let q = crate::service::sandbox_list::ListQuery::parse(q.as_deref())?;
+    Ok(Json(s.sandboxes.list_page(&who, &q).await?))
 }
 
 async fn get_one(

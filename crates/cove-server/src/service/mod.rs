@@ -8,6 +8,7 @@ pub mod network;
 pub mod pool;
 pub mod quotas;
 pub mod registries;
+pub mod sandbox_list;
 pub mod sandboxes;
 pub mod secrets;
 pub mod snapshots;

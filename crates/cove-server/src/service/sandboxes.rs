@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cove_runtime::netpolicy::NetPolicy;
 use cove_runtime::{Runtime, RuntimeError, SandboxSpec, SandboxStatus};
-use cove_types::sandbox::{CreateSandbox, ListSandboxesResponse, SandboxDto, SandboxListItem, UpdateNetworkSettings};
+use cove_types::sandbox::{CreateSandbox, SandboxDto, UpdateNetworkSettings};
 use cove_types::{ErrorKind, SandboxState, SnapshotName};
 
 use super::keys::Principal;
@@ -681,22 +681,6 @@ impl SandboxService {
         Ok(self.dto(&self.find(who, id_or_name).await?))
     }
 
-    /// The caller's sandboxes (one page: cursors are not needed at this scale yet).
-    pub async fn list(&self, who: &Principal, labels: Option<&str>) -> Result<ListSandboxesResponse, SandboxError> {
-        let filter: BTreeMap<String, String> = match labels.filter(|l| !l.is_empty()) {
-            Some(l) => serde_json::from_str(l)
-                .map_err(|e| SandboxError::Invalid(format!("labels must be a JSON object of strings: {e}")))?,
-            None => BTreeMap::new(),
-        };
-        let items = self.inner.store.list_sandboxes(&who.org_id).await.map_err(store("list sandboxes"))?;
-        let items = items
-            .iter()
-            .filter(|s| filter.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| SandboxListItem::from(&self.dto(s)))
-            .collect();
-        Ok(ListSandboxesResponse { items, next_cursor: None })
-    }
-
     /// Starts a stopped (or crashed) sandbox again; its files are where they were.
     pub async fn start(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
         let mut rec = self.find(who, id_or_name).await?;
@@ -1140,7 +1124,7 @@ impl SandboxService {
         Ok(self.dto(&rec))
     }
 
-    pub(super) fn dto(&self, r: &SandboxRecord) -> SandboxDto {
+    pub(crate) fn dto(&self, r: &SandboxRecord) -> SandboxDto {
         SandboxDto {
             id: r.id.clone(),
             organization_id: r.org_id.clone(),
