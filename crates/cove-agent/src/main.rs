@@ -13,10 +13,17 @@
 //! (extra `K=V` entries, NUL-separated, applied to the agent's own environment at start and then
 //! deleted: how a sandbox taken from the server's warm pool receives the request's variables).
 
+mod charts;
+mod download;
 mod error;
 mod files;
+mod git;
+mod interpreter;
 mod logs;
+mod lsp;
 mod process;
+mod pty;
+mod search;
 mod server;
 mod session;
 mod sys;

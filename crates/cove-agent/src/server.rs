@@ -47,6 +47,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Sessions and the entrypoint.
     pub sessions: Arc<SessionManager>,
+    /// PTY sessions.
+    pub ptys: Arc<crate::pty::PtyManager>,
 }
 
 #[derive(Serialize)]
@@ -116,7 +118,8 @@ impl AppState {
     /// State for `config`.
     pub fn new(config: Config) -> Self {
         let sessions = SessionManager::new(config.workdir.clone(), config.runtime_dir.clone());
-        AppState { config: Arc::new(config), sessions: Arc::new(sessions) }
+        let ptys = Arc::new(crate::pty::PtyManager::new(config.workdir.clone()));
+        AppState { config: Arc::new(config), sessions: Arc::new(sessions), ptys }
     }
 }
 
@@ -128,6 +131,18 @@ impl From<ProcessError> for ApiError {
 
 impl From<FileError> for ApiError {
     fn from(e: FileError) -> Self {
+        ApiError::new(e.kind(), chain(&e))
+    }
+}
+
+impl From<crate::download::DownloadError> for ApiError {
+    fn from(e: crate::download::DownloadError) -> Self {
+        ApiError::new(e.kind(), chain(&e))
+    }
+}
+
+impl From<crate::search::SearchError> for ApiError {
+    fn from(e: crate::search::SearchError) -> Self {
         ApiError::new(e.kind(), chain(&e))
     }
 }
@@ -153,6 +168,10 @@ pub fn app(state: AppState) -> Router {
         .route("/files/folder", post(create_folder))
         .route("/files/move", post(move_file))
         .route("/files/permissions", post(set_permissions))
+        .route("/files/bulk-download", post(bulk_download))
+        .route("/files/find", get(find_in_files))
+        .route("/files/search", get(search_files))
+        .route("/files/replace", post(replace_in_files))
         .route("/files/bulk-upload", post(bulk_upload).layer(unlimited()))
         .route("/files/upload-v2", post(upload_v2).layer(unlimited()))
         .route("/process/session", get(list_sessions).post(create_session))
@@ -163,6 +182,10 @@ pub fn app(state: AppState) -> Router {
         .route("/process/session/{id}/command/{cmd}", get(get_command))
         .route("/process/session/{id}/command/{cmd}/logs", get(command_logs))
         .route("/process/session/{id}/command/{cmd}/input", post(send_input))
+        .merge(crate::pty::routes())
+        .merge(crate::git::routes())
+        .merge(crate::interpreter::routes(&state.config.workdir))
+        .merge(crate::lsp::routes(&state.config.workdir))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::error::envelope_layer))
@@ -195,8 +218,8 @@ async fn execute(
 async fn code_run(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CodeRunRequest>,
-) -> Result<Json<ExecuteResponse>, ApiError> {
-    Ok(Json(process::code_run(&s.config.workdir, req).await?))
+) -> Result<Json<crate::charts::CodeRunResponse>, ApiError> {
+    Ok(Json(crate::charts::extract(process::code_run(&s.config.workdir, req).await?)))
 }
 
 async fn list_files(
@@ -242,14 +265,63 @@ async fn create_folder(State(s): State<AppState>, Query(q): Query<FolderQuery>) 
 }
 
 async fn delete_file(State(s): State<AppState>, Query(q): Query<DeleteQuery>) -> Result<StatusCode, ApiError> {
-    let recursive = q.recursive.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("true") || r == "1");
-    files::delete(&s.config.workdir, q.path.as_deref(), recursive)?;
+    let recursive = files::parse_bool(q.recursive.as_deref(), "recursive")?;
+    let workdir = s.config.workdir.clone();
+    blocking(move || files::delete(&workdir, q.path.as_deref(), recursive)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn move_file(State(s): State<AppState>, Query(q): Query<MoveQuery>) -> Result<StatusCode, ApiError> {
-    files::move_path(&s.config.workdir, q.source.as_deref(), q.destination.as_deref())?;
+    let workdir = s.config.workdir.clone();
+    blocking(move || files::move_path(&workdir, q.source.as_deref(), q.destination.as_deref())).await??;
     Ok(StatusCode::OK)
+}
+
+/// Runs filesystem work that may take long (tree walks, copies) off the single-threaded
+/// runtime, so other requests keep being served.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("file operation task failed: {e}")))
+}
+
+async fn bulk_download(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<crate::download::DownloadRequest>,
+) -> Result<Response, ApiError> {
+    let d = crate::download::start(&s.config.workdir, req)?;
+    Ok(([(header::CONTENT_TYPE, d.content_type())], Body::from_stream(d.into_stream())).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternQuery {
+    path: Option<String>,
+    pattern: Option<String>,
+}
+
+async fn find_in_files(
+    State(s): State<AppState>,
+    Query(q): Query<PatternQuery>,
+) -> Result<Json<Vec<crate::search::Match>>, ApiError> {
+    let workdir = s.config.workdir.clone();
+    Ok(Json(blocking(move || crate::search::find(&workdir, q.path.as_deref(), q.pattern.as_deref())).await??))
+}
+
+async fn search_files(
+    State(s): State<AppState>,
+    Query(q): Query<PatternQuery>,
+) -> Result<Json<crate::search::SearchFilesResponse>, ApiError> {
+    let workdir = s.config.workdir.clone();
+    Ok(Json(blocking(move || crate::search::search(&workdir, q.path.as_deref(), q.pattern.as_deref())).await??))
+}
+
+async fn replace_in_files(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<crate::search::ReplaceRequest>,
+) -> Result<Json<Vec<crate::search::ReplaceResult>>, ApiError> {
+    let workdir = s.config.workdir.clone();
+    Ok(Json(blocking(move || crate::search::replace(&workdir, &req)).await??))
 }
 
 async fn set_permissions(State(s): State<AppState>, Query(q): Query<PermissionsQuery>) -> Result<StatusCode, ApiError> {
@@ -949,6 +1021,7 @@ mod tests {
         let body = serde_json::json!({"code": "import os\nprint(os.getcwd())", "language": "python"});
         let (s, v) = f.json("POST", "/process/code-run", Some(body)).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(v, serde_json::json!({"exitCode": 0, "result": format!("{}\n", f.work().display())}));
+        let expected = serde_json::json!({"exitCode": 0, "result": format!("{}\n", f.work().display()), "artifacts": {"charts": []}});
+        assert_eq!(v, expected);
     }
 }
