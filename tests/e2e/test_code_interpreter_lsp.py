@@ -149,6 +149,8 @@ def test_the_typescript_sdk_runs_contexts_streams_charts_and_lsp(env):
     )
     assert out.returncode == 0, out.stderr + out.stdout
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
     assert r["persisted"] == "42\n" and r["otherContext"] == "NameError"
     assert r["streamed"] == [["out", "a\n"], ["err", "b\n"], ["out", "c\n"]]
     assert r["error"] == {"name": "ZeroDivisionError", "value": "division by zero"}

@@ -176,6 +176,8 @@ def test_the_typescript_sdk_drives_terminals_session_input_and_the_entrypoint(sd
     )
     assert out.returncode == 0, out.stderr + out.stdout
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
     assert "30 100\r\n" in r["first"] and "/tmp\r\n" in r["first"] and "[hi ts|xterm-256color]" in r["first"]
     assert r["info"] == {
         "id": "ts-term", "cols": 100, "rows": 30, "cwd": "/tmp", "active": True, "lazyStart": False,

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,8 @@ def test_the_typescript_sdk_drives_the_whole_file_api(files_env):
     )
     assert out.returncode == 0, out.stderr + out.stdout
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    lingered = time.time() - r["lastCallDoneAt"] / 1000
+    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
     assert r["single"] == "alpha\n"
     assert r["many"] == [
         {"source": "dl/a.txt", "text": "alpha\n"},

@@ -245,6 +245,8 @@ def test_the_typescript_sdk_runs_the_git_flow_with_credentials(server, git_image
         )
         assert out.returncode == 0, out.stderr + out.stdout
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        lingered = time.time() - r["lastCallDoneAt"] / 1000
+        assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
         assert r["unauthenticated"] is True and r["wrongPassword"] is True
         assert r["sha"] and len(r["sha"]) == 40
         assert r["branches"] == {"branches": ["feature", "main"], "current": "feature"}

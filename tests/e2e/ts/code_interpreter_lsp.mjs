@@ -49,7 +49,5 @@ r.completion = completions.items.some((i) => i.label.startsWith('greet'))
 r.symbols = (await lsp.documentSymbols('/tmp/tsproj/hello.py')).map((s) => s.name)
 await lsp.stop()
 r.elapsedMs = Date.now() - started
-console.log(JSON.stringify(r))
-// The SDK's Socket.IO client keeps retrying in the background (until the events endpoint
-// lands); nothing is left to wait for.
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ ...r, lastCallDoneAt: Date.now() }))

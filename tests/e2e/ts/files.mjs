@@ -64,6 +64,5 @@ await fs.deleteFile('proj', true)
 r.deleted = await fs.getFileDetails('proj').then(() => false, () => true)
 
 await sandbox.delete()
-console.log(JSON.stringify(r))
-// The SDK's event subscription keeps Node alive until the server serves Socket.IO (item 1).
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ ...r, lastCallDoneAt: Date.now() }))

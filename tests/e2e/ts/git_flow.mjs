@@ -54,7 +54,9 @@ await git.setConfig('core.autocrlf', 'input', 'local', 'ts/two')
 const config = await git.getConfig('user.name', 'local', 'ts/two')
 
 console.log(
-  JSON.stringify({ unauthenticated, wrongPassword, sha, branches, pulled, status, dirty, restored, remotes, missingRemote, config }),
+  JSON.stringify({
+    unauthenticated, wrongPassword, sha, branches, pulled, status, dirty, restored, remotes, missingRemote, config,
+    lastCallDoneAt: Date.now(),
+  }),
 )
-// The SDK's event socket retries keep node alive until the server serves Socket.IO (issue 12, item 1).
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).

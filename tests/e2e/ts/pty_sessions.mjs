@@ -88,7 +88,5 @@ r.entrypoint = {
 }
 await ep.delete()
 
-console.log(JSON.stringify(r))
-// The SDK's Socket.IO event subscription keeps retrying until the server serves it (issue 12,
-// item 1); exit explicitly until that lands.
-process.exit(0)
+// No process.exit: node ends on its own once the SDK is done (its event socket connects).
+console.log(JSON.stringify({ ...r, lastCallDoneAt: Date.now() }))
