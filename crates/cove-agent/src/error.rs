@@ -31,6 +31,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// 500.
     Internal,
+    /// 501: a toolbox feature of Daytona's this agent does not implement.
+    Unimplemented,
 }
 
 /// An error on its way to the client.
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Gone => StatusCode::GONE,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

@@ -27,6 +27,7 @@ mod search;
 mod server;
 mod session;
 mod sys;
+mod unsupported;
 mod users;
 
 use std::ffi::OsStr;

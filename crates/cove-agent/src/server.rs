@@ -186,14 +186,10 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::git::routes())
         .merge(crate::interpreter::routes(&state.config.workdir))
         .merge(crate::lsp::routes(&state.config.workdir))
-        .fallback(not_found)
+        .fallback(crate::unsupported::fallback)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::error::envelope_layer))
         .with_state(state)
-}
-
-async fn not_found(req: Request) -> ApiError {
-    ApiError::new(ErrorKind::NotFound, format!("no toolbox endpoint {} {}", req.method(), req.uri().path()))
 }
 
 async fn version() -> Json<serde_json::Value> {

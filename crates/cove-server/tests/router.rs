@@ -222,3 +222,25 @@ async fn docker_registries_are_created_with_201_never_show_their_password_and_ar
     assert_eq!(call(&app, "DELETE", &path, None, Some(KEY)).await.0, StatusCode::NO_CONTENT);
     assert_eq!(call(&app, "GET", &path, None, Some(KEY)).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_daytona_route_cove_does_not_serve_is_a_501_naming_it_after_the_key_check() {
+    let (_d, app) = app().await;
+    let (st, body) = call(&app, "POST", "/api/sandbox/some-id/resize", Some(json!({"cpu": 2})), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+    let (st, _) = call(&app, "GET", "/api/volumes", None, Some("not-a-key")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, body) = call(&app, "POST", "/api/sandbox/some-id/resize", Some(json!({"cpu": 2})), Some(KEY)).await;
+    assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert_eq!(body["path"], "/api/sandbox/some-id/resize");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("sandbox resize (Sandbox.resize) is not supported"),
+        "{body}"
+    );
+    let (st, body) = call(&app, "GET", "/api/volumes/by-name/data", None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("volumes"), "{body}");
+    // Routes Cove serves beside them are untouched.
+    let (st, _) = call(&app, "GET", "/api/sandbox/no-such-sandbox", None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}

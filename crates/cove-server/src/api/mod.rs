@@ -13,6 +13,7 @@ mod registry_push;
 mod sandboxes;
 mod snapshots;
 mod system;
+mod unsupported;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -40,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .merge(preview::router())
         .merge(builds::router())
         .merge(system::authed_router())
+        .merge(unsupported::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().merge(system::public_router()).merge(authed);
     let toolbox = sandboxes::toolbox_router()
