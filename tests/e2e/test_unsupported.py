@@ -2,6 +2,7 @@
 feature (server routes and toolbox paths alike), create fields Cove does not honour get a 400
 naming the field, through both official SDKs (unmodified), and a bad key is still a 401 first."""
 
+import io
 import json
 import os
 import shutil
@@ -177,3 +178,15 @@ def test_the_typescript_sdk_gets_the_same_refusals(env):
         assert status == 400 and f"{field} is not supported by this server" in message, f"{field}: {status} {message}"
     lingered = time.time() - r["lastCallDoneAt"] / 1000
     assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
+
+
+def test_the_remaining_small_sandbox_methods_of_the_coverage_table_work(env):
+    """Methods the README's SDK table lists as working that no other test calls by name."""
+    server, daytona, sandbox = env
+    assert sandbox.get_work_dir() == "/root"
+    with pytest.warns(DeprecationWarning):
+        assert sandbox.get_user_root_dir() == sandbox.get_user_home_dir()
+    sandbox.process.create_session("listed")
+    assert "listed" in [s.session_id for s in sandbox.process.list_sessions()]
+    sandbox.fs.upload_file_stream(io.BytesIO(b"streamed\n" * 1000), "/tmp/streamed.txt")
+    assert sandbox.process.exec("wc -l < /tmp/streamed.txt").result.strip() == "1000"
