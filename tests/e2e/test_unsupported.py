@@ -190,3 +190,14 @@ def test_the_remaining_small_sandbox_methods_of_the_coverage_table_work(env):
     assert "listed" in [s.session_id for s in sandbox.process.list_sessions()]
     sandbox.fs.upload_file_stream(io.BytesIO(b"streamed\n" * 1000), "/tmp/streamed.txt")
     assert sandbox.process.exec("wc -l < /tmp/streamed.txt").result.strip() == "1000"
+
+
+def test_os_user_and_language_create_fields_are_honoured(env):
+    server, daytona, sandbox = env
+    other = daytona.create(CreateSandboxFromSnapshotParams(snapshot="plain", os_user="nobody", language="javascript"))
+    try:
+        assert other.user == "nobody"
+        assert other.process.exec("id -un", cwd="/tmp").result.strip() == "nobody"
+        assert other.labels["code-toolbox-language"] == "javascript"
+    finally:
+        other.delete()
