@@ -146,6 +146,21 @@ def test_without_a_snapshot_the_error_names_the_missing_default_or_the_option(co
     assert st == 400 and "snapshot nope not found" in body["message"], body
 
 
+def test_a_forced_stop_kills_at_once_and_a_bad_force_value_is_refused(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create()
+    st, body = server.api("POST", f"/sandbox/{sandbox.id}/stop?force=maybe")
+    assert st == 400 and "force" in body["message"], body
+    st, body = server.api("POST", f"/sandbox/{sandbox.id}/stop?forse=true")
+    assert st == 400 and "forse" in body["message"], "an unknown parameter is refused, never ignored"
+    assert daytona.get(sandbox.id).state == SdkSandboxState.STARTED, "the refusals stopped nothing"
+    sandbox.stop(force=True)
+    assert sandbox.state == SdkSandboxState.STOPPED
+    sandbox.start()
+    assert sandbox.process.exec("echo back").result.strip() == "back"
+    sandbox.delete()
+
+
 def test_labels_can_be_replaced_and_resources_come_from_the_snapshot(sbx):
     server, daytona = sbx
     sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars={"A": "1"}))

@@ -142,12 +142,21 @@ async fn start(
     Ok(Json(s.sandboxes.start(&who, &id).await?))
 }
 
+/// `POST /sandbox/{id}/stop?force=true`: the SDKs' `stop(force=True)` kills at once.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopParams {
+    /// Kill the sandbox's processes at once instead of a SIGTERM and a grace period.
+    force: Option<bool>,
+}
+
 async fn stop(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
+    Params(p): Params<StopParams>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    Ok(Json(s.sandboxes.stop(&who, &id).await?))
+    Ok(Json(s.sandboxes.stop_with(&who, &id, p.force.unwrap_or(false)).await?))
 }
 
 async fn delete(

@@ -714,6 +714,12 @@ impl SandboxService {
     /// Stops a sandbox, keeping its files. An ephemeral sandbox (autoDeleteInterval 0) is
     /// deleted instead.
     pub async fn stop(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
+        self.stop_with(who, id_or_name, false).await
+    }
+
+    /// [`Self::stop`]; with `force` its processes are killed at once (no SIGTERM and grace
+    /// period), as the SDKs' `stop(force=True)` asks.
+    pub async fn stop_with(&self, who: &Principal, id_or_name: &str, force: bool) -> Result<SandboxDto, SandboxError> {
         let mut rec = self.find(who, id_or_name).await?;
         if rec.auto_delete == 0 {
             return self.delete(who, id_or_name).await;
@@ -722,7 +728,8 @@ impl SandboxService {
             return Ok(self.dto(&rec));
         }
         self.transition(&mut rec, "stop", SandboxState::Stopping, "stopped").await?;
-        let result = self.inner.runtime.stop(&rec.id, STOP_GRACE).await;
+        let grace = if force { Duration::ZERO } else { STOP_GRACE };
+        let result = self.inner.runtime.stop(&rec.id, grace).await;
         match result {
             Ok(()) => {
                 rec.state = SandboxState::Stopped;
