@@ -7,6 +7,7 @@
 pub mod digest;
 pub mod dto;
 pub mod error;
+pub mod fault;
 pub mod fs;
 pub mod name;
 pub mod reference;
