@@ -13,7 +13,9 @@
 //!     manifest.json config.json meta.json
 //!     rootfs/                 all layers applied, read-only lower dir for sandboxes
 //!     .complete               written last: a directory without it is crash debris
-//! tmp/                        unpack staging (removed at start)
+//! tmp/                        unpack staging (moved to the trash at start)
+//! trash/<name>-<uuid>/        image trees being deleted: renamed here first, so a tree whose
+//!                             removal began is never seen again; emptied in the background at start
 //! ```
 
 pub mod content;

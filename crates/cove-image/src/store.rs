@@ -1,5 +1,14 @@
 //! The image store: pulls an image reference into the content store, unpacks it once into a
 //! read-only root filesystem, and garbage-collects what nothing references.
+//!
+//! Crash safety of removal: an image directory is never deleted in place. GC (and the
+//! cleanup of crash debris) first renames `images/<hex>/` to `trash/<hex>-<uuid>/` and syncs
+//! both directories, so a tree whose removal began is invisible at once, whatever a kill
+//! leaves of it; the trash is deleted afterwards, and what a crash left there is swept in the
+//! background at the next open. A later pull or import of the same image unpacks it afresh.
+//!
+//! Fault points (`COVE_FAULT`, see `cove_types::fault`):
+//! - `gc.image_removal`: after the first entry of a retired image's `rootfs/` is deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +24,8 @@ use crate::oci::{self, Descriptor, ImageConfigFile, ManifestOrIndex, RunConfig};
 use crate::unpack::{self, UnpackError};
 
 const COMPLETE_MARKER: &str = ".complete";
+/// Where image trees (and staging debris) go to be deleted; see the module docs.
+const TRASH: &str = "trash";
 /// Layers downloaded at once per pull.
 const PARALLEL_LAYERS: usize = 3;
 /// How many times its compressed layers an image may unpack to, unless set otherwise. Real
@@ -249,21 +260,32 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// Opens the store under `root`, removing staging debris and images a crash left
-    /// without their completion marker.
+    /// Opens the store under `root`. Staging debris and images a crash left without their
+    /// completion marker are moved to the trash at once (renames, so the store is usable
+    /// right away) and deleted, with whatever the trash already held, by a background thread.
     pub fn open(root: &Path, registries: RegistryConfig) -> Result<Self, PullError> {
         let content = ContentStore::open(root)?;
         let tmp = root.join("tmp");
         let images = root.join("images");
-        let _ = std::fs::remove_dir_all(&tmp);
+        let trash = root.join(TRASH);
+        std::fs::create_dir_all(&trash).map_err(io_err("create", &trash))?;
+        if tmp.exists() {
+            retire(&tmp, &trash, "tmp").map_err(io_err("move staging debris to the trash", &tmp))?;
+        }
         std::fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         std::fs::create_dir_all(&images).map_err(io_err("create", &images))?;
         for e in std::fs::read_dir(&images).map_err(io_err("list", &images))?.flatten() {
             if !e.path().join(COMPLETE_MARKER).exists() {
                 tracing::info!(path = %e.path().display(), "removing incomplete image left by a crash");
-                let _ = std::fs::remove_dir_all(e.path());
+                retire(&e.path(), &trash, &e.file_name().to_string_lossy())
+                    .map_err(io_err("move an incomplete image to the trash", &e.path()))?;
             }
         }
+        let sweep = trash.clone();
+        std::thread::Builder::new()
+            .name("cove-image-trash".into())
+            .spawn(move || empty_trash(&sweep))
+            .map_err(io_err("start the trash sweeper", &trash))?;
         Ok(ImageStore {
             root: root.to_path_buf(),
             content,
@@ -578,15 +600,21 @@ impl ImageStore {
         Err(PullError::Resolve { image: name, attempts })
     }
 
-    /// Deletes images whose manifest digest is not in `keep`, then every blob no kept image
-    /// uses. Waits for pulls in progress. Returns the number of (images, blobs) removed.
-    pub async fn gc(&self, keep: &HashSet<Digest>) -> (usize, usize) {
-        let _g = self.gc_lock.write().await;
-        let mut keep = keep.clone();
+    /// Deletes the unpacked images whose manifest digest is not in `keep_images`, then every
+    /// blob that neither a kept image uses nor `keep_blobs` names (a registry's manifests
+    /// and layers are kept as blobs without keeping their unpacked trees). Leased digests
+    /// keep both. Waits for pulls in progress; each image is made invisible by a rename
+    /// before its files are deleted (see the module docs). Returns the number of (images,
+    /// blobs) removed.
+    pub async fn gc(&self, keep_images: &HashSet<Digest>, keep_blobs: &HashSet<Digest>) -> (usize, usize) {
+        let g = self.gc_lock.write().await;
+        let mut keep = keep_images.clone();
         keep.extend(self.leases.lock().expect("lease map is never poisoned").keys().cloned());
         // A leased digest may also be a single blob (a build's layer before its import).
         let mut used: HashSet<Digest> = keep.clone();
-        let mut images_removed = 0;
+        used.extend(keep_blobs.iter().cloned());
+        let trash = self.root.join(TRASH);
+        let mut retired = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.root.join("images")) {
             for e in rd.flatten() {
                 let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>() else { continue };
@@ -601,8 +629,11 @@ impl ImageStore {
                             }
                         }
                     }
-                } else if std::fs::remove_dir_all(e.path()).is_ok() {
-                    images_removed += 1;
+                    continue;
+                }
+                match retire(&e.path(), &trash, d.hex()) {
+                    Ok(to) => retired.push(to),
+                    Err(err) => tracing::warn!(digest = %d, error = %err, "cannot move an unused image to the trash"),
                 }
             }
         }
@@ -612,8 +643,63 @@ impl ImageStore {
                 blobs_removed += 1;
             }
         }
+        // Pulls may go on while the retired trees' files are deleted: nothing sees them.
+        drop(g);
+        let images_removed = retired.len();
+        tokio::task::spawn_blocking(move || {
+            for dir in retired {
+                if let Err(err) = remove_retired(&dir) {
+                    tracing::warn!(path = %dir.display(), error = %err, "cannot delete a retired image; the next start retries");
+                }
+            }
+        })
+        .await
+        .expect("the removal task does not panic");
         tracing::info!(images_removed, blobs_removed, "garbage collected");
         (images_removed, blobs_removed)
+    }
+}
+
+/// Moves `dir` into `trash` under a name no other removal uses (`<name>-<uuid>`) and syncs
+/// both parents, so `dir` is gone for good before anything in it is deleted.
+fn retire(dir: &Path, trash: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let to = trash.join(format!("{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::rename(dir, &to)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    sync_dir(trash)?;
+    Ok(to)
+}
+
+/// Deletes a tree [`retire`] moved to the trash: its `rootfs/` entries one by one (the
+/// fault point `gc.image_removal` follows the first), then the rest.
+fn remove_retired(dir: &Path) -> std::io::Result<()> {
+    if let Ok(rd) = std::fs::read_dir(dir.join("rootfs")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p)?,
+                _ => std::fs::remove_file(&p)?,
+            }
+            cove_types::fault::point("gc.image_removal");
+        }
+    }
+    std::fs::remove_dir_all(dir)
+}
+
+/// Deletes everything in the trash (at open, in the background). An entry GC retires and
+/// deletes meanwhile may vanish under it: that is no error.
+fn empty_trash(trash: &Path) {
+    let Ok(rd) = std::fs::read_dir(trash) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let started = std::time::Instant::now();
+        match std::fs::remove_dir_all(&p) {
+            Ok(()) => tracing::info!(path = %p.display(), ms = started.elapsed().as_millis() as u64, "trash emptied"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(path = %p.display(), error = %err, "cannot empty the trash"),
+        }
     }
 }
 

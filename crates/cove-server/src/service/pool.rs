@@ -5,7 +5,8 @@
 //!
 //! Pooled sandboxes have no database record until they are taken; a restart removes them
 //! (reconciliation destroys bundles without a record). Their images are pinned against
-//! garbage collection while they wait.
+//! garbage collection while they wait. Those of a deleted snapshot are destroyed as soon as
+//! the deletion is announced, and garbage collection then frees the image.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -129,20 +130,21 @@ impl WarmPool {
                 let id = uuid::Uuid::new_v4().to_string();
                 this.snapshots.pin_image(&key.image_digest);
                 let result = this.runtime.prepare(&spec_for(&key.template, &id)).await;
-                let keep = {
+                let (keep, orphaned) = {
                     let mut slots = this.slots();
                     let closed = this.closed.load(Ordering::SeqCst);
                     match (slots.get_mut(&key), &result) {
                         (Some(slot), Ok(())) if !closed => {
                             slot.filling -= 1;
                             slot.ready.push(id.clone());
-                            true
+                            (true, false)
                         }
                         (slot, _) => {
+                            let orphaned = slot.is_none() && !closed;
                             if let Some(slot) = slot {
                                 slot.filling -= 1;
                             }
-                            false
+                            (false, orphaned)
                         }
                     }
                 };
@@ -152,6 +154,11 @@ impl WarmPool {
                         && let Err(e) = this.runtime.destroy(&id).await
                     {
                         tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove a warm sandbox");
+                    }
+                    if orphaned {
+                        // The key went (idle, or its snapshot deleted) while this one was
+                        // prepared: its pin may have been the image's last.
+                        this.snapshots.collect_garbage().await;
                     }
                 }
                 this.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -197,17 +204,46 @@ impl WarmPool {
         removed
     }
 
-    /// Destroys the sandboxes of keys unused for the idle period; runs forever.
+    /// Destroys the sandboxes of keys unused for the idle period, and those of deleted
+    /// snapshots at once; runs forever.
     pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
+        let mut deleted = self.snapshots.deleted_snapshots();
         loop {
-            tick.tick().await;
-            let idle = self.idle;
-            for id in self.remove_where(|_, slot| slot.last_used.elapsed() >= idle) {
-                tracing::debug!(sandbox_id = %id, "removing an idle warm sandbox");
-                if let Err(e) = self.runtime.destroy(&id).await {
-                    tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove a warm sandbox");
+            tokio::select! {
+                _ = tick.tick() => {
+                    let idle = self.idle;
+                    let ids = self.remove_where(|_, slot| slot.last_used.elapsed() >= idle);
+                    self.destroy_all(ids, "removing an idle warm sandbox").await;
                 }
+                r = deleted.recv() => match r {
+                    Ok(snapshot_id) => self.forget_snapshot(&snapshot_id).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "missed snapshot deletions; their warm sandboxes go when idle");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Destroys the prepared sandboxes of a deleted snapshot and stops keeping its key, then
+    /// collects garbage (their pins no longer keep the image).
+    pub async fn forget_snapshot(&self, snapshot_id: &str) {
+        let ids = self.remove_where(|k, _| k.snapshot_id == snapshot_id);
+        if ids.is_empty() {
+            return;
+        }
+        tracing::info!(snapshot_id, sandboxes = ids.len(), "removing the warm sandboxes of a deleted snapshot");
+        self.destroy_all(ids, "removing a warm sandbox of a deleted snapshot").await;
+        self.snapshots.collect_garbage().await;
+    }
+
+    async fn destroy_all(&self, ids: Vec<String>, why: &'static str) {
+        for id in ids {
+            tracing::debug!(sandbox_id = %id, "{why}");
+            if let Err(e) = self.runtime.destroy(&id).await {
+                tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove a warm sandbox");
             }
         }
     }

@@ -179,6 +179,8 @@ struct Inner {
     registry: std::sync::OnceLock<crate::registry::RegistryService>,
     /// The organizations' private registries, whose credentials pulls use.
     docker_registries: std::sync::OnceLock<super::registries::DockerRegistryService>,
+    /// Ids of deleted snapshots, for the warm pool (its prepared sandboxes go at once).
+    deleted: tokio::sync::broadcast::Sender<String>,
 }
 
 impl SnapshotService {
@@ -196,6 +198,7 @@ impl SnapshotService {
                 builds,
                 registry: std::sync::OnceLock::new(),
                 docker_registries: std::sync::OnceLock::new(),
+                deleted: tokio::sync::broadcast::channel(256).0,
             }),
         }
     }
@@ -508,6 +511,8 @@ impl SnapshotService {
         self.inner.store.delete_snapshot(&s.id).await.map_err(store("delete snapshot"))?;
         self.inner.builds.remove_log(&s.id);
         tracing::info!(snapshot_id = %s.id, name = %s.name, "snapshot deleted");
+        // No receiver (no warm pool) is no error.
+        let _ = self.inner.deleted.send(s.id.clone());
         let this = self.clone();
         tokio::spawn(async move { this.collect_garbage().await });
         Ok(())
@@ -547,17 +552,17 @@ impl SnapshotService {
         Ok(())
     }
 
-    /// Deletes images and blobs that no snapshot references.
+    /// Deletes images and blobs that no snapshot references. The built-in registry's
+    /// manifests and layers keep their blobs but not an unpacked tree: an image pushed there
+    /// is unpacked when a snapshot first uses it and freed when no snapshot does.
     pub async fn collect_garbage(&self) {
         let _g = self.inner.gc.lock().await;
         match self.inner.store.referenced_images().await {
             Ok(mut refs) => {
                 refs.extend(self.pinned().keys().cloned());
-                if let Some(r) = self.inner.registry.get() {
-                    refs.extend(r.gc_roots().iter().map(ToString::to_string));
-                }
                 let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
-                self.inner.images.gc(&keep).await;
+                let blobs = self.inner.registry.get().map(|r| r.gc_roots()).unwrap_or_default();
+                self.inner.images.gc(&keep, &blobs).await;
             }
             Err(e) => tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images"),
         }
@@ -627,6 +632,11 @@ impl SnapshotService {
     /// credentials of the one matching the image.
     pub fn attach_docker_registries(&self, registries: super::registries::DockerRegistryService) {
         let _ = self.inner.docker_registries.set(registries);
+    }
+
+    /// The ids of snapshots deleted from now on (the warm pool removes their sandboxes).
+    pub fn deleted_snapshots(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.deleted.subscribe()
     }
 
     fn pinned(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
