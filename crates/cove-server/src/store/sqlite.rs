@@ -1,4 +1,11 @@
 //! The embedded default store: SQLite through sqlx, in WAL mode.
+//!
+//! Two pools over one file, so that reads never wait behind writes: `write` has a single
+//! connection (SQLite allows one writer; queueing in the pool is cheaper than the busy-wait
+//! of several connections contending for the lock, and never starves readers), and `read`
+//! has [`READERS`] read-only connections, each reading the last committed state (WAL
+//! readers are not blocked by the writer). Writes are single statements or short
+//! transactions; nothing slow happens while a connection is held.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -17,10 +24,16 @@ use super::{
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// The one writer connection: every INSERT, UPDATE, DELETE and write transaction.
+    write: SqlitePool,
+    /// Read-only connections for every SELECT.
+    read: SqlitePool,
     /// [`Store::changes`]: sandbox and snapshot writes, sent after they commit.
     changes: tokio::sync::broadcast::Sender<Change>,
 }
+
+/// Read-only connections: enough that a burst of requests rarely queues for one.
+const READERS: u32 = 8;
 
 const SNAPSHOT_COLUMNS: &str = "id, org_id, name, image_name, state, error_reason, cpu, gpu, gpu_type, mem, disk, \
      entrypoint, region_id, size_bytes, image_digest, created_at, updated_at, last_used_at, build_dockerfile, \
@@ -45,13 +58,22 @@ impl SqliteStore {
             // its old hash in free space.
             .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        let open = |source| StoreError::Open { path: path.display().to_string(), source };
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.clone())
             .await
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(SqliteStore { pool, changes: tokio::sync::broadcast::channel(1024).0 })
+            .map_err(open)?;
+        sqlx::migrate!("./migrations").run(&write).await.map_err(StoreError::Migrate)?;
+        // After the migrations: the file and its WAL exist, and readers see the final schema.
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(1)
+            .connect_with(opts.create_if_missing(false).read_only(true))
+            .await
+            .map_err(open)?;
+        Ok(SqliteStore { write, read, changes: tokio::sync::broadcast::channel(1024).0 })
     }
 
     /// One row of `table` in the organization, by id or else by name (an id match wins).
@@ -72,7 +94,7 @@ impl SqliteStore {
             .bind(id_or_name)
             .bind(id_or_name)
             .bind(id_or_name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q(op))?;
         row.as_ref().map(decode).transpose()
@@ -302,7 +324,7 @@ impl Store for SqliteStore {
             .bind(&org.id)
             .bind(&org.name)
             .bind(org.created_at)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("insert organization"))?;
         Ok(())
@@ -310,7 +332,7 @@ impl Store for SqliteStore {
 
     async fn first_org(&self) -> Result<Option<Organization>, StoreError> {
         let row = sqlx::query("SELECT id, name, created_at FROM organizations ORDER BY created_at, id LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("get first organization"))?;
         row.as_ref().map(org_from_row).transpose()
@@ -329,7 +351,7 @@ impl Store for SqliteStore {
         .bind(&k.prefix)
         .bind(i64::from(k.admin))
         .bind(k.created_at)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) { StoreError::Duplicate { what: "api key" } } else { q("insert api key")(e) }
@@ -341,7 +363,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND hash_scheme = ? AND revoked_at IS NULL")
             .bind(hash)
             .bind(scheme.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("find api key"))?;
         row.as_ref().map(key_from_row).transpose()
@@ -355,7 +377,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND hash_scheme = ?")
             .bind(hash)
             .bind(scheme.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("find api key"))?;
         row.as_ref().map(key_from_row).transpose()
@@ -365,7 +387,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND id = ? AND revoked_at IS NULL")
             .bind(org_id)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("get api key"))?;
         row.as_ref().map(key_from_row).transpose()
@@ -375,7 +397,7 @@ impl Store for SqliteStore {
         let rows =
             sqlx::query("SELECT * FROM api_keys WHERE org_id = ? AND revoked_at IS NULL ORDER BY created_at, id")
                 .bind(org_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await
                 .map_err(q("list api keys"))?;
         rows.iter().map(key_from_row).collect()
@@ -391,7 +413,7 @@ impl Store for SqliteStore {
         .bind(at)
         .bind(org_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(q("revoke api key"))?;
         if r.rows_affected() == 1 {
@@ -408,14 +430,14 @@ impl Store for SqliteStore {
             .bind(hash)
             .bind(scheme.as_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("rehash api key"))?;
         // The pages that held the old hash may still sit in the WAL from earlier writes: copy
         // the WAL back (secure_delete zeroed the old cells) and truncate it. A reader in the
         // way only delays this to a later checkpoint, so "busy" is not an error.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("checkpoint after rehashing an api key"))?;
         Ok(())
@@ -424,7 +446,7 @@ impl Store for SqliteStore {
     async fn restore_admin_key(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE api_keys SET revoked_at = NULL, admin = 1 WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("restore admin api key"))?;
         Ok(())
@@ -434,7 +456,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("touch api key"))?;
         Ok(())
@@ -442,7 +464,7 @@ impl Store for SqliteStore {
 
     async fn count_admin_keys(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE admin = 1 AND revoked_at IS NULL")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await
             .map_err(q("count admin api keys"))
     }
@@ -450,7 +472,7 @@ impl Store for SqliteStore {
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
         let sql =
             format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({})", placeholders(SNAPSHOT_COLUMN_COUNT));
-        bind_snapshot(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
+        bind_snapshot(sqlx::query(&sql), s).execute(&self.write).await.map_err(|e| {
             if is_unique_violation(&e) { StoreError::Duplicate { what: "snapshot" } } else { q("insert snapshot")(e) }
         })?;
         let _ = self.changes.send(Change::Snapshot { record: s.clone(), created: true, previous: None });
@@ -469,7 +491,7 @@ impl Store for SqliteStore {
             .bind(id_or_name)
             .bind(id_or_name)
             .bind(org_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("get snapshot"))?;
         row.as_ref().map(snapshot_from_row).transpose()
@@ -477,13 +499,13 @@ impl Store for SqliteStore {
 
     async fn general_snapshot_named(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
         let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE general = 1 AND name = ? LIMIT 1");
-        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await.map_err(q("get general snapshot"))?;
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.read).await.map_err(q("get general snapshot"))?;
         row.as_ref().map(snapshot_from_row).transpose()
     }
 
     async fn get_snapshot_for_job(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
         let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(q("get snapshot"))?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await.map_err(q("get snapshot"))?;
         row.as_ref().map(snapshot_from_row).transpose()
     }
 
@@ -513,13 +535,13 @@ impl Store for SqliteStore {
         if let Some(p) = &pattern {
             rq = rq.bind(p);
         }
-        let rows = rq.bind(query.limit).bind(query.offset).fetch_all(&self.pool).await.map_err(q("list snapshots"))?;
+        let rows = rq.bind(query.limit).bind(query.offset).fetch_all(&self.read).await.map_err(q("list snapshots"))?;
         let count_sql = format!("SELECT COUNT(*) FROM snapshots WHERE (org_id = ? OR general = 1) {filter}");
         let mut cq = sqlx::query_scalar(&count_sql).bind(org_id);
         if let Some(p) = &pattern {
             cq = cq.bind(p);
         }
-        let total: i64 = cq.fetch_one(&self.pool).await.map_err(q("count snapshots"))?;
+        let total: i64 = cq.fetch_one(&self.read).await.map_err(q("count snapshots"))?;
         Ok((rows.iter().map(snapshot_from_row).collect::<Result<_, _>>()?, total))
     }
 
@@ -535,7 +557,7 @@ impl Store for SqliteStore {
         for st in expected {
             rq = rq.bind(st.as_str());
         }
-        let r = rq.execute(&self.pool).await.map_err(q("update snapshot"))?;
+        let r = rq.execute(&self.write).await.map_err(q("update snapshot"))?;
         if r.rows_affected() == 1 {
             let previous = if let [one] = expected { Some(*one) } else { None };
             let _ = self.changes.send(Change::Snapshot { record: s.clone(), created: false, previous });
@@ -546,7 +568,7 @@ impl Store for SqliteStore {
     async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM snapshots WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("delete snapshot"))?;
         let _ = self.changes.send(Change::SnapshotDeleted { id: id.to_string() });
@@ -562,7 +584,7 @@ impl Store for SqliteStore {
         for st in states {
             rq = rq.bind(st.as_str());
         }
-        let rows = rq.fetch_all(&self.pool).await.map_err(q("list snapshots by state"))?;
+        let rows = rq.fetch_all(&self.read).await.map_err(q("list snapshots by state"))?;
         rows.iter().map(snapshot_from_row).collect()
     }
 
@@ -573,7 +595,7 @@ impl Store for SqliteStore {
                 "SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL \
                  UNION SELECT archive_digest FROM sandbox_lifecycle WHERE archive_digest IS NOT NULL",
             )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await
                 .map_err(q("list referenced images"))?;
         Ok(v.into_iter().collect())
@@ -586,7 +608,7 @@ impl Store for SqliteStore {
         )
         .bind(now)
         .bind(before)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(q("deactivate unused snapshots"))?;
         Ok(r.rows_affected())
@@ -596,7 +618,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE snapshots SET last_used_at = ? WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("record snapshot use"))?;
         Ok(())
@@ -604,7 +626,7 @@ impl Store for SqliteStore {
 
     async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
         let sql = format!("INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ({})", placeholders(SANDBOX_COLUMN_COUNT));
-        bind_sandbox(sqlx::query(&sql), s).execute(&self.pool).await.map_err(|e| {
+        bind_sandbox(sqlx::query(&sql), s).execute(&self.write).await.map_err(|e| {
             if is_unique_violation(&e) { StoreError::Duplicate { what: "sandbox" } } else { q("insert sandbox")(e) }
         })?;
         let _ = self.changes.send(Change::Sandbox { record: s.clone(), created: true, previous: None });
@@ -617,7 +639,7 @@ impl Store for SqliteStore {
 
     async fn list_sandboxes(&self, org_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE org_id = ? ORDER BY created_at DESC, id DESC");
-        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await.map_err(q("list sandboxes"))?;
+        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.read).await.map_err(q("list sandboxes"))?;
         rows.iter().map(sandbox_from_row).collect()
     }
 
@@ -631,7 +653,7 @@ impl Store for SqliteStore {
         for st in expected {
             rq = rq.bind(st.as_str());
         }
-        let r = rq.execute(&self.pool).await.map_err(q("update sandbox"))?;
+        let r = rq.execute(&self.write).await.map_err(q("update sandbox"))?;
         if r.rows_affected() == 1 {
             let previous = if let [one] = expected { Some(*one) } else { None };
             let _ = self.changes.send(Change::Sandbox { record: s.clone(), created: false, previous });
@@ -642,7 +664,7 @@ impl Store for SqliteStore {
     async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM sandboxes WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("delete sandbox"))?;
         let _ = self.changes.send(Change::SandboxDeleted { id: id.to_string() });
@@ -651,7 +673,7 @@ impl Store for SqliteStore {
 
     async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at");
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(q("list all sandboxes"))?;
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await.map_err(q("list all sandboxes"))?;
         rows.iter().map(sandbox_from_row).collect()
     }
 
@@ -669,7 +691,7 @@ impl Store for SqliteStore {
             .bind(&r.role_arn)
             .bind(r.created_at)
             .bind(r.updated_at)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("insert registry"))?;
         Ok(())
@@ -678,7 +700,7 @@ impl Store for SqliteStore {
     async fn get_registry(&self, org_id: &str, id: &str) -> Result<Option<RegistryRecord>, StoreError> {
         let sql = format!("SELECT {REGISTRY_COLUMNS} FROM docker_registries WHERE org_id = ? AND id = ?");
         let row =
-            sqlx::query(&sql).bind(org_id).bind(id).fetch_optional(&self.pool).await.map_err(q("get registry"))?;
+            sqlx::query(&sql).bind(org_id).bind(id).fetch_optional(&self.read).await.map_err(q("get registry"))?;
         row.as_ref().map(registry_from_row).transpose()
     }
 
@@ -686,7 +708,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {REGISTRY_COLUMNS} FROM docker_registries WHERE org_id = ? ORDER BY created_at DESC, rowid DESC"
         );
-        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await.map_err(q("list registries"))?;
+        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.read).await.map_err(q("list registries"))?;
         rows.iter().map(registry_from_row).collect()
     }
 
@@ -704,7 +726,7 @@ impl Store for SqliteStore {
         .bind(r.updated_at)
         .bind(&r.org_id)
         .bind(&r.id)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(q("update registry"))?;
         Ok(done.rows_affected() == 1)
@@ -714,7 +736,7 @@ impl Store for SqliteStore {
         let done = sqlx::query("DELETE FROM docker_registries WHERE org_id = ? AND id = ?")
             .bind(org_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("delete registry"))?;
         Ok(done.rows_affected() == 1)
@@ -723,7 +745,7 @@ impl Store for SqliteStore {
     async fn get_org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
         let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE id = ?")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("get organization"))?;
         row.as_ref().map(org_from_row).transpose()
@@ -733,7 +755,7 @@ impl Store for SqliteStore {
         let row =
             sqlx::query("SELECT org_id, sandboxes, cpu, memory, disk, updated_at FROM org_quotas WHERE org_id = ?")
                 .bind(org_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await
                 .map_err(q("get organization quota"))?;
         row.map(|r| {
@@ -762,7 +784,7 @@ impl Store for SqliteStore {
         .bind(rec.memory)
         .bind(rec.disk)
         .bind(rec.updated_at)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(q("set organization quota"))?;
         Ok(())
@@ -775,7 +797,7 @@ impl Store for SqliteStore {
         )
         .bind(org_id)
         .bind(SandboxState::Destroyed.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await
         .map_err(q("sum organization sandboxes"))?;
         let get = |e: sqlx::Error| StoreError::Decode { what: "sandbox usage", why: e.to_string() };
@@ -789,14 +811,14 @@ impl Store for SqliteStore {
 
     async fn get_sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(q("get sandbox by id"))?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await.map_err(q("get sandbox by id"))?;
         row.as_ref().map(sandbox_from_row).transpose()
     }
 
     async fn insert_preview_token(&self, t: &super::PreviewTokenRecord, now: Millis) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM preview_tokens WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("drop expired preview tokens"))?;
         sqlx::query("INSERT INTO preview_tokens (token_hash, sandbox_id, port, expires_at) VALUES (?, ?, ?, ?)")
@@ -804,7 +826,7 @@ impl Store for SqliteStore {
             .bind(&t.sandbox_id)
             .bind(i64::from(t.port))
             .bind(t.expires_at)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("insert preview token"))?;
         Ok(())
@@ -820,7 +842,7 @@ impl Store for SqliteStore {
         )
         .bind(hash)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await
         .map_err(q("get preview token"))?;
         let Some(r) = row else { return Ok(None) };
@@ -840,7 +862,7 @@ impl Store for SqliteStore {
             .bind(hash)
             .bind(sandbox_id)
             .bind(i64::from(port))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await
             .map_err(q("delete preview token"))?;
         Ok(r.rows_affected() == 1)
@@ -849,7 +871,7 @@ impl Store for SqliteStore {
     async fn sandbox_lifecycles(&self) -> Result<Vec<super::SandboxLifecycle>, StoreError> {
         let rows =
             sqlx::query("SELECT sandbox_id, last_activity_at, archive_digest, archive_size FROM sandbox_lifecycle")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await
                 .map_err(q("list sandbox lifecycles"))?;
         Ok(rows
@@ -865,7 +887,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_sandbox_activity(&self, at: &[(String, Millis)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("record sandbox activity"))?;
+        let mut tx = self.write.begin().await.map_err(q("record sandbox activity"))?;
         for (id, t) in at {
             sqlx::query(
                 "INSERT INTO sandbox_lifecycle (sandbox_id, last_activity_at) \
@@ -898,7 +920,7 @@ impl Store for SqliteStore {
         .bind(archive.map(|a| a.size))
         .bind(id)
         .bind(state.as_str())
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .map_err(q("record sandbox archive"))?;
         Ok(r.rows_affected() == 1)
@@ -945,6 +967,34 @@ mod tests {
             s.insert_org(&Organization { id: org.into(), name: org.into(), created_at: 0 }).await.unwrap();
         }
         (d, s)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_answer_at_once_while_writes_queue_behind_an_open_write_transaction() {
+        let (_d, s) = store().await;
+        s.insert_snapshot(&snap("a", "o1", "base", 1)).await.unwrap();
+        // The writer is busy (a transaction left open) and a burst of writes queues behind it.
+        let mut tx = s.write.begin().await.unwrap();
+        sqlx::query("UPDATE snapshots SET updated_at = 2 WHERE id = 'a'").execute(&mut *tx).await.unwrap();
+        let writes: Vec<_> = (0..16)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.insert_snapshot(&snap(&format!("w{i}"), "o1", &format!("w{i}"), 3)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            let got = s.get_snapshot("o1", "a").await.unwrap().unwrap();
+            assert_eq!(got.updated_at, 1, "readers see the last committed state");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "20 reads took {:?} behind the writes", t0.elapsed());
+        tx.commit().await.unwrap();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(s.get_snapshot("o1", "a").await.unwrap().unwrap().updated_at, 2);
+        assert!(s.get_snapshot("o1", "w15").await.unwrap().is_some());
     }
 
     #[tokio::test]
