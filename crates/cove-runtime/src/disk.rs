@@ -2,6 +2,12 @@
 //! the overlay's `upper/` and `work/`, so a full disk is a hard ENOSPC for that sandbox only
 //! (this kernel has no XFS or ext4 project quota). The overlay itself is mounted with
 //! `mount(2)`.
+//!
+//! Space is guaranteed, not promised: a new image is `fallocate`d to its full size (unwritten
+//! extents: a few milliseconds, nothing is written), and only when the data filesystem keeps
+//! at least the configured reserve (`--disk-reserve`) free afterwards for the database and
+//! the blobs. So one sandbox filling its disk never takes blocks another disk counts on.
+//! Disks are mounted `errors=remount-ro`; [`read_only_disks`] finds the ones that failed.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +55,21 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    /// Allocating the disk would leave the data filesystem less than its reserve (or none).
+    #[error(
+        "not enough free space for a {needed}-byte disk on {path}: {free} bytes free, and {reserve} bytes must stay \
+         free for the database and images (--disk-reserve); delete sandboxes or snapshots to make room"
+    )]
+    NoSpace {
+        /// A directory on the data filesystem.
+        path: PathBuf,
+        /// Bytes free now.
+        free: u64,
+        /// Bytes the disk needs.
+        needed: u64,
+        /// Bytes kept free.
+        reserve: u64,
+    },
     /// A lower dir path that overlayfs options cannot express.
     #[error("overlay path {path} contains ',' ':' or a newline")]
     UnsafeOverlayPath {
@@ -87,11 +108,49 @@ pub enum DiskError {
     },
 }
 
-/// Creates a sparse `size_mib` image and formats it ext4 (lazy init: a few MB on disk).
-pub async fn create_image(path: &Path, size_mib: u64) -> Result<(), DiskError> {
+/// Bytes the unprivileged can still allocate on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Refuses (with [`DiskError::NoSpace`]) when allocating `needed` bytes on the filesystem of
+/// `dir` would leave less than `reserve` free.
+pub fn check_room(dir: &Path, needed: u64, reserve: u64) -> Result<(), DiskError> {
+    let free = free_bytes(dir).map_err(|source| DiskError::CreateImage { path: dir.into(), source })?;
+    if free < needed.saturating_add(reserve) {
+        return Err(DiskError::NoSpace { path: dir.into(), free, needed, reserve });
+    }
+    Ok(())
+}
+
+/// Allocates every block of `f`'s first `len` bytes (holes become unwritten extents; data
+/// already there is kept), so later writes into it never need free space.
+pub fn allocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len).map_err(std::io::Error::from)
+}
+
+/// Creates a `size_mib` image with all its blocks allocated (see the module doc) and formats
+/// it ext4 (lazy init). Refused with [`DiskError::NoSpace`] when the data filesystem would
+/// keep less than `reserve` bytes free; nothing is left behind then.
+pub async fn create_image(path: &Path, size_mib: u64, reserve: u64) -> Result<(), DiskError> {
+    let len = size_mib << 20;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    check_room(dir, len, reserve)?;
     let f = std::fs::File::create(path).map_err(|source| DiskError::CreateImage { path: path.into(), source })?;
-    f.set_len(size_mib << 20).map_err(|source| DiskError::CreateImage { path: path.into(), source })?;
+    let allocated = f.set_len(len).and_then(|()| allocate(&f, len));
     drop(f);
+    if let Err(source) = allocated {
+        let _ = std::fs::remove_file(path);
+        if source.raw_os_error() == Some(libc_enospc()) {
+            let free = free_bytes(dir).unwrap_or(0);
+            return Err(DiskError::NoSpace { path: dir.into(), free, needed: len, reserve });
+        }
+        return Err(DiskError::CreateImage { path: path.into(), source });
+    }
     let args: [&std::ffi::OsStr; 7] = [
         "-q".as_ref(),
         "-F".as_ref(),
@@ -105,6 +164,56 @@ pub async fn create_image(path: &Path, size_mib: u64) -> Result<(), DiskError> {
     Ok(())
 }
 
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+/// Whether `e` or one of its causes is "no space left on device" (ENOSPC).
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc_enospc())
+        {
+            return true;
+        }
+        if matches!(c.downcast_ref::<DiskError>(), Some(DiskError::NoSpace { .. })) {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Loop-mounted disks under `root` (`<root>/<id>/disk`) whose filesystem is read-only now
+/// (ext4 remounted it after an I/O or consistency error): sandbox id → the kernel's options.
+pub fn read_only_disks(root: &Path) -> std::collections::HashMap<String, String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Default::default() };
+    read_only_disks_in(&info, root)
+}
+
+fn read_only_disks_in(info: &str, root: &Path) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mount_point) = fields.get(4).map(|m| PathBuf::from(unescape_mountinfo(m))) else { continue };
+        let Ok(rest) = mount_point.strip_prefix(root) else { continue };
+        let mut parts = rest.components();
+        let (Some(id), Some(last), None) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if last.as_os_str() != "disk" {
+            continue;
+        }
+        // After the optional fields: "- fstype source super_options".
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(fstype), Some(super_opts)) = (fields.get(dash + 1), fields.get(dash + 3)) else { continue };
+        let per_mount = fields.get(5).copied().unwrap_or("");
+        if *fstype == "ext4" && (super_opts.split(',').any(|o| o == "ro") || per_mount.split(',').any(|o| o == "ro")) {
+            out.insert(id.as_os_str().to_string_lossy().into_owned(), super_opts.to_string());
+        }
+    }
+    out
+}
+
 /// Loop-mounts `image` at `target` (created if needed) unless something is mounted there
 /// already, then makes sure `upper/` and `work/` exist. `mount -o loop` sets autoclear, so the
 /// loop device goes away with the unmount.
@@ -116,7 +225,9 @@ pub async fn mount_image(image: &Path, target: &Path) -> Result<(), DiskError> {
         let args: [&std::ffi::OsStr; 6] =
             // nosuid,nodev: what the sandbox wrote is never a set-id program or a device for
             // the host, whoever reaches the mount.
-            ["-t".as_ref(), "ext4".as_ref(), "-o".as_ref(), "loop,nosuid,nodev".as_ref(), image.as_os_str(), target.as_os_str()];
+            // errors=remount-ro: a disk that failed stops taking writes and is reported (see
+            // `read_only_disks`) instead of being written on in an unknown state.
+            ["-t".as_ref(), "ext4".as_ref(), "-o".as_ref(), "loop,nosuid,nodev,errors=remount-ro".as_ref(), image.as_os_str(), target.as_os_str()];
         cmd::run("mount", &args, None).await.map_err(|source| DiskError::MountImage {
             image: image.into(),
             target: target.into(),
@@ -309,6 +420,43 @@ mod tests {
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn a_disk_whose_filesystem_went_read_only_is_found_and_others_are_not() {
+        let info = "\
+36 35 7:0 / /data/sandboxes/aaa/disk rw,nosuid,nodev,relatime shared:1 - ext4 /dev/loop0 ro,errors=remount-ro
+37 35 7:1 / /data/sandboxes/bbb/disk rw,nosuid,nodev,relatime - ext4 /dev/loop1 rw,errors=remount-ro
+38 35 0:5 / /data/sandboxes/ccc/rootfs rw - overlay overlay ro
+39 35 7:2 / /data/sandboxes/ddd/disk ro,relatime - ext4 /dev/loop2 rw
+";
+        let found = read_only_disks_in(info, Path::new("/data/sandboxes"));
+        let mut ids: Vec<&str> = found.keys().map(String::as_str).collect();
+        ids.sort();
+        assert_eq!(ids, ["aaa", "ddd"]);
+    }
+
+    #[test]
+    fn an_image_that_would_eat_the_reserve_is_refused_naming_free_and_needed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let e = check_room(dir.path(), 8 << 20, free).unwrap_err();
+        let DiskError::NoSpace { needed, reserve, .. } = &e else { panic!("{e}") };
+        assert_eq!((*needed, *reserve), (8 << 20, free));
+        assert!(e.to_string().contains("bytes free"), "{e}");
+        assert!(is_no_space(&e));
+        check_room(dir.path(), 8 << 20, 0).unwrap();
+    }
+
+    #[test]
+    fn allocate_reserves_every_block_of_a_sparse_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("img")).unwrap();
+        f.set_len(4 << 20).unwrap();
+        assert!(f.metadata().unwrap().blocks() * 512 < 4 << 20);
+        allocate(&f, 4 << 20).unwrap();
+        assert!(f.metadata().unwrap().blocks() * 512 >= 4 << 20);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <root>/.pool/
-//!   <size_mib>-<uuid>.img   finished: sparse ext4 of exactly size_mib MiB, never used
+//!   <size_mib>-<uuid>.img   finished: ext4 of exactly size_mib MiB, every block allocated
+//!                           (`disk::create_image`), never used
 //!   tmp-<uuid>              being formatted (removed when found at startup)
 //! ```
 //!
@@ -11,11 +12,14 @@
 //! for most recently, [`PER_SIZE`] of each. An image is handed out only when its name *and*
 //! its length say it has the requested size. Taking one is a `rename(2)` into the bundle (the
 //! pool lives on the same filesystem); whatever goes wrong there falls back to formatting a
-//! fresh image, so the pool only ever makes a create faster.
+//! fresh image, so the pool only ever makes a create faster. Since pool images hold real
+//! blocks, the filler makes one only while the data filesystem keeps the reserve
+//! ([`DiskPool::set_reserve`]) plus one more disk of that size free after it (so the pool
+//! never takes the room a create needs), and otherwise waits for the next `refill`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::disk;
@@ -43,6 +47,8 @@ pub(crate) struct DiskPool {
     dir: PathBuf,
     state: Mutex<State>,
     closed: AtomicBool,
+    /// Bytes every new image must leave free on the filesystem (`--disk-reserve`).
+    reserve: AtomicU64,
 }
 
 /// `<size>-<uuid>.img` → size.
@@ -92,7 +98,7 @@ impl DiskPool {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        Ok(DiskPool { dir, state: Mutex::new(st), closed: AtomicBool::new(false) })
+        Ok(DiskPool { dir, state: Mutex::new(st), closed: AtomicBool::new(false), reserve: AtomicU64::new(0) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -139,6 +145,16 @@ impl DiskPool {
         }
     }
 
+    /// Sets the bytes every new image (pooled or not) must leave free.
+    pub(crate) fn set_reserve(&self, bytes: u64) {
+        self.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes every new image must leave free.
+    pub(crate) fn reserve(&self) -> u64 {
+        self.reserve.load(Ordering::Relaxed)
+    }
+
     /// Ready images of `size_mib` (for tests and diagnostics).
     pub(crate) fn ready(&self, size_mib: u64) -> usize {
         self.lock().ready.get(&size_mib).map_or(0, Vec::len)
@@ -183,8 +199,14 @@ impl DiskPool {
             };
             let tmp = self.dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
             let t = std::time::Instant::now();
-            if let Err(e) = disk::create_image(&tmp, size).await {
-                tracing::warn!(error = %cove_types::error::chain(&e), size_mib = size, "pre-formatting a disk image failed");
+            // Room for one more disk of this size stays: a pool image never makes a create fail.
+            let keep_free = self.reserve().saturating_add(size << 20);
+            if let Err(e) = disk::create_image(&tmp, size, keep_free).await {
+                if matches!(e, disk::DiskError::NoSpace { .. }) {
+                    tracing::info!(error = %e, size_mib = size, "not pre-making a disk image: the data filesystem is short of space");
+                } else {
+                    tracing::warn!(error = %cove_types::error::chain(&e), size_mib = size, "pre-formatting a disk image failed");
+                }
                 let _ = std::fs::remove_file(&tmp);
                 self.lock().filling = false;
                 return;

@@ -4,7 +4,7 @@
 //! <root>/<id>/
 //!   spec.json      SandboxSpec + allocated IP (the durable record; written atomically)
 //!   config.json    generated OCI runtime spec (regenerated at every start)
-//!   disk.img       sparse ext4, size = disk_mib; survives stop (taken from <root>/.pool/
+//!   disk.img       ext4, size = disk_mib, every block allocated; survives stop (taken from <root>/.pool/
 //!                  when a pre-formatted image of that size is ready, see `pool`)
 //!   disk/          loop mount of disk.img: upper/ work/
 //!   rootfs/        overlay of the image (lower) and disk/upper
@@ -301,6 +301,8 @@ impl RuntimeError {
             Self::NotPrepared { .. } => K::FailedPrecondition,
             Self::NoFreeAddress { .. } => K::Unavailable,
             Self::NoFreeGpu { .. } => K::Exhausted,
+            // A disk that cannot be guaranteed: the same create succeeds once space is freed.
+            Self::Storage { source, .. } if matches!(**source, DiskError::NoSpace { .. }) => K::Exhausted,
             Self::InvalidConfig { .. }
             | Self::Seccomp(_)
             | Self::Dir { .. }
@@ -669,6 +671,33 @@ impl Runtime {
         self.pool.refill();
     }
 
+    /// Bytes that must stay free on the data filesystem after a new disk is allocated
+    /// (`--disk-reserve`, for the database and the blobs); a create or pool image that would
+    /// eat into them is refused with [`disk::DiskError::NoSpace`].
+    pub fn set_disk_reserve(&self, bytes: u64) {
+        self.pool.set_reserve(bytes);
+    }
+
+    /// See [`Runtime::set_disk_reserve`].
+    pub fn disk_reserve(&self) -> u64 {
+        self.pool.reserve()
+    }
+
+    /// Whether a new `disk_mib` disk can be guaranteed now: a pre-made one of that size is
+    /// ready, or allocating one leaves the reserve free. The error names free and needed bytes.
+    pub fn check_disk_room(&self, disk_mib: u64) -> Result<(), disk::DiskError> {
+        if self.pool.ready(disk_mib) > 0 {
+            return Ok(());
+        }
+        disk::check_room(&self.cfg.root, disk_mib << 20, self.disk_reserve())
+    }
+
+    /// Sandboxes whose disk's filesystem went read-only (after an I/O or consistency error),
+    /// with the kernel's mount options: id → options.
+    pub fn failed_disks(&self) -> HashMap<String, String> {
+        disk::read_only_disks(&self.cfg.root)
+    }
+
     /// Pre-formatted images of `size_mib` ready to be taken (diagnostics and tests).
     pub fn disk_pool_ready(&self, size_mib: u64) -> usize {
         self.pool.ready(size_mib)
@@ -894,7 +923,7 @@ impl Runtime {
             let image = bundle.join("disk.img");
             let pooled = new_disk && self.pool.take(spec.disk_mib, &image);
             if new_disk && !pooled {
-                disk::create_image(&image, spec.disk_mib).await.map_err(storage)?;
+                disk::create_image(&image, spec.disk_mib, self.disk_reserve()).await.map_err(storage)?;
             }
             let image_ms = ms(t);
             disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
