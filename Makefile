@@ -51,6 +51,7 @@ bench: setup bench-setup build
 	.venv/bin/python bench/push.py
 	.venv/bin/python bench/preview.py
 	.venv/bin/python bench/archive.py
+	.venv/bin/python bench/burst.py
 
 ## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
 bench-setup:
