@@ -60,6 +60,13 @@ pub struct ServerConfig {
     /// `--preview-domain`: `host[:port]` under which `{port}-{sandboxId}` preview host names
     /// are served (`None`: `localhost:{listen port}`, which resolves with no DNS set-up).
     pub preview_domain: Option<String>,
+    /// `--disk-reserve`: bytes that must stay free on the data filesystem after a sandbox's
+    /// disk is allocated (for the database and the blobs).
+    pub disk_reserve: u64,
+    /// `--upload-idle-secs`, `--upload-staging-limit-mib`: how long abandoned registry and
+    /// object-storage uploads keep their bytes, and how many bytes one organization's
+    /// unfinished uploads may stage.
+    pub uploads: crate::registry::upload::UploadLimits,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.
@@ -95,4 +102,26 @@ mod tests {
             assert!(parse_mirror(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A `--disk-reserve` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid disk reserve {0:?}: expected bytes with an optional K, M, G or T (binary) suffix, e.g. 1G or 512M")]
+pub struct BadSize(pub String);
+
+/// Parses `1G`, `512MiB`, `1048576` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, BadSize> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| BadSize(s.into()))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(BadSize(s.into())),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| BadSize(s.into()))
 }

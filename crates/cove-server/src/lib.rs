@@ -17,6 +17,8 @@ pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod service;
+pub mod space;
+pub mod startup;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -128,6 +130,8 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     .map_err(StartError::ObjectStorage)?;
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
     let runtime = Arc::new(cove_runtime::Runtime::new(cfg.runtime.clone()).await.map_err(StartError::Runtime)?);
+    runtime.set_disk_reserve(cfg.disk_reserve);
+    space::init(&cfg.data_dir);
     let dns = service::network::start_dns(runtime.clone()).await.map_err(StartError::Dns)?;
     let builds = service::builds::BuildService::open(
         &cfg.data_dir,
@@ -136,8 +140,9 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         object_storage.store().clone(),
     )
     .map_err(StartError::Builds)?;
-    let registry = registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url)
-        .map_err(StartError::Registry)?;
+    let registry =
+        registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url, cfg.uploads)
+            .map_err(StartError::Registry)?;
     let content = images.content().clone();
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone(), builds);
     snapshots.attach_registry(registry.clone());
@@ -172,15 +177,19 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     .allow_privileged(cfg.allow_privileged);
     sandboxes.attach_quotas(service::quotas::QuotaService::new(store.clone(), cfg.org_quota));
     sandboxes.attach_lifecycle(lifecycle.clone());
-    // Archives and restores a crash interrupted first: the disk or the archive decides.
-    lifecycle.reconcile().await.map_err(|e| StartError::Reconcile(e.into()))?;
-    // Sandboxes first: their images must count as referenced before snapshots collect garbage.
-    sandboxes.reconcile().await.map_err(StartError::Reconcile)?;
-    snapshots.resume().await.map_err(StartError::Resume)?;
-    tokio::spawn(snapshots.clone().run_inactivity_sweeper(cfg.inactive_after, cfg.sweep_interval));
-    tokio::spawn(sandboxes.clone().run_monitor(cfg.monitor_interval));
-    tokio::spawn(lifecycle.run_sweeper(sandboxes.clone()));
-    tokio::spawn(sandboxes.clone().run_pool_sweeper(Duration::from_secs(30).min(cfg.warm_pool.idle)));
+    // Reconciliation, resumed jobs, garbage collection and the sweepers run in the background:
+    // the API listens at once and holds requests until sandboxes are reconciled.
+    let gate = startup::Gate::new();
+    tokio::spawn(startup::run(startup::Work {
+        gate: gate.clone(),
+        lifecycle,
+        sandboxes: sandboxes.clone(),
+        snapshots: snapshots.clone(),
+        inactive_after: cfg.inactive_after,
+        sweep_interval: cfg.sweep_interval,
+        monitor_interval: cfg.monitor_interval,
+        pool_sweep: Duration::from_secs(30).min(cfg.warm_pool.idle),
+    }));
     Ok(Prepared {
         state: AppState {
             store,
@@ -192,6 +201,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             object_storage,
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             preview,
+            startup: gate,
             started_at: chrono::Utc::now(),
         },
         generated_key,
@@ -205,11 +215,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let listener = startup::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     let s3_listener =
-        state.object_storage.bind().await.map_err(|source| StartError::Listen { addr: cfg.s3_listen, source })?;
+        startup::bind(cfg.s3_listen).await.map_err(|source| StartError::Listen { addr: cfg.s3_listen, source })?;
     let s3 = tokio::spawn(state.object_storage.clone().serve(s3_listener));
     tracing::info!(addr = %cfg.listen, data_dir = %cfg.data_dir.display(), regions = ?cfg.regions, "cove server listening");
     // The peer address feeds the preview proxy's X-Forwarded-For.

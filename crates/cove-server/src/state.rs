@@ -28,6 +28,8 @@ pub struct AppState {
     pub public_url: String,
     /// Preview links and the preview proxy.
     pub preview: crate::preview::PreviewService,
+    /// Open once sandboxes are reconciled after a start (`crate::startup`).
+    pub startup: crate::startup::Gate,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

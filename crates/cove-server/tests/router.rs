@@ -31,6 +31,7 @@ async fn app() -> (Held, axum::Router) {
         data_dir: dir.path().to_path_buf(),
         registries: RegistryConfig::default(),
         max_unpack_ratio: cove_server::config::DEFAULT_MAX_UNPACK_RATIO,
+        disk_reserve: 0,
         regions: vec!["us".into(), "eu".into()],
         api_key: Some(KEY.into()),
         inactive_after: Duration::from_secs(3600),
@@ -66,6 +67,7 @@ async fn app() -> (Held, axum::Router) {
         org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
         preview_domain: None,
         lifecycle_minute: Duration::from_secs(60),
+        uploads: Default::default(),
     };
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))

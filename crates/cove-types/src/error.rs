@@ -25,6 +25,9 @@ pub enum ErrorKind {
     /// Everything of a limited resource (GPUs) is held by others now (409): the same request
     /// succeeds once some is released.
     Exhausted,
+    /// The server's data filesystem is full (507): the message says where; freeing space
+    /// (deleting sandboxes, snapshots) repairs it.
+    DiskFull,
 }
 
 /// Renders an error and its causes on one line (`outer: inner: root`), skipping a cause whose

@@ -96,6 +96,19 @@ struct ServerArgs {
     /// (tests use 1 so that nothing waits minutes); the lifecycle sweep runs 4 times per one.
     #[arg(long, env = "COVE_LIFECYCLE_MINUTE_SECS", default_value_t = 60)]
     lifecycle_minute_secs: u64,
+    /// Seconds an unfinished registry push or object-storage multipart upload may sit
+    /// without a request before its staged bytes are deleted (tests use a few).
+    #[arg(long, env = "COVE_UPLOAD_IDLE_SECS", default_value_t = 300)]
+    upload_idle_secs: u64,
+    /// MiB one organization's unfinished uploads (registry pushes, multipart uploads) may
+    /// stage together; a new upload past it is refused with 403 naming the limit.
+    #[arg(long, env = "COVE_UPLOAD_STAGING_LIMIT_MIB", default_value_t = 10240)]
+    upload_staging_limit_mib: u64,
+    /// Space that must stay free on the data filesystem for the database and the blobs:
+    /// a create whose disk (allocated in full) would eat into it is refused with 409 naming
+    /// free and needed bytes. Bytes with an optional K, M, G or T suffix.
+    #[arg(long, env = "COVE_DISK_RESERVE", default_value = "1G", value_parser = cove_server::config::parse_size)]
+    disk_reserve: u64,
     /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
     #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
     s3_listen: SocketAddr,
@@ -317,7 +330,12 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             disk: a.org_quota_disk,
         },
         preview_domain: a.preview_domain.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()),
+        disk_reserve: a.disk_reserve,
         lifecycle_minute: Duration::from_secs(a.lifecycle_minute_secs.max(1)),
+        uploads: cove_server::registry::upload::UploadLimits {
+            idle: Duration::from_secs(a.upload_idle_secs.max(1)),
+            org_bytes: a.upload_staging_limit_mib.saturating_mul(1 << 20),
+        },
         aws: cove_server::service::ecr::AwsEndpoints {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),

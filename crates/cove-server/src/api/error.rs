@@ -28,6 +28,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `kind` and the error's chain, except that a failure for want of space on the data disk
+    /// (ENOSPC, SQLite's "database or disk is full") is a 507 saying so and where, never a
+    /// bare 500.
+    pub fn classify(kind: ErrorKind, e: &(dyn std::error::Error + 'static)) -> Self {
+        let chain = cove_types::error::chain(e);
+        if matches!(kind, ErrorKind::Internal | ErrorKind::DiskFull) && crate::space::is_full(e) {
+            return ApiError::new(ErrorKind::DiskFull, format!("{}: {chain}", crate::space::full_message()));
+        }
+        ApiError::new(kind, chain)
+    }
+}
+
 fn status(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -38,6 +51,7 @@ fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
 
@@ -74,7 +88,7 @@ impl IntoResponse for ApiError {
 
 impl From<SnapshotError> for ApiError {
     fn from(e: SnapshotError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 
@@ -92,7 +106,7 @@ impl From<KeyError> for ApiError {
 
 impl From<SandboxError> for ApiError {
     fn from(e: SandboxError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 

@@ -57,6 +57,8 @@ pub fn app(state: AppState) -> Router {
         .layer(crate::events::layer(&state))
         // Preview host names and `/preview/…` are proxied before any route is matched.
         .layer(middleware::from_fn_with_state(state.clone(), preview::dispatch))
+        // Everything but health waits until sandboxes are reconciled after a start.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::startup::wait_reconciled))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

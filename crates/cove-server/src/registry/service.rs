@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::path::{PathError, Reference, valid_name, valid_tag};
 use super::repos::{RepoError, Repos};
 use super::token::{TOKEN_PREFIX, TOKEN_TTL, TokenError, TokenIssuer};
-use super::upload::{Chunk, UploadError, Uploads};
+use super::upload::{Chunk, UploadError, UploadLimits, Uploads};
 use crate::service::keys::{KeyError, KeyService};
 
 /// The largest manifest accepted.
@@ -240,6 +240,7 @@ impl RegistryError {
             Self::Upload(UploadError::OutOfOrder { .. } | UploadError::RangeLength { .. }) => {
                 (416, "BLOB_UPLOAD_INVALID")
             }
+            Self::Upload(UploadError::OrgLimit { .. }) => (403, "DENIED"),
             Self::Upload(UploadError::BadRange(_) | UploadError::Body(_)) => (400, "BLOB_UPLOAD_INVALID"),
             Self::Upload(UploadError::Content(ContentError::DigestMismatch { .. })) => (400, "DIGEST_INVALID"),
             Self::Upload(UploadError::Content(ContentError::SizeMismatch { .. })) => (400, "SIZE_INVALID"),
@@ -260,6 +261,9 @@ impl RegistryError {
             }),
             Self::Upload(UploadError::OutOfOrder { start, size }) => {
                 serde_json::json!({ "rangeStart": start, "uploadSize": size })
+            }
+            Self::Upload(UploadError::OrgLimit { org, staged, limit }) => {
+                serde_json::json!({ "organizationId": org, "stagedBytes": staged, "limitBytes": limit })
             }
             _ => serde_json::Value::Null,
         }
@@ -315,10 +319,12 @@ impl RegistryService {
         images: Arc<ImageStore>,
         keys: KeyService,
         public_url: &str,
+        limits: UploadLimits,
     ) -> Result<Self, RegistryError> {
         let repos = Repos::open(data_dir)?;
         let tokens = TokenIssuer::open(data_dir, TOKEN_TTL).map_err(RegistryError::Token)?;
-        let uploads = Uploads::new(images.content().clone());
+        let uploads = Uploads::new(images.content().clone(), limits);
+        uploads.spawn_sweeper();
         let host = host_port(public_url);
         Ok(RegistryService { inner: Arc::new(Inner { images, repos, uploads, tokens, keys, host }) })
     }
@@ -472,7 +478,7 @@ impl RegistryService {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check(caller, name, Access::Push)?;
-        self.linked_while(name, d, self.inner.uploads.put_whole(d, body)).await
+        self.linked_while(name, d, self.inner.uploads.put_whole(name, d, body)).await
     }
 
     /// Bytes received by an upload.
@@ -916,7 +922,7 @@ mod tests {
         let store = crate::store::SqliteStore::open(&dir.path().join("cove.db")).await.unwrap();
         let keys = KeyService::open(Arc::new(store), dir.path()).unwrap();
         let images = Arc::new(ImageStore::open(dir.path(), Default::default()).unwrap());
-        let reg = RegistryService::open(dir.path(), images, keys, "http://127.0.0.1:2").unwrap();
+        let reg = RegistryService::open(dir.path(), images, keys, "http://127.0.0.1:2", Default::default()).unwrap();
         (dir, reg)
     }
 

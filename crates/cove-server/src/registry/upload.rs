@@ -7,10 +7,18 @@
 //! request), so completing checks the digest without reading the data again, and the blob
 //! appears in the store only once verified. Sessions
 //! live in memory: a restart loses uploads in progress (clients start over, as they do after
-//! any `BLOB_UPLOAD_UNKNOWN`), and sessions idle for [`IDLE_EXPIRY`] are dropped.
+//! any `BLOB_UPLOAD_UNKNOWN`).
+//!
+//! Abandoned uploads do not keep their bytes: a request whose body breaks off (the client
+//! disconnected mid-chunk, or its handler was dropped) ends its session and deletes what
+//! the session received; sessions idle for [`UploadLimits::idle`] (`--upload-idle-secs`) are
+//! dropped by a sweeper. Bytes staged by unfinished uploads (chunked and monolithic) count
+//! against their organization's [`UploadLimits::org_bytes`] (`--upload-staging-limit-mib`;
+//! the organization is the repository's first path segment): a new upload is refused while
+//! the organization is at its limit, and a chunk that would pass it ends its upload.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cove_image::ContentStore;
@@ -18,16 +26,82 @@ use cove_image::content::{ContentError, Ingest};
 use cove_types::Digest;
 use futures_util::{Stream, StreamExt};
 
-/// How long an upload may sit without a request before it is dropped.
-pub const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long an upload may sit without a request before it is dropped, by default.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// Bytes an organization's unfinished uploads may hold, by default (10 GiB).
+pub const DEFAULT_ORG_BYTES: u64 = 10 << 30;
+
+/// What unfinished uploads may hold, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// An upload with no request for this long is removed.
+    pub idle: Duration,
+    /// Bytes one organization's unfinished uploads may stage together.
+    pub org_bytes: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits { idle: DEFAULT_IDLE, org_bytes: DEFAULT_ORG_BYTES }
+    }
+}
 
 type SessionMap = HashMap<String, Arc<tokio::sync::Mutex<Session>>>;
+
+/// Bytes staged per organization.
+#[derive(Debug, Default)]
+struct Ledger {
+    staged: Mutex<HashMap<String, u64>>,
+}
+
+impl Ledger {
+    fn staged(&self, org: &str) -> u64 {
+        self.staged.lock().expect("ledger is never poisoned").get(org).copied().unwrap_or(0)
+    }
+}
+
+/// The bytes one upload charged to its organization, given back when it ends.
+#[derive(Debug)]
+struct Staged {
+    ledger: Arc<Ledger>,
+    org: String,
+    limit: u64,
+    bytes: u64,
+}
+
+impl Staged {
+    /// Charges `n` more bytes, unless that would pass the organization's limit.
+    fn charge(&mut self, n: u64) -> Result<(), UploadError> {
+        let mut map = self.ledger.staged.lock().expect("ledger is never poisoned");
+        let total = map.entry(self.org.clone()).or_insert(0);
+        if total.saturating_add(n) > self.limit {
+            return Err(UploadError::OrgLimit { org: self.org.clone(), staged: *total, limit: self.limit });
+        }
+        *total += n;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let mut map = self.ledger.staged.lock().expect("ledger is never poisoned");
+        if let Some(total) = map.get_mut(&self.org) {
+            *total = total.saturating_sub(self.bytes);
+            if *total == 0 {
+                map.remove(&self.org);
+            }
+        }
+    }
+}
 
 /// The upload sessions of the registry.
 #[derive(Debug, Clone)]
 pub struct Uploads {
     content: ContentStore,
     sessions: Arc<Mutex<SessionMap>>,
+    ledger: Arc<Ledger>,
+    limits: UploadLimits,
 }
 
 #[derive(Debug)]
@@ -35,7 +109,30 @@ struct Session {
     repo: String,
     /// `None` once completed or cancelled (the entry is about to go).
     ingest: Option<Ingest>,
+    /// What `ingest` holds, charged to the organization (given back when the session goes).
+    staged: Staged,
     last_used: Instant,
+}
+
+/// A locked session that, unless `keep` is set when it goes out of scope, ends: its bytes are
+/// deleted and its entry removed. A request whose body breaks off, or whose handler is
+/// dropped because its client went away, thus leaves nothing behind.
+struct Open<'a> {
+    uploads: &'a Uploads,
+    id: &'a str,
+    s: tokio::sync::OwnedMutexGuard<Session>,
+    keep: bool,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            if self.s.ingest.take().is_some() {
+                tracing::info!(upload = %self.id, repository = %self.s.repo, "upload abandoned; its bytes are deleted");
+            }
+            self.uploads.map().remove(self.id);
+        }
+    }
 }
 
 /// A failed upload step.
@@ -68,6 +165,19 @@ pub enum UploadError {
     /// A `Content-Range` that cannot be parsed.
     #[error("malformed Content-Range {0:?}: expected <start>-<end>")]
     BadRange(String),
+    /// The organization's unfinished uploads hold as much as they may.
+    #[error(
+        "organization {org} has {staged} bytes in unfinished uploads; the limit is {limit} bytes \
+         (--upload-staging-limit-mib): finish or cancel uploads first"
+    )]
+    OrgLimit {
+        /// The organization (the repository's first segment).
+        org: String,
+        /// Bytes it has staged.
+        staged: u64,
+        /// Its limit.
+        limit: u64,
+    },
     /// Reading the request body failed.
     #[error("read the upload body")]
     Body(#[source] BoxError),
@@ -136,9 +246,52 @@ impl Chunk {
 }
 
 impl Uploads {
-    /// Sessions writing into `content`.
-    pub fn new(content: ContentStore) -> Self {
-        Uploads { content, sessions: Arc::default() }
+    /// Sessions writing into `content`, held within `limits`.
+    pub fn new(content: ContentStore, limits: UploadLimits) -> Self {
+        Uploads { content, sessions: Arc::default(), ledger: Arc::default(), limits }
+    }
+
+    /// Removes idle sessions every so often (a quarter of the idle time, 1 to 30 s) for as
+    /// long as these sessions exist.
+    pub fn spawn_sweeper(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let weak: Weak<Mutex<SessionMap>> = Arc::downgrade(&self.sessions);
+        let idle = self.limits.idle;
+        let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(sessions) = weak.upgrade() else { return };
+                expire(&sessions, idle);
+            }
+        });
+    }
+
+    /// Bytes the unfinished uploads of organization `org` hold.
+    pub fn staged_bytes(&self, org: &str) -> u64 {
+        self.ledger.staged(org)
+    }
+
+    fn staged_for(&self, repo: &str) -> Staged {
+        Staged { ledger: self.ledger.clone(), org: org_of(repo).to_string(), limit: self.limits.org_bytes, bytes: 0 }
+    }
+
+    /// Refuses a new upload while `repo`'s organization is at its limit.
+    fn admit(&self, repo: &str) -> Result<Staged, UploadError> {
+        let staged = self.staged_for(repo);
+        let now = self.ledger.staged(&staged.org);
+        if now >= staged.limit {
+            return Err(UploadError::OrgLimit { org: staged.org.clone(), staged: now, limit: staged.limit });
+        }
+        Ok(staged)
+    }
+
+    /// The session `id`, locked, that ends unless [`Open::keep`] is set.
+    async fn open<'a>(&'a self, repo: &str, id: &'a str) -> Result<Open<'a>, UploadError> {
+        let s = self.session(id)?.lock_owned().await;
+        let mut open = Open { uploads: self, id, s, keep: true };
+        live(&mut open.s, repo, id)?;
+        Ok(open)
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, SessionMap> {
@@ -147,20 +300,13 @@ impl Uploads {
 
     /// Starts an upload into `repo`; returns its id.
     pub fn start(&self, repo: &str) -> Result<String, UploadError> {
-        self.expire();
+        expire(&self.sessions, self.limits.idle);
+        let staged = self.admit(repo)?;
         let ingest = self.content.ingest().map_err(UploadError::Content)?;
         let id = uuid::Uuid::new_v4().to_string();
-        let s = Session { repo: repo.to_string(), ingest: Some(ingest), last_used: Instant::now() };
+        let s = Session { repo: repo.to_string(), ingest: Some(ingest), staged, last_used: Instant::now() };
         self.map().insert(id.clone(), Arc::new(tokio::sync::Mutex::new(s)));
         Ok(id)
-    }
-
-    fn expire(&self) {
-        let now = Instant::now();
-        self.map().retain(|_, s| match s.try_lock() {
-            Ok(s) => now.duration_since(s.last_used) < IDLE_EXPIRY,
-            Err(_) => true,
-        });
     }
 
     /// The session `id`; its repository is checked under its lock ([`live`]).
@@ -185,24 +331,23 @@ impl Uploads {
         B: AsRef<[u8]>,
         E: Into<BoxError>,
     {
-        let s = self.session(id)?;
-        let mut s = s.lock().await;
-        let ingest = live(&mut s, repo, id)?;
+        let mut open = self.open(repo, id).await?;
+        let s = &mut *open.s;
+        let ingest = s.ingest.as_mut().expect("checked live by open");
         chunk.check(ingest.size())?;
         let before = ingest.size();
-        let size = write_body(ingest, body).await?;
-        if let Err(e) = chunk.check_written(size - before) {
-            s.ingest = None;
-            self.map().remove(id);
-            return Err(e);
-        }
+        open.keep = false;
+        let s = &mut *open.s;
+        let size = write_body(s.ingest.as_mut().expect("checked live by open"), &mut s.staged, body).await?;
+        chunk.check_written(size - before)?;
+        open.keep = true;
         Ok(size)
     }
 
     /// Appends the last chunk (possibly empty; its range checked like a `PATCH`'s), then
     /// verifies the digest and commits the blob into the content store. A chunk refused by
-    /// its range leaves the session as it was and a body that broke off keeps it (its status
-    /// says what arrived), so the client may retry; otherwise the session ends either way.
+    /// its range leaves the session as it was, so the client may retry; otherwise (a body
+    /// that broke off included) the session ends either way.
     pub async fn finish<S, B, E>(
         &self,
         repo: &str,
@@ -216,14 +361,16 @@ impl Uploads {
         B: AsRef<[u8]>,
         E: Into<BoxError>,
     {
-        let s = self.session(id)?;
-        let mut s = s.lock().await;
-        let ingest = live(&mut s, repo, id)?;
+        let mut open = self.open(repo, id).await?;
+        let s = &mut *open.s;
+        let ingest = s.ingest.as_mut().expect("checked live by open");
         chunk.check(ingest.size())?;
         let before = ingest.size();
-        let size = write_body(ingest, body).await?;
-        let ingest = s.ingest.take().expect("checked live above");
-        self.map().remove(id);
+        open.keep = false;
+        let s = &mut *open.s;
+        let size = write_body(s.ingest.as_mut().expect("checked live by open"), &mut s.staged, body).await?;
+        let ingest = open.s.ingest.take().expect("checked live by open");
+        drop(open);
         chunk.check_written(size - before)?;
         commit(ingest, digest).await?;
         Ok(size)
@@ -231,23 +378,21 @@ impl Uploads {
 
     /// Cancels an upload and deletes what it received.
     pub async fn cancel(&self, repo: &str, id: &str) -> Result<(), UploadError> {
-        let s = self.session(id)?;
-        let mut s = s.lock().await;
-        live(&mut s, repo, id)?;
-        s.ingest = None;
-        self.map().remove(id);
+        let mut open = self.open(repo, id).await?;
+        open.keep = false;
         Ok(())
     }
 
     /// Writes a whole body as a new blob (a monolithic upload) and commits it under `digest`.
-    pub async fn put_whole<S, B, E>(&self, digest: &Digest, body: S) -> Result<u64, UploadError>
+    pub async fn put_whole<S, B, E>(&self, repo: &str, digest: &Digest, body: S) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
         E: Into<BoxError>,
     {
+        let mut staged = self.admit(repo)?;
         let mut ingest = self.content.ingest_for(digest).map_err(UploadError::Content)?;
-        let size = write_body(&mut ingest, body).await?;
+        let size = write_body(&mut ingest, &mut staged, body).await?;
         commit(ingest, digest).await?;
         Ok(size)
     }
@@ -259,6 +404,26 @@ fn covered(start: u64, end: u64) -> Option<u64> {
     end.checked_add(1)?.checked_sub(start)
 }
 
+/// Drops the sessions of `sessions` idle for `idle` or longer (one in use is never idle).
+fn expire(sessions: &Mutex<SessionMap>, idle: Duration) {
+    let now = Instant::now();
+    sessions.lock().expect("upload map is never poisoned").retain(|id, s| match s.try_lock() {
+        Ok(s) => {
+            let keep = now.duration_since(s.last_used) < idle;
+            if !keep {
+                tracing::info!(upload = %id, repository = %s.repo, bytes = s.staged.bytes, "idle upload removed");
+            }
+            keep
+        }
+        Err(_) => true,
+    });
+}
+
+/// The organization a repository belongs to: its first path segment (`<orgId>` or `cove`).
+fn org_of(repo: &str) -> &str {
+    repo.split('/').next().unwrap_or(repo)
+}
+
 /// The session's ingest, if it belongs to `repo` and is still open.
 fn live<'a>(s: &'a mut Session, repo: &str, id: &str) -> Result<&'a mut Ingest, UploadError> {
     if s.repo != repo {
@@ -268,7 +433,7 @@ fn live<'a>(s: &'a mut Session, repo: &str, id: &str) -> Result<&'a mut Ingest, 
     s.ingest.as_mut().ok_or_else(|| UploadError::Unknown { id: id.to_string() })
 }
 
-async fn write_body<S, B, E>(ingest: &mut Ingest, mut body: S) -> Result<u64, UploadError>
+async fn write_body<S, B, E>(ingest: &mut Ingest, staged: &mut Staged, mut body: S) -> Result<u64, UploadError>
 where
     S: Stream<Item = Result<B, E>> + Unpin,
     B: AsRef<[u8]>,
@@ -276,6 +441,7 @@ where
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| UploadError::Body(e.into()))?;
+        staged.charge(chunk.as_ref().len() as u64)?;
         ingest.write(chunk.as_ref()).map_err(UploadError::Content)?;
     }
     Ok(ingest.size())
@@ -304,7 +470,7 @@ mod tests {
     fn uploads() -> (tempfile::TempDir, ContentStore, Uploads) {
         let dir = tempfile::tempdir().unwrap();
         let cs = ContentStore::open(dir.path()).unwrap();
-        (dir, cs.clone(), Uploads::new(cs))
+        (dir, cs.clone(), Uploads::new(cs, UploadLimits::default()))
     }
 
     /// A chunk with `Content-Range: start-end` and no `Content-Length`.
@@ -408,7 +574,7 @@ mod tests {
         let theirs = sha512(b"organization A's layer");
         for whole in [false, true] {
             let e = if whole {
-                up.put_whole(&theirs, body(&[b"organization B's layer"])).await.unwrap_err()
+                up.put_whole("o/r", &theirs, body(&[b"organization B's layer"])).await.unwrap_err()
             } else {
                 let id = up.start("o/r").unwrap();
                 up.append("o/r", &id, Chunk::default(), body(&[b"organization B's"])).await.unwrap();
@@ -433,13 +599,97 @@ mod tests {
         assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })));
     }
 
+    fn ingest_files(dir: &tempfile::TempDir) -> usize {
+        std::fs::read_dir(dir.path().join("ingest")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_ends_the_upload_and_deletes_its_bytes() {
+        let (d, _cs, up) = uploads();
+        let id = up.start("o/r").unwrap();
+        let broken = futures_util::stream::iter(vec![
+            Ok(b"abc".to_vec()),
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")),
+        ]);
+        let e = up.append("o/r", &id, Chunk::default(), broken).await.unwrap_err();
+        assert!(matches!(e, UploadError::Body(_)), "{e:?}");
+        assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })));
+        assert_eq!(ingest_files(&d), 0, "the staged bytes are deleted");
+        assert_eq!(up.staged_bytes("o"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_mid_body_leaves_no_staged_bytes() {
+        let (d, _cs, up) = uploads();
+        for finishing in [false, true] {
+            let id = up.start("o/r").unwrap();
+            // One chunk arrives, then the client stalls and the server drops the request.
+            let stalled = futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(b"abc".to_vec())])
+                .chain(futures_util::stream::pending());
+            let digest = sha256(b"abcdef");
+            let request = async {
+                if finishing {
+                    up.finish("o/r", &id, &digest, Chunk::default(), stalled).await
+                } else {
+                    up.append("o/r", &id, Chunk::default(), stalled).await
+                }
+            };
+            assert!(tokio::time::timeout(Duration::from_millis(100), request).await.is_err());
+            assert_eq!(up.staged_bytes("o"), 0, "finishing: {finishing}");
+            assert_eq!(ingest_files(&d), 0, "finishing: {finishing}");
+            assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_upload_is_removed_with_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let up = Uploads::new(cs, UploadLimits { idle: Duration::from_secs(1), ..UploadLimits::default() });
+        up.spawn_sweeper();
+        let id = up.start("o/r").unwrap();
+        up.append("o/r", &id, Chunk::default(), body(&[b"partial"])).await.unwrap();
+        assert_eq!(up.staged_bytes("o"), 7);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(up.staged_bytes("o"), 0);
+        assert_eq!(ingest_files(&dir), 0);
+        assert!(matches!(up.status("o/r", &id).await, Err(UploadError::Unknown { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_organization_at_its_staging_limit_is_refused_new_uploads_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let up = Uploads::new(cs, UploadLimits { org_bytes: 10, ..UploadLimits::default() });
+        let first = up.start("o/r").unwrap();
+        up.append("o/r", &first, Chunk::default(), body(&[b"0123456789"])).await.unwrap();
+        let e = up.start("o/other").unwrap_err();
+        assert!(matches!(e, UploadError::OrgLimit { staged: 10, limit: 10, .. }), "{e:?}");
+        assert!(e.to_string().contains("the limit is 10 bytes"), "{e}");
+        let e = up.put_whole("o/r", &sha256(b"x"), body(&[b"x"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::OrgLimit { .. }), "monolithic uploads count too: {e:?}");
+        up.start("p/r").expect("another organization has its own limit");
+        up.cancel("o/r", &first).await.unwrap();
+        assert_eq!(up.staged_bytes("o"), 0, "cancelling gives the bytes back");
+        // A chunk that would pass the limit ends its upload.
+        let second = up.start("o/r").unwrap();
+        let e = up.append("o/r", &second, Chunk::default(), body(&[b"01234", b"56789", b"!"])).await.unwrap_err();
+        assert!(matches!(e, UploadError::OrgLimit { staged: 10, .. }), "{e:?}");
+        assert_eq!(up.staged_bytes("o"), 0);
+        assert!(matches!(up.status("o/r", &second).await, Err(UploadError::Unknown { .. })));
+        // A finished upload gives its bytes back too.
+        let third = up.start("o/r").unwrap();
+        up.finish("o/r", &third, &sha256(b"done"), Chunk::default(), body(&[b"done"])).await.unwrap();
+        assert_eq!(up.staged_bytes("o"), 0);
+    }
+
     #[tokio::test]
     async fn a_monolithic_upload_is_verified_like_a_chunked_one() {
         let (_d, cs, up) = uploads();
         let d = sha256(b"blob");
-        assert_eq!(up.put_whole(&d, body(&[b"bl", b"ob"])).await.unwrap(), 4);
+        assert_eq!(up.put_whole("o/r", &d, body(&[b"bl", b"ob"])).await.unwrap(), 4);
         assert!(cs.contains(&d));
         let bad = sha256(b"other");
-        assert!(up.put_whole(&bad, body(&[b"blob"])).await.is_err());
+        assert!(up.put_whole("o/r", &bad, body(&[b"blob"])).await.is_err());
     }
 }

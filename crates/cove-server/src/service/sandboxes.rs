@@ -3,7 +3,12 @@
 //! uses.
 //!
 //! `POST /sandbox` answers only once the agent inside answers `GET /version`, so clients
-//! get `started` straight away and never poll.
+//! get `started` straight away and never poll. A create a crash interrupted ends, at the
+//! next start, as `error` [`INTERRUPTED_CREATE`] with whatever it had made removed; it can be
+//! deleted. A start that fails answers an error with the reason (and the sandbox is `error`).
+//!
+//! Fault points (`cove_types::fault`): `sandbox.create_recorded` (the row is written, nothing
+//! launched), `sandbox.create_launched` (the container runs, the agent not yet asked).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +26,11 @@ use super::snapshots::{SnapshotError, SnapshotService};
 use super::{iso, now_millis};
 use crate::store::{SandboxRecord, Store, StoreError};
 use crate::toolbox::{self, AgentAddr, ToolboxError};
+
+/// `errorReason` of a sandbox whose create a crash of the server interrupted.
+pub const INTERRUPTED_CREATE: &str = "its create was interrupted by a server restart; delete it and create it again";
+/// `errorReason` of a sandbox whose start a crash of the server interrupted.
+pub const INTERRUPTED_START: &str = "its start was interrupted by a server restart; start it again";
 
 /// Sandboxes get at most this many processes unless configured otherwise.
 pub const DEFAULT_PIDS_LIMIT: u32 = 4096;
@@ -135,6 +145,26 @@ pub enum SandboxError {
         #[source]
         source: RuntimeError,
     },
+    /// A start failed; the sandbox is `error` with `reason` (which it also reports).
+    #[error("sandbox {name} failed to start: {reason}")]
+    StartFailed {
+        /// The sandbox.
+        name: String,
+        /// Why (its `errorReason`).
+        reason: String,
+    },
+    /// Nothing of the sandbox is on disk (its create never finished): it cannot start.
+    #[error("sandbox {name} cannot be started: it has nothing on disk ({reason})")]
+    NothingToStart {
+        /// The sandbox.
+        name: String,
+        /// Its `errorReason`, or why it has nothing.
+        reason: String,
+    },
+    /// The data filesystem cannot guarantee the new sandbox's disk (409 naming free and
+    /// needed bytes; the same create succeeds once space is freed).
+    #[error("cannot guarantee the sandbox's disk: {0}")]
+    NoDiskRoom(#[source] cove_runtime::disk::DiskError),
     /// The agent did not come up.
     #[error("sandbox {id} started but its agent did not answer: {source}")]
     Agent {
@@ -177,8 +207,11 @@ impl SandboxError {
             Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
             Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::Forbidden(e) => e.kind(),
-            Self::WrongState { .. } => ErrorKind::FailedPrecondition,
-            Self::NoFreeGpu { .. } => ErrorKind::Exhausted,
+            Self::WrongState { .. } | Self::NothingToStart { .. } => ErrorKind::FailedPrecondition,
+            // The reason is the sandbox's own errorReason, which it reports anyway.
+            Self::StartFailed { .. } => ErrorKind::Unavailable,
+            Self::NoFreeGpu { .. } | Self::NoDiskRoom(_) => ErrorKind::Exhausted,
+            Self::Runtime { source, .. } if source.kind() == ErrorKind::Exhausted => ErrorKind::Exhausted,
             Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
             Self::Lifecycle(e) => e.kind(),
@@ -356,6 +389,10 @@ impl SandboxService {
         // capability. GPU sandboxes neither: a prepared one would hold GPUs.
         let gpu = key.template.gpu;
         let pooled = if privileged || gpu > 0 { None } else { self.inner.pool.take(&key) };
+        if pooled.is_none() {
+            // A prepared sandbox has its disk already; a new one must be guaranteed its space.
+            self.inner.runtime.check_disk_room(key.template.disk_mib).map_err(SandboxError::NoDiskRoom)?;
+        }
         let id = pooled.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         self.reserve_gpus(&id, gpu, &snap.name)?;
         let name = name.unwrap_or_else(|| id.clone());
@@ -404,6 +441,7 @@ impl SandboxService {
             });
         }
         drop(admission); // the row holds its share of the quota now
+        cove_types::fault::point("sandbox.create_recorded");
         let user_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let runtime_err = |op, source| SandboxError::Runtime { op, id: id.clone(), source };
         let started = async {
@@ -427,6 +465,7 @@ impl SandboxService {
                 cove_runtime::oci::merge_env(&mut spec.env, &user_env);
                 self.launch(&spec, &net).await?;
             }
+            cove_types::fault::point("sandbox.create_launched");
             self.wait_agent(&id).await
         }
         .await;
@@ -691,6 +730,12 @@ impl SandboxService {
             // Its disk comes back from the archive first; it is then stopped like any other.
             rec = self.lifecycle().restore(rec).await?;
         }
+        if matches!(self.inner.runtime.status(&rec.id).await, Ok(SandboxStatus::Missing)) {
+            return Err(SandboxError::NothingToStart {
+                name: rec.name.clone(),
+                reason: rec.error_reason.clone().unwrap_or_else(|| "its files are gone".into()),
+            });
+        }
         // The GPUs first: without free ones the sandbox stays stopped and the caller hears why.
         let gpu = u32::try_from(rec.gpu).unwrap_or(0);
         self.reserve_gpus(&rec.id, gpu, rec.snapshot_name.as_deref().unwrap_or(&rec.name))?;
@@ -708,7 +753,15 @@ impl SandboxService {
             self.wait_agent(&id).await
         }
         .await;
-        self.finish_start(&mut rec, outcome, SandboxState::Starting).await
+        let dto = self.finish_start(&mut rec, outcome, SandboxState::Starting).await?;
+        if rec.state == SandboxState::Error {
+            // Recorded as `error` with the reason; the caller hears it too, not a 200.
+            return Err(SandboxError::StartFailed {
+                name: rec.name.clone(),
+                reason: rec.error_reason.clone().unwrap_or_default(),
+            });
+        }
+        Ok(dto)
     }
 
     /// Stops a sandbox, keeping its files. An ephemeral sandbox (autoDeleteInterval 0) is
@@ -762,7 +815,13 @@ impl SandboxService {
         rec.state = SandboxState::Destroying;
         rec.desired_state = "destroyed".into();
         rec.updated_at = now_millis();
-        if !self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("delete sandbox"))? {
+        // On a full data disk SQLite has no room for its journal: the space reserve is
+        // released for the delete (`crate::space`), which then frees the sandbox's disk.
+        let mut marked = self.inner.store.update_sandbox_if(&rec, &[from]).await;
+        if marked.as_ref().is_err_and(|e| crate::space::is_full(e)) && crate::space::release() {
+            marked = self.inner.store.update_sandbox_if(&rec, &[from]).await;
+        }
+        if !marked.map_err(store("delete sandbox"))? {
             let now = self.find(who, id_or_name).await?;
             return Err(SandboxError::Busy { name: now.name, state: now.state });
         }
@@ -771,7 +830,12 @@ impl SandboxService {
             id: rec.id.clone(),
             source,
         })?;
-        self.inner.store.delete_sandbox(&rec.id).await.map_err(store("delete sandbox"))?;
+        let mut deleted = self.inner.store.delete_sandbox(&rec.id).await;
+        if deleted.as_ref().is_err_and(|e| crate::space::is_full(e)) && crate::space::release() {
+            deleted = self.inner.store.delete_sandbox(&rec.id).await;
+        }
+        deleted.map_err(store("delete sandbox"))?;
+        tokio::task::spawn_blocking(crate::space::restore);
         self.inner.snapshots.builds().remove_log(&rec.id);
         tracing::info!(sandbox_id = %rec.id, "sandbox destroyed");
         let snapshots = self.inner.snapshots.clone();
@@ -929,8 +993,21 @@ impl SandboxService {
                 tokio::spawn(self.clone().run_build(rec.org_id.clone(), rec.id.clone()));
                 continue;
             }
-            let status = self.inner.runtime.status(&rec.id).await;
             let from = rec.state;
+            if from == SandboxState::Creating {
+                // Its client never heard back: whatever it made (bundle, container, network)
+                // goes, and the record says why.
+                tracing::warn!(sandbox_id = %rec.id, "a create was interrupted by the restart");
+                if let Err(e) = self.inner.runtime.destroy(&rec.id).await {
+                    tracing::warn!(sandbox_id = %rec.id, error = %cove_types::error::chain(&e), "cannot remove what it made");
+                }
+                rec.state = SandboxState::Error;
+                rec.error_reason = Some(INTERRUPTED_CREATE.into());
+                rec.updated_at = now_millis();
+                self.inner.store.update_sandbox_if(&rec, &[from]).await.map_err(store("reconcile sandbox"))?;
+                continue;
+            }
+            let status = self.inner.runtime.status(&rec.id).await;
             let (state, reason) = match status {
                 Ok(SandboxStatus::Running { .. }) => match self.wait_agent(&rec.id).await {
                     Ok(v) => {
@@ -946,6 +1023,8 @@ impl SandboxService {
                     }
                     if rec.desired_state == "stopped" {
                         (SandboxState::Stopped, None)
+                    } else if from == SandboxState::Starting {
+                        (SandboxState::Error, Some(INTERRUPTED_START.into()))
                     } else {
                         (SandboxState::Error, Some(death_reason(exit_code, oom_killed, rec.mem)))
                     }
@@ -985,13 +1064,34 @@ impl SandboxService {
         self.inner.runtime.shutdown().await;
     }
 
-    /// Every `interval`, marks started sandboxes whose container died (e.g. OOM) as `error`.
+    /// Every `interval`, marks started sandboxes whose container died (e.g. OOM) or whose
+    /// disk went read-only (an I/O or filesystem error) as `error`, with the reason.
     pub async fn run_monitor(self, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
             let Ok(all) = self.inner.store.all_sandboxes_for_job().await else { continue };
+            let failed_disks = self.inner.runtime.failed_disks();
             for mut rec in all.into_iter().filter(|r| r.state == SandboxState::Started) {
+                if let Some(options) = failed_disks.get(&rec.id) {
+                    self.forget_socket(&rec.id);
+                    if let Err(e) = self.inner.runtime.stop(&rec.id, Duration::ZERO).await {
+                        tracing::warn!(sandbox_id = %rec.id, error = %e, "stopping a sandbox with a failed disk failed");
+                    }
+                    rec.state = SandboxState::Error;
+                    rec.error_reason = Some(format!(
+                        "its disk's filesystem went read-only after an I/O or filesystem error ({options}); \
+                         it no longer takes writes: delete it"
+                    ));
+                    rec.updated_at = now_millis();
+                    match self.inner.store.update_sandbox_if(&rec, &[SandboxState::Started]).await {
+                        Ok(_) => {
+                            tracing::warn!(sandbox_id = %rec.id, reason = ?rec.error_reason, "sandbox disk failed")
+                        }
+                        Err(e) => tracing::error!(sandbox_id = %rec.id, error = %e, "cannot record a failed disk"),
+                    }
+                    continue;
+                }
                 if let Ok(SandboxStatus::Stopped { exit_code, oom_killed }) = self.inner.runtime.status(&rec.id).await {
                     self.forget_socket(&rec.id);
                     if let Err(e) = self.inner.runtime.stop(&rec.id, Duration::ZERO).await {

@@ -1,0 +1,123 @@
+"""A full data disk (issue 13, items 2 and 3): sandbox disks are allocated in full at create,
+so one sandbox filling its disk never hurts another; a create that cannot be guaranteed is
+refused with the numbers; with the data filesystem full, deletes still work and errors say
+the disk is full and where. The server's data dir is a small loop-mounted ext4 (root)."""
+
+import subprocess
+
+import pytest
+
+from harness import BUSYBOX, wait_until
+
+FS_MIB = 3072
+
+
+@pytest.fixture
+def small_fs(short_tmp):
+    img, mnt = short_tmp / "fs.img", short_tmp / "fs"
+    subprocess.run(["truncate", "-s", f"{FS_MIB}M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    mnt.chmod(0o711)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def make_snapshot(server):
+    st, body = server.api("POST", "/snapshots", {"name": "small", "imageName": BUSYBOX, "disk": 1, "cpu": 1, "memory": 1})
+    assert st == 200, body
+    assert server.wait_state("small")["state"] == "active"
+
+
+def create(server):
+    return server.api("POST", "/sandbox", {"snapshot": "small"})
+
+
+def execute(server, sid, command, timeout=120):
+    from urllib.request import Request, urlopen
+    import json
+
+    req = Request(
+        f"{server.url}/toolbox/{sid}/process/execute",
+        data=json.dumps({"command": command, "timeout": timeout}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer cove-test-admin-key"},
+    )
+    with urlopen(req, timeout=timeout + 10) as r:
+        return json.loads(r.read())
+
+
+def fill(path, bs="1M"):
+    """Writes until the filesystem of `path` has no free `bs` left."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", f"bs={bs}", "status=none"], capture_output=True)
+    subprocess.run(["sync"])
+
+
+def test_a_full_data_disk_hurts_no_sandbox_refuses_creates_with_numbers_and_deletes_still_work(cove, small_fs):
+    server = cove(data_dir=small_fs / "d", extra=["--disk-reserve", "256M", "--warm-pool-size", "0"])
+    make_snapshot(server)
+    st, a = create(server)
+    assert st == 200 and a["state"] == "started", a
+    st, b = create(server)
+    assert st == 200 and b["state"] == "started", b
+
+    # Everything else on the data filesystem is taken.
+    fill(small_fs / "filler")
+
+    # A fills its own disk: ENOSPC inside A only, and neither disk fails.
+    r = execute(server, a["id"], "sh -c 'dd if=/dev/zero of=/root/fill bs=1M count=1100 2>&1; sync; echo rc=$?'")
+    assert "No space left on device" in r["result"], r
+    r = execute(server, b["id"], "sh -c 'dd if=/dev/zero of=/root/fill bs=1M count=400 2>&1 && sync && echo ok'")
+    assert r["result"].strip().endswith("ok"), r
+    mounts = open("/proc/self/mountinfo").read()
+    assert not [l for l in mounts.splitlines() if "/sandboxes/" in l and l.split(" - ")[1].split()[2].startswith("ro")]
+    for sb in (a, b):
+        assert server.api("GET", f"/sandbox/{sb['id']}")[1]["state"] == "started"
+
+    # A create whose disk cannot be guaranteed: 409 naming free and needed bytes.
+    st, body = create(server)
+    assert st == 409, (st, body)
+    assert "bytes free" in body["message"] and str(1 << 30) in body["message"], body
+
+    # The last partial MiB too, block by block.
+    fill(small_fs / "filler.tail", bs="4k")
+
+    # Database writes on the full disk: a clear 507 naming the data dir, never a bare 500.
+    statuses, labels = [], {}
+    for i in range(300):
+        labels[f"k{i}"] = "x" * 3000  # the row grows: the database needs new pages
+        st, body = server.api("PUT", f"/sandbox/{b['id']}/labels", {"labels": labels})
+        statuses.append(st)
+        if st != 200:
+            break
+    assert statuses[-1] == 507, (statuses, str(body)[:300])
+    assert "data disk is full" in body["message"] and str(small_fs / "d") in body["message"], body
+
+    # A delete works on the full disk and frees the sandbox's disk.
+    st, body = server.api("DELETE", f"/sandbox/{a['id']}")
+    assert st == 200, (st, body)
+    assert server.api("GET", f"/sandbox/{a['id']}")[0] == 404
+    st, body = server.api("PUT", f"/sandbox/{b['id']}/labels", {"labels": {"after": "delete"}})
+    assert st == 200, (st, body)
+
+    (small_fs / "filler").unlink()
+    (small_fs / "filler.tail").unlink()
+    st, c = create(server)
+    assert st == 200 and c["state"] == "started", c
+    for sb in (b, c):
+        assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
+
+
+def test_a_sandbox_whose_disk_went_read_only_is_reported_as_error_with_the_reason(cove):
+    server = cove(extra=["--warm-pool-size", "0"])
+    make_snapshot(server)
+    st, sb = create(server)
+    assert st == 200, sb
+    disk = server.data_dir / "sandboxes" / sb["id"] / "disk"
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    body = wait_until(
+        lambda: (b := server.api("GET", f"/sandbox/{sb['id']}")[1])["state"] == "error" and b, 15, what="error state"
+    )
+    assert "read-only" in body["errorReason"], body
+    assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
