@@ -49,6 +49,13 @@ def test_a_create_interrupted_by_a_crash_ends_as_error_interrupted_and_is_deleta
     assert "interrupted by a server restart" in rec["errorReason"], rec
     assert rec["id"] not in runc_ids(server), "what the create made is removed"
 
+    # Another restart keeps it so: with nothing on disk it is never `stopped` (found by the
+    # chaos test: a later reconcile turned it into a `stopped` sandbox that could not start).
+    server.kill()
+    server.start()
+    again = server.api("GET", f"/sandbox/{rec['id']}")[1]
+    assert (again["state"], again["errorReason"]) == ("error", rec["errorReason"]), again
+
     # A start cannot work (nothing is on disk): a 4xx naming why, never 200 with `error`.
     st, body = server.api("POST", f"/sandbox/{rec['id']}/start")
     assert st == 400, body

@@ -29,6 +29,9 @@ use crate::toolbox::{self, AgentAddr, ToolboxError};
 
 /// `errorReason` of a sandbox whose create a crash of the server interrupted.
 pub const INTERRUPTED_CREATE: &str = "its create was interrupted by a server restart; delete it and create it again";
+/// The reason of a sandbox whose files are gone from the data directory at a restart.
+const FILES_MISSING: &str =
+    "its files are missing from the data directory, so it cannot start; delete it and create it again";
 /// `errorReason` of a sandbox whose start a crash of the server interrupted.
 pub const INTERRUPTED_START: &str = "its start was interrupted by a server restart; start it again";
 
@@ -1029,7 +1032,12 @@ impl SandboxService {
                         (SandboxState::Error, Some(death_reason(exit_code, oom_killed, rec.mem)))
                     }
                 }
-                Ok(SandboxStatus::Missing) => (SandboxState::Stopped, None),
+                // Nothing on disk: a failed sandbox keeps its reason, anything else could not
+                // start either, so it is never reported `stopped`.
+                Ok(SandboxStatus::Missing) if matches!(from, SandboxState::Error | SandboxState::BuildFailed) => {
+                    (from, rec.error_reason.clone())
+                }
+                Ok(SandboxStatus::Missing) => (SandboxState::Error, Some(FILES_MISSING.into())),
                 Err(e) => (SandboxState::Error, Some(format!("cannot read the sandbox's state: {e}"))),
             };
             if state != from || reason != rec.error_reason {
