@@ -5,10 +5,7 @@ serve the contract tests of this module; the image without a language server is 
 python fixture."""
 
 import base64
-import json
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +23,8 @@ from daytona import (
 
 import debimage
 from harness import API_KEY, BUSYBOX_PYTHON, FIXTURES, Cove
+from tsrun import run_ts
 
-TS_DIR = Path(__file__).parent / "ts"
 PACKAGES = debimage.DEFAULT_PACKAGES + ("python3-matplotlib", "python3-pylsp")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -142,15 +139,8 @@ def test_pylsp_completes_and_lists_symbols(env):
 
 def test_the_typescript_sdk_runs_contexts_streams_charts_and_lsp(env):
     server, _, sandbox = env
-    environ = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY, SANDBOX_ID=sandbox.id)
     started = time.monotonic()
-    out = subprocess.run(
-        [shutil.which("node") or "node", "code_interpreter_lsp.mjs"], cwd=TS_DIR, env=environ, capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    lingered = time.time() - r["lastCallDoneAt"] / 1000
-    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
+    r = run_ts("code_interpreter_lsp.mjs", server, SANDBOX_ID=sandbox.id)
     assert r["persisted"] == "42\n" and r["otherContext"] == "NameError"
     assert r["streamed"] == [["out", "a\n"], ["err", "b\n"], ["out", "c\n"]]
     assert r["error"] == {"name": "ZeroDivisionError", "value": "division by zero"}

@@ -3,12 +3,7 @@ SDK (unmodified), and the same contract through the TypeScript SDK (`ts/pty_sess
 a real terminal allocated by the agent inside a runc sandbox, over the server's toolbox proxy."""
 
 import asyncio
-import json
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
@@ -16,8 +11,8 @@ from daytona.common.errors import DaytonaBadRequestError, DaytonaConflictError, 
 from daytona.common.pty import PtySize
 
 from harness import API_KEY, BUSYBOX, wait_until
+from tsrun import run_ts
 
-TS_DIR = Path(__file__).parent / "ts"
 # An entrypoint that prints on both streams and ends, so its followed logs end too.
 ENTRYPOINT = ["sh", "-c", "echo booted; echo warn >&2; sleep 1; echo ready"]
 
@@ -166,18 +161,9 @@ def test_an_interactive_program_in_a_terminal_flow(sdk):
 
 
 def test_the_typescript_sdk_drives_terminals_session_input_and_the_entrypoint(sdk):
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     server, daytona = sdk
     daytona.snapshot.create(CreateSnapshotParams(name="ep-snap", image=BUSYBOX, entrypoint=ENTRYPOINT))
-    env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY)
-    out = subprocess.run(
-        [shutil.which("node") or "node", "pty_sessions.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    lingered = time.time() - r["lastCallDoneAt"] / 1000
-    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
+    r = run_ts("pty_sessions.mjs", server)
     assert "30 100\r\n" in r["first"] and "/tmp\r\n" in r["first"] and "[hi ts|xterm-256color]" in r["first"]
     assert r["info"] == {
         "id": "ts-term", "cols": 100, "rows": 30, "cwd": "/tmp", "active": True, "lazyStart": False,

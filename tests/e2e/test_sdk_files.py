@@ -4,11 +4,6 @@ several, a 300 MiB file with the agent's memory watched), content and name searc
 file info, move, permissions, folders and recursive delete, plus an example flow."""
 
 import hashlib
-import json
-import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +18,8 @@ from daytona import (
 )
 
 from harness import API_KEY, BUSYBOX
+from tsrun import run_ts
 
-TS_DIR = Path(__file__).parent / "ts"
 
 
 @pytest.fixture
@@ -218,17 +213,8 @@ def test_an_example_flow_scaffolds_a_project_then_edits_searches_downloads_and_c
 
 
 def test_the_typescript_sdk_drives_the_whole_file_api(files_env):
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     server, _ = files_env
-    env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY)
-    out = subprocess.run(
-        [shutil.which("node") or "node", "files.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    lingered = time.time() - r["lastCallDoneAt"] / 1000
-    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
+    r = run_ts("files.mjs", server, timeout=300)
     assert r["single"] == "alpha\n"
     assert r["many"] == [
         {"source": "dl/a.txt", "text": "alpha\n"},

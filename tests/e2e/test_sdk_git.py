@@ -9,9 +9,6 @@ command line of any process in the sandbox while git runs (the HTTP server scans
 /proc/*/cmdline at every request), not the repository's config, not a credential store."""
 
 import json
-import os
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +18,8 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError
 
 from harness import API_KEY, BUSYBOX, FIXTURES
+from tsrun import run_ts
 
-TS_DIR = Path(__file__).parent / "ts"
 SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "git_http.py"
 PORT = 8418
 USER, PASSWORD = "alice", "pw-7f3a-not-in-argv"
@@ -226,27 +223,10 @@ def test_git_in_an_image_without_git_answers_400_naming_git_to_install(server):
 
 
 def test_the_typescript_sdk_runs_the_git_flow_with_credentials(server, git_image):
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     daytona, sandbox = git_sandbox(server, git_image)
     try:
         start_http_remote(sandbox)
-        env = dict(
-            os.environ,
-            DAYTONA_API_URL=server.api_url,
-            DAYTONA_API_KEY=API_KEY,
-            SANDBOX_ID=sandbox.id,
-            GIT_REMOTE=REMOTE,
-            GIT_USER=USER,
-            GIT_PASSWORD=PASSWORD,
-        )
-        out = subprocess.run(
-            [shutil.which("node") or "node", "git_flow.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=180
-        )
-        assert out.returncode == 0, out.stderr + out.stdout
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        lingered = time.time() - r["lastCallDoneAt"] / 1000
-        assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"
+        r = run_ts("git_flow.mjs", server, SANDBOX_ID=sandbox.id, GIT_REMOTE=REMOTE, GIT_USER=USER, GIT_PASSWORD=PASSWORD)
         assert r["unauthenticated"] is True and r["wrongPassword"] is True
         assert r["sha"] and len(r["sha"]) == 40
         assert r["branches"] == {"branches": ["feature", "main"], "current": "feature"}
