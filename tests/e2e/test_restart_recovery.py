@@ -4,6 +4,7 @@ still reconciled, and sandbox calls wait for that; a server restarts on its port
 after a `kill -9` with open connections."""
 
 import http.client
+import os
 import socket
 import subprocess
 import threading
@@ -77,6 +78,8 @@ def test_a_start_that_fails_answers_an_error_with_the_reason_not_200(sbx):
     disk = server.data_dir / "sandboxes" / sandbox.id / "disk.img"
     with open(disk, "r+b") as f:
         f.write(b"\0" * (1 << 20))
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the start: an unsynced write was sometimes missed (CI)
     st, body = server.api("POST", f"/sandbox/{sandbox.id}/start")
     assert st == 503, body
     assert f"sandbox {sandbox.id} failed to start" in body["message"], body
