@@ -530,7 +530,12 @@ fn kill_terminal_session(shell: i32) {
 /// Field 6 (session id) of `/proc/<pid>/stat`; the command name may contain spaces and
 /// parentheses, so fields are counted after its last `)`.
 fn session_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_session(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The session id (sixth field) of a `/proc/<pid>/stat` line; the command name in
+/// parentheses may itself contain spaces and ')'.
+fn parse_session(stat: &str) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
 }
 
@@ -1042,6 +1047,24 @@ mod tests {
 
     #[test]
     fn the_session_field_is_read_after_the_command_name() {
-        assert_eq!(session_of(std::process::id() as i32).map(|s| s > 0), Some(true));
+        // A process that leads its own session (util-linux `setsid` execs in place when its
+        // caller is not a group leader), not this test's own session: CI launchers may run
+        // the test in session 0.
+        let mut child = std::process::Command::new("setsid").args(["sleep", "30"]).spawn().expect("setsid");
+        let pid = child.id() as i32;
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = session_of(pid);
+            if seen == Some(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(seen, Some(pid));
+        // A name with spaces and a ')' must not shift the fields: this very process is the
+        // one whose name we control least, so check the parser on a made-up stat line too.
+        assert_eq!(parse_session("42 (a b) c) S 1 2 77 0"), Some(77));
     }
 }
