@@ -12,13 +12,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, BUSYBOX, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, Cove  # noqa: E402
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_ARCHIVE_RUNS", "3"))
@@ -36,13 +34,10 @@ def sh(cmd):
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    registry = Registry(tmp / "registry")
-    server = None
-    try:
+    with Scratch() as run:
+        tmp, registry = run.tmp, run.registry
         mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
-        server = Cove(tmp / "d", registry.url, ["--warm-pool-size", "0"]).start()
+        server = run.server = Cove(tmp / "d", registry.url, ["--warm-pool-size", "0"]).start()
         daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
         daytona.snapshot.create(CreateSnapshotParams(name="bb", image=BUSYBOX))
         sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="bb", auto_stop_interval=0))
@@ -100,11 +95,6 @@ def main():
             f"\ncove/baseline median: archive {statistics.median(archive) / statistics.median(base_archive):.2f}, "
             f"restore {statistics.median(restore) / statistics.median(base_restore):.2f}"
         )
-    finally:
-        if server:
-            server.cleanup()
-        registry.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, BUSYBOX, COVE_BIN, FIXTURES, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, COVE_BIN, FIXTURES, Cove  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_BUILD_RUNS", "7"))
 
@@ -180,15 +179,11 @@ class Buildah:
 def main():
     from daytona import CreateSnapshotParams, Daytona, DaytonaConfig, Image
 
-    tmp = Path(tempfile.mkdtemp(prefix="cvbb", dir="/tmp"))
-
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    registry = Registry(tmp / "registry")
-    data = tmp / "d"
-    server = None
-    trusted = False
-    buildah = Buildah(tmp / "buildah", registry.url)
-    try:
+    with Scratch(prefix="cvbb") as run:
+        tmp, registry = run.tmp, run.registry
+        data = tmp / "d"
+        buildah = Buildah(tmp / "buildah", registry.url)
+        run.at_exit(buildah.cleanup)
         mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
         add_history(registry.url, "busybox", "1")
         ctx_file = tmp / "ctx" / "app.txt"
@@ -197,8 +192,8 @@ def main():
 
         out = subprocess.run([str(COVE_BIN), "tls", "trust", "--data-dir", str(data)], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        trusted = True
-        server = Cove(data, registry.url).start()
+        run.at_exit(lambda: subprocess.run([str(COVE_BIN), "tls", "untrust", "--data-dir", str(data)], capture_output=True))
+        server = run.server = Cove(data, registry.url).start()
         daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
         cove = CoveSide(server, daytona)
 
@@ -254,14 +249,6 @@ def main():
               f"from cache when only the last RUN changed: {hits[0]} of 3")
         ratio = f"{statistics.median(cold) / statistics.median(b_cold):.2f}x" if have_buildah else "no baseline"
         print(f"\ntargets: cold <= buildah ({ratio}), cached <= 0.5 s ({statistics.median(cached):.3f} s)")
-    finally:
-        if server:
-            server.cleanup()
-        if trusted:
-            subprocess.run([str(COVE_BIN), "tls", "untrust", "--data-dir", str(data)], capture_output=True)
-        buildah.cleanup()
-        registry.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,12 @@ straight from the sandbox's bridge address (the baseline), in the same run."""
 
 import http.client
 import os
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, BUSYBOX_PYTHON, Cove, Registry, wait_until  # noqa: E402
+from harness import API_KEY, BUSYBOX_PYTHON, Cove, wait_until  # noqa: E402
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_PREVIEW_RUNS", "5"))
@@ -50,13 +47,10 @@ def mbps(seconds):
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    registry = Registry(tmp / "registry")
-    server = None
-    try:
+    with Scratch() as run:
+        tmp, registry = run.tmp, run.registry
         mkimage.push_image(registry.url, "busybox-python", ["1"], python=True, seed="python")  # BUSYBOX_PYTHON
-        server = Cove(tmp / "d", registry.url).start()
+        server = run.server = Cove(tmp / "d", registry.url).start()
         daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
         daytona.snapshot.create(CreateSnapshotParams(name="py", image=BUSYBOX_PYTHON))
         sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
@@ -101,11 +95,6 @@ def main():
         print(row("  per download, direct (baseline), ms", direct))
         print(row("  per download, via the proxy, ms", proxied, direct))
         print(f"\nproxy/direct median throughput: {ratio:.2f}")
-    finally:
-        if server:
-            server.cleanup()
-        registry.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

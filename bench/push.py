@@ -6,16 +6,13 @@ the same run. Rows: skopeo → docker-registry (baseline), skopeo → Cove's /v2
 
 import os
 import re
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, COVE_BIN, Cove, Registry  # noqa: E402
+from harness import API_KEY, COVE_BIN, Cove  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_PUSH_RUNS", "5"))
 
@@ -29,18 +26,14 @@ def mbps(size, secs):
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cvp", dir="/tmp"))
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    src_reg = Registry(tmp / "src")
-    dst_reg = Registry(tmp / "dst")
-    server = None
-    try:
+    with Scratch(prefix="cvp", registries=("src", "dst")) as run:
+        tmp, (src_reg, dst_reg) = run.tmp, run.registries
         mkimage.push_image(src_reg.url, "big", ["1.0"], random_mb=48, seed="pushbench")
         layout = tmp / "layout"
         subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{host(src_reg.url)}/big:1.0",
                         f"oci:{layout}:1.0"], check=True, capture_output=True)
         size = sum(p.stat().st_size for p in (layout / "blobs").rglob("*") if p.is_file())
-        server = Cove(tmp / "d", src_reg.url).start()
+        server = run.server = Cove(tmp / "d", src_reg.url).start()
         org = server.api("GET", "/object-storage/push-access")[1]["organizationId"]
 
         def skopeo_to(dest, creds=None):
@@ -67,12 +60,6 @@ def main():
         print(row("cove snapshot push oci:DIR (push part)", mbps(size, cli), mbps(size, base), unit="MB/s"))
         print(f"\ntarget: report only (push {statistics.median(mbps(size, cli)):.0f} MB/s vs "
               f"skopeo into docker-registry {statistics.median(mbps(size, base)):.0f} MB/s)")
-    finally:
-        if server:
-            server.cleanup()
-        src_reg.stop()
-        dst_reg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, BUSYBOX, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, Cove  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 EXEC_RUNS = int(os.environ.get("BENCH_EXEC_RUNS", "100"))
@@ -117,13 +116,10 @@ def docker_peer():
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    registry = Registry(tmp / "registry")
-    server = None
-    try:
+    with Scratch() as run:
+        tmp, registry = run.tmp, run.registry
         mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
-        server = Cove(tmp / "d", registry.url, extra=["--default-snapshot", "bench"]).start()
+        server = run.server = Cove(tmp / "d", registry.url, extra=["--default-snapshot", "bench"]).start()
         snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": BUSYBOX})
         snap = server.wait_state(snap["id"])
         rootfs = server.data_dir / "images" / snap["ref"].split(":")[1] / "rootfs"
@@ -162,7 +158,7 @@ def main():
 
         server.api("DELETE", f"/sandbox/{keep}")
         server.cleanup()
-        server = None
+        run.server = None
         cold_starts = cold_server(tmp, registry)
 
         print(f"\nSandboxes from a busybox snapshot, {RUNS} starts, {EXEC_RUNS} execs, {IDLE} idle sandboxes")
@@ -185,11 +181,6 @@ def main():
             print("docker: engine present (peer figures: run `docker run -d` separately)")
         else:
             print("docker: no Docker engine answers on this machine; peer figures skipped")
-    finally:
-        if server:
-            server.cleanup()
-        registry.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import FIXTURES, Cove, Registry, wait_until  # noqa: E402
+from harness import FIXTURES, Cove, wait_until  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "15"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "4"))
@@ -55,13 +53,10 @@ def skopeo_umoci(registry, work):
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cove-bench-"))
-    tmp.chmod(0o711)  # sandboxes (an unprivileged host uid) pass through to the data dir
-    registry = Registry(tmp / "registry")
-    server = None
-    try:
+    with Scratch(prefix="cove-bench-", dir=None) as run:
+        tmp, registry = run.tmp, run.registry
         mkimage.push_image(registry.url, "bench", ["1.0"], random_mb=IMAGE_MB, seed="bench")
-        server = Cove(tmp / "cove", registry.url).start()
+        server = run.server = Cove(tmp / "cove", registry.url).start()
         work = tmp / "baseline"
         work.mkdir()
         # One warm-up each (page cache, connection setup), not counted.
@@ -78,11 +73,6 @@ def main():
         print(row("cove: POST /api/snapshots -> active", ours, base, width=44, digits=1))
         ratio = statistics.median(ours) / statistics.median(base)
         print(f"\nratio cove/baseline = {ratio:.2f} (target <= 1.0)")
-    finally:
-        if server:
-            server.cleanup()
-        registry.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
