@@ -9,17 +9,15 @@ figures: say so when reporting them."""
 import json
 import os
 import statistics
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from benchenv import row  # release binaries, fixtures on the path
+from benchenv import Scratch, row  # release binaries, fixtures on the path
 import mkimage  # noqa: E402
-from harness import API_KEY, BUSYBOX, Cove, Registry  # noqa: E402
+from harness import API_KEY, BUSYBOX, Cove  # noqa: E402
 
 BURST = int(os.environ.get("BENCH_BURST", "100"))
 
@@ -70,13 +68,10 @@ def burst(api, n, probe_id):
 
 
 def main():
-    tmp = Path(tempfile.mkdtemp(prefix="cove-bench-burst-"))
-    tmp.chmod(0o755)
-    registry = Registry(tmp / "registry")
-    server = None
-    try:
+    with Scratch(prefix="cove-bench-burst-", dir=None) as run:
+        tmp, registry = run.tmp, run.registry
         mkimage.push_image(registry.url, "busybox", ["1"], seed="bench")  # BUSYBOX
-        server = Cove(tmp / "d", registry.url, extra=[
+        server = run.server = Cove(tmp / "d", registry.url, extra=[
             "--default-snapshot", "bench", "--org-quota-sandboxes", str(BURST + 10)]).start()
         snap = call("POST", server.api_url + "/snapshots", {"name": "bench", "imageName": BUSYBOX, "disk": 1})
         server.wait_state(snap["id"])
@@ -97,10 +92,6 @@ def main():
               f"(goal <= 50 ms; baseline p99 {p(base, 0.99) * 1000:.1f} ms, ratio {p(gets, 0.99) / p(base, 0.99):.1f}x)")
         if errors:
             print(f"{len(errors)} creates failed; first: {errors[0]}")
-    finally:
-        if server:
-            server.cleanup()
-        registry.stop()
 
 
 if __name__ == "__main__":
