@@ -308,17 +308,13 @@ mod tests {
         use tower::ServiceExt;
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(work.join("sub")).expect("mkdir");
+        let config = crate::server::test_config(dir.path());
+        let work = config.workdir.clone();
+        std::fs::create_dir(work.join("sub")).expect("mkdir");
         let big: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i: u32| (i % 251) as u8).collect();
         std::fs::write(work.join("big.bin"), &big).expect("write");
         std::fs::write(work.join("sub/a \"q\".txt"), "small").expect("write");
         std::fs::write(work.join("empty"), "").expect("write");
-        let config = crate::server::Config {
-            workdir: work.clone(),
-            home: dir.path().to_path_buf(),
-            runtime_dir: dir.path().join("run"),
-        };
         let app = crate::server::app(crate::server::AppState::new(config));
         let body =
             serde_json::json!({"paths": ["big.bin", "missing.txt", "sub/a \"q\".txt", "sub", "big.bin", "empty"]});

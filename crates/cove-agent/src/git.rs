@@ -1057,13 +1057,8 @@ mod tests {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let work = dir.path().join("work");
-        std::fs::create_dir(&work).expect("mkdir");
-        let config = crate::server::Config {
-            workdir: work.clone(),
-            home: dir.path().to_path_buf(),
-            runtime_dir: dir.path().join("run"),
-        };
+        let config = crate::server::test_config(dir.path());
+        let work = config.workdir.clone();
         Some(Fixture { _dir: dir, work, state: AppState::new(config) })
     }
 

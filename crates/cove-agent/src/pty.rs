@@ -842,13 +842,8 @@ mod tests {
 
     async fn agent() -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let work = dir.path().join("work");
-        std::fs::create_dir(&work).expect("mkdir");
-        let config = crate::server::Config {
-            workdir: work.clone(),
-            home: dir.path().to_path_buf(),
-            runtime_dir: dir.path().join("run"),
-        };
+        let config = crate::server::test_config(dir.path());
+        let work = config.workdir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(axum::serve(listener, crate::server::app(AppState::new(config))).into_future());

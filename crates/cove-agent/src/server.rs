@@ -40,6 +40,15 @@ pub struct Config {
     pub runtime_dir: PathBuf,
 }
 
+/// The unit tests' directories under `dir`: `work/` (created here) as the working directory,
+/// `dir` itself as home, and `run/` for session files.
+#[cfg(test)]
+pub(crate) fn test_config(dir: &Path) -> Config {
+    let workdir = dir.join("work");
+    std::fs::create_dir_all(&workdir).expect("mkdir work");
+    Config { workdir, home: dir.to_path_buf(), runtime_dir: dir.join("run") }
+}
+
 /// Shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -596,10 +605,7 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let work = dir.path().join("work");
-        std::fs::create_dir(&work).expect("mkdir");
-        let config = Config { workdir: work, home: dir.path().to_path_buf(), runtime_dir: dir.path().join("run") };
-        Fixture { state: AppState::new(config), dir }
+        Fixture { state: AppState::new(test_config(dir.path())), dir }
     }
 
     impl Fixture {

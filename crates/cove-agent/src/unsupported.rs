@@ -65,12 +65,7 @@ mod tests {
     async fn call(method: &str, uri: &str) -> (axum::http::StatusCode, serde_json::Value) {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = crate::server::Config {
-            workdir: dir.path().to_path_buf(),
-            home: dir.path().to_path_buf(),
-            runtime_dir: dir.path().join("run"),
-        };
-        let app = crate::server::app(crate::server::AppState::new(config));
+        let app = crate::server::app(crate::server::AppState::new(crate::server::test_config(dir.path())));
         let req =
             axum::http::Request::builder().method(method).uri(uri).body(axum::body::Body::empty()).expect("request");
         let resp = app.oneshot(req).await.expect("infallible");
