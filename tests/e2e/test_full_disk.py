@@ -3,11 +3,13 @@ so one sandbox filling its disk never hurts another; a create that cannot be gua
 refused with the numbers; with the data filesystem full, deletes still work and errors say
 the disk is full and where. The server's data dir is a small loop-mounted ext4 (root)."""
 
+import json
 import subprocess
 
 import pytest
 
 from harness import BUSYBOX, wait_until
+from v2client import V2, sha
 
 FS_MIB = 3072
 
@@ -36,7 +38,6 @@ def create(server):
 
 def execute(server, sid, command, timeout=120):
     from urllib.request import Request, urlopen
-    import json
 
     req = Request(
         f"{server.url}/toolbox/{sid}/process/execute",
@@ -93,6 +94,14 @@ def test_a_full_data_disk_hurts_no_sandbox_refuses_creates_with_numbers_and_dele
             break
     assert statuses[-1] == 507, (statuses, str(body)[:300])
     assert "data disk is full" in body["message"] and str(small_fs / "d") in body["message"], body
+
+    # A push to the built-in registry on the full disk: the same 507, in the OCI error body.
+    st, access = server.api("GET", "/docker-registry/registry-push-access")
+    assert st == 200, access
+    st, _, raw = V2(server).upload_blob(f"{access['project']}/full", b"\x01" * (8 << 20), sha(b"\x01" * (8 << 20)))
+    assert st == 507, (st, raw[:300])
+    err = json.loads(raw)["errors"][0]
+    assert "data disk is full" in err["message"] and str(small_fs / "d") in err["message"], err
 
     # A delete works on the full disk and frees the sandbox's disk.
     st, body = server.api("DELETE", f"/sandbox/{a['id']}")

@@ -274,3 +274,37 @@ def test_a_pushed_image_becomes_a_snapshot_and_a_sandbox_runs_from_it(reg, oci_l
     info = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", f"any:{API_KEY}", f"docker://{name}").stdout)
     for layer in info["Layers"]:
         assert v2.req("HEAD", f"/v2/{org}/myimg/blobs/{layer}")[0] == 200
+
+
+def test_a_client_reusing_its_connection_after_an_early_refusal_gets_every_answer(reg):
+    """A body answered 401 or 404 before it is read is drained, so the connection stays usable
+    (clients retry with credentials on the same connection); past the drain limit the answer
+    says `Connection: close` instead of resetting the connection under the client."""
+    import http.client
+
+    server, org, v2 = reg
+    host, port = server.url.split("://", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = b"\x02" * (1 << 20)
+    d = sha(body)
+    ok = 0
+    for i in range(50):
+        # Anonymous first, as docker and skopeo do: 401 before the body is read.
+        conn.request("POST", f"/v2/{org}/reuse/blobs/uploads/?digest={d}", body=body)
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 401, r.status
+        assert r.getheader("connection") != "close"
+        # The retry on the same connection, now with credentials.
+        conn.request("POST", f"/v2/{org}/reuse/blobs/uploads/?digest={d}", body=body, headers={"Authorization": v2.auth})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 201, r.status
+        # A body refused for a bad repository name, also before it is read.
+        conn.request("PUT", f"/v2/{org}/BAD..name/manifests/x", body=body, headers={"Authorization": v2.auth})
+        r = conn.getresponse()
+        r.read()
+        assert r.status in (400, 404), r.status
+        ok += 1
+    assert ok == 50
+    conn.close()

@@ -94,13 +94,13 @@ impl From<SnapshotError> for ApiError {
 
 impl From<crate::service::registries::DockerRegistryError> for ApiError {
     fn from(e: crate::service::registries::DockerRegistryError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 
@@ -112,6 +112,6 @@ impl From<SandboxError> for ApiError {
 
 impl From<crate::service::builds::BuildFailure> for ApiError {
     fn from(e: crate::service::builds::BuildFailure) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }

@@ -22,6 +22,6 @@ async fn push_access(
 
 impl From<CredentialError> for ApiError {
     fn from(e: CredentialError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }

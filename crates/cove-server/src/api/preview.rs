@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 impl From<PreviewError> for ApiError {
     fn from(e: PreviewError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 

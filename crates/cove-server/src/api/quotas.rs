@@ -17,7 +17,7 @@ pub fn router() -> Router<AppState> {
 
 impl From<QuotaError> for ApiError {
     fn from(e: QuotaError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }
 

@@ -48,6 +48,6 @@ async fn push_access(
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
-        ApiError::new(e.kind(), cove_types::error::chain(&e))
+        ApiError::classify(e.kind(), &e)
     }
 }

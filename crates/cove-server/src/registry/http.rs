@@ -46,8 +46,15 @@ struct ErrorBody<'a> {
 /// caller only a pointer to the log.
 fn error_response(e: RegistryError) -> Response {
     let (status, code) = e.code();
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let chain = cove_types::error::chain(&e);
+    let mut status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut chain = cove_types::error::chain(&e);
+    // A push that failed for want of room on the data disk says so and where (507), as the
+    // API does, rather than a bare 500: the operator can act on it.
+    if status == StatusCode::INTERNAL_SERVER_ERROR && crate::space::is_full(&e) {
+        tracing::error!(code, error = %chain, "registry request failed: data disk full");
+        status = StatusCode::INSUFFICIENT_STORAGE;
+        chain = format!("{}: {chain}", crate::space::full_message());
+    }
     let message = match status {
         StatusCode::INTERNAL_SERVER_ERROR => {
             tracing::error!(status = status.as_u16(), code, error = %chain, "registry request failed");
@@ -107,12 +114,66 @@ async fn dispatch(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    let body = Unread::new(body);
     let result = async {
         let who = caller(&s, &parts.headers).await?;
         let route = path::parse(&rest)?;
-        handle(&s, &who, &parts.method, &parts.headers, &q, route, body).await
+        handle(&s, &who, &parts.method, &parts.headers, &q, route, body.body()).await
     };
-    result.await.unwrap_or_else(error_response)
+    let mut resp = result.await.unwrap_or_else(error_response);
+    if !body.drain().await {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Bytes of a request body left unread by an early answer (401, 404, a refused upload) that
+/// are read and dropped before the answer goes out.
+const DRAIN_LIMIT: u64 = 64 << 20;
+/// How long that drain may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request body handed to a handler through a shared handle, so that what the handler left
+/// unread can be drained after it answered. An HTTP/1.1 client still sending its body when
+/// the answer arrives (most send the whole body first) would otherwise see the connection
+/// reset instead of the answer, and a client reusing the connection would fail its next
+/// request.
+struct Unread(std::sync::Arc<tokio::sync::Mutex<axum::body::BodyDataStream>>);
+
+impl Unread {
+    fn new(body: Body) -> Self {
+        Unread(std::sync::Arc::new(tokio::sync::Mutex::new(body.into_data_stream())))
+    }
+
+    /// A body that reads from the shared stream.
+    fn body(&self) -> Body {
+        use futures_util::StreamExt as _;
+        let stream = futures_util::stream::unfold(self.0.clone(), |shared| async move {
+            let item = shared.lock().await.next().await;
+            item.map(|i| (i, shared))
+        });
+        Body::from_stream(stream)
+    }
+
+    /// Reads and drops what is left, up to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`]; whether
+    /// the body was read to its end (when not, the connection must close).
+    async fn drain(self) -> bool {
+        use futures_util::StreamExt as _;
+        let mut stream = self.0.lock().await;
+        let mut dropped = 0u64;
+        let done = tokio::time::timeout(DRAIN_TIME, async {
+            while dropped <= DRAIN_LIMIT {
+                match stream.next().await {
+                    Some(Ok(chunk)) => dropped += chunk.len() as u64,
+                    Some(Err(_)) => return false,
+                    None => return true,
+                }
+            }
+            false
+        })
+        .await;
+        done.unwrap_or(false)
+    }
 }
 
 fn digest_param(q: &HashMap<String, String>) -> Result<Digest, RegistryError> {
