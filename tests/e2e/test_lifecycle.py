@@ -3,22 +3,16 @@ and by running session commands), auto-archive, auto-delete, archive() and the s
 archived sandbox, the interval setters. The server runs with `--lifecycle-minute-secs 1`, so
 an interval of N "minutes" lasts N seconds."""
 
-import json
-import os
-import shutil
 import sqlite3
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 from daytona import SandboxState as S
 
 from harness import API_KEY, BUSYBOX, wait_until
-
-TS_DIR = Path(__file__).parent / "ts"
+from tsrun import run_ts
 
 
 @pytest.fixture
@@ -192,18 +186,9 @@ def test_an_archive_killed_midway_leaves_the_disk_and_the_files(life):
 
 def test_the_typescript_sdk_sets_intervals_refreshes_archives_and_starts_again(life):
     server, daytona = life
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
-    env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY)
-    out = subprocess.run(
-        [shutil.which("node") or "node", "lifecycle.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_ts("lifecycle.mjs", server, timeout=120)
     assert r["intervals"] == [7, 9, 3]
     assert r["archived"] == "archived"
     assert r["started"] == "started"
     assert r["file"] == "ts kept\n"
     assert r["badInterval"] is True
-    lingered = time.time() - r["lastCallDoneAt"] / 1000
-    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"

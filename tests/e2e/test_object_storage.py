@@ -2,10 +2,7 @@
 credentials, the S3-compatible HTTPS endpoint, the per-organization prefix, and the server's
 CA in the system trust store (what the Python SDK's obstore requires)."""
 
-import json
 import os
-import shutil
-import subprocess
 import tarfile
 from datetime import timedelta
 
@@ -14,9 +11,8 @@ from daytona import Daytona, DaytonaConfig, Image
 from daytona._sync.snapshot import SnapshotService
 from obstore.store import S3Store
 
-from harness import API_KEY, BUSYBOX, COVE_BIN
-
-TS_DIR = os.path.join(os.path.dirname(__file__), "ts")
+from harness import API_KEY, BUSYBOX
+from tsrun import run_ts
 
 
 def push_access(server, key=API_KEY):
@@ -101,23 +97,16 @@ def test_another_organizations_prefix_is_refused_to_obstore(s3_server, tmp_path)
 
 
 def test_the_typescript_sdk_uploads_a_context_with_the_aws_sdk(s3_server, tmp_path):
-    if not os.path.isdir(os.path.join(TS_DIR, "node_modules", "@daytona", "sdk")):
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     root = context_tree(tmp_path)
     # Over 5 MB: lib-storage switches to a multipart upload with per-part CRC32 checksums.
     (root / "ctx" / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
-    env = dict(
-        os.environ,
-        DAYTONA_API_URL=s3_server.api_url,
-        DAYTONA_API_KEY=API_KEY,
+    r = run_ts(
+        "object_storage_upload.mjs",
+        s3_server,
+        timeout=60,
         CONTEXT_ROOT=str(root),
         NODE_EXTRA_CA_CERTS=str(s3_server.data_dir / "tls" / "ca.pem"),
     )
-    out = subprocess.run(
-        [shutil.which("node") or "node", "object_storage_upload.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["again"] == r["hashes"] and len(r["hashes"]) == 2
     assert r["refused"] == {"put": "AccessDenied", "list": "AccessDenied"}
     objects = s3_server.data_dir / "objects" / "cove-builds" / r["organizationId"]

@@ -3,14 +3,9 @@ state, labels, name and resources, sort and order; unknown parameters and values
 naming them. Plus a short flow in the shape of Daytona's pagination example: tag a fleet,
 walk it page by page, stop the idle part and list what is left running."""
 
-import json
-import os
-import shutil
-import subprocess
 import time
 import urllib.parse
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from daytona import (
@@ -25,8 +20,7 @@ from daytona import (
 from daytona import SandboxState as SdkSandboxState
 
 from harness import API_KEY, BUSYBOX
-
-TS_DIR = Path(__file__).parent / "ts"
+from tsrun import run_ts
 
 
 @pytest.fixture
@@ -106,20 +100,11 @@ def test_unknown_list_parameters_and_values_are_refused_naming_them(fleet):
 
 
 def test_the_typescript_sdk_pages_and_filters_the_list(fleet):
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     server, _, _ = fleet
-    env = dict(os.environ, DAYTONA_API_URL=server.api_url, DAYTONA_API_KEY=API_KEY)
-    out = subprocess.run([shutil.which("node") or "node", "list_paging.mjs"], cwd=TS_DIR, env=env,
-                         capture_output=True, text=True, timeout=120)
-    ended = time.time()
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_ts("list_paging.mjs", server, timeout=120)
     assert r["byName"] == ["db-1", "db-2", "web-1", "web-2", "web-3"], r
     assert r["stopped"] == ["db-2", "web-3"], r
     assert r["startedWeb"] == ["web-1", "web-2"], r
     assert r["bad"] and "sleeping" in r["bad"], r
     # The example flow: the idle part of the fleet stopped, what is left running listed.
     assert r["stillRunning"] == ["web-1"], r
-    lingered = ended - r["lastCallDoneAt"] / 1000
-    assert lingered < 3, f"node lingered {lingered:.1f} s after its last call"

@@ -3,37 +3,19 @@
 endpoint, build output streams to `onLogs` while the build runs, and a sandbox from the
 built snapshot sees the copied file."""
 
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
-import pytest
-
-from harness import API_KEY
-
-TS_DIR = Path(__file__).parent / "ts"
+from tsrun import run_ts
 
 
 def test_the_typescript_sdk_builds_an_image_with_a_local_file_and_streams_its_logs(s3_server, tmp_path):
-    if not (TS_DIR / "node_modules" / "@daytona" / "sdk").is_dir():
-        pytest.fail("tests/e2e/ts/node_modules is missing: run scripts/setup.sh (make test does)")
     ctx = tmp_path / "a.txt"
     ctx.write_text("alpha from the typescript context\n")
-    env = dict(
-        os.environ,
-        DAYTONA_API_URL=s3_server.api_url,
-        DAYTONA_API_KEY=API_KEY,
+    r = run_ts(
+        "image_build.mjs",
+        s3_server,
         NODE_EXTRA_CA_CERTS=str(s3_server.data_dir / "tls" / "ca.pem"),
         SNAPSHOT="ts-img",
         CONTEXT_FILE=str(ctx),
     )
-    out = subprocess.run(
-        [shutil.which("node") or "node", "image_build.mjs"], cwd=TS_DIR, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     # The TS SDK keeps the path as given: `COPY /tmp/…/a.txt /app/a.txt`, the tar holding it
     # without its leading slash.
     assert f"COPY {ctx} /app/a.txt" in r["dockerfile"], r["dockerfile"]
