@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 import mkimage  # noqa: E402
-from harness import AGENT_BIN, API_KEY, COVE_BIN, FIXTURES, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
+from harness import AGENT_BIN, API_KEY, BUSYBOX, COVE_BIN, FIXTURES, REGIONS, Cove, Registry, free_port, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +71,21 @@ def cove(short_tmp, registry):
 @pytest.fixture
 def server(cove):
     return cove()
+
+
+@pytest.fixture
+def busybox_default(cove):
+    """`busybox_default(name)` starts a server whose default snapshot is `name`, made of
+    harness.BUSYBOX through the Python SDK, and returns (server, SDK client)."""
+    from daytona import CreateSnapshotParams, Daytona, DaytonaConfig
+
+    def start(name):
+        server = cove(extra=["--default-snapshot", name])
+        daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+        daytona.snapshot.create(CreateSnapshotParams(name=name, image=BUSYBOX))
+        return server, daytona
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,19 @@ from datetime import datetime, timezone
 import pytest
 from daytona import (
     CreateSandboxFromSnapshotParams,
-    CreateSnapshotParams,
-    Daytona,
-    DaytonaConfig,
     ListSandboxesQuery,
     SandboxListSortDirection,
     SandboxListSortField,
 )
 from daytona import SandboxState as SdkSandboxState
 
-from harness import API_KEY, BUSYBOX
 from tsrun import run_ts
 
 
 @pytest.fixture
-def fleet(cove):
+def fleet(busybox_default):
     """Five sandboxes: web-1..3 (tier=web), db-1..2 (tier=db); db-2 and web-3 stopped."""
-    server = cove(extra=["--default-snapshot", "list-snap"])
-    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="list-snap", image=BUSYBOX))
+    server, daytona = busybox_default("list-snap")
     made = {}
     for name, tier in [("web-1", "web"), ("db-1", "db"), ("web-2", "web"), ("db-2", "db"), ("web-3", "web")]:
         made[name] = daytona.create(CreateSandboxFromSnapshotParams(name=name, labels={"tier": tier, "fleet": "f1"}))

@@ -9,7 +9,6 @@ import pytest
 from daytona import (
     CreateSandboxFromSnapshotParams,
     CreateSecretParams,
-    CreateSnapshotParams,
     Daytona,
     DaytonaConfig,
     DaytonaError,
@@ -19,16 +18,14 @@ from daytona import (
 
 from daytona_api_client.exceptions import ApiException
 
-from harness import API_KEY, BUSYBOX
+from harness import API_KEY
 from tsrun import run_ts
 
 
 @pytest.fixture
-def env(cove):
+def env(busybox_default):
     """A server with a default busybox snapshot, an SDK client and one started sandbox."""
-    server = cove(extra=["--default-snapshot", "plain"])
-    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
-    daytona.snapshot.create(CreateSnapshotParams(name="plain", image=BUSYBOX))
+    server, daytona = busybox_default("plain")
     sandbox = daytona.create()
     yield server, daytona, sandbox
     sandbox.delete()
