@@ -12,7 +12,7 @@ use cove_runtime::{Runtime, RuntimeError, SandboxSpec};
 
 #[allow(dead_code)]
 mod common;
-use common::{TestNet, busybox_rootfs, is_root, remove_host_leftovers, runc_exec, test_runtime_config};
+use common::{IDLE, TestNet, busybox_rootfs, is_root, runc_exec, sandbox_spec, tear_down, test_runtime_config};
 
 /// A major no driver has: the cgroup rule, not a driver, decides what an open sees.
 const UNUSED_MAJOR: u32 = 3999;
@@ -92,36 +92,12 @@ fn rt(env: &Env) -> &Runtime {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        drop(self.rt.take());
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&self.cfg.runc_root)
-                    .args(["delete", "--force", &id])
-                    .output();
-            }
-        }
-        remove_host_leftovers(&self.cfg);
+        tear_down(&mut self.rt, &self.cfg);
     }
 }
 
 fn spec(lower: &Path, gpu: u32) -> SandboxSpec {
-    SandboxSpec {
-        id: uuid::Uuid::new_v4().to_string(),
-        lower: lower.to_path_buf(),
-        entrypoint: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 1000 & wait".into()],
-        env: vec!["NVIDIA_VISIBLE_DEVICES=all".into()],
-        workdir: None,
-        user: None,
-        cpu: 1,
-        memory_mib: 128,
-        disk_mib: 32,
-        pids: 64,
-        privileged: false,
-        gpu,
-    }
+    SandboxSpec { env: vec!["NVIDIA_VISIBLE_DEVICES=all".into()], gpu, ..sandbox_spec(lower, IDLE) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

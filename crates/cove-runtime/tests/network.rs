@@ -19,7 +19,7 @@ use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec};
 #[allow(dead_code)]
 mod common;
 use common::{
-    TestNet, busybox_rootfs, remove_host_leftovers, restore_recorded_sysctls, runc_exec, test_runtime_config,
+    IDLE, TestNet, busybox_rootfs, restore_recorded_sysctls, runc_exec, sandbox_spec, tear_down, test_runtime_config,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -302,19 +302,7 @@ struct RuntimeLab {
 
 impl Drop for RuntimeLab {
     fn drop(&mut self) {
-        drop(self.rt.take());
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                let runc = |args: &[&str]| {
-                    let _ = Command::new("runc").arg("--root").arg(&self.cfg.runc_root).args(args).output();
-                };
-                runc(&["kill", &id, "KILL"]);
-                std::thread::sleep(Duration::from_millis(50));
-                runc(&["delete", "--force", &id]);
-            }
-        }
-        remove_host_leftovers(&self.cfg);
+        tear_down(&mut self.rt, &self.cfg);
     }
 }
 
@@ -324,20 +312,7 @@ impl RuntimeLab {
     }
 
     fn spec(&self) -> SandboxSpec {
-        SandboxSpec {
-            id: uuid::Uuid::new_v4().to_string(),
-            lower: self.lower.clone(),
-            entrypoint: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 1000 & wait".into()],
-            env: vec![],
-            workdir: None,
-            user: None,
-            cpu: 1,
-            memory_mib: 64,
-            disk_mib: 16,
-            pids: 32,
-            privileged: false,
-            gpu: 0,
-        }
+        SandboxSpec { memory_mib: 64, disk_mib: 16, pids: 32, ..sandbox_spec(&self.lower, IDLE) }
     }
 
     async fn exec(&self, id: &str, script: &str) -> (bool, String) {

@@ -15,11 +15,8 @@ use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
 #[allow(dead_code)]
 mod common;
 use common::{
-    TestNet, busybox_rootfs, is_root, mounts_containing, remove_host_leftovers, runc_exec, test_runtime_config,
+    IDLE, TestNet, busybox_rootfs, is_root, mounts_containing, runc_exec, sandbox_spec, tear_down, test_runtime_config,
 };
-
-/// Long-running entrypoint that exits promptly on SIGTERM.
-const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
 
 struct Env {
     rt: Option<Runtime>,
@@ -62,20 +59,7 @@ impl Env {
     }
 
     fn spec(&self, script: &str) -> SandboxSpec {
-        SandboxSpec {
-            id: uuid::Uuid::new_v4().to_string(),
-            lower: self.lower.clone(),
-            entrypoint: vec!["sh".into(), "-c".into(), script.into()],
-            env: vec!["GREETING=hi".into()],
-            workdir: None,
-            user: None,
-            cpu: 1,
-            memory_mib: 128,
-            disk_mib: 32,
-            pids: 64,
-            privileged: false,
-            gpu: 0,
-        }
+        SandboxSpec { env: vec!["GREETING=hi".into()], ..sandbox_spec(&self.lower, script) }
     }
 
     /// `runc exec <id> sh -c <script>`: (success, stdout + stderr).
@@ -107,19 +91,7 @@ fn loop_devices_for(dir: &Path) -> Vec<String> {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        drop(self.rt.take());
-        let runc = |args: &[&str]| {
-            let _ = Command::new("runc").arg("--root").arg(&self.cfg.runc_root).args(args).output();
-        };
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                runc(&["kill", &id, "KILL"]);
-                std::thread::sleep(Duration::from_millis(50));
-                runc(&["delete", "--force", &id]);
-            }
-        }
-        remove_host_leftovers(&self.cfg);
+        tear_down(&mut self.rt, &self.cfg);
     }
 }
 

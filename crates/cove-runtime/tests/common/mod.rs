@@ -1,11 +1,15 @@
-//! Shared by the root integration tests (sandbox.rs, step.rs).
+//! Shared by the root integration tests (sandbox.rs, step.rs, network.rs, gpu.rs).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The static busybox the fixtures are made of.
 pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Long-running entrypoint that exits promptly on SIGTERM.
+pub const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
 
 /// Whether we may create namespaces, mounts and cgroups.
 pub fn is_root() -> bool {
@@ -95,6 +99,44 @@ pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
     restore_recorded_sysctls(&cfg.root.join(cove_runtime::firewall::STATE_FILE));
     for c in cgroup_hierarchies() {
         rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
+    }
+}
+
+/// A test runtime's teardown (its guard's `Drop`): drops the runtime, kills and force-deletes
+/// the container of every sandbox under its root, then [`remove_host_leftovers`]. Best effort.
+pub fn tear_down(rt: &mut Option<cove_runtime::Runtime>, cfg: &cove_runtime::RuntimeConfig) {
+    drop(rt.take());
+    let runc = |args: &[&str]| {
+        let _ = Command::new("runc").arg("--root").arg(&cfg.runc_root).args(args).output();
+    };
+    if let Ok(entries) = std::fs::read_dir(&cfg.root) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            runc(&["kill", &id, "KILL"]);
+            std::thread::sleep(Duration::from_millis(50));
+            runc(&["delete", "--force", &id]);
+        }
+    }
+    remove_host_leftovers(cfg);
+}
+
+/// A small sandbox of the rootfs `lower` whose entrypoint is `sh -c <script>`: 1 CPU,
+/// 128 MiB, a 32 MiB disk, 64 pids, no env, unprivileged, no GPU. Tests change fields with
+/// `SandboxSpec { field, ..sandbox_spec(lower, script) }`.
+pub fn sandbox_spec(lower: &Path, script: &str) -> cove_runtime::SandboxSpec {
+    cove_runtime::SandboxSpec {
+        id: uuid::Uuid::new_v4().to_string(),
+        lower: lower.to_path_buf(),
+        entrypoint: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![],
+        workdir: None,
+        user: None,
+        cpu: 1,
+        memory_mib: 128,
+        disk_mib: 32,
+        pids: 64,
+        privileged: false,
+        gpu: 0,
     }
 }
 
