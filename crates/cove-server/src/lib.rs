@@ -18,6 +18,7 @@ pub mod registry;
 pub mod s3;
 pub mod service;
 pub mod space;
+pub mod staging;
 pub mod startup;
 pub mod state;
 pub mod store;
@@ -122,10 +123,13 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             .with_max_unpack_ratio(cfg.max_unpack_ratio),
     );
     let keys = service::keys::KeyService::open(store.clone(), &cfg.data_dir).map_err(StartError::KeySecret)?;
+    // One ledger for registry pushes and multipart uploads: they share the org's limit.
+    let staging = staging::Staging::new(cfg.uploads);
     let object_storage = s3::ObjectStorage::open(&s3::ObjectStorageConfig {
         data_dir: cfg.data_dir.clone(),
         listen: cfg.s3_listen,
         public_host: s3::host_of_url(&cfg.public_url).unwrap_or_else(|| "127.0.0.1".into()),
+        staging: staging.clone(),
     })
     .map_err(StartError::ObjectStorage)?;
     let generated_key = keys.bootstrap(cfg.api_key.as_deref()).await.map_err(StartError::Bootstrap)?;
@@ -141,7 +145,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     )
     .map_err(StartError::Builds)?;
     let registry =
-        registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url, cfg.uploads)
+        registry::RegistryService::open(&cfg.data_dir, images.clone(), keys.clone(), &cfg.public_url, staging)
             .map_err(StartError::Registry)?;
     let content = images.content().clone();
     let snapshots = service::snapshots::SnapshotService::new(store.clone(), images, cfg.regions.clone(), builds);

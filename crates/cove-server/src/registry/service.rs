@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::path::{PathError, Reference, valid_name, valid_tag};
 use super::repos::{RepoError, Repos};
 use super::token::{TOKEN_PREFIX, TOKEN_TTL, TokenError, TokenIssuer};
-use super::upload::{Chunk, UploadError, UploadLimits, Uploads};
+use super::upload::{Chunk, UploadError, Uploads};
 use crate::service::keys::{KeyError, KeyService};
 
 /// The largest manifest accepted.
@@ -313,17 +313,18 @@ struct Desc {
 }
 
 impl RegistryService {
-    /// Opens the registry under `data_dir` over the image store's content store.
+    /// Opens the registry under `data_dir` over the image store's content store; its uploads
+    /// are charged to `staging` (shared with object storage).
     pub fn open(
         data_dir: &Path,
         images: Arc<ImageStore>,
         keys: KeyService,
         public_url: &str,
-        limits: UploadLimits,
+        staging: crate::staging::Staging,
     ) -> Result<Self, RegistryError> {
         let repos = Repos::open(data_dir)?;
         let tokens = TokenIssuer::open(data_dir, TOKEN_TTL).map_err(RegistryError::Token)?;
-        let uploads = Uploads::new(images.content().clone(), limits);
+        let uploads = Uploads::new(images.content().clone(), staging);
         uploads.spawn_sweeper();
         let host = host_port(public_url);
         Ok(RegistryService { inner: Arc::new(Inner { images, repos, uploads, tokens, keys, host }) })

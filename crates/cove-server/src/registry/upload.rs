@@ -14,8 +14,9 @@
 //! the session received; sessions idle for [`UploadLimits::idle`] (`--upload-idle-secs`) are
 //! dropped by a sweeper. Bytes staged by unfinished uploads (chunked and monolithic) count
 //! against their organization's [`UploadLimits::org_bytes`] (`--upload-staging-limit-mib`;
-//! the organization is the repository's first path segment): a new upload is refused while
-//! the organization is at its limit, and a chunk that would pass it ends its upload.
+//! the organization is the repository's first path segment) in the ledger shared with object
+//! storage's multipart uploads ([`crate::staging`]): a new upload is refused while the
+//! organization is at its limit, and a chunk that would pass it ends its upload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,82 +27,18 @@ use cove_image::content::{ContentError, Ingest};
 use cove_types::Digest;
 use futures_util::{Stream, StreamExt};
 
-/// How long an upload may sit without a request before it is dropped, by default.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
-/// Bytes an organization's unfinished uploads may hold, by default (10 GiB).
-pub const DEFAULT_ORG_BYTES: u64 = 10 << 30;
-
-/// What unfinished uploads may hold, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UploadLimits {
-    /// An upload with no request for this long is removed.
-    pub idle: Duration,
-    /// Bytes one organization's unfinished uploads may stage together.
-    pub org_bytes: u64,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        UploadLimits { idle: DEFAULT_IDLE, org_bytes: DEFAULT_ORG_BYTES }
-    }
-}
+use crate::staging::{Charge, OverLimit, Staging};
+pub use crate::staging::{DEFAULT_IDLE, DEFAULT_ORG_BYTES, UploadLimits};
 
 type SessionMap = HashMap<String, Arc<tokio::sync::Mutex<Session>>>;
-
-/// Bytes staged per organization.
-#[derive(Debug, Default)]
-struct Ledger {
-    staged: Mutex<HashMap<String, u64>>,
-}
-
-impl Ledger {
-    fn staged(&self, org: &str) -> u64 {
-        self.staged.lock().expect("ledger is never poisoned").get(org).copied().unwrap_or(0)
-    }
-}
-
-/// The bytes one upload charged to its organization, given back when it ends.
-#[derive(Debug)]
-struct Staged {
-    ledger: Arc<Ledger>,
-    org: String,
-    limit: u64,
-    bytes: u64,
-}
-
-impl Staged {
-    /// Charges `n` more bytes, unless that would pass the organization's limit.
-    fn charge(&mut self, n: u64) -> Result<(), UploadError> {
-        let mut map = self.ledger.staged.lock().expect("ledger is never poisoned");
-        let total = map.entry(self.org.clone()).or_insert(0);
-        if total.saturating_add(n) > self.limit {
-            return Err(UploadError::OrgLimit { org: self.org.clone(), staged: *total, limit: self.limit });
-        }
-        *total += n;
-        self.bytes += n;
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let mut map = self.ledger.staged.lock().expect("ledger is never poisoned");
-        if let Some(total) = map.get_mut(&self.org) {
-            *total = total.saturating_sub(self.bytes);
-            if *total == 0 {
-                map.remove(&self.org);
-            }
-        }
-    }
-}
 
 /// The upload sessions of the registry.
 #[derive(Debug, Clone)]
 pub struct Uploads {
     content: ContentStore,
     sessions: Arc<Mutex<SessionMap>>,
-    ledger: Arc<Ledger>,
-    limits: UploadLimits,
+    /// The ledger shared with object storage's multipart uploads, and the limits.
+    staging: Staging,
 }
 
 #[derive(Debug)]
@@ -110,7 +47,7 @@ struct Session {
     /// `None` once completed or cancelled (the entry is about to go).
     ingest: Option<Ingest>,
     /// What `ingest` holds, charged to the organization (given back when the session goes).
-    staged: Staged,
+    staged: Charge,
     last_used: Instant,
 }
 
@@ -191,6 +128,12 @@ pub enum UploadError {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+impl From<OverLimit> for UploadError {
+    fn from(e: OverLimit) -> Self {
+        UploadError::OrgLimit { org: e.org, staged: e.staged, limit: e.limit }
+    }
+}
+
 /// Where a chunk says it goes: its `Content-Range` (first and last byte, inclusive) and its
 /// `Content-Length`, each when the client sent it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -246,9 +189,10 @@ impl Chunk {
 }
 
 impl Uploads {
-    /// Sessions writing into `content`, held within `limits`.
-    pub fn new(content: ContentStore, limits: UploadLimits) -> Self {
-        Uploads { content, sessions: Arc::default(), ledger: Arc::default(), limits }
+    /// Sessions writing into `content`, held within `staging`'s limits and charged to its
+    /// ledger (shared with object storage).
+    pub fn new(content: ContentStore, staging: Staging) -> Self {
+        Uploads { content, sessions: Arc::default(), staging }
     }
 
     /// Removes idle sessions every so often (a quarter of the idle time, 1 to 30 s) for as
@@ -256,7 +200,7 @@ impl Uploads {
     pub fn spawn_sweeper(&self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let weak: Weak<Mutex<SessionMap>> = Arc::downgrade(&self.sessions);
-        let idle = self.limits.idle;
+        let idle = self.staging.limits().idle;
         let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         rt.spawn(async move {
             loop {
@@ -269,21 +213,12 @@ impl Uploads {
 
     /// Bytes the unfinished uploads of organization `org` hold.
     pub fn staged_bytes(&self, org: &str) -> u64 {
-        self.ledger.staged(org)
-    }
-
-    fn staged_for(&self, repo: &str) -> Staged {
-        Staged { ledger: self.ledger.clone(), org: org_of(repo).to_string(), limit: self.limits.org_bytes, bytes: 0 }
+        self.staging.staged(org)
     }
 
     /// Refuses a new upload while `repo`'s organization is at its limit.
-    fn admit(&self, repo: &str) -> Result<Staged, UploadError> {
-        let staged = self.staged_for(repo);
-        let now = self.ledger.staged(&staged.org);
-        if now >= staged.limit {
-            return Err(UploadError::OrgLimit { org: staged.org.clone(), staged: now, limit: staged.limit });
-        }
-        Ok(staged)
+    fn admit(&self, repo: &str) -> Result<Charge, UploadError> {
+        Ok(self.staging.admit(org_of(repo))?)
     }
 
     /// The session `id`, locked, that ends unless [`Open::keep`] is set.
@@ -300,7 +235,7 @@ impl Uploads {
 
     /// Starts an upload into `repo`; returns its id.
     pub fn start(&self, repo: &str) -> Result<String, UploadError> {
-        expire(&self.sessions, self.limits.idle);
+        expire(&self.sessions, self.staging.limits().idle);
         let staged = self.admit(repo)?;
         let ingest = self.content.ingest().map_err(UploadError::Content)?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -411,7 +346,7 @@ fn expire(sessions: &Mutex<SessionMap>, idle: Duration) {
         Ok(s) => {
             let keep = now.duration_since(s.last_used) < idle;
             if !keep {
-                tracing::info!(upload = %id, repository = %s.repo, bytes = s.staged.bytes, "idle upload removed");
+                tracing::info!(upload = %id, repository = %s.repo, bytes = s.staged.bytes(), "idle upload removed");
             }
             keep
         }
@@ -433,7 +368,7 @@ fn live<'a>(s: &'a mut Session, repo: &str, id: &str) -> Result<&'a mut Ingest, 
     s.ingest.as_mut().ok_or_else(|| UploadError::Unknown { id: id.to_string() })
 }
 
-async fn write_body<S, B, E>(ingest: &mut Ingest, staged: &mut Staged, mut body: S) -> Result<u64, UploadError>
+async fn write_body<S, B, E>(ingest: &mut Ingest, staged: &mut Charge, mut body: S) -> Result<u64, UploadError>
 where
     S: Stream<Item = Result<B, E>> + Unpin,
     B: AsRef<[u8]>,
@@ -441,7 +376,7 @@ where
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| UploadError::Body(e.into()))?;
-        staged.charge(chunk.as_ref().len() as u64)?;
+        staged.add(chunk.as_ref().len() as u64)?;
         ingest.write(chunk.as_ref()).map_err(UploadError::Content)?;
     }
     Ok(ingest.size())
@@ -470,7 +405,7 @@ mod tests {
     fn uploads() -> (tempfile::TempDir, ContentStore, Uploads) {
         let dir = tempfile::tempdir().unwrap();
         let cs = ContentStore::open(dir.path()).unwrap();
-        (dir, cs.clone(), Uploads::new(cs, UploadLimits::default()))
+        (dir, cs.clone(), Uploads::new(cs, Staging::default()))
     }
 
     /// A chunk with `Content-Range: start-end` and no `Content-Length`.
@@ -645,7 +580,8 @@ mod tests {
     async fn an_idle_upload_is_removed_with_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let cs = ContentStore::open(dir.path()).unwrap();
-        let up = Uploads::new(cs, UploadLimits { idle: Duration::from_secs(1), ..UploadLimits::default() });
+        let up =
+            Uploads::new(cs, Staging::new(UploadLimits { idle: Duration::from_secs(1), ..UploadLimits::default() }));
         up.spawn_sweeper();
         let id = up.start("o/r").unwrap();
         up.append("o/r", &id, Chunk::default(), body(&[b"partial"])).await.unwrap();
@@ -660,7 +596,7 @@ mod tests {
     async fn an_organization_at_its_staging_limit_is_refused_new_uploads_and_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let cs = ContentStore::open(dir.path()).unwrap();
-        let up = Uploads::new(cs, UploadLimits { org_bytes: 10, ..UploadLimits::default() });
+        let up = Uploads::new(cs, Staging::new(UploadLimits { org_bytes: 10, ..UploadLimits::default() }));
         let first = up.start("o/r").unwrap();
         up.append("o/r", &first, Chunk::default(), body(&[b"0123456789"])).await.unwrap();
         let e = up.start("o/other").unwrap_err();

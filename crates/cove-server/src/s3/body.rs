@@ -1,6 +1,7 @@
 //! Request bodies streamed to a file while their hashes are checked: the signed sha256, a
 //! `Content-MD5`, an `x-amz-checksum-crc32` (header or `aws-chunked` trailer). Nothing is
-//! buffered whole; a body that fails a check leaves no file behind.
+//! buffered whole; a body that fails a check leaves no file behind. Every byte is charged to
+//! the caller's organization in the staging ledger before it is written.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,8 @@ use futures_util::StreamExt;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::staging::{Charge, OverLimit};
 
 /// What to check while writing.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +81,9 @@ pub enum BodyError {
     /// Longer than allowed.
     #[error("the body is larger than {0} bytes")]
     TooLarge(u64),
+    /// Keeping the bytes would pass the organization's staging limit.
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
 }
 
 const CRC_TABLE: [u32; 256] = {
@@ -224,18 +230,19 @@ struct Hashes {
     size: u64,
 }
 
-/// Writes `body` to `path` (created new), checking `expect`; removes the file on any failure.
-pub async fn write(body: Body, path: &Path, expect: &Expect) -> Result<Written, BodyError> {
-    let result = write_inner(body, path, expect).await;
+/// Writes `body` to `path` (created new), checking `expect` and charging each byte to `charge`
+/// before writing it; removes the file on any failure.
+pub async fn write(body: Body, path: &Path, expect: &Expect, charge: &mut Charge) -> Result<Written, BodyError> {
+    let result = write_inner(body, path, expect, charge).await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(path).await;
     }
     result
 }
 
-async fn write_inner(body: Body, path: &Path, expect: &Expect) -> Result<Written, BodyError> {
+async fn write_inner(body: Body, path: &Path, expect: &Expect, charge: &mut Charge) -> Result<Written, BodyError> {
     let werr = |source| BodyError::Write { path: path.to_path_buf(), source };
-    let mut file = tokio::fs::File::create(path).await.map_err(werr)?;
+    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await.map_err(werr)?;
     let mut h = Hashes {
         sha256: expect.sha256.map(|_| Sha256::new()),
         md5: Md5::new(),
@@ -271,6 +278,7 @@ async fn write_inner(body: Body, path: &Path, expect: &Expect) -> Result<Written
         if let Some(c) = h.crc32.as_mut() {
             c.update(data);
         }
+        charge.add(data.len() as u64)?;
         file.write_all(data).await.map_err(werr)?;
     }
     file.flush().await.map_err(werr)?;
@@ -323,6 +331,10 @@ mod tests {
         Expect { max_len: 1 << 20, ..Expect::default() }
     }
 
+    fn charge() -> Charge {
+        crate::staging::Staging::default().charge("o")
+    }
+
     fn crc(data: &[u8]) -> String {
         let mut c = Crc32::default();
         c.update(data);
@@ -345,18 +357,19 @@ mod tests {
         let mut e = expect();
         e.sha256 = Some(Sha256::digest(data).into());
         e.crc32 = Some(crc(data));
-        let w = write(Body::from(&data[..]), &p, &e).await.unwrap();
+        let w = write(Body::from(&data[..]), &p, &e, &mut charge()).await.unwrap();
         assert_eq!(w.size, 11);
         assert_eq!(w.md5_hex, "5eb63bbbe01eeed093cb22bb8f5acdc3");
         assert_eq!(w.crc32, Some(crc(data)));
         assert_eq!(std::fs::read(&p).unwrap(), data);
+        std::fs::remove_file(&p).unwrap();
 
         e.crc32 = Some(crc(b"other"));
-        assert!(matches!(write(Body::from(&data[..]), &p, &e).await, Err(BodyError::Crc32Mismatch)));
+        assert!(matches!(write(Body::from(&data[..]), &p, &e, &mut charge()).await, Err(BodyError::Crc32Mismatch)));
         assert!(!p.exists(), "a refused body leaves no file");
         e.crc32 = None;
         e.sha256 = Some([0; 32]);
-        assert!(matches!(write(Body::from(&data[..]), &p, &e).await, Err(BodyError::Sha256Mismatch)));
+        assert!(matches!(write(Body::from(&data[..]), &p, &e, &mut charge()).await, Err(BodyError::Sha256Mismatch)));
     }
 
     #[tokio::test]
@@ -371,14 +384,15 @@ mod tests {
         // Split the framing at awkward places.
         let parts: Vec<Result<Vec<u8>, std::io::Error>> = framed.as_bytes().chunks(3).map(|c| Ok(c.to_vec())).collect();
         let body = Body::from_stream(futures_util::stream::iter(parts));
-        let w = write(body, &p, &e).await.unwrap();
+        let w = write(body, &p, &e, &mut charge()).await.unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"hello world");
         assert_eq!(w.crc32, Some(crc(b"hello world")));
+        std::fs::remove_file(&p).unwrap();
 
         let bad = format!("5\r\nhello\r\n0\r\nx-amz-checksum-crc32:{}\r\n\r\n", crc(b"nope"));
         e.decoded_length = None;
-        assert!(matches!(write(Body::from(bad), &p, &e).await, Err(BodyError::Crc32Mismatch)));
-        assert!(matches!(write(Body::from("5\r\nhel"), &p, &e).await, Err(BodyError::Chunked(_))));
+        assert!(matches!(write(Body::from(bad), &p, &e, &mut charge()).await, Err(BodyError::Crc32Mismatch)));
+        assert!(matches!(write(Body::from("5\r\nhel"), &p, &e, &mut charge()).await, Err(BodyError::Chunked(_))));
     }
 
     #[tokio::test]
@@ -386,6 +400,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut e = expect();
         e.max_len = 4;
-        assert!(matches!(write(Body::from("hello"), &dir.path().join("f"), &e).await, Err(BodyError::TooLarge(4))));
+        assert!(matches!(
+            write(Body::from("hello"), &dir.path().join("f"), &e, &mut charge()).await,
+            Err(BodyError::TooLarge(4))
+        ));
     }
 }

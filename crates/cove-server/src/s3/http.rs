@@ -27,6 +27,11 @@ const MAX_XML: usize = 1 << 20;
 const MAX_SKEW_SECS: i64 = 15 * 60;
 /// Highest part number.
 const MAX_PART: u32 = 10_000;
+/// Most parts one ListParts answer lists.
+const MAX_LIST_PARTS: usize = 1000;
+/// The S3 code of a request refused by the organization's staging limit (as Ceph RGW names
+/// a quota refusal).
+const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 
 /// What the endpoint needs.
 #[derive(Debug)]
@@ -79,6 +84,7 @@ impl From<ObjectError> for S3Error {
             ObjectError::InvalidPart(_) => S3Error::new(StatusCode::BAD_REQUEST, "InvalidPart", msg),
             ObjectError::InvalidPartOrder => S3Error::new(StatusCode::BAD_REQUEST, "InvalidPartOrder", msg),
             ObjectError::KeyConflict(_) => S3Error::new(StatusCode::CONFLICT, "OperationAborted", msg),
+            ObjectError::OverLimit(_) => S3Error::new(StatusCode::FORBIDDEN, QUOTA_EXCEEDED, msg),
             ObjectError::Io { .. } => S3Error::internal(&e),
         }
     }
@@ -95,6 +101,7 @@ impl From<BodyError> for S3Error {
                 S3Error::new(StatusCode::BAD_REQUEST, "IncompleteBody", msg)
             }
             BodyError::TooLarge(_) => S3Error::new(StatusCode::BAD_REQUEST, "EntityTooLarge", msg),
+            BodyError::OverLimit(_) => S3Error::new(StatusCode::FORBIDDEN, QUOTA_EXCEEDED, msg),
             BodyError::Read(_) => S3Error::new(StatusCode::BAD_REQUEST, "IncompleteBody", msg),
             BodyError::Write { .. } => S3Error::internal(&e),
         }
@@ -330,6 +337,7 @@ async fn dispatch(ep: &Endpoint, req: Request) -> Result<Response, S3Error> {
             let meta = ep.store.head(&ep.bucket, &key).await?;
             Ok(object_headers(&meta, h, meta.size).into_response())
         }
+        Method::GET if call.has("uploadId") => list_parts(ep, &call, &key).await,
         Method::GET => get_object(ep, &key, h).await,
         Method::PUT if call.has("partNumber") || call.has("uploadId") => upload_part(ep, &call, &key, h, body).await,
         Method::PUT if h.contains_key("x-amz-copy-source") => {
@@ -492,13 +500,15 @@ fn write_headers(etag: &str, crc32: Option<&str>) -> HeaderMap {
 async fn put_object(ep: &Endpoint, call: &Call, key: &str, h: &HeaderMap, body: Body) -> Result<Response, S3Error> {
     ep.store.object_path(&ep.bucket, key)?;
     let expect = expect_from(call, h)?;
-    let tmp = ep.store.temp_path();
-    let written = body::write(body, &tmp, &expect).await?;
-    let stored = super::store::StoredMeta { etag: written.md5_hex.clone(), crc32: written.crc32.clone() };
-    if let Err(e) = ep.store.commit(&ep.bucket, key, &tmp, stored).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e.into());
+    // The bytes count against the organization's staging limit while they arrive.
+    let mut charge = ep.store.staging().charge(&call.grant.org_id);
+    if let Some(n) = declared_length(call, h) {
+        charge.check(n).map_err(ObjectError::from)?;
     }
+    let tmp = ep.store.temp_file();
+    let written = body::write(body, tmp.path(), &expect, &mut charge).await?;
+    let stored = super::store::StoredMeta { etag: written.md5_hex.clone(), crc32: written.crc32.clone() };
+    ep.store.commit(&ep.bucket, key, tmp, stored).await?;
     tracing::info!(org_id = %call.grant.org_id, key = %key, size = written.size, "object stored");
     Ok((StatusCode::OK, write_headers(&written.md5_hex, written.crc32.as_deref())).into_response())
 }
@@ -510,15 +520,56 @@ async fn upload_part(ep: &Endpoint, call: &Call, key: &str, h: &HeaderMap, body:
         .and_then(|n| n.parse().ok())
         .filter(|n| (1..=MAX_PART).contains(n))
         .ok_or_else(|| S3Error::invalid_argument(format!("partNumber must be an integer from 1 to {MAX_PART}")))?;
-    ep.store.upload_dir(id, &ep.bucket, key).await?;
+    // In use (not swept) until this request ends, however it ends.
+    let upload = ep.store.begin_upload(id, &ep.bucket, key)?;
     let expect = expect_from(call, h)?;
-    let tmp = ep.store.temp_path();
-    let written = body::write(body, &tmp, &expect).await?;
-    if let Err(e) = ep.store.commit_part(id, &ep.bucket, key, n, &tmp, &written.md5_hex).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e.into());
+    // A part that cannot fit is refused before its body is read; one whose length is not
+    // announced is refused at the first byte past the limit. Either way nothing is kept.
+    let mut charge = upload.charge();
+    if let Some(len) = declared_length(call, h) {
+        charge.check(len).map_err(ObjectError::from)?;
     }
+    let tmp = ep.store.temp_file();
+    let written = body::write(body, tmp.path(), &expect, &mut charge).await.inspect_err(|e| {
+        if let BodyError::OverLimit(e) = e {
+            tracing::info!(org_id = %upload.org(), upload_id = %id, part = n, staged = e.staged, limit = e.limit, "part refused: staging limit");
+        }
+    })?;
+    ep.store.commit_part(&upload, n, tmp, written.size, &written.md5_hex, charge).await?;
     Ok((StatusCode::OK, write_headers(&written.md5_hex, written.crc32.as_deref())).into_response())
+}
+
+/// The payload length a request announces (`x-amz-decoded-content-length` for aws-chunked,
+/// else `Content-Length`), if it does.
+fn declared_length(call: &Call, h: &HeaderMap) -> Option<u64> {
+    let name = match call.payload {
+        Payload::ChunkedUnsigned => "x-amz-decoded-content-length",
+        _ => "content-length",
+    };
+    header_str(h, name).and_then(|v| v.trim().parse().ok())
+}
+
+async fn list_parts(ep: &Endpoint, call: &Call, key: &str) -> Result<Response, S3Error> {
+    let id = call.param("uploadId").unwrap_or("");
+    let marker = match call.param("part-number-marker") {
+        None | Some("") => 0,
+        Some(v) => v.parse::<u32>().map_err(|_| S3Error::invalid_argument("part-number-marker must be a number"))?,
+    };
+    let max_parts = match call.param("max-parts") {
+        None => MAX_LIST_PARTS,
+        Some(v) => {
+            v.parse::<usize>().map_err(|_| S3Error::invalid_argument("max-parts must be a number"))?.min(MAX_LIST_PARTS)
+        }
+    };
+    let mut parts = ep.store.list_parts(id, &ep.bucket, key).await?;
+    parts.retain(|p| p.number > marker);
+    let truncated = parts.len() > max_parts;
+    parts.truncate(max_parts);
+    let doc = xml::list_parts(
+        &xml::ListParts { bucket: &ep.bucket, key, upload_id: id, marker, max_parts, truncated },
+        &parts,
+    );
+    Ok(xml_response(StatusCode::OK, doc))
 }
 
 /// A small body (XML or empty), read whole and checked against a hex payload hash.
@@ -601,15 +652,22 @@ mod tests {
     use sha2::{Digest, Sha256};
     use tower::ServiceExt;
 
+    use futures_util::StreamExt;
+
     use super::super::creds::{DEFAULT_TTL, TemporaryCredentials};
     use super::*;
+    use crate::staging::{Staging, UploadLimits};
 
     const HOST: &str = "127.0.0.1:9443";
 
     fn endpoint(dir: &std::path::Path) -> Arc<Endpoint> {
+        endpoint_with(dir, Staging::default())
+    }
+
+    fn endpoint_with(dir: &std::path::Path, staging: Staging) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             issuer: CredentialIssuer::from_secret([3; 32], DEFAULT_TTL),
-            store: ObjectStore::open(dir).unwrap(),
+            store: ObjectStore::open(dir, staging).unwrap(),
             bucket: "cove-builds".into(),
             region: "us-east-1".into(),
         })
@@ -749,6 +807,88 @@ mod tests {
             send(&ep, signed(&c, "PUT", &format!("{key}?partNumber=1&uploadId={id}"), b"x", None)).await;
         assert_eq!(st, StatusCode::NOT_FOUND);
         assert!(body.contains("<Code>NoSuchUpload</Code>"));
+    }
+
+    /// Starts a multipart upload of `key`; answers its id.
+    async fn create(ep: &Arc<Endpoint>, c: &TemporaryCredentials, key: &str) -> String {
+        let (st, _, body) = send(ep, signed(c, "POST", &format!("{key}?uploads"), b"", None)).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        body.split("<UploadId>").nth(1).unwrap().split('<').next().unwrap().to_string()
+    }
+
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_part_that_would_pass_the_limit_shared_with_registry_uploads_is_refused_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::new(UploadLimits { org_bytes: 10, ..UploadLimits::default() });
+        let ep = endpoint_with(dir.path(), staging.clone());
+        // A registry push of the same organization, over the same ledger, holds 6 bytes.
+        let content = cove_image::ContentStore::open(&dir.path().join("content")).unwrap();
+        let registry = crate::registry::upload::Uploads::new(content, staging.clone());
+        let push = registry.start("org1/app").unwrap();
+        let six = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(b"123456".to_vec())]);
+        registry.append("org1/app", &push, Default::default(), six).await.unwrap();
+        let c = ep.issuer.issue("org1", Utc::now()).unwrap();
+        let key = "/cove-builds/org1/h/context.tar";
+        let id = create(&ep, &c, key).await;
+        let (st, _, body) =
+            send(&ep, signed(&c, "PUT", &format!("{key}?partNumber=1&uploadId={id}"), b"abc", None)).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(staging.staged("org1"), 9);
+        let (st, _, body) =
+            send(&ep, signed(&c, "PUT", &format!("{key}?partNumber=2&uploadId={id}"), b"defg", None)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("<Code>QuotaExceeded</Code>"), "{body}");
+        assert!(body.contains("--upload-staging-limit-mib") && body.contains("the limit is 10 bytes"), "{body}");
+        assert_eq!(staging.staged("org1"), 9);
+        assert_eq!(files(&dir.path().join("objects/.tmp")), 0, "the refused part left nothing staged");
+        let (st, _, body) = send(&ep, signed(&c, "GET", &format!("{key}?uploadId={id}"), b"", None)).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(body.contains("<PartNumber>1</PartNumber>") && !body.contains("<PartNumber>2</PartNumber>"), "{body}");
+        // Once the push is cancelled, the part fits; aborting gives everything back.
+        registry.cancel("org1/app", &push).await.unwrap();
+        let (st, _, _) =
+            send(&ep, signed(&c, "PUT", &format!("{key}?partNumber=2&uploadId={id}"), b"defg", None)).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, _, _) = send(&ep, signed(&c, "DELETE", &format!("{key}?uploadId={id}"), b"", None)).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        assert_eq!(staging.staged("org1"), 0);
+        let (st, _, body) = send(&ep, signed(&c, "GET", &format!("{key}?uploadId={id}"), b"", None)).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert!(body.contains("<Code>NoSuchUpload</Code>"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_part_whose_body_breaks_off_or_whose_request_is_dropped_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::default();
+        let ep = endpoint_with(dir.path(), staging.clone());
+        let c = ep.issuer.issue("org1", Utc::now()).unwrap();
+        let key = "/cove-builds/org1/h/context.tar";
+        let id = create(&ep, &c, key).await;
+        let target = format!("{key}?partNumber=1&uploadId={id}");
+        let tmp = dir.path().join("objects/.tmp");
+        // The client sends some bytes, then its connection fails.
+        let mut req = signed(&c, "PUT", &target, b"abcdef", None);
+        *req.body_mut() = Body::from_stream(futures_util::stream::iter(vec![
+            Ok(b"abc".to_vec()),
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")),
+        ]));
+        let (st, _, body) = send(&ep, req).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(files(&tmp), 0);
+        // The client sends some bytes, then stalls, and the server drops the request.
+        let mut req = signed(&c, "PUT", &target, b"abcdef", None);
+        let first = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(b"abc".to_vec())]);
+        *req.body_mut() = Body::from_stream(first.chain(futures_util::stream::pending()));
+        let request = router(ep.clone()).oneshot(req);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), request).await.is_err());
+        assert_eq!(files(&tmp), 0, "the dropped request's temp file is deleted");
+        assert_eq!(staging.staged("org1"), 0, "and its bytes are given back");
+        assert_eq!(files(&dir.path().join("objects/.uploads").join(&id)), 1, "only upload.json");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod creds;
 mod http;
+mod multipart;
 pub mod sigv4;
 pub mod store;
 pub mod xml;
@@ -60,6 +61,9 @@ pub struct ObjectStorageConfig {
     pub listen: SocketAddr,
     /// The host clients use (from `--public-url`); the certificate names it.
     pub public_host: String,
+    /// The staging ledger and limits multipart uploads obey (shared with the registry's
+    /// uploads): idle ones are swept, and their parts count against the organization's limit.
+    pub staging: crate::staging::Staging,
 }
 
 /// Why object storage could not be set up.
@@ -98,7 +102,7 @@ impl ObjectStorage {
     pub fn open(cfg: &ObjectStorageConfig) -> Result<Self, ObjectStorageError> {
         let issuer =
             CredentialIssuer::open(&cfg.data_dir, creds::DEFAULT_TTL).map_err(ObjectStorageError::Credentials)?;
-        let store = ObjectStore::open(&cfg.data_dir).map_err(ObjectStorageError::Store)?;
+        let store = ObjectStore::open(&cfg.data_dir, cfg.staging.clone()).map_err(ObjectStorageError::Store)?;
         let tls = crate::tls::server_config(&cfg.data_dir, &certificate_names(&cfg.public_host, cfg.listen))
             .map_err(ObjectStorageError::Tls)?;
         let host =
@@ -235,6 +239,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:9443".parse().unwrap(),
             public_host: "127.0.0.1".into(),
+            staging: Default::default(),
         };
         let os = ObjectStorage::open(&cfg).unwrap();
         let a = serde_json::to_value(os.push_access("org-1").unwrap()).unwrap();

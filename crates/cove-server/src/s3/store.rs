@@ -8,12 +8,17 @@
 //!   .tmp/<uuid>                 writes in progress: renamed into place when complete (emptied at start)
 //!   .uploads/<upload-id>/       a multipart upload: upload.json, part-00001, part-00001.etag, …
 //! ```
+//! Writes in progress are [`TempFile`]s, deleted when dropped: a request whose body breaks off,
+//! or whose future is dropped because its client went away, leaves nothing in `.tmp/`.
+//! Multipart uploads are tracked by [`super::multipart`]: idle ones are swept, and their parts
+//! count against the organization's staging limit.
 //! Bucket names cannot start with `.`, so the bookkeeping directories never collide with one.
 //! A key is a `/`-separated path of non-empty segments other than `.` and `..`: it cannot leave
 //! its bucket. Readers may open an object at any time: replacing it is a rename, so an open
 //! file keeps its old content.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cove_types::ErrorKind;
@@ -21,17 +26,65 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::multipart::{self, InUse, Tracker, UploadRecord};
+use crate::staging::{Charge, OverLimit, Staging};
+
 /// The bucket build contexts go to.
 pub const BUILD_BUCKET: &str = "cove-builds";
 /// Longest key S3 allows.
 pub const MAX_KEY_LEN: usize = 1024;
-/// Multipart uploads left this long are removed at start.
-const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
 /// The object store root.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
     root: PathBuf,
+    uploads: Arc<Tracker>,
+}
+
+/// A file in `.tmp/` for a write in progress, deleted when dropped unless it was moved into
+/// place ([`TempFile::persisted`]).
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    /// Where to write.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was renamed away: nothing to delete.
+    fn persisted(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => tracing::debug!(path = %self.path.display(), "unfinished write deleted"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "could not delete an unfinished write")
+                }
+            }
+        }
+    }
+}
+
+/// A part of a multipart upload, as ListParts shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    /// Its number.
+    pub number: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Its ETag, without quotes.
+    pub etag: String,
+    /// When it was stored.
+    pub last_modified: DateTime<Utc>,
 }
 
 /// What is known about a stored object.
@@ -66,13 +119,6 @@ pub struct Listed {
     pub meta: ObjectMeta,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct UploadRecord {
-    bucket: String,
-    key: String,
-    created: DateTime<Utc>,
-}
-
 /// A failed object store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -102,6 +148,9 @@ pub enum ObjectError {
     /// The key clashes with an existing object or prefix (`a` and `a/b` cannot both exist here).
     #[error("object key {0:?} clashes with an existing object or prefix")]
     KeyConflict(String),
+    /// The organization's unfinished uploads would hold more than `--upload-staging-limit-mib`.
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
     /// Filesystem failure.
     #[error("{op} {path}")]
     Io {
@@ -125,6 +174,7 @@ impl ObjectError {
             | ObjectError::InvalidPartOrder => ErrorKind::InvalidArgument,
             ObjectError::NoSuchKey { .. } | ObjectError::NoSuchUpload(_) => ErrorKind::NotFound,
             ObjectError::KeyConflict(_) => ErrorKind::AlreadyExists,
+            ObjectError::OverLimit(_) => ErrorKind::PermissionDenied,
             ObjectError::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -153,26 +203,24 @@ pub fn validate_bucket(bucket: &str) -> Result<(), ObjectError> {
 }
 
 impl ObjectStore {
-    /// Opens (creating) `<data_dir>/objects`, empties `.tmp` and drops week-old uploads.
-    pub fn open(data_dir: &Path) -> Result<Self, ObjectError> {
+    /// Opens (creating) `<data_dir>/objects` and empties `.tmp`. Multipart uploads idle for
+    /// `staging`'s idle time are deleted, the others' parts charged to `staging`; a sweeper
+    /// (when a runtime is running) removes uploads that go idle later.
+    pub fn open(data_dir: &Path, staging: Staging) -> Result<Self, ObjectError> {
         let root = data_dir.join("objects");
-        let store = ObjectStore { root };
-        let tmp = store.root.join(".tmp");
+        let tmp = root.join(".tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        for d in [tmp, store.root.join(".uploads"), store.root.join(".meta"), store.root.join(BUILD_BUCKET)] {
+        for d in [tmp, root.join(".uploads"), root.join(".meta"), root.join(BUILD_BUCKET)] {
             std::fs::create_dir_all(&d).map_err(io("create directory", &d))?;
         }
-        let uploads = store.root.join(".uploads");
-        if let Ok(entries) = std::fs::read_dir(&uploads) {
-            for e in entries.flatten() {
-                let stale =
-                    e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_UPLOAD));
-                if stale {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        Ok(store)
+        let uploads = Arc::new(Tracker::load(&root.join(".uploads"), staging));
+        multipart::spawn_sweeper(&uploads);
+        Ok(ObjectStore { root, uploads })
+    }
+
+    /// The ledger uploads are charged to.
+    pub fn staging(&self) -> &Staging {
+        self.uploads.staging()
     }
 
     /// The file holding `bucket/key` if that object exists. This is how the builder reads an
@@ -203,8 +251,13 @@ impl ObjectStore {
     }
 
     /// A fresh path in the staging directory for a write in progress.
-    pub fn temp_path(&self) -> PathBuf {
+    fn temp_path(&self) -> PathBuf {
         self.root.join(".tmp").join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// A fresh file (not yet created) in the staging directory, deleted unless committed.
+    pub fn temp_file(&self) -> TempFile {
+        TempFile { path: self.temp_path(), armed: true }
     }
 
     /// Metadata of an existing object.
@@ -226,12 +279,13 @@ impl ObjectStore {
         Ok(meta_of(&md, stored))
     }
 
-    /// Moves the finished file `tmp` into place as `bucket/key`, with its sidecar.
+    /// Moves the finished file `tmp` into place as `bucket/key`, with its sidecar (`tmp` is
+    /// deleted if that fails).
     pub async fn commit(
         &self,
         bucket: &str,
         key: &str,
-        tmp: &Path,
+        tmp: TempFile,
         stored: StoredMeta,
     ) -> Result<ObjectMeta, ObjectError> {
         let dst = self.object_path(bucket, key)?;
@@ -240,11 +294,15 @@ impl ObjectStore {
             let parent = p.parent().expect("object paths have a parent");
             tokio::fs::create_dir_all(parent).await.map_err(|e| conflict_or(e, key, "create directory", parent))?;
         }
-        let meta_tmp = self.temp_path();
+        let meta_tmp = self.temp_file();
         let json = serde_json::to_vec(&stored).expect("metadata serializes");
-        tokio::fs::write(&meta_tmp, json).await.map_err(io("write metadata", &meta_tmp))?;
-        tokio::fs::rename(&meta_tmp, &meta_dst).await.map_err(|e| conflict_or(e, key, "rename metadata", &meta_dst))?;
-        tokio::fs::rename(tmp, &dst).await.map_err(|e| conflict_or(e, key, "rename object into place", &dst))?;
+        tokio::fs::write(meta_tmp.path(), json).await.map_err(io("write metadata", meta_tmp.path()))?;
+        tokio::fs::rename(meta_tmp.path(), &meta_dst)
+            .await
+            .map_err(|e| conflict_or(e, key, "rename metadata", &meta_dst))?;
+        meta_tmp.persisted();
+        tokio::fs::rename(tmp.path(), &dst).await.map_err(|e| conflict_or(e, key, "rename object into place", &dst))?;
+        tmp.persisted();
         let md = tokio::fs::metadata(&dst).await.map_err(io("stat object", &dst))?;
         Ok(meta_of(&md, stored))
     }
@@ -315,59 +373,80 @@ impl ObjectStore {
         })
     }
 
-    /// Starts a multipart upload for `bucket/key`; answers its id.
+    /// Starts a multipart upload for `bucket/key`; answers its id. Refused while the key's
+    /// organization is at its staging limit.
     pub async fn create_upload(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
         self.object_path(bucket, key)?;
+        let charge = self.staging().admit(multipart::org_of(key))?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = self.root.join(".uploads").join(&id);
         tokio::fs::create_dir_all(&dir).await.map_err(io("create upload directory", &dir))?;
         let rec = UploadRecord { bucket: bucket.into(), key: key.into(), created: Utc::now() };
         let p = dir.join("upload.json");
-        tokio::fs::write(&p, serde_json::to_vec(&rec).expect("record serializes"))
-            .await
-            .map_err(io("write upload", &p))?;
+        if let Err(e) = tokio::fs::write(&p, serde_json::to_vec(&rec).expect("record serializes")).await {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(io("write upload", &p)(e));
+        }
+        self.uploads.insert(&id, bucket, key, dir, charge);
         Ok(id)
     }
 
-    /// The staging directory of upload `id`, if it is an upload of `bucket/key`.
-    pub async fn upload_dir(&self, id: &str, bucket: &str, key: &str) -> Result<PathBuf, ObjectError> {
-        let no = || ObjectError::NoSuchUpload(id.to_string());
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(no());
+    /// Marks upload `id` of `bucket/key` in use by a request (its idle time restarts when the
+    /// mark is dropped); `NoSuchUpload` if there is none (unknown, finished or swept).
+    pub(crate) fn begin_upload(&self, id: &str, bucket: &str, key: &str) -> Result<InUse, ObjectError> {
+        if !multipart::valid_id(id) {
+            return Err(ObjectError::NoSuchUpload(id.to_string()));
         }
-        let dir = self.root.join(".uploads").join(id);
-        let rec: UploadRecord = tokio::fs::read(dir.join("upload.json"))
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(no)?;
-        if rec.bucket != bucket || rec.key != key {
-            return Err(no());
-        }
-        Ok(dir)
+        self.uploads.begin(id, bucket, key)
     }
 
-    /// Moves the finished part file `tmp` into upload `id` as part `n` with its ETag.
-    pub async fn commit_part(
+    /// Moves the finished part file `tmp` of `size` bytes, charged as `charge`, into the upload
+    /// as part `n` with its ETag (replacing an earlier part `n`).
+    pub(crate) async fn commit_part(
         &self,
-        id: &str,
-        bucket: &str,
-        key: &str,
+        upload: &InUse,
         n: u32,
-        tmp: &Path,
+        tmp: TempFile,
+        size: u64,
         etag: &str,
+        charge: Charge,
     ) -> Result<(), ObjectError> {
-        let dir = self.upload_dir(id, bucket, key).await?;
+        let _gate = upload.gate().await;
+        upload.check_live()?;
+        let dir = upload.dir();
         let etag_path = dir.join(format!("part-{n:05}.etag"));
-        let etag_tmp = self.temp_path();
-        tokio::fs::write(&etag_tmp, etag).await.map_err(io("write part etag", &etag_tmp))?;
+        let etag_tmp = self.temp_file();
+        tokio::fs::write(etag_tmp.path(), etag).await.map_err(io("write part etag", etag_tmp.path()))?;
         let part = dir.join(format!("part-{n:05}"));
-        tokio::fs::rename(tmp, &part).await.map_err(io("rename part into place", &part))?;
-        tokio::fs::rename(&etag_tmp, &etag_path).await.map_err(io("rename part etag", &etag_path))?;
+        tokio::fs::rename(tmp.path(), &part).await.map_err(io("rename part into place", &part))?;
+        tmp.persisted();
+        upload.record_part(n, size, charge)?;
+        tokio::fs::rename(etag_tmp.path(), &etag_path).await.map_err(io("rename part etag", &etag_path))?;
+        etag_tmp.persisted();
         Ok(())
     }
 
-    /// Joins the listed parts, in order, into `bucket/key` and removes the upload.
+    /// The parts of upload `id`, in order.
+    pub async fn list_parts(&self, id: &str, bucket: &str, key: &str) -> Result<Vec<PartInfo>, ObjectError> {
+        let upload = self.begin_upload(id, bucket, key)?;
+        let mut out = Vec::new();
+        for (number, size) in upload.parts()? {
+            let part = upload.dir().join(format!("part-{number:05}"));
+            let Ok(etag) = tokio::fs::read_to_string(upload.dir().join(format!("part-{number:05}.etag"))).await else {
+                continue;
+            };
+            let last_modified = tokio::fs::metadata(&part)
+                .await
+                .and_then(|m| m.modified())
+                .map(DateTime::<Utc>::from)
+                .unwrap_or_else(|_| Utc::now());
+            out.push(PartInfo { number, size, etag, last_modified });
+        }
+        Ok(out)
+    }
+
+    /// Joins the listed parts, in order, into `bucket/key` and removes the upload (its bytes
+    /// are given back to the staging ledger).
     pub async fn complete(
         &self,
         id: &str,
@@ -375,7 +454,10 @@ impl ObjectStore {
         key: &str,
         parts: &[(u32, String)],
     ) -> Result<ObjectMeta, ObjectError> {
-        let dir = self.upload_dir(id, bucket, key).await?;
+        let upload = self.begin_upload(id, bucket, key)?;
+        let _gate = upload.gate().await;
+        upload.check_live()?;
+        let dir = upload.dir();
         if parts.is_empty() {
             return Err(ObjectError::InvalidPart(0));
         }
@@ -392,30 +474,34 @@ impl ObjectStore {
             }
             md5s.extend(hex::decode(&stored).map_err(|_| ObjectError::InvalidPart(*n))?);
         }
-        let tmp = self.temp_path();
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(io("create object", &tmp))?;
+        let tmp = self.temp_file();
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp.path())
+            .await
+            .map_err(io("create object", tmp.path()))?;
         for (n, _) in parts {
             let p = dir.join(format!("part-{n:05}"));
             let mut f = tokio::fs::File::open(&p).await.map_err(io("open part", &p))?;
             tokio::io::copy(&mut f, &mut out).await.map_err(io("copy part", &p))?;
         }
-        out.flush().await.map_err(io("write object", &tmp))?;
-        out.sync_all().await.map_err(io("sync object", &tmp))?;
+        out.flush().await.map_err(io("write object", tmp.path()))?;
+        out.sync_all().await.map_err(io("sync object", tmp.path()))?;
         drop(out);
         let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
-        let result = self.commit(bucket, key, &tmp, StoredMeta { etag, crc32: None }).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        } else {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-        }
-        result
+        let meta = self.commit(bucket, key, tmp, StoredMeta { etag, crc32: None }).await?;
+        let entry = upload.end()?;
+        let _ = tokio::fs::remove_dir_all(&entry.dir).await;
+        Ok(meta)
     }
 
-    /// Drops upload `id` and its parts.
+    /// Drops upload `id` and its parts (their bytes are given back to the staging ledger).
     pub async fn abort(&self, id: &str, bucket: &str, key: &str) -> Result<(), ObjectError> {
-        let dir = self.upload_dir(id, bucket, key).await?;
-        tokio::fs::remove_dir_all(&dir).await.map_err(io("remove upload", &dir))
+        let upload = self.begin_upload(id, bucket, key)?;
+        let _gate = upload.gate().await;
+        let entry = upload.end()?;
+        tokio::fs::remove_dir_all(&entry.dir).await.map_err(io("remove upload", &entry.dir))
     }
 }
 
@@ -459,11 +545,34 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    use crate::staging::UploadLimits;
+    use std::time::Duration;
+
+    fn open(dir: &Path) -> ObjectStore {
+        ObjectStore::open(dir, Staging::default()).unwrap()
+    }
+
     async fn put(store: &ObjectStore, key: &str, data: &[u8]) -> ObjectMeta {
-        let tmp = store.temp_path();
-        tokio::fs::write(&tmp, data).await.unwrap();
+        let tmp = store.temp_file();
+        tokio::fs::write(tmp.path(), data).await.unwrap();
         let etag = hex::encode(Md5::digest(data));
-        store.commit(BUILD_BUCKET, key, &tmp, StoredMeta { etag, crc32: None }).await.unwrap()
+        store.commit(BUILD_BUCKET, key, tmp, StoredMeta { etag, crc32: None }).await.unwrap()
+    }
+
+    /// Uploads part `n` of upload `id` as a request would; answers its quoted ETag.
+    async fn part(store: &ObjectStore, id: &str, key: &str, n: u32, data: &[u8]) -> Result<String, ObjectError> {
+        let upload = store.begin_upload(id, BUILD_BUCKET, key)?;
+        let mut charge = upload.charge();
+        charge.add(data.len() as u64)?;
+        let tmp = store.temp_file();
+        tokio::fs::write(tmp.path(), data).await.unwrap();
+        let etag = hex::encode(Md5::digest(data));
+        store.commit_part(&upload, n, tmp, data.len() as u64, &etag, charge).await?;
+        Ok(format!("\"{etag}\""))
+    }
+
+    fn entries(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
     }
 
     #[test]
@@ -482,7 +591,7 @@ mod tests {
     #[tokio::test]
     async fn objects_are_stored_under_their_bucket_and_found_by_context_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let m = put(&store, "org1/abc/context.tar", b"hello").await;
         assert_eq!(m.size, 5);
         assert_eq!(m.etag, "5d41402abc4b2a76b9719d911017c592");
@@ -501,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn listing_is_sorted_prefix_filtered_and_paged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         for k in ["o/b/x", "o/a/x", "o/a/y", "p/a/x"] {
             put(&store, k, b"1").await;
         }
@@ -519,18 +628,14 @@ mod tests {
     #[tokio::test]
     async fn multipart_parts_are_joined_in_order_and_the_staging_dir_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let key = "org/h/context.tar";
         let id = store.create_upload(BUILD_BUCKET, key).await.unwrap();
         let mut tags = Vec::new();
         for (n, data) in [(1u32, b"abc".as_slice()), (2, b"def")] {
-            let tmp = store.temp_path();
-            tokio::fs::write(&tmp, data).await.unwrap();
-            let etag = hex::encode(Md5::digest(data));
-            store.commit_part(&id, BUILD_BUCKET, key, n, &tmp, &etag).await.unwrap();
-            tags.push((n, format!("\"{etag}\"")));
+            tags.push((n, part(&store, &id, key, n, data).await.unwrap()));
         }
-        assert!(matches!(store.upload_dir(&id, BUILD_BUCKET, "org/other").await, Err(ObjectError::NoSuchUpload(_))));
+        assert!(matches!(store.begin_upload(&id, BUILD_BUCKET, "org/other"), Err(ObjectError::NoSuchUpload(_))));
         let wrong = vec![(1, tags[0].1.clone()), (2, "\"0000\"".to_string())];
         assert!(matches!(store.complete(&id, BUILD_BUCKET, key, &wrong).await, Err(ObjectError::InvalidPart(2))));
         let reversed = vec![tags[1].clone(), tags[0].clone()];
@@ -547,11 +652,110 @@ mod tests {
     #[tokio::test]
     async fn an_object_cannot_shadow_a_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         put(&store, "o/a/b", b"1").await;
-        let tmp = store.temp_path();
-        tokio::fs::write(&tmp, b"2").await.unwrap();
-        let r = store.commit(BUILD_BUCKET, "o/a", &tmp, StoredMeta::default()).await;
+        let tmp = store.temp_file();
+        tokio::fs::write(tmp.path(), b"2").await.unwrap();
+        let r = store.commit(BUILD_BUCKET, "o/a", tmp, StoredMeta::default()).await;
         assert!(matches!(r, Err(ObjectError::KeyConflict(_))), "{r:?}");
+        assert_eq!(entries(&dir.path().join("objects/.tmp")), 0, "the refused write is deleted");
+    }
+
+    #[tokio::test]
+    async fn an_idle_multipart_upload_is_swept_with_its_parts_and_its_bytes_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::new(UploadLimits { idle: Duration::from_secs(1), ..UploadLimits::default() });
+        let store = ObjectStore::open(dir.path(), staging.clone()).unwrap();
+        let key = "org/h/context.tar";
+        let id = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        part(&store, &id, key, 1, b"partial").await.unwrap();
+        assert_eq!(staging.staged("org"), 7);
+        // The sweeper runs every second; the upload is idle after one.
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        assert_eq!(entries(&dir.path().join("objects/.uploads")), 0, "its directory and parts are deleted");
+        assert_eq!(staging.staged("org"), 0);
+        for r in [
+            part(&store, &id, key, 2, b"late").await.map(drop),
+            store.list_parts(&id, BUILD_BUCKET, key).await.map(drop),
+            store.complete(&id, BUILD_BUCKET, key, &[(1, "x".into())]).await.map(drop),
+            store.abort(&id, BUILD_BUCKET, key).await,
+        ] {
+            assert!(matches!(r, Err(ObjectError::NoSuchUpload(_))), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_with_requests_inside_the_idle_time_or_one_in_progress_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::new(UploadLimits { idle: Duration::from_millis(600), ..UploadLimits::default() });
+        let store = ObjectStore::open(dir.path(), staging.clone()).unwrap();
+        let key = "org/h/context.tar";
+        let active = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        let busy = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        let idle = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        // A request that lasts longer than the idle time (a slow part) holds its upload.
+        let slow = store.begin_upload(&busy, BUILD_BUCKET, key).unwrap();
+        for n in 1..=4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            part(&store, &active, key, n, b"x").await.unwrap();
+            multipart::sweep(&store.uploads, Duration::from_millis(600)).await;
+        }
+        assert!(store.begin_upload(&active, BUILD_BUCKET, key).is_ok(), "an upload in use is kept");
+        assert!(store.begin_upload(&busy, BUILD_BUCKET, key).is_ok(), "an upload whose request runs is kept");
+        assert!(matches!(store.begin_upload(&idle, BUILD_BUCKET, key), Err(ObjectError::NoSuchUpload(_))));
+        assert!(!dir.path().join("objects/.uploads").join(&idle).exists());
+        assert_eq!(store.list_parts(&active, BUILD_BUCKET, key).await.unwrap().len(), 4);
+        drop(slow);
+        assert_eq!(staging.staged("org"), 4);
+    }
+
+    #[tokio::test]
+    async fn completing_or_aborting_an_upload_gives_its_bytes_back_and_a_replaced_part_is_not_counted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::default();
+        let store = ObjectStore::open(dir.path(), staging.clone()).unwrap();
+        let key = "org/h/context.tar";
+        let id = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        part(&store, &id, key, 1, b"first try").await.unwrap();
+        let e1 = part(&store, &id, key, 1, b"abc").await.unwrap();
+        let e2 = part(&store, &id, key, 2, b"de").await.unwrap();
+        assert_eq!(staging.staged("org"), 5);
+        store.complete(&id, BUILD_BUCKET, key, &[(1, e1), (2, e2)]).await.unwrap();
+        assert_eq!(staging.staged("org"), 0);
+        assert_eq!(std::fs::read(store.path(BUILD_BUCKET, key).unwrap()).unwrap(), b"abcde");
+        let id = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+        part(&store, &id, key, 1, b"abc").await.unwrap();
+        store.abort(&id, BUILD_BUCKET, key).await.unwrap();
+        assert_eq!(staging.staged("org"), 0);
+        assert_eq!(entries(&dir.path().join("objects/.uploads")), 0);
+        assert_eq!(entries(&dir.path().join("objects/.tmp")), 0);
+    }
+
+    #[tokio::test]
+    async fn uploads_found_at_start_are_charged_again_and_ones_idle_too_long_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "org/h/context.tar";
+        let (fresh, stale) = {
+            let store = open(dir.path());
+            let fresh = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+            part(&store, &fresh, key, 1, b"abc").await.unwrap();
+            part(&store, &fresh, key, 2, b"defg").await.unwrap();
+            let stale = store.create_upload(BUILD_BUCKET, key).await.unwrap();
+            part(&store, &stale, key, 1, b"old").await.unwrap();
+            (fresh, stale)
+        };
+        // The stale upload's last request was an hour ago (its record's mtime says so).
+        let record = dir.path().join("objects/.uploads").join(&stale).join("upload.json");
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(&record).unwrap().set_modified(hour_ago).unwrap();
+        let staging = Staging::new(UploadLimits { org_bytes: 8, ..UploadLimits::default() });
+        let store = ObjectStore::open(dir.path(), staging.clone()).unwrap();
+        assert!(!dir.path().join("objects/.uploads").join(&stale).exists());
+        assert_eq!(staging.staged("org"), 7, "the parts already on disk count");
+        let e = part(&store, &fresh, key, 3, b"hi").await.unwrap_err();
+        assert!(matches!(e, ObjectError::OverLimit(_)), "{e:?}");
+        assert_eq!(store.list_parts(&fresh, BUILD_BUCKET, key).await.unwrap().len(), 2);
+        store.abort(&fresh, BUILD_BUCKET, key).await.unwrap();
+        assert_eq!(staging.staged("org"), 0);
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::store::Listed;
+use super::store::{Listed, PartInfo};
 
 const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
@@ -122,6 +122,48 @@ pub fn list_v2(l: &ListV2<'_>, objects: &[Listed]) -> String {
         ));
     }
     s.push_str("</ListBucketResult>");
+    s
+}
+
+/// What a `ListParts` answer says besides the parts.
+#[derive(Debug, Clone, Default)]
+pub struct ListParts<'a> {
+    /// Bucket.
+    pub bucket: &'a str,
+    /// Key.
+    pub key: &'a str,
+    /// Upload id.
+    pub upload_id: &'a str,
+    /// Echoed `part-number-marker`.
+    pub marker: u32,
+    /// Requested `max-parts`.
+    pub max_parts: usize,
+    /// More parts follow.
+    pub truncated: bool,
+}
+
+/// Answer to `ListParts`.
+pub fn list_parts(l: &ListParts<'_>, parts: &[PartInfo]) -> String {
+    let next = parts.last().map_or(l.marker, |p| p.number);
+    let mut s = format!(
+        "{HEADER}<ListPartsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key><UploadId>{}</UploadId><PartNumberMarker>{}</PartNumberMarker><NextPartNumberMarker>{next}</NextPartNumberMarker><MaxParts>{}</MaxParts><IsTruncated>{}</IsTruncated><StorageClass>STANDARD</StorageClass>",
+        escape(l.bucket),
+        escape(l.key),
+        escape(l.upload_id),
+        l.marker,
+        l.max_parts,
+        l.truncated
+    );
+    for p in parts {
+        s.push_str(&format!(
+            "<Part><PartNumber>{}</PartNumber><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size></Part>",
+            p.number,
+            timestamp(p.last_modified),
+            escape(&format!("\"{}\"", p.etag)),
+            p.size
+        ));
+    }
+    s.push_str("</ListPartsResult>");
     s
 }
 
