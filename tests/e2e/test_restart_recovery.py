@@ -70,11 +70,6 @@ def test_a_create_interrupted_by_a_crash_ends_as_error_interrupted_and_is_deleta
     assert not (server.data_dir / "sandboxes" / rec["id"]).exists()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open: in clean-clone CI runs the start sometimes mounts the zeroed disk and answers 200 "
-    "(never reproduced locally); see the closing note of the session that added it",
-)
 def test_a_start_that_fails_answers_an_error_with_the_reason_not_200(sbx):
     server, daytona = sbx
     sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="snap"))

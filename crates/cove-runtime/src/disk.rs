@@ -35,16 +35,37 @@ pub enum DiskError {
         #[source]
         source: CommandError,
     },
-    /// `mount -o loop` failed.
-    #[error("loop-mount {image} at {target}")]
+    /// The image could not be bound to a loop device.
+    #[error("attach {image} to a loop device")]
+    AttachImage {
+        /// The image.
+        image: PathBuf,
+        /// Cause.
+        #[source]
+        source: crate::loopdev::LoopError,
+    },
+    /// mount(2) of the image's loop device failed (for a damaged image: EINVAL or EUCLEAN).
+    #[error("mount {image} ({device}) at {target}")]
     MountImage {
         /// The image.
         image: PathBuf,
+        /// Its loop device.
+        device: PathBuf,
         /// The mount point.
         target: PathBuf,
         /// Cause.
         #[source]
-        source: CommandError,
+        source: std::io::Error,
+    },
+    /// The image is still attached to a loop device from an earlier mount that has not gone
+    /// away (a lazily detached mount still in use): mounting it again would reuse that live
+    /// file system instead of reading the image.
+    #[error("disk image {image} is still in use by {device} from an earlier run; try again shortly")]
+    StillAttached {
+        /// The image.
+        image: PathBuf,
+        /// The loop device.
+        device: String,
     },
     /// A directory under the mounted disk could not be created.
     #[error("create directory {path}")]
@@ -215,30 +236,90 @@ fn read_only_disks_in(info: &str, root: &Path) -> std::collections::HashMap<Stri
 }
 
 /// Loop-mounts `image` at `target` (created if needed) unless something is mounted there
-/// already, then makes sure `upper/` and `work/` exist. `mount -o loop` sets autoclear, so the
-/// loop device goes away with the unmount.
+/// already, then makes sure `upper/` and `work/` exist. The image gets a loop device of its
+/// own ([`crate::loopdev`], never one `mount -o loop` would reuse), with autoclear, so the
+/// device goes away with the unmount.
 pub async fn mount_image(image: &Path, target: &Path) -> Result<(), DiskError> {
     std::fs::create_dir_all(target).map_err(|source| DiskError::CreateDir { path: target.into(), source })?;
     if !is_mountpoint(target) {
-        // `-t ext4`: the image is always ext4; naming it skips libblkid's type probe (~4 ms) and
-        // never lets the (sandbox-written) image be mounted as another filesystem type.
-        let args: [&std::ffi::OsStr; 6] =
-            // nosuid,nodev: what the sandbox wrote is never a set-id program or a device for
-            // the host, whoever reaches the mount.
-            // errors=remount-ro: a disk that failed stops taking writes and is reported (see
-            // `read_only_disks`) instead of being written on in an unknown state.
-            ["-t".as_ref(), "ext4".as_ref(), "-o".as_ref(), "loop,nosuid,nodev,errors=remount-ro".as_ref(), image.as_os_str(), target.as_os_str()];
-        cmd::run("mount", &args, None).await.map_err(|source| DiskError::MountImage {
-            image: image.into(),
-            target: target.into(),
-            source,
-        })?;
+        wait_detached(image).await?;
+        let (image_owned, target_owned) = (image.to_path_buf(), target.to_path_buf());
+        tokio::task::spawn_blocking(move || mount_loop(&image_owned, &target_owned))
+            .await
+            .map_err(|e| DiskError::CreateDir { path: target.into(), source: std::io::Error::other(e) })??;
     }
     for d in ["upper", "work"] {
         let p = target.join(d);
         std::fs::create_dir_all(&p).map_err(|source| DiskError::CreateDir { path: p.clone(), source })?;
     }
     Ok(())
+}
+
+/// Binds `image` to a fresh loop device and mounts it at `target` with mount(2).
+fn mount_loop(image: &Path, target: &Path) -> Result<(), DiskError> {
+    use rustix::mount::MountFlags;
+    let dev = crate::loopdev::attach(image).map_err(|source| DiskError::AttachImage { image: image.into(), source })?;
+    // ext4 named: the image is always ext4, so no type probe, and the (sandbox-written) image
+    // is never mounted as another file system type.
+    // nosuid,nodev: what the sandbox wrote is never a set-id program or a device for the host,
+    // whoever reaches the mount.
+    // errors=remount-ro: a disk that failed stops taking writes and is reported (see
+    // `read_only_disks`) instead of being written on in an unknown state.
+    rustix::mount::mount(dev.path(), target, "ext4", MountFlags::NOSUID | MountFlags::NODEV, c"errors=remount-ro")
+        .map_err(|e| DiskError::MountImage {
+            image: image.into(),
+            device: dev.path().into(),
+            target: target.into(),
+            source: e.into(),
+        })
+    // `dev` closes here: the mount holds the device now (or, if the mount failed, autoclear
+    // releases it).
+}
+
+/// How long a start waits for an earlier, lazily detached mount of its image to go away.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until no loop device is backed by `image`. `mount -o loop` reuses a loop device
+/// already attached to the same file, and the kernel then hands back the file system still
+/// alive on it (a previous run's mount that was detached lazily while busy) without reading
+/// the image: the start would see the old state, and a damaged image would seem to mount.
+async fn wait_detached(image: &Path) -> Result<(), DiskError> {
+    wait_detached_for(image, DETACH_WAIT).await
+}
+
+async fn wait_detached_for(image: &Path, wait: std::time::Duration) -> Result<(), DiskError> {
+    let Ok(want) = std::fs::canonicalize(image) else { return Ok(()) };
+    let start = std::time::Instant::now();
+    let deadline = start + wait;
+    let mut waited = false;
+    loop {
+        let Some(device) = loop_device_of(&want) else {
+            if waited {
+                tracing::info!(image = %image.display(), ms = start.elapsed().as_millis() as u64, "an earlier mount of the disk went away");
+            }
+            return Ok(());
+        };
+        waited = true;
+        if std::time::Instant::now() >= deadline {
+            return Err(DiskError::StillAttached { image: image.into(), device });
+        }
+        tracing::debug!(image = %image.display(), device, "waiting for an earlier mount of the disk to go away");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The loop device (`loopN`) whose backing file is `image`, if any (from sysfs).
+fn loop_device_of(image: &Path) -> Option<String> {
+    let want = image.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            return None;
+        }
+        let backing = std::fs::read(e.path().join("loop/backing_file")).ok()?;
+        let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
+        (backing == want).then_some(name)
+    })
 }
 
 fn check_overlay_path(p: &Path) -> Result<String, DiskError> {
@@ -434,6 +515,32 @@ mod tests {
         let mut ids: Vec<&str> = found.keys().map(String::as_str).collect();
         ids.sort();
         assert_eq!(ids, ["aaa", "ddd"]);
+    }
+
+    #[tokio::test]
+    async fn a_disk_still_attached_from_an_earlier_mount_is_waited_for_and_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+        assert_eq!(loop_device_of(&std::fs::canonicalize(&img).unwrap()), None);
+        wait_detached_for(&img, std::time::Duration::ZERO).await.unwrap();
+
+        let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let name = dev.trim_start_matches("/dev/").to_string();
+        assert_eq!(loop_device_of(&std::fs::canonicalize(&img).unwrap()), Some(name.clone()));
+        let e = wait_detached_for(&img, std::time::Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(&e, DiskError::StillAttached { device, .. } if *device == name), "{e}");
+        assert!(e.to_string().contains(&name), "{e}");
+
+        // Detached while a start waits: the start goes on.
+        let detach = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::process::Command::new("losetup").args(["-d", &dev]).status().unwrap()
+        });
+        wait_detached_for(&img, std::time::Duration::from_secs(10)).await.unwrap();
+        assert!(detach.await.unwrap().success());
     }
 
     #[test]

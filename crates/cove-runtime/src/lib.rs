@@ -23,6 +23,7 @@ pub mod copytree;
 pub mod disk;
 pub mod firewall;
 pub mod gpu;
+pub mod loopdev;
 pub mod net;
 pub mod netpolicy;
 pub mod oci;

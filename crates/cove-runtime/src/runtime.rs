@@ -303,6 +303,8 @@ impl RuntimeError {
             Self::NoFreeGpu { .. } => K::Exhausted,
             // A disk that cannot be guaranteed: the same create succeeds once space is freed.
             Self::Storage { source, .. } if matches!(**source, DiskError::NoSpace { .. }) => K::Exhausted,
+            // An earlier mount of the disk still going away: a retry shortly succeeds.
+            Self::Storage { source, .. } if matches!(**source, DiskError::StillAttached { .. }) => K::Unavailable,
             Self::InvalidConfig { .. }
             | Self::Seccomp(_)
             | Self::Dir { .. }
