@@ -55,7 +55,9 @@ def fill(path, bs="1M"):
     subprocess.run(["sync"])
 
 
-def test_a_full_data_disk_hurts_no_sandbox_refuses_creates_with_numbers_and_deletes_still_work(cove, small_fs):
+def test_a_full_data_disk_hurts_no_sandbox_refuses_creates_with_numbers_and_deletes_still_work(small_fs, cove):
+    # small_fs first: torn down last, after the server and its sandboxes are gone (the other
+    # way round, a failed run left its sandboxes running on a detached file system).
     server = cove(data_dir=small_fs / "d", extra=["--disk-reserve", "256M", "--warm-pool-size", "0"])
     make_snapshot(server)
     st, a = create(server)
