@@ -3,8 +3,10 @@ image's removal never leaves a tree that looks complete, the warm pool's sandbox
 deleted snapshot go at once, and an image pushed to the built-in registry is unpacked only
 while a snapshot uses it."""
 
+import json
 import os
 import signal
+import urllib.request
 
 import mkimage
 from harness import API_KEY, FIXTURES, wait_until
@@ -92,3 +94,44 @@ def test_an_image_pushed_to_the_builtin_registry_is_unpacked_only_while_a_snapsh
     # The tag and its blobs stay in the registry.
     reg = mkimage.Registry(server.url, f"any:{API_KEY}")
     assert reg.req("HEAD", f"/v2/{org}/pushed/manifests/1").status == 200
+
+
+def exec_in(server, sid, command):
+    req = urllib.request.Request(
+        f"{server.url}/toolbox/{sid}/process/execute",
+        data=json.dumps({"command": command, "timeout": 30}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(req, timeout=40) as r:
+        return json.loads(r.read())
+
+
+def test_a_sandbox_keeps_its_image_when_its_snapshot_is_deleted_and_frees_it_when_deleted(cove):
+    """The chaos test once saw a started sandbox lose its image: garbage collection counted
+    only snapshots' images, so deleting a snapshot freed the tree its sandboxes run on."""
+    server = cove(extra=["--warm-pool-size", "0"])
+    for name, image in (("kept", f"{FIXTURES}/busybox:2"), ("other", f"{FIXTURES}/busybox:1")):
+        assert server.api("POST", "/snapshots", {"name": name, "imageName": image})[0] == 200
+        assert server.wait_state(name)["state"] == "active"
+    images = unpacked(server)
+    assert len(images) == 2
+    st, sb = server.api("POST", "/sandbox", {"snapshot": "kept"})
+    assert st == 200 and sb["state"] == "started", sb
+    listing = exec_in(server, sb["id"], "ls /bin")["result"]
+    assert "busybox" in listing
+
+    assert server.api("DELETE", "/snapshots/kept")[0] == 200
+    # A collection after that delete has run once the other snapshot's image is gone.
+    assert server.api("DELETE", "/snapshots/other")[0] == 200
+    wait_until(lambda: len(unpacked(server)) == 1, 15, what="the other snapshot's image freed")
+    # The sandbox's image stayed: it runs, and a stop and start remount it.
+    assert exec_in(server, sb["id"], "ls /bin")["result"] == listing
+    assert server.api("POST", f"/sandbox/{sb['id']}/stop")[0] == 200
+    st, body = server.api("POST", f"/sandbox/{sb['id']}/start")
+    assert st == 200 and body["state"] == "started", body
+    assert exec_in(server, sb["id"], "ls /bin")["result"] == listing
+
+    # Deleting the last sandbox that uses it frees it.
+    assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
+    wait_until(lambda: not unpacked(server), 15, what="the image freed with its last sandbox")

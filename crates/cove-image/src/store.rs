@@ -324,6 +324,15 @@ impl ImageStore {
         Some(rec)
     }
 
+    /// The unpacked image `d` with a lease that keeps it from garbage collection, if it is
+    /// there. Taken under the collector's lock: a collection either sees the lease or has
+    /// already removed the image (then `None`), never removes it under a holder.
+    pub async fn lease_existing(&self, d: &Digest) -> Option<(ImageRecord, Lease)> {
+        let _gc = self.gc_lock.read().await;
+        let lease = self.lease(d);
+        self.image(d).map(|rec| (rec, lease))
+    }
+
     fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().expect("lock map is never poisoned").entry(key).or_default().clone()
     }

@@ -348,12 +348,15 @@ impl SandboxService {
         let named = req.snapshot.clone().filter(|s| !s.trim().is_empty());
         let by_default = named.is_none();
         let snapshot_ref = named.or_else(|| self.inner.default_snapshot.clone()).ok_or(SandboxError::NoSnapshot)?;
-        let (snap, image) = match self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await {
-            Err(SnapshotError::NotFound { .. }) if by_default => {
-                return Err(SandboxError::DefaultSnapshotMissing(snapshot_ref));
-            }
-            r => r?,
-        };
+        // `_image_lease` keeps the image from garbage collection until this create returns:
+        // by then the sandbox's record references it (or the create failed).
+        let (snap, image, _image_lease) =
+            match self.inner.snapshots.acquire_for_sandbox(who, &snapshot_ref, SNAPSHOT_WAIT).await {
+                Err(SnapshotError::NotFound { .. }) if by_default => {
+                    return Err(SandboxError::DefaultSnapshotMissing(snapshot_ref));
+                }
+                r => r?,
+            };
         if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
             return Err(SandboxError::Invalid(format!(
                 "snapshot {} is available in region {}, not {t}",

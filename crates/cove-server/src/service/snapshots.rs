@@ -353,7 +353,7 @@ impl SnapshotService {
         who: &Principal,
         id_or_name: &str,
         wait: Duration,
-    ) -> Result<(SnapshotRecord, ImageRecord), SnapshotError> {
+    ) -> Result<(SnapshotRecord, ImageRecord, cove_image::store::Lease), SnapshotError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut s = self.find(who, id_or_name).await?;
         if s.state == SnapshotState::Inactive {
@@ -377,16 +377,17 @@ impl SnapshotService {
                 }
             }
         }
-        let image = s
-            .image_digest
-            .as_deref()
-            .and_then(|d| d.parse::<Digest>().ok())
-            .and_then(|d| self.inner.images.image(&d))
-            .ok_or_else(|| SnapshotError::ImageMissing { name: s.name.clone() })?;
+        // Leased: a snapshot deleted meanwhile cannot have its image collected before the
+        // sandbox's record (whose image_digest keeps it) exists.
+        let leased = match s.image_digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
+            Some(d) => self.inner.images.lease_existing(&d).await,
+            None => None,
+        };
+        let (image, lease) = leased.ok_or_else(|| SnapshotError::ImageMissing { name: s.name.clone() })?;
         let now = now_millis();
         self.inner.store.touch_snapshot(&s.id, now).await.map_err(store("record snapshot use"))?;
         s.last_used_at = Some(now);
-        Ok((s, image))
+        Ok((s, image, lease))
     }
 
     /// One snapshot by id or name.

@@ -590,9 +590,11 @@ impl Store for SqliteStore {
 
     async fn referenced_images(&self) -> Result<HashSet<String>, StoreError> {
         let v: Vec<String> =
-            // Archived sandboxes' disks (migration 0011) are blobs that must be kept too.
+            // Every sandbox keeps its image (its overlay's lower; a snapshot may be deleted
+            // under it), and archived sandboxes' disks (migration 0011) are blobs to keep too.
             sqlx::query_scalar(
                 "SELECT DISTINCT image_digest FROM snapshots WHERE image_digest IS NOT NULL \
+                 UNION SELECT image_digest FROM sandboxes \
                  UNION SELECT archive_digest FROM sandbox_lifecycle WHERE archive_digest IS NOT NULL",
             )
                 .fetch_all(&self.read)
