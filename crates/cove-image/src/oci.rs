@@ -118,3 +118,131 @@ pub struct RootFs {
     #[serde(default)]
     pub diff_ids: Vec<String>,
 }
+
+/// What a manifest document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image manifest (OCI or Docker schema 2): a config and layers.
+    Image,
+    /// An index (OCI index or Docker manifest list): per-platform manifests.
+    Index,
+}
+
+/// Why a document's kind could not be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    /// A media type that is neither a manifest's nor an index's.
+    #[error("media type {0} is not an image manifest or index")]
+    Unsupported(String),
+    /// No media type, and fields of neither kind (or of both).
+    #[error(
+        "the document has no mediaType and not the fields of an image manifest (config, layers) or an index (manifests)"
+    )]
+    Shapeless,
+    /// The media type says one kind, the fields another.
+    #[error("the document's fields do not fit its media type {0}")]
+    Mismatch(String),
+}
+
+impl ManifestKind {
+    /// The kind a media type names, if it names one Cove reads.
+    pub fn of_media_type(media_type: &str) -> Option<Self> {
+        match media_type {
+            OCI_MANIFEST | DOCKER_MANIFEST => Some(Self::Image),
+            OCI_INDEX | DOCKER_LIST => Some(Self::Index),
+            _ => None,
+        }
+    }
+
+    /// The OCI media type of this kind (for documents that carry none).
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Self::Image => OCI_MANIFEST,
+            Self::Index => OCI_INDEX,
+        }
+    }
+}
+
+impl ManifestOrIndex {
+    /// What this document is, and its media type. OCI lets a manifest leave `mediaType` out
+    /// (umoci and older buildah do); its type then comes from `hint`, the media type of the
+    /// descriptor that referenced it or the `Content-Type` it was served or pushed with (one
+    /// that names no manifest type, such as `application/json`, is ignored), and as a last
+    /// resort from its fields: `manifests` is an index, `config` + `layers` an image manifest
+    /// (the OCI types are then returned). A `mediaType` in the document wins over the hint
+    /// (registries are not all careful with `Content-Type`); the fields must fit the type
+    /// either way.
+    pub fn kind(&self, hint: Option<&str>) -> Result<(ManifestKind, String), KindError> {
+        let hint = hint.map(|h| h.split(';').next().unwrap_or_default().trim()).filter(|h| !h.is_empty());
+        let known_hint = hint.filter(|h| ManifestKind::of_media_type(h).is_some());
+        let media_type = match (self.media_type.as_deref().filter(|m| !m.is_empty()), known_hint) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(h)) => h.to_string(),
+            (None, None) => match (self.manifests.is_some(), self.config.is_some() && self.layers.is_some()) {
+                (true, false) => OCI_INDEX.to_string(),
+                (false, true) => OCI_MANIFEST.to_string(),
+                _ => return Err(KindError::Shapeless),
+            },
+        };
+        let kind =
+            ManifestKind::of_media_type(&media_type).ok_or_else(|| KindError::Unsupported(media_type.clone()))?;
+        let fits = match kind {
+            ManifestKind::Index => self.config.is_none() && self.layers.is_none(),
+            ManifestKind::Image => self.manifests.is_none() && self.config.is_some(),
+        };
+        if !fits {
+            return Err(KindError::Mismatch(media_type));
+        }
+        Ok((kind, media_type))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(json: &str) -> ManifestOrIndex {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const IMAGE: &str = r#"{"schemaVersion":2,"config":{"digest":"sha256:c","size":1},"layers":[]}"#;
+    const INDEX: &str = r#"{"schemaVersion":2,"manifests":[]}"#;
+
+    #[test]
+    fn a_manifest_without_media_type_takes_the_type_it_was_referenced_or_served_with() {
+        assert_eq!(doc(IMAGE).kind(Some(DOCKER_MANIFEST)).unwrap(), (ManifestKind::Image, DOCKER_MANIFEST.into()));
+        let served = format!("{OCI_INDEX}; charset=utf-8");
+        assert_eq!(doc(INDEX).kind(Some(&served)).unwrap(), (ManifestKind::Index, OCI_INDEX.into()));
+    }
+
+    #[test]
+    fn a_manifest_without_any_media_type_is_told_by_its_fields() {
+        assert_eq!(doc(IMAGE).kind(None).unwrap(), (ManifestKind::Image, OCI_MANIFEST.into()));
+        assert_eq!(doc(INDEX).kind(None).unwrap(), (ManifestKind::Index, OCI_INDEX.into()));
+        // A content type that names no manifest type says nothing.
+        assert_eq!(doc(IMAGE).kind(Some("application/json")).unwrap().0, ManifestKind::Image);
+        assert_eq!(doc(IMAGE).kind(Some("application/octet-stream")).unwrap().0, ManifestKind::Image);
+    }
+
+    #[test]
+    fn the_documents_own_media_type_wins_over_the_hint() {
+        let m = doc(&format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"x"}}}}"#));
+        assert_eq!(m.kind(None).unwrap(), (ManifestKind::Image, DOCKER_MANIFEST.into()));
+        assert_eq!(m.kind(Some("text/plain")).unwrap().1, DOCKER_MANIFEST);
+        assert_eq!(m.kind(Some(OCI_MANIFEST)).unwrap().1, DOCKER_MANIFEST);
+        assert_eq!(m.kind(Some(OCI_INDEX)).unwrap().0, ManifestKind::Image);
+    }
+
+    #[test]
+    fn documents_whose_fields_do_not_fit_their_type_or_say_nothing_are_refused() {
+        assert_eq!(doc(IMAGE).kind(Some(OCI_INDEX)).unwrap_err(), KindError::Mismatch(OCI_INDEX.into()));
+        assert_eq!(doc(INDEX).kind(Some(OCI_MANIFEST)).unwrap_err(), KindError::Mismatch(OCI_MANIFEST.into()));
+        assert_eq!(doc(r#"{"schemaVersion":2}"#).kind(None).unwrap_err(), KindError::Shapeless);
+        let both = r#"{"schemaVersion":2,"config":{"digest":"x"},"layers":[],"manifests":[]}"#;
+        assert_eq!(doc(both).kind(None).unwrap_err(), KindError::Shapeless);
+        let v1 = doc(r#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}"#);
+        assert!(matches!(v1.kind(None), Err(KindError::Unsupported(_))));
+        let err = doc(r#"{"schemaVersion":2}"#).kind(None).unwrap_err().to_string();
+        assert!(err.contains("no mediaType"), "{err}");
+    }
+}

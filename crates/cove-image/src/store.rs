@@ -480,18 +480,20 @@ impl ImageStore {
         let manifest_bytes = self.read_blob(digest, "read manifest")?;
         let body: ManifestOrIndex =
             serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
-        match body.media_type.as_deref() {
-            Some(oci::OCI_MANIFEST | oci::DOCKER_MANIFEST) => {}
-            other => {
+        // The registry keeps the type a manifest was pushed with; a document without
+        // `mediaType` (umoci, older buildah) is told by its fields here.
+        match body.kind(None) {
+            Ok((oci::ManifestKind::Image, _)) => {}
+            Ok((oci::ManifestKind::Index, mt)) => {
                 return Err(invalid(format!(
-                    "media type {} is not an image manifest ({} or {})",
-                    other.unwrap_or("(none)"),
+                    "{mt} is an index, not an image manifest ({} or {})",
                     oci::OCI_MANIFEST,
                     oci::DOCKER_MANIFEST
                 )));
             }
+            Err(e) => return Err(invalid(e.to_string())),
         }
-        if body.schema_version != 2 || body.manifests.is_some() {
+        if body.schema_version != 2 {
             return Err(invalid("not a schema version 2 image manifest".into()));
         }
         let config_desc = body.config.as_ref().ok_or_else(|| invalid("manifest has no config".into()))?;
@@ -568,10 +570,13 @@ impl ImageStore {
                 image: name.clone(),
                 why: format!("manifest is not valid JSON: {e}"),
             })?;
-            let is_index = parsed.manifests.is_some()
-                || [oci::OCI_INDEX, oci::DOCKER_LIST].contains(&top.media_type.as_str())
-                || parsed.media_type.as_deref().is_some_and(|m| m == oci::OCI_INDEX || m == oci::DOCKER_LIST);
-            if !is_index {
+            // The type: the document's `mediaType`, else the `Content-Type` it was served
+            // with, else its fields (OCI lets a manifest leave `mediaType` out).
+            let (kind, _) = parsed.kind(Some(&top.media_type)).map_err(|e| PullError::InvalidImage {
+                image: name.clone(),
+                why: format!("{}:{}: {e}", image.repository, image.reference()),
+            })?;
+            if kind == oci::ManifestKind::Image {
                 return Ok((ep, top, parsed));
             }
             let entries = parsed.manifests.unwrap_or_default();
@@ -603,6 +608,18 @@ impl ImageStore {
                 image: name.clone(),
                 why: format!("manifest is not valid JSON: {e}"),
             })?;
+            // A child without `mediaType` has its index entry's (or its `Content-Type`).
+            let hint = Some(chosen.media_type.as_str()).filter(|t| !t.is_empty()).unwrap_or(&m.media_type);
+            match body.kind(Some(hint)) {
+                Ok((oci::ManifestKind::Image, _)) => {}
+                Ok((oci::ManifestKind::Index, mt)) => {
+                    return Err(PullError::InvalidImage {
+                        image: name,
+                        why: format!("the linux/amd64 entry {} is a nested index ({mt})", chosen.digest),
+                    });
+                }
+                Err(e) => return Err(PullError::InvalidImage { image: name, why: format!("{}: {e}", chosen.digest) }),
+            }
             self.content.put(&top.digest, &top.bytes)?;
             return Ok((ep, m, body));
         }

@@ -19,9 +19,7 @@ use super::output::Progress;
 use super::snapshot::{Resources, finish, wait};
 use super::{Global, output};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+use cove_image::oci::{self, OCI_INDEX, OCI_MANIFEST};
 
 /// `cove snapshot push`.
 #[derive(Args, Debug)]
@@ -330,12 +328,19 @@ fn load_oci(dir: &Path, tag: Option<String>) -> anyhow::Result<LocalImage> {
     }
     .with_context(|| format!("no image tagged {} in {}", tag.as_deref().unwrap_or("?"), dir.display()))?
     .clone();
-    let mut desc = chosen;
-    let mut media = desc["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
-    if media == OCI_INDEX || media == DOCKER_LIST {
-        let idx: Value = serde_json::from_slice(&std::fs::read(blob(desc["digest"].as_str().unwrap_or_default()))?)?;
+    let read_doc = |desc: &Value| -> anyhow::Result<(Vec<u8>, oci::ManifestKind, String)> {
+        let d = desc["digest"].as_str().context("an index entry without digest")?;
+        let bytes = std::fs::read(blob(d)).with_context(|| format!("read {d} from {}", dir.display()))?;
+        let doc: oci::ManifestOrIndex = serde_json::from_slice(&bytes).with_context(|| format!("{d} is not JSON"))?;
+        // A manifest may leave `mediaType` out (umoci does): the entry's, else its fields.
+        let (kind, media) = doc.kind(desc["mediaType"].as_str()).with_context(|| format!("read manifest {d}"))?;
+        Ok((bytes, kind, media))
+    };
+    let (mut manifest, mut kind, mut media) = read_doc(&chosen)?;
+    if kind == oci::ManifestKind::Index {
+        let idx: Value = serde_json::from_slice(&manifest)?;
         let all = idx["manifests"].as_array().cloned().unwrap_or_default();
-        desc = all
+        let desc = all
             .iter()
             .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
             .cloned()
@@ -355,9 +360,11 @@ fn load_oci(dir: &Path, tag: Option<String>) -> anyhow::Result<LocalImage> {
                     found.join(", ")
                 )
             })?;
-        media = desc["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
+        (manifest, kind, media) = read_doc(&desc)?;
+        if kind == oci::ManifestKind::Index {
+            anyhow::bail!("the linux/amd64 entry of {} is a nested index ({media})", dir.display());
+        }
     }
-    let manifest = std::fs::read(blob(desc["digest"].as_str().unwrap_or_default())).context("read the manifest")?;
     let m: Value = serde_json::from_slice(&manifest)?;
     let config_d = m["config"]["digest"].as_str().context("the manifest has no config")?.to_string();
     check_platform(&std::fs::read(blob(&config_d))?, &dir.display().to_string())?;
