@@ -14,7 +14,7 @@ use cove_types::{Digest, ErrorKind, ImageRef};
 use futures_util::Stream;
 use serde::Deserialize;
 
-use super::path::{PathError, Reference, valid_name, valid_tag};
+use super::path::{MAX_NAME_LEN, PathError, Reference, valid_name, valid_tag};
 use super::repos::{RepoError, Repos};
 use super::token::{TOKEN_PREFIX, TOKEN_TTL, TokenError, TokenIssuer};
 use super::upload::{Chunk, UploadError, Uploads};
@@ -131,6 +131,14 @@ pub enum RegistryError {
     /// A malformed path element.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// A name without the organization id that is too long with it.
+    #[error("repository {name} is stored as {repo}, longer than {MAX_NAME_LEN} characters")]
+    NameTooLong {
+        /// As the client named it.
+        name: String,
+        /// In the caller's organization.
+        repo: String,
+    },
     /// No such repository (for this caller).
     #[error("repository {name} not found")]
     NameUnknown {
@@ -228,7 +236,7 @@ impl RegistryError {
             Self::Key(_) | Self::Token(_) => (500, "UNKNOWN"),
             Self::Denied { .. } | Self::SystemNeedsAdmin => (403, "DENIED"),
             Self::UnknownNamespace(_) => (400, "NAME_INVALID"),
-            Self::Path(PathError::Name(_)) => (400, "NAME_INVALID"),
+            Self::Path(PathError::Name(_)) | Self::NameTooLong { .. } => (400, "NAME_INVALID"),
             Self::Path(PathError::Tag(_)) => (400, "TAG_INVALID"),
             Self::Path(PathError::Digest(_)) => (400, "DIGEST_INVALID"),
             Self::Path(PathError::Upload(_)) => (404, "BLOB_UPLOAD_UNKNOWN"),
@@ -409,6 +417,16 @@ impl RegistryService {
         })
     }
 
+    /// The repository `name` stands for (see [`qualify`]), if `caller` may `access` it.
+    fn repo(&self, caller: &Caller, name: &str, access: Access) -> Result<String, RegistryError> {
+        let repo = qualify(caller, name);
+        if !valid_name(&repo) {
+            return Err(RegistryError::NameTooLong { name: name.to_string(), repo });
+        }
+        self.check(caller, &repo, access)?;
+        Ok(repo)
+    }
+
     fn content(&self) -> &cove_image::ContentStore {
         self.inner.images.content()
     }
@@ -425,7 +443,7 @@ impl RegistryService {
         name: &str,
         d: &Digest,
     ) -> Result<(tokio::fs::File, u64), RegistryError> {
-        self.check(caller, name, Access::Pull)?;
+        let name = &self.repo(caller, name, Access::Pull)?;
         if !self.blob_readable(name, d) {
             return Err(RegistryError::BlobUnknown { name: name.to_string(), digest: d.clone() });
         }
@@ -438,7 +456,7 @@ impl RegistryService {
     /// Unlinks a blob from the repository; the garbage collector frees it when nothing else
     /// keeps it.
     pub fn delete_blob(&self, caller: &Caller, name: &str, d: &Digest) -> Result<(), RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         if self.inner.repos.unlink_blob(name, d)? {
             tracing::info!(repository = %name, digest = %d, "blob unlinked");
             Ok(())
@@ -449,14 +467,15 @@ impl RegistryService {
 
     /// Starts a chunked upload; returns its id.
     pub fn start_upload(&self, caller: &Caller, name: &str) -> Result<String, RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.inner.uploads.start(name).map_err(RegistryError::Upload)
     }
 
     /// Cross-repository mount: links `d` from `from` into `name` when the caller may read
     /// `from` and it has the blob. Returns false (the client then uploads) otherwise.
     pub fn mount(&self, caller: &Caller, name: &str, d: &Digest, from: &str) -> Result<bool, RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
+        let from = &qualify(caller, from);
         if !valid_name(from) || self.check(caller, from, Access::Pull).is_err() || !self.blob_readable(from, d) {
             return Ok(false);
         }
@@ -478,13 +497,13 @@ impl RegistryService {
         B: AsRef<[u8]>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.linked_while(name, d, self.inner.uploads.put_whole(name, d, body)).await
     }
 
     /// Bytes received by an upload.
     pub async fn upload_status(&self, caller: &Caller, name: &str, id: &str) -> Result<u64, RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.inner.uploads.status(name, id).await.map_err(RegistryError::Upload)
     }
 
@@ -503,7 +522,7 @@ impl RegistryService {
         B: AsRef<[u8]>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.inner.uploads.append(name, id, chunk, body).await.map_err(RegistryError::Upload)
     }
 
@@ -523,7 +542,7 @@ impl RegistryService {
         B: AsRef<[u8]>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.linked_while(name, d, self.inner.uploads.finish(name, id, d, chunk, body)).await
     }
 
@@ -553,7 +572,7 @@ impl RegistryService {
 
     /// Cancels an upload.
     pub async fn upload_cancel(&self, caller: &Caller, name: &str, id: &str) -> Result<(), RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         self.inner.uploads.cancel(name, id).await.map_err(RegistryError::Upload)
     }
 
@@ -568,7 +587,7 @@ impl RegistryService {
         content_type: Option<&str>,
         bytes: &[u8],
     ) -> Result<Digest, RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::ManifestInvalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
         }
@@ -643,7 +662,7 @@ impl RegistryService {
 
     /// A manifest by tag or digest.
     pub fn manifest(&self, caller: &Caller, name: &str, reference: &Reference) -> Result<Manifest, RegistryError> {
-        self.check(caller, name, Access::Pull)?;
+        let name = &self.repo(caller, name, Access::Pull)?;
         self.manifest_in(name, reference)
     }
 
@@ -670,7 +689,7 @@ impl RegistryService {
 
     /// Deletes a manifest (by digest, with its tags) or a tag.
     pub fn delete_manifest(&self, caller: &Caller, name: &str, reference: &Reference) -> Result<(), RegistryError> {
-        self.check(caller, name, Access::Push)?;
+        let name = &self.repo(caller, name, Access::Push)?;
         let repos = &self.inner.repos;
         let deleted = match reference {
             Reference::Tag(t) => repos.delete_tag(name, t)?,
@@ -691,7 +710,7 @@ impl RegistryService {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(Vec<String>, bool), RegistryError> {
-        self.check(caller, name, Access::Pull)?;
+        let name = &self.repo(caller, name, Access::Pull)?;
         if !self.inner.repos.exists(name) {
             return Err(RegistryError::NameUnknown { name: name.to_string() });
         }
@@ -725,11 +744,10 @@ impl RegistryService {
     /// organization `org_id` (another organization's repositories do not exist for it).
     pub fn resolve_for_snapshot(&self, org_id: &str, image: &ImageRef) -> Result<Digest, RegistryError> {
         let caller = Caller::org(org_id);
-        let name = &image.repository;
-        if !valid_name(name) {
-            return Err(PathError::Name(name.clone()).into());
+        if !valid_name(&image.repository) {
+            return Err(PathError::Name(image.repository.clone()).into());
         }
-        self.check(&caller, name, Access::Pull)?;
+        let name = &self.repo(&caller, &image.repository, Access::Pull)?;
         let reference = match (&image.digest, &image.tag) {
             (Some(d), _) => Reference::Digest(d.clone()),
             (None, Some(t)) if valid_tag(t) => Reference::Tag(t.clone()),
@@ -758,6 +776,20 @@ pub fn owns(caller: &Caller, name: &str) -> bool {
         return caller.system && is_system(name);
     }
     under(name, &caller.org_id)
+}
+
+/// The repository a name stands for: a name under `<orgId>/` or the system namespace `cove/`
+/// is itself; any other name of an organization's caller is in its organization
+/// (`team/app` → `<orgId>/team/app`), so `docker push HOST/team/app:1` works with the
+/// organization's credentials. A first component shaped like an organization id (a UUID)
+/// is taken as one, so another organization's repositories stay refused rather than being
+/// made the caller's own under a longer name. A system caller's names are never mapped.
+pub fn qualify(caller: &Caller, name: &str) -> String {
+    let first = name.split('/').next().unwrap_or_default();
+    if caller.system || first == caller.org_id || first == SYSTEM_NAMESPACE || uuid::Uuid::try_parse(first).is_ok() {
+        return name.to_string();
+    }
+    format!("{}/{name}", caller.org_id)
 }
 
 /// Whether `name` is in the system namespace `cove/`.
@@ -880,6 +912,58 @@ mod tests {
         denied(reg.start_upload(&other, "cove/sandbox").map(drop));
         denied(reg.upload_whole(&other, "cove/sandbox", &sha256(b"x"), body(b"x")).await);
         assert_eq!(reg.manifest(&other, "cove/sandbox", &tag).unwrap().digest, d, "the tag is unchanged");
+    }
+
+    const ORG_A: &str = "6f1c2f9e-3b7a-4c1d-9e55-0a4b8d2c7e10";
+    const ORG_B: &str = "0d9e8c7b-6a5f-4e3d-8c2b-1a0f9e8d7c6b";
+
+    #[test]
+    fn names_without_an_organization_prefix_are_in_the_callers_organization() {
+        let a = Caller::org(ORG_A);
+        assert_eq!(qualify(&a, "team/app"), format!("{ORG_A}/team/app"));
+        assert_eq!(qualify(&a, "app"), format!("{ORG_A}/app"));
+        assert_eq!(qualify(&a, &format!("{ORG_A}/team/app")), format!("{ORG_A}/team/app"));
+        // Another organization's id and the system namespace are never made the caller's.
+        assert_eq!(qualify(&a, &format!("{ORG_B}/app")), format!("{ORG_B}/app"));
+        assert_eq!(qualify(&a, "cove/sandbox"), "cove/sandbox");
+        // A system caller's names are not mapped.
+        assert_eq!(qualify(&Caller::system(), "team/app"), "team/app");
+    }
+
+    #[tokio::test]
+    async fn an_image_pushed_without_the_organization_id_is_the_same_under_both_names_and_no_one_elses() {
+        let (_d, reg) = registry().await;
+        let (a, b) = (org(ORG_A), org(ORG_B));
+        let m = manifest_declaring(&reg, &a, "team/app", b"layer", 5).await;
+        let tag = Reference::Tag("1".into());
+        let d = reg.put_manifest(&a, "team/app", &tag, Some(oci::OCI_MANIFEST), &m).unwrap();
+        let full = format!("{ORG_A}/team/app");
+        assert_eq!(reg.manifest(&a, &full, &tag).unwrap().digest, d);
+        assert_eq!(reg.manifest(&a, "team/app", &tag).unwrap().digest, d);
+        assert_eq!(reg.tags(&a, "team/app", None, None).unwrap().0, ["1"]);
+        assert_eq!(reg.catalog(&a, None, None).0, vec![full.clone()]);
+        assert_eq!(read_blob(&reg, &a, "team/app", &sha256(b"layer")).await, b"layer");
+        let image = |name: &str| ImageRef::parse(&format!("127.0.0.1:2/{name}:1")).unwrap();
+        assert_eq!(reg.resolve_for_snapshot(ORG_A, &image("team/app")).unwrap(), d);
+        assert_eq!(reg.resolve_for_snapshot(ORG_A, &image(&full)).unwrap(), d);
+
+        // Organization B sees nothing under either name, and cannot write under A's.
+        let unknown = |r: Result<Manifest, RegistryError>| {
+            assert!(matches!(r, Err(RegistryError::NameUnknown { .. })), "{r:?}");
+        };
+        unknown(reg.manifest(&b, &full, &tag));
+        unknown(reg.manifest(&b, "team/app", &tag));
+        assert!(reg.resolve_for_snapshot(ORG_B, &image("team/app")).is_err());
+        assert!(reg.resolve_for_snapshot(ORG_B, &image(&full)).is_err());
+        let e = reg.put_manifest(&b, &full, &tag, Some(oci::OCI_MANIFEST), &m).unwrap_err();
+        assert_eq!(e.code(), (403, "DENIED"), "{e}");
+        assert!(reg.catalog(&b, None, None).0.is_empty());
+        // B's own team/app is another repository.
+        assert!(!reg.mount(&b, "team/app", &sha256(b"layer"), &full).unwrap());
+        // A name that fits the limit alone but not with the organization id is refused.
+        let e = reg.start_upload(&a, &"a".repeat(MAX_NAME_LEN - 4)).unwrap_err();
+        assert_eq!(e.code(), (400, "NAME_INVALID"));
+        assert!(e.to_string().contains("longer than 255 characters"), "{e}");
     }
 
     #[test]
