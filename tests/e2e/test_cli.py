@@ -3,8 +3,10 @@ with `cove` in place of `daytona` (snapshot create from an image and from a Dock
 COPY, snapshot push of local images, list/get/activate/deactivate/delete), sandboxes,
 registries and API keys."""
 
+import hashlib
 import json
 import os
+import ssl
 import stat
 import subprocess
 
@@ -13,10 +15,8 @@ import pytest
 from harness import API_KEY, BUSYBOX, COVE_BIN
 
 
-@pytest.fixture
-def cli(s3_server, tmp_path):
-    """Runs `cove …` as a user who logged in to the server (config under a private HOME)."""
-    home = tmp_path / "home"
+def runner(home):
+    """Runs `cove …` with `home` as HOME (and its .config as XDG_CONFIG_HOME), no COVE_/DAYTONA_ variables."""
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVE_", "DAYTONA_"))}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
@@ -27,11 +27,19 @@ def cli(s3_server, tmp_path):
             assert p.returncode == 0, f"cove {' '.join(args)} exited {p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}"
         return p
 
+    run.home = home
+    run.env = env
+    return run
+
+
+@pytest.fixture
+def cli(s3_server, tmp_path):
+    """Runs `cove …` as a user who logged in to the server (config under a private HOME)."""
+    home = tmp_path / "home"
+    run = runner(home)
     out = run("login", "--api-url", s3_server.url, "--api-key", API_KEY)
     assert "Logged in" in out.stdout
     run.server = s3_server
-    run.home = home
-    run.env = env
     return run
 
 
@@ -80,6 +88,57 @@ def test_snapshot_create_from_a_dockerfile_uploads_what_copy_uses_and_streams_th
     r = cli("sandbox", "exec", sb["id"], "--", "cat", "/srv/hello.txt")
     assert r.stdout == "hello from the context\n"
     cli("sandbox", "delete", sb["id"])
+
+
+def ca_fingerprint(pem_path):
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem_path.read_text())).hexdigest()
+
+
+def test_login_pins_the_servers_ca_so_a_dockerfile_build_needs_no_trust_store_change(cove, tmp_path):
+    server = cove()  # its CA is made at start and installed in no trust store
+    fp = ca_fingerprint(server.data_dir / "tls" / "ca.pem")
+    other = tmp_path / "other"
+    subprocess.run([str(COVE_BIN), "tls", "init", "--data-dir", str(other)], check=True, capture_output=True)
+    other_fp = ca_fingerprint(other / "tls" / "ca.pem")
+    run = runner(tmp_path / "home")
+    cfg = run.home / ".config" / "cove" / "config.json"
+    login = ("login", "--api-url", server.url, "--api-key", API_KEY)
+
+    wrong = run(*login, "--ca-file", str(other / "tls" / "ca.pem"), check=False)
+    assert wrong.returncode != 0 and "fingerprint mismatch" in wrong.stderr, wrong.stderr
+    assert fp in wrong.stderr and other_fp in wrong.stderr, wrong.stderr
+    assert not cfg.exists(), "a refused login saves nothing"
+
+    out = run(*login)
+    assert f"sha256 {fp}" in out.stdout, out.stdout
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert json.loads(cfg.read_text())["ca"]["sha256"] == fp
+    run(*login, "--ca-file", str(server.data_dir / "tls" / "ca.pem"))  # the same CA given out of band
+
+    ctx = tmp_path / "proj"
+    ctx.mkdir()
+    (ctx / "hello.txt").write_text("pinned\n")
+    (ctx / "Dockerfile").write_text(f"FROM {BUSYBOX}\nCOPY hello.txt /srv/\nRUN cat /srv/hello.txt\n")
+    built = run("snapshot", "create", "pinned-df", "--dockerfile", str(ctx / "Dockerfile"))
+    assert "pinned" in built.stderr, built.stderr
+
+    # Without the pin, the same upload fails, and the advice is about this machine's login.
+    saved = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({k: v for k, v in saved.items() if k != "ca"}))
+    (ctx / "hello.txt").write_text("changed, so the context is uploaded again\n")
+    unpinned = run("snapshot", "create", "unpinned-df", "--dockerfile", str(ctx / "Dockerfile"), check=False)
+    assert unpinned.returncode != 0 and "cove login" in unpinned.stderr, unpinned.stderr
+    assert "server's machine" not in unpinned.stderr
+
+    # A CA other than the pinned one is shown and needs --trust-new-ca.
+    cfg.write_text(json.dumps(dict(saved, ca={"certificate": (other / "tls" / "ca.pem").read_text(), "sha256": other_fp})))
+    changed = run(*login, check=False)
+    assert changed.returncode != 0 and "--trust-new-ca" in changed.stderr, changed.stderr
+    assert f"pinned sha256 {other_fp}, now sha256 {fp}" in changed.stderr, changed.stderr
+    assert json.loads(cfg.read_text())["ca"]["sha256"] == other_fp, "nothing saved"
+    accepted = run(*login, "--trust-new-ca")
+    assert f"new CA, sha256 {fp}" in accepted.stdout, accepted.stdout
+    assert json.loads(cfg.read_text())["ca"]["sha256"] == fp
 
 
 def test_a_failing_dockerfile_build_exits_non_zero_with_the_reason(cli, tmp_path):

@@ -218,6 +218,28 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
+/// The CA certificate as handed to clients (`GET /api/object-storage/ca`), which pin it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaCertificate {
+    /// `ca.pem`, PEM.
+    pub certificate: String,
+    /// Hex sha256 of the certificate's DER (what `cove tls init` prints).
+    pub sha256: String,
+}
+
+/// Reads the CA certificate (creating the CA unless it exists) for clients to pin.
+pub fn ca_certificate(data_dir: &Path) -> Result<CaCertificate, TlsError> {
+    let ca = ensure_ca(data_dir)?;
+    let certificate = std::fs::read_to_string(&ca.cert_path).map_err(io("read", &ca.cert_path))?;
+    Ok(CaCertificate { certificate, sha256: ca.fingerprint })
+}
+
+/// Hex sha256 of the DER of the first certificate in `pem` (the same form as [`CaInfo::fingerprint`]).
+pub fn pem_fingerprint(pem: &[u8]) -> Result<String, rustls::pki_types::pem::Error> {
+    Ok(fingerprint(&CertificateDer::from_pem_slice(pem)?))
+}
+
 fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }

@@ -94,6 +94,7 @@ pub struct ObjectStorage {
     storage_url: String,
     listen: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    ca: Arc<crate::tls::CaCertificate>,
 }
 
 impl ObjectStorage {
@@ -105,6 +106,7 @@ impl ObjectStorage {
         let store = ObjectStore::open(&cfg.data_dir, cfg.staging.clone()).map_err(ObjectStorageError::Store)?;
         let tls = crate::tls::server_config(&cfg.data_dir, &certificate_names(&cfg.public_host, cfg.listen))
             .map_err(ObjectStorageError::Tls)?;
+        let ca = crate::tls::ca_certificate(&cfg.data_dir).map_err(ObjectStorageError::Tls)?;
         let host =
             if cfg.public_host.contains(':') { format!("[{}]", cfg.public_host) } else { cfg.public_host.clone() };
         Ok(ObjectStorage {
@@ -112,6 +114,7 @@ impl ObjectStorage {
             storage_url: format!("https://{host}:{}", cfg.listen.port()),
             listen: cfg.listen,
             tls,
+            ca: Arc::new(ca),
         })
     }
 
@@ -138,6 +141,11 @@ impl ObjectStorage {
     /// The uploaded `context.tar` for a build's `contextHashes` entry, if present.
     pub fn context_tar(&self, org_id: &str, context_hash: &str) -> Option<PathBuf> {
         self.endpoint.store.context_tar(org_id, context_hash)
+    }
+
+    /// The CA the endpoint's certificate is signed by, for clients to pin.
+    pub fn ca(&self) -> &crate::tls::CaCertificate {
+        &self.ca
     }
 
     /// `https://host:port`, as handed to clients.

@@ -28,12 +28,16 @@ pub struct ApiError {
 }
 
 impl Client {
-    /// A client for `base` (`…/api`).
-    pub fn new(base: &str, key: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cove-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("create the HTTP client")?;
+    /// A client for `base` (`…/api`) that trusts the system's roots and, when given, the
+    /// server's pinned CA (PEM) besides: object storage, and the registry when served over
+    /// TLS, have certificates signed by it.
+    pub fn new(base: &str, key: &str, pinned_ca: Option<&str>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().user_agent(concat!("cove-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = pinned_ca {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).context("read the pinned server CA")?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("create the HTTP client")?;
         Ok(Client { http, base: base.trim_end_matches('/').to_string(), key: key.to_string() })
     }
 

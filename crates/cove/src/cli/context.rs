@@ -162,7 +162,8 @@ async fn upload(c: &Client, hash: &str, body: Vec<u8>) -> anyhow::Result<()> {
     let head = signed(c, &a, reqwest::Method::HEAD, &path, &url, &[]);
     let resp = head.send().await.with_context(|| {
         format!(
-            "reach the object storage at {}: if this is a TLS error, trust the server's CA with `cove tls trust --data-dir DIR` on the server's machine",
+            "reach the object storage at {}: if this is a certificate error, log in again with `cove login` \
+             (it pins the server's CA) or pass the CA your administrator gave you with `cove login --ca-file FILE`",
             a.storage_url
         )
     })?;

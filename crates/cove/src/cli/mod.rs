@@ -3,7 +3,8 @@
 //!
 //! Configuration: `cove login` stores the API URL and key in `$XDG_CONFIG_HOME/cove/config.json`
 //! (or `~/.config/cove/config.json`, mode 0600); `COVE_API_URL`/`COVE_API_KEY` (or the
-//! `DAYTONA_*` names) override it.
+//! `DAYTONA_*` names) override it. Login also pins the server's CA there (`pin`), which the
+//! client then trusts besides the system's roots when talking to that server.
 
 mod client;
 mod context;
@@ -11,6 +12,7 @@ mod debian;
 mod image;
 mod keys;
 mod output;
+mod pin;
 mod push;
 mod registries;
 mod sandbox;
@@ -41,6 +43,14 @@ pub struct LoginArgs {
     /// The API key (read from COVE_API_KEY when not given).
     #[arg(long, env = "COVE_API_KEY")]
     pub api_key: String,
+    /// The server's CA certificate (PEM), given out of band: it must be the CA the server
+    /// serves (refused naming both fingerprints otherwise); used as is only when the server
+    /// serves none. Without it, the CA is fetched over the authenticated API.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept a CA other than the one pinned at an earlier login of this server.
+    #[arg(long)]
+    pub trust_new_ca: bool,
 }
 
 /// Client commands.
@@ -71,6 +81,17 @@ pub enum ClientCommand {
 struct StoredConfig {
     api_url: String,
     api_key: String,
+    /// The server's CA, pinned at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca: Option<pin::PinnedCa>,
+}
+
+fn read_stored(path: &std::path::Path) -> anyhow::Result<Option<StoredConfig>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("read {}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
 }
 
 fn config_path() -> anyhow::Result<PathBuf> {
@@ -94,17 +115,19 @@ fn env_any(names: &[&str]) -> Option<String> {
 
 /// The client from the environment, else from `cove login`'s file.
 fn connect() -> anyhow::Result<Client> {
-    let stored: Option<StoredConfig> = match config_path() {
-        Ok(p) => match std::fs::read(&p) {
-            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| format!("read {}", p.display()))?),
-            Err(_) => None,
-        },
+    let stored = match config_path() {
+        Ok(p) => read_stored(&p)?,
         Err(_) => None,
     };
     let url = env_any(&["COVE_API_URL", "DAYTONA_API_URL"]).or_else(|| stored.as_ref().map(|s| s.api_url.clone()));
     let key = env_any(&["COVE_API_KEY", "DAYTONA_API_KEY"]).or_else(|| stored.as_ref().map(|s| s.api_key.clone()));
     match (url, key) {
-        (Some(url), Some(key)) => Client::new(&api_base(&url), &key),
+        (Some(url), Some(key)) => {
+            // The pin belongs to the server it was fetched from.
+            let base = api_base(&url);
+            let ca = stored.as_ref().filter(|s| api_base(&s.api_url) == base).and_then(|s| s.ca.as_ref());
+            Client::new(&base, &key, ca.map(|c| c.certificate.as_str()))
+        }
         _ => anyhow::bail!(
             "not logged in: run `cove login --api-url URL --api-key KEY` or set COVE_API_URL and COVE_API_KEY"
         ),
@@ -113,23 +136,43 @@ fn connect() -> anyhow::Result<Client> {
 
 async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let url = api_base(&a.api_url);
-    let client = Client::new(&url, &a.api_key)?;
+    let file = match &a.ca_file {
+        Some(p) => Some((p.as_path(), pin::PinnedCa::from_file(p)?)),
+        None => None,
+    };
+    let client = Client::new(&url, &a.api_key, file.as_ref().map(|(_, c)| c.certificate.as_str()))?;
     client.get_json::<serde_json::Value>("/shared-regions").await.context("check the API URL and key")?;
+    let served = pin::fetch(&client).await?;
     let path = config_path()?;
+    let earlier = read_stored(&path).ok().flatten().filter(|s| api_base(&s.api_url) == url).and_then(|s| s.ca);
+    let ca = pin::choose(served, file, earlier.as_ref(), a.trust_new_ca)?;
     let dir = path.parent().expect("the config path has a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let json = serde_json::to_vec_pretty(&StoredConfig { api_url: url.clone(), api_key: a.api_key })?;
+    let json = serde_json::to_vec_pretty(&StoredConfig { api_url: url.clone(), api_key: a.api_key, ca: ca.clone() })?;
     write_private(&path, &json).with_context(|| format!("write {}", path.display()))?;
     println!("Logged in to {url}; settings saved in {}", path.display());
+    match (&ca, &earlier) {
+        (Some(c), Some(old)) if c.sha256 != old.sha256 => {
+            println!("Pinned the server's new CA, sha256 {} (was sha256 {})", c.sha256, old.sha256)
+        }
+        (Some(c), _) => println!("Pinned the server's CA, sha256 {}", c.sha256),
+        (None, _) => println!("The server serves no CA; the system's trust store is used"),
+    }
     Ok(())
 }
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read, never through a link: the temporary file is made
+/// anew (`O_EXCL` refuses a link in its place) and renamed over the path (replacing a link
+/// there rather than following it).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
