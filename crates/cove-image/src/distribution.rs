@@ -14,6 +14,8 @@ use crate::oci::{Descriptor, MANIFEST_ACCEPT};
 
 /// Where Docker Hub's registry API really lives.
 const DOCKER_HUB_API: &str = "https://registry-1.docker.io";
+/// How many times one blob download that broke off after making progress is resumed.
+pub const MAX_RESUMES: u32 = 5;
 
 /// Which hosts are mirrored and which may use plain HTTP.
 #[derive(Debug, Clone, Default)]
@@ -203,7 +205,7 @@ impl RegistryClient {
         creds: Option<&Credentials>,
     ) -> Result<FetchedManifest, DistributionError> {
         let url = format!("{}/v2/{}/manifests/{}", ep.base, repository, reference);
-        let resp = self.get(ep, repository, &url, Some(MANIFEST_ACCEPT), creds).await?;
+        let resp = self.get(ep, repository, &url, Some(MANIFEST_ACCEPT), None, creds).await?;
         let resp = check(ep, &url, resp, || format!("manifest {repository}:{reference}")).await?;
         let media_type = resp
             .headers()
@@ -227,7 +229,10 @@ impl RegistryClient {
     }
 
     /// Streams a blob into the content store, verifying digest and size. Returns at once when
-    /// the blob is already stored.
+    /// the blob is already stored. A download that breaks off after making progress is
+    /// resumed with a `Range` request from the bytes already written (up to
+    /// [`MAX_RESUMES`] times); a registry that answers the whole blob (200) instead starts
+    /// it afresh. The digest is checked over the whole blob at the end either way.
     pub async fn fetch_blob(
         &self,
         ep: &Endpoint,
@@ -241,23 +246,57 @@ impl RegistryClient {
             return Ok(());
         }
         let url = format!("{}/v2/{}/blobs/{}", ep.base, repository, digest);
-        let resp = self.get(ep, repository, &url, None, creds).await?;
-        let mut resp = check(ep, &url, resp, || format!("blob {digest}")).await?;
         let store_err = |source| DistributionError::Store { base: ep.base.clone(), source };
         // Only the expected digest's algorithm is hashed (sha512 too would halve the speed).
         let mut ingest = store.ingest_for(digest).map_err(store_err)?;
+        let mut resumes = 0;
         loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => ingest.write(&chunk).map_err(store_err)?,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(DistributionError::Stream {
-                        base: ep.base.clone(),
-                        digest: digest.clone(),
-                        reason: cove_types::error::chain(&e),
-                    });
+            let from = ingest.size();
+            if from > 0 && desc.size > 0 && from >= desc.size {
+                // Everything arrived before the connection failed; the commit checks it.
+                break;
+            }
+            let range = (from > 0).then(|| format!("bytes={from}-"));
+            let resp = self.get(ep, repository, &url, None, range.as_deref(), creds).await?;
+            let mut resp = check(ep, &url, resp, || format!("blob {digest}")).await?;
+            if from > 0 {
+                let content_range = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                match resumed_at(resp.status().as_u16(), content_range) {
+                    Some(start) if start == from => {
+                        tracing::info!(digest = %digest, from, "download resumed");
+                    }
+                    other => {
+                        // The whole blob (or another part of it) came back: start afresh.
+                        tracing::info!(digest = %digest, from, status = resp.status().as_u16(), answered_from = ?other,
+                            "the registry did not resume the download; fetching the whole blob");
+                        ingest = store.ingest_for(digest).map_err(store_err)?;
+                        if other != Some(0) {
+                            resp = self.get(ep, repository, &url, None, None, creds).await?;
+                            resp = check(ep, &url, resp, || format!("blob {digest}")).await?;
+                        }
+                    }
                 }
             }
+            let attempt_start = ingest.size();
+            let broke = loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => ingest.write(&chunk).map_err(store_err)?,
+                    // A body that ends short of the declared size broke off too.
+                    Ok(None) if desc.size > 0 && ingest.size() < desc.size => {
+                        break Some(format!("the body ended after {} of {} bytes", ingest.size(), desc.size));
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(cove_types::error::chain(&e)),
+                }
+            };
+            let Some(reason) = broke else { break };
+            let progressed = ingest.size() > attempt_start;
+            if !progressed || resumes >= MAX_RESUMES {
+                return Err(DistributionError::Stream { base: ep.base.clone(), digest: digest.clone(), reason });
+            }
+            resumes += 1;
+            tracing::warn!(digest = %digest, received = ingest.size(), resumes, reason = %reason,
+                "blob download broke off; resuming");
         }
         let size = (desc.size > 0).then_some(desc.size);
         let digest2 = digest.clone();
@@ -273,6 +312,7 @@ impl RegistryClient {
         repository: &str,
         url: &str,
         accept: Option<&str>,
+        range: Option<&str>,
         creds: Option<&Credentials>,
     ) -> Result<reqwest::Response, DistributionError> {
         let key = (ep.base.clone(), repository.to_string(), creds.map(fingerprint).unwrap_or_default());
@@ -281,6 +321,9 @@ impl RegistryClient {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if let Some(r) = range {
+                req = req.header(reqwest::header::RANGE, r);
             }
             if let Some(a) = auth {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
@@ -368,6 +411,20 @@ async fn check(
         return Err(DistributionError::NotFound { base: ep.base.clone(), what: what() });
     }
     Err(DistributionError::Status { base: ep.base.clone(), url: url.to_string(), status: status.as_u16(), body })
+}
+
+/// Where the body of an answer to a `Range` request starts: the first byte of a 206's
+/// `Content-Range` (`bytes 100-199/200`), 0 for a 200 (the whole blob), `None` for an
+/// answer that cannot be placed (a 206 without a usable `Content-Range`).
+fn resumed_at(status: u16, content_range: Option<&str>) -> Option<u64> {
+    match status {
+        200 => Some(0),
+        206 => {
+            let spec = content_range?.trim().strip_prefix("bytes")?.trim_start();
+            spec.split_once('-')?.0.trim().parse().ok()
+        }
+        _ => None,
+    }
 }
 
 fn basic(c: &Credentials) -> String {
@@ -496,6 +553,106 @@ mod tests {
         assert_eq!(eps[0].base, "http://127.0.0.1:5001");
         let eps = c.endpoints(&ImageRef::parse("ghcr.io/a/b:1").unwrap());
         assert_eq!(eps[0].base, "https://ghcr.io");
+    }
+
+    #[test]
+    fn a_range_answer_is_placed_by_its_content_range_and_a_200_starts_at_zero() {
+        assert_eq!(resumed_at(206, Some("bytes 100-199/200")), Some(100));
+        assert_eq!(resumed_at(206, Some("bytes 0-9/*")), Some(0));
+        assert_eq!(resumed_at(200, None), Some(0));
+        assert_eq!(resumed_at(206, None), None);
+        assert_eq!(resumed_at(206, Some("items 1-2/3")), None);
+        assert_eq!(resumed_at(204, Some("bytes 1-2/3")), None);
+    }
+
+    /// A one-blob registry on a loopback port: the first answer is cut after `cut` bytes;
+    /// later ones honour `Range` when `ranges` is set, else send the whole blob. Returns its
+    /// base URL and the `Range` header of every request (`None` where there was none).
+    async fn flaky_registry(
+        blob: Vec<u8>,
+        cut: usize,
+        ranges: bool,
+    ) -> (String, std::sync::Arc<Mutex<Vec<Option<String>>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if conn.read(&mut b).await.unwrap() == 0 {
+                        break;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let range = head.lines().find_map(|l| l.strip_prefix("range:").map(|r| r.trim().to_string()));
+                let first = {
+                    let mut v = log.lock().unwrap();
+                    v.push(range.clone());
+                    v.len() == 1
+                };
+                let from: usize = match (&range, ranges) {
+                    (Some(r), true) => r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap(),
+                    _ => 0,
+                };
+                let body = &blob[from..];
+                let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+                let mut reply = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                if from > 0 {
+                    reply += &format!("Content-Range: bytes {from}-{}/{}\r\n", blob.len() - 1, blob.len());
+                }
+                reply += "\r\n";
+                conn.write_all(reply.as_bytes()).await.unwrap();
+                let send = if first { &body[..cut] } else { body };
+                let _ = conn.write_all(send).await;
+                let _ = conn.shutdown().await;
+            }
+        });
+        (base, seen)
+    }
+
+    async fn fetch_from(base: String, blob: &[u8]) -> (tempfile::TempDir, ContentStore, Result<(), DistributionError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let digest = sha256(blob);
+        let desc = Descriptor {
+            media_type: String::new(),
+            digest: digest.to_string(),
+            size: blob.len() as u64,
+            platform: None,
+        };
+        let ep = Endpoint { base, mirror: false };
+        let r = RegistryClient::new(RegistryConfig::default()).fetch_blob(&ep, "r", &desc, &digest, None, &store).await;
+        (dir, store, r)
+    }
+
+    #[tokio::test]
+    async fn a_download_cut_mid_blob_resumes_from_the_bytes_it_has() {
+        let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (base, seen) = flaky_registry(blob.clone(), 100_000, true).await;
+        let (_d, store, r) = fetch_from(base, &blob).await;
+        r.unwrap();
+        assert_eq!(store.read(&sha256(&blob)).unwrap(), blob);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], None);
+        let from: u64 = seen[1].as_deref().unwrap().trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+        assert!(from > 0 && from <= 100_000, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_ignores_range_sends_the_whole_blob_again_and_it_is_stored_once() {
+        let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let (base, seen) = flaky_registry(blob.clone(), 100_000, false).await;
+        let (_d, store, r) = fetch_from(base, &blob).await;
+        r.unwrap();
+        assert_eq!(store.read(&sha256(&blob)).unwrap(), blob, "not the first part twice");
+        assert!(seen.lock().unwrap()[1].is_some(), "it asked for a range");
     }
 
     #[test]
