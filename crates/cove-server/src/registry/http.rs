@@ -10,10 +10,13 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use cove_image::oci;
 use cove_types::Digest;
+use tokio::io::AsyncReadExt as _;
 
 use super::path::{self, Route};
-use super::service::{Caller, RegistryError};
+use super::range::BlobRange;
+use super::service::{Access, Caller, RegistryError};
 use super::upload::{Chunk, UploadError};
 use crate::state::AppState;
 
@@ -269,9 +272,28 @@ async fn handle(
             let bytes = axum::body::to_bytes(body, super::service::MAX_MANIFEST_BYTES + 1)
                 .await
                 .map_err(|e| RegistryError::ManifestInvalid(format!("read the body: {e}")))?;
-            let d = reg.put_manifest(who, &name, &r, ct, &bytes)?;
-            let h = [("location", format!("/v2/{name}/manifests/{d}")), ("docker-content-digest", d.to_string())];
+            let pushed = reg.push_manifest(who, &name, &r, ct, &bytes)?;
+            let d = &pushed.digest;
+            let mut h =
+                vec![("location", format!("/v2/{name}/manifests/{d}")), ("docker-content-digest", d.to_string())];
+            if let Some(subject) = pushed.subject {
+                h.push(("oci-subject", subject.to_string()));
+            }
             Ok(reply(StatusCode::CREATED, &h, Body::empty()))
+        }
+        (Method::PUT, Route::BadReference(_, why)) => Err(why.into()),
+        (Method::GET | Method::HEAD, Route::BadReference(name, why)) => {
+            Err(reg.bad_reference(who, &name, Access::Pull, &why))
+        }
+        (Method::DELETE, Route::BadReference(name, why)) => Err(reg.bad_reference(who, &name, Access::Push, &why)),
+        (Method::GET, Route::Referrers(name, d)) => {
+            let artifact_type = q.get("artifactType").map(String::as_str).filter(|t| !t.is_empty());
+            let index = reg.referrers(who, &name, &d, artifact_type)?;
+            let mut h = vec![("content-type", oci::OCI_INDEX.to_string())];
+            if artifact_type.is_some() {
+                h.push(("oci-filters-applied", "artifactType".to_string()));
+            }
+            Ok(reply(StatusCode::OK, &h, Body::from(index.to_string())))
         }
         (Method::DELETE, Route::Manifest(name, r)) => {
             reg.delete_manifest(who, &name, &r)?;
@@ -279,18 +301,37 @@ async fn handle(
         }
         (m @ (Method::GET | Method::HEAD), Route::Blob(name, d)) => {
             let (file, size) = reg.open_blob(who, &name, &d).await?;
-            let h = [
+            let etag = format!("\"{d}\"");
+            let mut h = vec![
                 ("content-type", "application/octet-stream".to_string()),
                 ("docker-content-digest", d.to_string()),
-                ("content-length", size.to_string()),
-                ("etag", format!("\"{d}\"")),
+                ("accept-ranges", "bytes".to_string()),
+                ("etag", etag.clone()),
             ];
+            // A HEAD answers for the whole blob; so does a GET whose `If-Range` names another.
+            let text = |k| headers.get(k).map(|v: &HeaderValue| v.to_str().unwrap_or_default());
+            let asked =
+                text(header::RANGE).filter(|_| m == Method::GET && text(header::IF_RANGE).is_none_or(|t| t == etag));
+            let (status, start, len) = match BlobRange::of(asked, size) {
+                BlobRange::Whole => (StatusCode::OK, 0, size),
+                BlobRange::Part { start, end } => {
+                    h.push(("content-range", format!("bytes {start}-{end}/{size}")));
+                    (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+                }
+                BlobRange::Unsatisfiable => {
+                    tracing::debug!(repository = %name, digest = %d, size, range = ?asked, "blob range not satisfiable");
+                    h.push(("content-range", format!("bytes */{size}")));
+                    return Ok(reply(StatusCode::RANGE_NOT_SATISFIABLE, &h, Body::empty()));
+                }
+            };
+            h.push(("content-length", len.to_string()));
             let b = if m == Method::HEAD {
                 Body::empty()
             } else {
-                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10))
+                let file = reg.blob_part(file, &d, start).await?;
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10))
             };
-            Ok(reply(StatusCode::OK, &h, b))
+            Ok(reply(status, &h, b))
         }
         (Method::DELETE, Route::Blob(name, d)) => {
             reg.delete_blob(who, &name, &d)?;

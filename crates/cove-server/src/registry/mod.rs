@@ -2,9 +2,10 @@
 //! snapshots, so a pushed image becomes a snapshot without copying a byte.
 //!
 //! `path` parses `/v2/…` paths and validates names; `upload` holds upload sessions; `repos`
-//! keeps repositories, links and tags as files under `<data-dir>/registry/`; `token` issues
-//! short-lived push tokens; `service` holds the rules (organization scoping, manifest checks,
-//! GC roots); `http` is the thin axum layer.
+//! keeps repositories, links, tags and referrers as files under `<data-dir>/registry/`;
+//! `range` reads blob `Range` headers; `token` issues short-lived push tokens; `service`
+//! holds the rules (organization scoping, manifest checks, referrers, GC roots); `http` is
+//! the thin axum layer.
 //!
 //! Authentication: HTTP Basic with any user name and a Cove API key (or a push token from
 //! `GET /api/docker-registry/registry-push-access`) as the password, or the same secret as a
@@ -12,6 +13,7 @@
 
 mod http;
 pub mod path;
+pub mod range;
 pub mod repos;
 pub mod service;
 pub mod token;

@@ -17,6 +17,11 @@ pub enum Route {
     Tags(String),
     /// `/v2/<name>/manifests/<tag or digest>`.
     Manifest(String, Reference),
+    /// `/v2/<name>/manifests/<x>` where `x` is neither a valid tag nor a valid digest: no
+    /// manifest can be there (a read or delete answers 404), and none may be pushed (400).
+    BadReference(String, PathError),
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers(String, Digest),
     /// `/v2/<name>/blobs/<digest>`.
     Blob(String, Digest),
     /// `/v2/<name>/blobs/uploads/` (start an upload).
@@ -56,6 +61,19 @@ pub enum PathError {
     Upload(String),
 }
 
+impl PathError {
+    /// The refused path element as the client sent it.
+    pub fn input(&self) -> &str {
+        match self {
+            PathError::Unknown(s)
+            | PathError::Name(s)
+            | PathError::Tag(s)
+            | PathError::Digest(s)
+            | PathError::Upload(s) => s,
+        }
+    }
+}
+
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -90,7 +108,15 @@ pub fn parse(rest: &str) -> Result<Route, PathError> {
         return Ok(Route::Blob(checked_name(name)?, d));
     }
     if let Some(name) = head.strip_suffix("/manifests") {
-        return Ok(Route::Manifest(checked_name(name)?, parse_reference(last)?));
+        let name = checked_name(name)?;
+        return Ok(match parse_reference(last) {
+            Ok(r) => Route::Manifest(name, r),
+            Err(e) => Route::BadReference(name, e),
+        });
+    }
+    if let Some(name) = head.strip_suffix("/referrers") {
+        let d = last.parse().map_err(|_| PathError::Digest(last.to_string()))?;
+        return Ok(Route::Referrers(checked_name(name)?, d));
     }
     Err(unknown())
 }
@@ -171,6 +197,7 @@ mod tests {
         assert_eq!(parse(&format!("o/manifests/{D}")).unwrap(), Route::Manifest("o".into(), Reference::Digest(d)));
         let id = uuid::Uuid::new_v4().to_string();
         assert_eq!(parse(&format!("o/p/blobs/uploads/{id}")).unwrap(), Route::Upload("o/p".into(), id));
+        assert_eq!(parse(&format!("o/x/referrers/{D}")).unwrap(), Route::Referrers("o/x".into(), D.parse().unwrap()));
         // A repository may itself be called "blobs" or "manifests".
         assert_eq!(parse("o/blobs/tags/list").unwrap(), Route::Tags("o/blobs".into()));
     }
@@ -189,8 +216,10 @@ mod tests {
     #[test]
     fn bad_names_tags_digests_and_upload_ids_are_refused_not_treated_as_paths() {
         assert!(matches!(parse("../../etc/tags/list"), Err(PathError::Name(_))));
-        assert!(matches!(parse("a/manifests/.hidden"), Err(PathError::Tag(_))));
-        assert!(matches!(parse("a/manifests/sha256:zz"), Err(PathError::Digest(_))));
+        assert!(matches!(parse("a/manifests/.hidden"), Ok(Route::BadReference(_, PathError::Tag(_)))));
+        assert!(matches!(parse("a/manifests/sha256:zz"), Ok(Route::BadReference(_, PathError::Digest(_)))));
+        assert!(matches!(parse("UPPER/manifests/1.0"), Err(PathError::Name(_))));
+        assert!(matches!(parse("a/referrers/sha256:zz"), Err(PathError::Digest(_))));
         assert!(matches!(parse("a/blobs/uploads/not-a-uuid"), Err(PathError::Upload(_))));
         assert!(matches!(parse("a/blobs/latest"), Err(PathError::Digest(_))));
         assert!(matches!(parse("a/whatever"), Err(PathError::Unknown(_))));

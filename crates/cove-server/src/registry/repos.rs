@@ -5,7 +5,15 @@
 //! registry/repos/<name>/_layers/<alg>/<hex>               a blob linked to the repository (empty)
 //! registry/repos/<name>/_manifests/revisions/<alg>/<hex>  a manifest of the repository: its media type
 //! registry/repos/<name>/_manifests/tags/<tag>             the digest the tag points at
+//! registry/repos/<name>/_manifests/referrers/<alg>/<hex>/<alg>-<hex>
+//!                                     a manifest whose `subject` is <alg>:<hex>: its descriptor
 //! ```
+//!
+//! The referrers index is one small file per (subject, referrer), so listing a subject's
+//! referrers reads one directory however many manifests the repository has, and adding or
+//! removing one never rewrites the others. An entry is written before its manifest's revision
+//! and removed after it, and [`Repos::referrers`] lists only entries whose manifest is
+//! recorded, so a crash in between never shows a manifest that is not there.
 //!
 //! `<name>` always starts with the owning organization's id (`<orgId>/…`), so an
 //! organization's repositories are the tree under `registry/repos/<orgId>/`. Names are
@@ -77,6 +85,14 @@ impl Repos {
         self.dir(name).join("_manifests/tags").join(tag)
     }
 
+    fn referrers_dir(&self, name: &str, subject: &Digest) -> PathBuf {
+        self.dir(name).join("_manifests/referrers").join(subject.algorithm()).join(subject.hex())
+    }
+
+    fn referrer(&self, name: &str, subject: &Digest, d: &Digest) -> PathBuf {
+        self.referrers_dir(name, subject).join(format!("{}-{}", d.algorithm(), d.hex()))
+    }
+
     fn write(&self, op: &'static str, path: &Path, data: &[u8]) -> Result<(), RepoError> {
         let err = |source| RepoError { op, path: path.to_path_buf(), source };
         let _g = self.write.lock().expect("metadata write lock is never poisoned");
@@ -139,6 +155,59 @@ impl Repos {
             }
         }
         Ok(true)
+    }
+
+    /// Records manifest `d` as a referrer of `subject`, with the descriptor the referrers
+    /// list shows for it.
+    pub fn add_referrer(&self, name: &str, subject: &Digest, d: &Digest, descriptor: &[u8]) -> Result<(), RepoError> {
+        self.write("record referrer", &self.referrer(name, subject, d), descriptor)
+    }
+
+    /// Removes manifest `d` from the referrers of `subject`, or, when its subject is not
+    /// known (the manifest's bytes are gone), from those of every subject.
+    pub fn remove_referrer(&self, name: &str, subject: Option<&Digest>, d: &Digest) -> Result<(), RepoError> {
+        if let Some(subject) = subject {
+            self.remove("remove referrer", &self.referrer(name, subject, d))?;
+            return Ok(());
+        }
+        let file = format!("{}-{}", d.algorithm(), d.hex());
+        let Ok(algs) = std::fs::read_dir(self.dir(name).join("_manifests/referrers")) else { return Ok(()) };
+        for subjects in algs.flatten().filter_map(|a| std::fs::read_dir(a.path()).ok()) {
+            for s in subjects.flatten() {
+                self.remove("remove referrer", &s.path().join(&file))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptors of the recorded manifests whose subject is `subject`, by digest.
+    pub fn referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Vec<u8>>, RepoError> {
+        let dir = self.referrers_dir(name, subject);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(RepoError { op: "list referrers", path: dir, source }),
+        };
+        let mut entries: Vec<(Digest, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let (alg, hex) = file.split_once('-')?;
+                Some((format!("{alg}:{hex}").parse().ok()?, e.path()))
+            })
+            .filter(|(d, _)| self.revision(name, d).is_file())
+            .collect();
+        entries.sort();
+        let mut out = Vec::with_capacity(entries.len());
+        for (_, path) in entries {
+            match std::fs::read(&path) {
+                Ok(b) => out.push(b),
+                // Removed since the listing (its manifest deleted meanwhile).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(RepoError { op: "read referrer", path, source }),
+            }
+        }
+        Ok(out)
     }
 
     /// Points a tag at a manifest.
@@ -258,6 +327,37 @@ mod tests {
         assert_eq!(r.repositories("org1"), vec!["org1/a", "org1/a/b", "org1/c"]);
         assert_eq!(r.repositories("org2"), vec!["org2/a"]);
         assert!(r.repositories("org3").is_empty());
+    }
+
+    #[test]
+    fn referrers_are_listed_by_subject_only_while_their_manifest_is_recorded_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (subject, other) = (digest("subject"), digest("other"));
+        let (a, b, c) = (digest("a"), cove_image::content::sha512(b"b"), digest("c"));
+        {
+            let r = Repos::open(dir.path()).unwrap();
+            for (d, s) in [(&a, &subject), (&b, &subject), (&c, &other)] {
+                r.add_referrer("o/x", s, d, d.to_string().as_bytes()).unwrap();
+                r.put_manifest("o/x", d, "t").unwrap();
+            }
+            // Recorded as a referrer but its manifest never was (a crash in between).
+            r.add_referrer("o/x", &subject, &digest("half"), b"half").unwrap();
+        }
+        let r = Repos::open(dir.path()).unwrap();
+        let mut want = vec![a.to_string().into_bytes(), b.to_string().into_bytes()];
+        want.sort_by_key(|w| String::from_utf8(w.clone()).unwrap().parse::<Digest>().unwrap());
+        assert_eq!(r.referrers("o/x", &subject).unwrap(), want);
+        assert_eq!(r.referrers("o/x", &other).unwrap(), vec![c.to_string().into_bytes()]);
+        assert!(r.referrers("o/x", &digest("none")).unwrap().is_empty());
+        assert!(r.referrers("o/never", &subject).unwrap().is_empty());
+
+        r.delete_manifest("o/x", &a).unwrap();
+        assert_eq!(r.referrers("o/x", &subject).unwrap(), vec![b.to_string().into_bytes()], "a is gone");
+        r.remove_referrer("o/x", Some(&subject), &a).unwrap();
+        // Without the subject every subject's entry for the manifest goes.
+        r.remove_referrer("o/x", None, &c).unwrap();
+        assert!(!r.referrer("o/x", &other, &c).exists());
+        assert!(r.referrer("o/x", &subject, &b).exists());
     }
 
     #[test]

@@ -88,6 +88,15 @@ pub enum Access {
     Push,
 }
 
+/// A manifest just stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// Its digest.
+    pub digest: Digest,
+    /// The manifest its `subject` names, now listing it among its referrers.
+    pub subject: Option<Digest>,
+}
+
 /// A manifest as served.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -304,10 +313,19 @@ struct Doc {
     layers: Option<Vec<Desc>>,
     #[serde(default)]
     manifests: Option<Vec<Desc>>,
+    /// The manifest this one refers to (signatures, SBOMs, attestations).
+    #[serde(default)]
+    subject: Option<Desc>,
+    #[serde(default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Desc {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
     digest: String,
     /// Checked when a manifest is pushed; kept loose here so that reading stored manifests
     /// (GC roots, snapshots) never fails on it.
@@ -453,6 +471,24 @@ impl RegistryService {
         Ok((f, size))
     }
 
+    /// `file` (a blob opened by [`Self::open_blob`]) positioned at byte `start`.
+    pub async fn blob_part(
+        &self,
+        mut file: tokio::fs::File,
+        d: &Digest,
+        start: u64,
+    ) -> Result<tokio::fs::File, RegistryError> {
+        use tokio::io::AsyncSeekExt as _;
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await.map_err(|source| RegistryError::Read {
+                op: "seek in blob",
+                digest: d.clone(),
+                source,
+            })?;
+        }
+        Ok(file)
+    }
+
     /// Unlinks a blob from the repository; the garbage collector frees it when nothing else
     /// keeps it.
     pub fn delete_blob(&self, caller: &Caller, name: &str, d: &Digest) -> Result<(), RegistryError> {
@@ -576,9 +612,7 @@ impl RegistryService {
         self.inner.uploads.cancel(name, id).await.map_err(RegistryError::Upload)
     }
 
-    /// Stores a manifest or index after checking that everything it references is in the
-    /// repository with the size its descriptor declares; tags it when `reference` is a tag.
-    /// Returns its digest (sha256, or the algorithm of a digest `reference`).
+    /// [`Self::push_manifest`]'s digest.
     pub fn put_manifest(
         &self,
         caller: &Caller,
@@ -587,6 +621,22 @@ impl RegistryService {
         content_type: Option<&str>,
         bytes: &[u8],
     ) -> Result<Digest, RegistryError> {
+        self.push_manifest(caller, name, reference, content_type, bytes).map(|p| p.digest)
+    }
+
+    /// Stores a manifest or index after checking that everything it references is in the
+    /// repository with the size its descriptor declares (its `subject` need not be there
+    /// yet: referrers may be pushed first); tags it when `reference` is a tag, and lists it
+    /// among its subject's referrers. Its digest is that of a digest `reference` (sha256 or
+    /// sha512), else the canonical sha256 (a tag push names no digest).
+    pub fn push_manifest(
+        &self,
+        caller: &Caller,
+        name: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<Pushed, RegistryError> {
         let name = &self.repo(caller, name, Access::Push)?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::ManifestInvalid(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
@@ -628,13 +678,63 @@ impl RegistryService {
                 self.check_size(&field, desc, &d)?;
             }
         }
+        let subject = match &doc.subject {
+            Some(s) => Some(
+                s.digest
+                    .parse::<Digest>()
+                    .map_err(|_| RegistryError::ManifestInvalid(format!("subject: invalid digest {:?}", s.digest)))?,
+            ),
+            None => None,
+        };
         self.content().put(&digest, bytes).map_err(|source| RegistryError::Content { op: "store manifest", source })?;
+        // The referrer entry before the revision: listings skip entries without a manifest.
+        if let Some(s) = &subject {
+            let desc = referrer_descriptor(&doc, &media_type, &digest, bytes.len());
+            repos.add_referrer(name, s, &digest, desc.to_string().as_bytes())?;
+        }
         repos.put_manifest(name, &digest, &media_type)?;
         if let Reference::Tag(t) = reference {
             repos.set_tag(name, t, &digest)?;
         }
-        tracing::info!(repository = %name, reference = %reference, digest = %digest, media_type = %media_type, "manifest pushed");
-        Ok(digest)
+        tracing::info!(repository = %name, reference = %reference, digest = %digest, media_type = %media_type, subject = ?subject, "manifest pushed");
+        Ok(Pushed { digest, subject })
+    }
+
+    /// The referrers of `subject` in a repository: an OCI image index of the descriptors of
+    /// its manifests whose `subject` is `subject`, only those of `artifact_type` when given.
+    /// A repository without any is an empty index, not an error.
+    pub fn referrers(
+        &self,
+        caller: &Caller,
+        name: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<serde_json::Value, RegistryError> {
+        let name = &self.repo(caller, name, Access::Pull)?;
+        let mut manifests = Vec::new();
+        for raw in self.inner.repos.referrers(name, subject)? {
+            let Ok(desc) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                tracing::warn!(repository = %name, subject = %subject, "skipped an unreadable referrer entry");
+                continue;
+            };
+            if artifact_type.is_none_or(|t| desc["artifactType"].as_str() == Some(t)) {
+                manifests.push(desc);
+            }
+        }
+        tracing::debug!(repository = %name, subject = %subject, artifact_type, count = manifests.len(), "referrers listed");
+        Ok(serde_json::json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": manifests }))
+    }
+
+    /// The error for reading or deleting (`access`) a manifest by a reference that is neither
+    /// a tag nor a digest: no manifest can be there, so after the same access check as a
+    /// valid reference it is 404 `MANIFEST_UNKNOWN` (`NAME_UNKNOWN` without the repository).
+    /// A push by such a reference is refused with `why` instead.
+    pub fn bad_reference(&self, caller: &Caller, name: &str, access: Access, why: &PathError) -> RegistryError {
+        match self.repo(caller, name, access) {
+            Err(e) => e,
+            Ok(repo) if !self.inner.repos.exists(&repo) => RegistryError::NameUnknown { name: repo },
+            Ok(repo) => RegistryError::ManifestUnknown { name: repo, reference: why.input().to_string() },
+        }
     }
 
     /// Checks that descriptor `field` declares the size of the stored blob `d`.
@@ -693,7 +793,21 @@ impl RegistryService {
         let repos = &self.inner.repos;
         let deleted = match reference {
             Reference::Tag(t) => repos.delete_tag(name, t)?,
-            Reference::Digest(d) => repos.delete_manifest(name, d)?,
+            Reference::Digest(d) => {
+                // Its subject, read before the revision goes (the bytes stay until GC).
+                let subject = self
+                    .content()
+                    .read(d)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Doc>(&b).ok())
+                    .and_then(|doc| doc.subject)
+                    .and_then(|s| s.digest.parse::<Digest>().ok());
+                let deleted = repos.delete_manifest(name, d)?;
+                if deleted {
+                    repos.remove_referrer(name, subject.as_ref(), d)?;
+                }
+                deleted
+            }
         };
         if !deleted {
             return Err(RegistryError::ManifestUnknown { name: name.to_string(), reference: reference.to_string() });
@@ -799,6 +913,24 @@ pub fn is_system(name: &str) -> bool {
 
 fn under(name: &str, namespace: &str) -> bool {
     name.strip_prefix(namespace).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// How the referrers list shows a manifest: its media type, digest and size, its
+/// `artifactType` (for an image manifest without one, its config's media type; for an index
+/// without one, none), and its annotations.
+fn referrer_descriptor(doc: &Doc, media_type: &str, digest: &Digest, size: usize) -> serde_json::Value {
+    let mut desc = serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
+    let artifact_type =
+        doc.artifact_type.clone().filter(|t| !t.is_empty()).or_else(|| {
+            if is_index(media_type) { None } else { doc.config.as_ref().and_then(|c| c.media_type.clone()) }
+        });
+    if let Some(t) = artifact_type {
+        desc["artifactType"] = t.into();
+    }
+    if let Some(a) = doc.annotations.as_ref().filter(|a| !a.is_empty()) {
+        desc["annotations"] = serde_json::Value::Object(a.clone());
+    }
+    desc
 }
 
 fn is_index(media_type: &str) -> bool {
@@ -1128,5 +1260,84 @@ mod tests {
         let other = cove_image::content::sha512(b"something else");
         let e = reg.put_manifest(&who, "o/app", &Reference::Digest(other), None, &m).unwrap_err();
         assert_eq!(e.code(), (400, "DIGEST_INVALID"));
+    }
+
+    /// Pushes an artifact manifest (empty config) whose `subject` is `subject`.
+    async fn referrer(
+        reg: &RegistryService,
+        who: &Caller,
+        name: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        note: &str,
+    ) -> Pushed {
+        let (cd, ld) = (sha256(b"{}"), sha256(note.as_bytes()));
+        reg.upload_whole(who, name, &cd, body(b"{}")).await.unwrap();
+        reg.upload_whole(who, name, &ld, body(note.as_bytes())).await.unwrap();
+        let mut m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": oci::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.example.config.v1+json", "digest": cd, "size": 2},
+            "layers": [{"mediaType": "text/plain", "digest": ld, "size": note.len()}],
+            "subject": {"mediaType": oci::OCI_MANIFEST, "digest": subject, "size": 1},
+            "annotations": {"note": note},
+        });
+        if let Some(t) = artifact_type {
+            m["artifactType"] = t.into();
+        }
+        let bytes = serde_json::to_vec(&m).unwrap();
+        reg.push_manifest(who, name, &Reference::Digest(sha256(&bytes)), None, &bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn referrers_are_listed_with_their_artifact_type_filtered_and_forgotten_when_deleted() {
+        let (_d, reg) = registry().await;
+        let who = org(ORG_A);
+        let app = &format!("{ORG_A}/app");
+        // The subject need not exist yet.
+        let subject = sha256(b"not pushed yet");
+        let sig = referrer(&reg, &who, app, &subject, Some("application/vnd.example.sig"), "sig").await;
+        assert_eq!(sig.subject.as_ref(), Some(&subject));
+        let sbom = referrer(&reg, &who, app, &subject, None, "sbom").await;
+        let all = reg.referrers(&who, app, &subject, None).unwrap();
+        assert_eq!(all["mediaType"], oci::OCI_INDEX);
+        let listed = all["manifests"].as_array().unwrap();
+        assert_eq!(listed.len(), 2);
+        let by = |d: &Digest| listed.iter().find(|x| x["digest"] == d.to_string()).unwrap().clone();
+        assert_eq!(by(&sig.digest)["artifactType"], "application/vnd.example.sig");
+        assert_eq!(by(&sbom.digest)["artifactType"], "application/vnd.example.config.v1+json", "the config's type");
+        assert_eq!(by(&sbom.digest)["annotations"]["note"], "sbom");
+        assert_eq!(by(&sbom.digest)["mediaType"], oci::OCI_MANIFEST);
+        let size = reg.manifest(&who, app, &Reference::Digest(sbom.digest.clone())).unwrap().bytes.len();
+        assert_eq!(by(&sbom.digest)["size"], size);
+
+        let only = reg.referrers(&who, app, &subject, Some("application/vnd.example.sig")).unwrap();
+        assert_eq!(only["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(only["manifests"][0]["digest"], sig.digest.to_string());
+        let none = reg.referrers(&who, app, &sha256(b"other"), None).unwrap();
+        assert_eq!(none["manifests"], serde_json::json!([]));
+
+        reg.delete_manifest(&who, app, &Reference::Digest(sig.digest.clone())).unwrap();
+        let left = reg.referrers(&who, app, &subject, None).unwrap();
+        assert_eq!(left["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(left["manifests"][0]["digest"], sbom.digest.to_string());
+        // Another organization cannot list them.
+        let e = reg.referrers(&org(ORG_B), app, &subject, None).unwrap_err();
+        assert_eq!(e.code(), (404, "NAME_UNKNOWN"));
+    }
+
+    #[tokio::test]
+    async fn a_reference_neither_tag_nor_digest_is_an_unknown_manifest_for_reads_and_deletes() {
+        let (_d, reg) = registry().await;
+        let who = org(ORG_A);
+        let app = &format!("{ORG_A}/app");
+        let m = manifest_declaring(&reg, &who, app, b"layer", 5).await;
+        reg.put_manifest(&who, app, &Reference::Tag("1".into()), None, &m).unwrap();
+        let why = PathError::Tag("-bad".into());
+        let e = reg.bad_reference(&who, app, Access::Pull, &why);
+        assert_eq!(e.code(), (404, "MANIFEST_UNKNOWN"));
+        assert!(e.to_string().contains("-bad"), "{e}");
+        assert_eq!(reg.bad_reference(&who, app, Access::Push, &why).code(), (404, "MANIFEST_UNKNOWN"));
+        assert_eq!(reg.bad_reference(&who, &format!("{ORG_A}/none"), Access::Pull, &why).code(), (404, "NAME_UNKNOWN"));
+        assert_eq!(reg.bad_reference(&org(ORG_B), app, Access::Push, &why).code(), (403, "DENIED"));
     }
 }
