@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """`make bench`, pushes: MB/s of a local image (an OCI layout with a 48 MB layer) into Cove's
-built-in registry, beside `skopeo copy` of the same layout into Debian's docker-registry in
-the same run. Rows: skopeo → docker-registry (baseline), skopeo → Cove's /v2/, and
-`cove snapshot push oci:DIR` (push only, as the CLI reports it)."""
+built-in registry, beside `skopeo copy` of the same layout in the same run. Rows: skopeo →
+Debian's docker-registry (baseline), skopeo → Cove's /v2/, `cove snapshot push oci:DIR` (the
+push as the CLI reports it: reading the layout, push credentials, blobs, manifest; not the
+snapshot it then makes), and both again into repositories that already hold every blob
+(HEAD-skipped). The cove rows' ratio is to skopeo into Cove's /v2/ in the same run (goal:
+at least 1.0x); skopeo's times include its process start."""
 
 import os
 import re
@@ -47,19 +50,34 @@ def main():
         base = [skopeo_to(f"docker://{host(dst_reg.url)}/bench/big{i}:1.0") for i in range(RUNS)]
         cove_skopeo = [skopeo_to(f"docker://{host(server.url)}/{org}/big{i}:1.0", f"bench:{API_KEY}") for i in range(RUNS)]
         env = dict(os.environ, COVE_API_URL=server.api_url, COVE_API_KEY=API_KEY)
-        cli = []
-        for i in range(RUNS):
-            out = subprocess.run([str(COVE_BIN), "snapshot", "push", f"oci:{layout}:1.0", "--name", f"cli{i}"],
+
+        def cli_push(name, skipped):
+            out = subprocess.run([str(COVE_BIN), "snapshot", "push", f"oci:{layout}:1.0", "--name", name],
                                  env=env, capture_output=True, text=True, check=True)
-            m = re.search(r"Pushed ([\d.]+) MB in ([\d.]+) s", out.stderr)
-            cli.append(float(m.group(2)))
+            m = re.search(r"Pushed ([\d.]+) MB in ([\d.]+) s .*?(\d+) of (\d+) blobs were already", out.stderr)
+            assert m and (m.group(3) == m.group(4)) == skipped, out.stderr
+            return float(m.group(2))
+
+        cli = [cli_push(f"cli{i}", False) for i in range(RUNS)]
+        # Every blob already there: skopeo into the repositories it filled above; the CLI into
+        # repositories skopeo filled first (untimed).
+        skopeo_again = [skopeo_to(f"docker://{host(server.url)}/{org}/big{i}:1.0", f"bench:{API_KEY}") for i in range(RUNS)]
+        for i in range(RUNS):
+            skopeo_to(f"docker://{host(server.url)}/{org}/again{i}:1.0", f"bench:{API_KEY}")
+        cli_again = [cli_push(f"again{i}", True) for i in range(RUNS)]
         print(f"\nPushes of an OCI layout of {size / 1e6:.1f} MB, {RUNS} runs each (MB/s; higher is better)")
-        print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
+        print(f"{'':<52} {'p50':>9} {'p90':>9} {'ratio':>8}")
         print(row("skopeo copy -> Debian docker-registry (baseline)", mbps(size, base), unit="MB/s"))
-        print(row("skopeo copy -> cove /v2/", mbps(size, cove_skopeo), mbps(size, base), unit="MB/s"))
-        print(row("cove snapshot push oci:DIR (push part)", mbps(size, cli), mbps(size, base), unit="MB/s"))
-        print(f"\ntarget: report only (push {statistics.median(mbps(size, cli)):.0f} MB/s vs "
-              f"skopeo into docker-registry {statistics.median(mbps(size, base)):.0f} MB/s)")
+        print(row("skopeo copy -> cove /v2/ (vs baseline)", mbps(size, cove_skopeo), mbps(size, base), unit="MB/s"))
+        print(row("cove snapshot push (vs skopeo -> cove /v2/)", mbps(size, cli), mbps(size, cove_skopeo), unit="MB/s"))
+        print(row("skopeo copy -> cove /v2/, blobs exist", mbps(size, skopeo_again), unit="MB/s"))
+        print(row("cove snapshot push, blobs exist (vs skopeo)", mbps(size, cli_again), mbps(size, skopeo_again),
+                  unit="MB/s"))
+        fresh = statistics.median(cove_skopeo) / statistics.median(cli)
+        again = statistics.median(skopeo_again) / statistics.median(cli_again)
+        print(f"\ntarget: cove snapshot push >= 1.0x skopeo copy into cove's /v2/: {fresh:.2f}x "
+              f"({statistics.median(mbps(size, cli)):.0f} vs {statistics.median(mbps(size, cove_skopeo)):.0f} MB/s), "
+              f"{again:.2f}x with every blob already there -> {'met' if min(fresh, again) >= 1.0 else 'NOT met'}")
 
 
 if __name__ == "__main__":

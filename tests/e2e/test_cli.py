@@ -6,6 +6,8 @@ registries and API keys."""
 import hashlib
 import json
 import os
+import re
+import shutil
 import ssl
 import stat
 import subprocess
@@ -204,6 +206,28 @@ def test_snapshot_push_from_an_oci_layout_and_a_docker_archive_becomes_active_an
     assert "pushed-archive is active" in out.stdout, out.stdout + out.stderr
     got = json.loads(cli("snapshot", "get", "pushed-archive", "--format", "json").stdout)
     assert got["imageName"].endswith(":1.0"), got["imageName"]
+
+
+def test_snapshot_push_skips_blobs_the_repository_has_and_names_a_blob_whose_digest_is_wrong(cli, registry, tmp_path):
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host_of(registry.url)}/busybox:1", f"oci:{layout}:1")
+    # The same image already in the repository `--name again` pushes to (a name without an
+    # organization id is the caller's).
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"cli:{API_KEY}", f"oci:{layout}:1",
+           f"docker://{host_of(cli.server.url)}/again:1")
+    out = cli("snapshot", "push", f"oci:{layout}:1", "--name", "again")
+    assert "again is active" in out.stdout, out.stdout + out.stderr
+    m = re.search(r"(\d+) of (\d+) blobs were already in the registry", out.stderr)
+    assert m and m.group(1) == m.group(2) != "0", out.stderr
+
+    bad = tmp_path / "bad"
+    shutil.copytree(layout, bad)
+    layer = max((bad / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    layer.write_bytes(bytes(b ^ 0xFF for b in layer.read_bytes()))  # same size, other bytes
+    r = cli("snapshot", "push", f"oci:{bad}:1", "--name", "corrupt", check=False)
+    assert r.returncode != 0 and f"sha256:{layer.name}" in r.stderr, r.stderr
+    assert "DIGEST_INVALID" in r.stderr, r.stderr
+    assert "corrupt" not in cli("snapshot", "list").stdout
 
 
 def test_snapshot_push_refuses_an_arm64_image_with_the_platform_advice(cli, registry, tmp_path):

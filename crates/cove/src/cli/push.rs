@@ -1,7 +1,12 @@
 //! `cove snapshot push LOCAL_IMAGE --name NAME`: read an image from the local Docker engine,
 //! an OCI layout (`oci:DIR[:TAG]`) or a `docker save` archive (`docker-archive:FILE`), push it
-//! into the server's built-in registry (chunked uploads, with a progress bar) and create a
-//! snapshot from it.
+//! into the server's built-in registry and create a snapshot from it.
+//!
+//! Blobs go up [`PARALLEL_UPLOADS`] at a time, each as one request: a `HEAD` skips what the
+//! repository has, else a monolithic `POST …/blobs/uploads/?digest=` streams the file (large
+//! reads, no copy in memory). The client hashes nothing a layout already names: the registry
+//! verifies the digest while it writes (hashing only that algorithm) and refuses a mismatch,
+//! which the error names with the blob's file.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,6 +23,13 @@ use super::client::Client;
 use super::output::Progress;
 use super::snapshot::{Resources, finish, wait};
 use super::{Global, output};
+
+/// Blob uploads in flight at once.
+const PARALLEL_UPLOADS: usize = 4;
+/// Bytes per read of a blob file while it is streamed.
+const READ_BUFFER: usize = 2 << 20;
+/// Blobs up to this size are read into memory and sent as one body.
+const SMALL_BLOB: u64 = 1 << 20;
 
 use cove_image::oci::{self, OCI_INDEX, OCI_MANIFEST};
 
@@ -90,7 +102,42 @@ impl Registry {
         size: u64,
         bar: &mut Progress,
     ) -> anyhow::Result<()> {
-        push_blob(c, &self.base, repo, &self.auth, digest, path, size, bar).await
+        self.push_blobs(c, repo, &[(digest.to_string(), path.to_path_buf(), size)], bar).await.map(drop)
+    }
+
+    /// Uploads `(digest, file, size)` blobs the repository lacks, [`PARALLEL_UPLOADS`] at a
+    /// time; the bar follows the bytes handed to the connections (skipped blobs count at once).
+    /// Answers how many the repository already had.
+    pub async fn push_blobs(
+        &self,
+        c: &Client,
+        repo: &str,
+        blobs: &[(String, PathBuf, u64)],
+        bar: &mut Progress,
+    ) -> anyhow::Result<usize> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let uploads = futures_util::stream::iter(blobs.iter().map(|(d, p, size)| {
+            let sent = sent.clone();
+            async move { push_blob(c, &self.base, repo, &self.auth, d, p, *size, &sent).await }
+        }))
+        .buffer_unordered(PARALLEL_UPLOADS)
+        .try_collect::<Vec<bool>>();
+        tokio::pin!(uploads);
+        let mut shown = 0u64;
+        let skipped = loop {
+            tokio::select! {
+                r = &mut uploads => break r?.into_iter().filter(|s| *s).count(),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                    let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    bar.advance(now.saturating_sub(shown));
+                    shown = now.max(shown);
+                }
+            }
+        };
+        let total: u64 = blobs.iter().map(|b| b.2).sum();
+        bar.advance(total.saturating_sub(shown));
+        Ok(skipped)
     }
 
     /// Pushes a manifest under `tag`.
@@ -145,6 +192,7 @@ struct LocalImage {
 }
 
 pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
+    let t0 = Instant::now();
     let image = load(&a.image).await?;
     let reg = Registry::open(c, None).await?;
     let host = reg.host.clone();
@@ -156,14 +204,16 @@ pub async fn run(c: &Client, a: PushArgs, g: &Global) -> anyhow::Result<()> {
     };
     let total: u64 = image.blobs.iter().map(|b| b.2).sum();
     let mut bar = Progress::new(format!("Pushing {}", a.image), total);
-    let t0 = Instant::now();
-    for (d, path, size) in &image.blobs {
-        reg.push_blob(c, &repo, d, path, *size, &mut bar).await?;
-    }
+    let skipped = reg.push_blobs(c, &repo, &image.blobs, &mut bar).await?;
     reg.push_manifest(c, &repo, &tag, &image.media_type, &image.manifest).await?;
     bar.finish();
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!("Pushed {:.1} MB in {secs:.3} s ({:.1} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / secs.max(1e-6));
+    eprintln!(
+        "Pushed {:.1} MB in {secs:.3} s ({:.1} MB/s; {skipped} of {} blobs were already in the registry)",
+        total as f64 / 1e6,
+        total as f64 / 1e6 / secs.max(1e-6),
+        image.blobs.len()
+    );
 
     let r = &a.resources;
     let mut body = json!({
@@ -201,6 +251,10 @@ fn absolute(base: &str, location: &str) -> String {
     }
 }
 
+/// One blob: `HEAD` (present: done), else one monolithic `POST ?digest=` with the file as
+/// body; a registry that answers it with an upload session (202) gets the body in the
+/// closing `PUT ?digest=` instead. `sent` counts the bytes handed to the connection. Answers
+/// whether the repository had it.
 #[allow(clippy::too_many_arguments)]
 async fn push_blob(
     c: &Client,
@@ -210,77 +264,78 @@ async fn push_blob(
     digest: &str,
     path: &Path,
     size: u64,
-    bar: &mut Progress,
-) -> anyhow::Result<()> {
-    let head = c.http().head(format!("{base}/v2/{repo}/blobs/{digest}")).header("authorization", auth).send().await?;
-    if head.status().is_success() {
-        bar.advance(size);
-        return Ok(());
-    }
-    let start = c
+    sent: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<bool> {
+    let what = format!("upload {digest} ({})", path.display());
+    let head = c
         .http()
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .head(format!("{base}/v2/{repo}/blobs/{digest}"))
         .header("authorization", auth)
-        .header("content-length", "0")
         .send()
         .await
-        .context("start a blob upload")?;
-    let start = check(start, "start a blob upload").await?;
-    let mut location = location(&start, base)?;
-    // One streamed PATCH: reading the file overlaps sending it; the bar follows the bytes
-    // the body has handed to the connection.
-    let file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = sent.clone();
-    let stream =
-        futures_util::StreamExt::inspect(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20), move |c| {
-            if let Ok(c) = c {
-                counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    let request = c
+        .with_context(|| format!("{what}: look it up"))?;
+    if head.status().is_success() {
+        tracing::debug!(digest = %digest, size, "blob already in the repository");
+        sent.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        return Ok(true);
+    }
+    let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
+    let post = format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}");
+    let resp = c
         .http()
-        .patch(&location)
+        .post(&post)
         .header("authorization", auth)
         .header("content-type", "application/octet-stream")
         .header("content-length", size.to_string())
-        .body(reqwest::Body::wrap_stream(stream))
-        .send();
-    tokio::pin!(request);
-    let mut shown = 0u64;
-    let resp = loop {
-        tokio::select! {
-            r = &mut request => break r.context("upload a blob")?,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                let now = sent.load(std::sync::atomic::Ordering::Relaxed);
-                bar.advance(now - shown);
-                shown = now;
-            }
-        }
-    };
-    let resp = check(resp, "upload a blob").await?;
-    bar.advance(size.saturating_sub(shown));
-    location = location_or(&resp, base, &location);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = c
-        .http()
-        .put(format!("{location}{sep}digest={digest}"))
-        .header("authorization", auth)
-        .header("content-length", "0")
+        .body(file_body(path, size, sent.clone()).await.with_context(|| what.clone())?)
         .send()
         .await
-        .context("finish a blob upload")?;
-    check(resp, &format!("finish the upload of {digest}")).await?;
-    Ok(())
+        .with_context(|| what.clone())?;
+    if resp.status() == reqwest::StatusCode::ACCEPTED {
+        // Not taken whole: the answer opened a session; the body goes with the closing PUT.
+        let location = location(&resp, base)?;
+        let resp = c
+            .http()
+            .put(format!("{location}{}digest={digest}", sep(&location)))
+            .header("authorization", auth)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", size.to_string())
+            .body(file_body(path, size, sent.clone()).await.with_context(|| what.clone())?)
+            .send()
+            .await
+            .with_context(|| what.clone())?;
+        check(resp, &what).await?;
+    } else {
+        check(resp, &what).await?;
+    }
+    Ok(false)
+}
+
+/// A request body of the file at `path`: small ones read at once, larger ones streamed in
+/// [`READ_BUFFER`] reads; `sent` grows as the connection takes them.
+async fn file_body(
+    path: &Path,
+    size: u64,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<reqwest::Body> {
+    if size <= SMALL_BLOB {
+        let bytes = tokio::fs::read(path).await.with_context(|| format!("read {}", path.display()))?;
+        sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        return Ok(reqwest::Body::from(bytes));
+    }
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
+    let stream =
+        futures_util::StreamExt::inspect(tokio_util::io::ReaderStream::with_capacity(file, READ_BUFFER), move |c| {
+            if let Ok(c) = c {
+                sent.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    Ok(reqwest::Body::wrap_stream(stream))
 }
 
 fn location(resp: &reqwest::Response, base: &str) -> anyhow::Result<String> {
     let l = resp.headers().get("location").and_then(|v| v.to_str().ok()).context("the registry sent no Location")?;
     Ok(absolute(base, l))
-}
-
-fn location_or(resp: &reqwest::Response, base: &str, old: &str) -> String {
-    location(resp, base).unwrap_or_else(|_| old.to_string())
 }
 
 /// Reads the image named on the command line.
@@ -415,8 +470,17 @@ fn load_archive(file: &Path, name: Option<&str>) -> anyhow::Result<LocalImage> {
     let mut blobs = vec![(config_d.clone(), config_path, config.len() as u64)];
     let mut layers = Vec::new();
     for l in entry["Layers"].as_array().into_iter().flatten() {
-        let p = tmp.path().join(l.as_str().context("a layer path is not a string")?);
-        let (d, size, gz) = hash_file(&p)?;
+        let rel = l.as_str().context("a layer path is not a string")?;
+        let p = tmp.path().join(rel);
+        // Archives in the OCI layout name layers by digest: not hashed here, the registry
+        // verifies them while they are written.
+        let (d, size, gz) = match named_digest(rel) {
+            Some(d) => {
+                let size = std::fs::metadata(&p).with_context(|| format!("missing layer {rel}"))?.len();
+                (d, size, starts_with_gzip_magic(&p)?)
+            }
+            None => hash_file(&p)?,
+        };
         let media =
             if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
         layers.push(json!({ "mediaType": media, "digest": d, "size": size }));
@@ -435,6 +499,21 @@ fn tag_matches(repo_tag: &str, asked: &str) -> bool {
     repo_tag == asked
         || repo_tag.strip_prefix("docker.io/library/") == Some(asked)
         || repo_tag == format!("{asked}:latest")
+}
+
+/// `sha256:<hex>` of a path `blobs/sha256/<hex>`, the name an OCI layout gives a blob.
+fn named_digest(rel: &str) -> Option<String> {
+    let hex = rel.strip_prefix("blobs/sha256/")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| format!("sha256:{hex}"))
+}
+
+fn starts_with_gzip_magic(p: &Path) -> anyhow::Result<bool> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 2];
+    let f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let n = f.take(2).read(&mut magic).with_context(|| format!("read {}", p.display()))?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
 fn hash_file(p: &Path) -> anyhow::Result<(String, u64, bool)> {
@@ -500,6 +579,15 @@ mod tests {
         let e = check_platform(br#"{"os":"linux","architecture":"arm64"}"#, "custom-alpine:3.21").unwrap_err();
         assert!(e.to_string().contains("--platform=linux/amd64"), "{e}");
         check_platform(br#"{"os":"linux","architecture":"amd64"}"#, "x").unwrap();
+    }
+
+    #[test]
+    fn layer_paths_named_by_digest_are_taken_at_their_word_and_others_hashed() {
+        let hex = "a".repeat(64);
+        assert_eq!(named_digest(&format!("blobs/sha256/{hex}")), Some(format!("sha256:{hex}")));
+        assert_eq!(named_digest("abc/layer.tar"), None);
+        assert_eq!(named_digest(&format!("blobs/sha256/{}", "A".repeat(64))), None, "not a canonical digest");
+        assert_eq!(named_digest("blobs/sha256/../../etc/passwd"), None);
     }
 
     #[test]
