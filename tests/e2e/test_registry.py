@@ -308,3 +308,253 @@ def test_a_client_reusing_its_connection_after_an_early_refusal_gets_every_answe
         ok += 1
     assert ok == 50
     conn.close()
+
+
+# Content discovery: the referrers API (distribution-spec 1.1, "Listing Referrers").
+
+ARTIFACT_CONFIG = "application/vnd.example.config.v1+json"
+
+
+def artifact(v2, repo, subject_digest, subject_size, note, artifact_type=None, ref=None):
+    """Pushes a manifest whose `subject` is the given manifest; returns (status, headers, digest, bytes)."""
+    cd, ld = v2.push_blob(repo, b"{}"), v2.push_blob(repo, note.encode())
+    doc = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": ARTIFACT_CONFIG, "digest": cd, "size": 2},
+        "layers": [{"mediaType": "text/plain", "digest": ld, "size": len(note)}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject_size},
+        "annotations": {"org.example.note": note},
+    }
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    m = json.dumps(doc).encode()
+    st, h, _ = v2.push_manifest(repo, ref or sha(m), m)
+    return st, h, sha(m), m
+
+
+def referrers(v2, repo, digest, artifact_type=None):
+    q = f"?artifactType={artifact_type}" if artifact_type else ""
+    st, h, b = v2.req("GET", f"/v2/{repo}/referrers/{digest}{q}")
+    assert st == 200, (st, b)
+    assert h["Content-Type"] == OCI_INDEX
+    index = json.loads(b)
+    assert index["schemaVersion"] == 2 and index["mediaType"] == OCI_INDEX
+    return h, {d["digest"]: d for d in index["manifests"]}
+
+
+def test_referrers_list_the_manifests_whose_subject_is_a_digest_with_their_artifact_type(reg):
+    server, org, v2 = reg
+    repo = f"{org}/signed"
+    m, md, _ = image(v2, repo, "1.0")
+    st, h, sig, sig_bytes = artifact(v2, repo, md, len(m), "signature", "application/vnd.example.sig.v1")
+    assert st == 201 and h["OCI-Subject"] == md
+    st, h, sbom, sbom_bytes = artifact(v2, repo, md, len(m), "sbom")
+    assert st == 201 and h["OCI-Subject"] == md
+    # A manifest without a subject gets no OCI-Subject header.
+    st, h, _ = v2.push_manifest(repo, "plain", m)
+    assert st == 201 and h["OCI-Subject"] is None
+    h, listed = referrers(v2, repo, md)
+    assert h["OCI-Filters-Applied"] is None
+    assert set(listed) == {sig, sbom}
+    assert listed[sig] == {
+        "mediaType": OCI_MANIFEST, "digest": sig, "size": len(sig_bytes),
+        "artifactType": "application/vnd.example.sig.v1", "annotations": {"org.example.note": "signature"},
+    }
+    # Without an artifactType of its own, a manifest's is its config's media type.
+    assert listed[sbom]["artifactType"] == ARTIFACT_CONFIG and listed[sbom]["size"] == len(sbom_bytes)
+    # Filtered by artifactType, saying so.
+    h, only = referrers(v2, repo, md, "application/vnd.example.sig.v1")
+    assert h["OCI-Filters-Applied"] == "artifactType" and set(only) == {sig}
+    h, none = referrers(v2, repo, md, "application/vnd.example.nothing")
+    assert h["OCI-Filters-Applied"] == "artifactType" and none == {}
+    # No referrers: an empty index, not 404; a malformed digest is 400.
+    assert referrers(v2, repo, sha(b"no such manifest"))[1] == {}
+    st, _, b = v2.req("GET", f"/v2/{repo}/referrers/sha256:nothex")
+    assert st == 400 and error_code(b) == "DIGEST_INVALID"
+    # Another organization cannot list them.
+    st, created = server.api("POST", "/organizations", {"name": "other"})
+    assert st in (200, 201), created
+    st, _, b = V2(server, password=created["apiKey"]["value"]).req("GET", f"/v2/{repo}/referrers/{md}")
+    assert st == 404 and error_code(b) == "NAME_UNKNOWN"
+
+
+def test_a_referrer_pushed_before_its_subject_is_kept_survives_a_restart_and_goes_with_its_manifest(reg):
+    server, org, v2 = reg
+    repo = f"{org}/early"
+    subject = sha(b"the image, pushed later")
+    st, h, first, _ = artifact(v2, repo, subject, 100, "first", "application/vnd.example.a")
+    assert st == 201 and h["OCI-Subject"] == subject
+    st, _, second, _ = artifact(v2, repo, subject, 100, "second", "application/vnd.example.b", ref="second")
+    assert st == 201
+    assert set(referrers(v2, repo, subject)[1]) == {first, second}
+    server.kill()
+    server.start()
+    assert set(referrers(v2, repo, subject)[1]) == {first, second}, "the relation survives a restart"
+    # Deleting a referrer takes it off the list; deleting only a tag does not.
+    assert v2.req("DELETE", f"/v2/{repo}/manifests/second")[0] == 202
+    assert set(referrers(v2, repo, subject)[1]) == {first, second}
+    assert v2.req("DELETE", f"/v2/{repo}/manifests/{first}")[0] == 202
+    assert set(referrers(v2, repo, subject)[1]) == {second}
+    assert v2.req("DELETE", f"/v2/{repo}/manifests/{second}")[0] == 202
+    assert referrers(v2, repo, subject)[1] == {}
+    server.kill()
+    server.start()
+    assert referrers(v2, repo, subject)[1] == {}
+
+
+# Pull: range requests on blobs.
+
+def test_blob_range_requests_answer_exactly_the_bytes_asked_for(reg):
+    server, org, v2 = reg
+    repo = f"{org}/ranges"
+    data = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
+    d = v2.push_blob(repo, data)
+    size = len(data)
+    st, h, _ = v2.req("HEAD", f"/v2/{repo}/blobs/{d}")
+    assert st == 200 and h["Accept-Ranges"] == "bytes" and h["Content-Length"] == str(size)
+    st, h, b = v2.req("GET", f"/v2/{repo}/blobs/{d}")
+    assert st == 200 and b == data and h["Accept-Ranges"] == "bytes"
+    for asked, start, end in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=100-4195", 100, 4195),
+        (f"bytes=9000-{size * 2}", 9000, size - 1),  # cut at the end
+        ("bytes=10000-", 10000, size - 1),  # open range
+        ("bytes=-77", size - 77, size - 1),  # suffix range
+        (f"bytes=-{size * 3}", 0, size - 1),
+    ]:
+        st, h, b = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": asked})
+        assert st == 206, (asked, st)
+        assert h["Content-Range"] == f"bytes {start}-{end}/{size}", asked
+        assert h["Content-Length"] == str(end - start + 1) and b == data[start:end + 1], asked
+        assert h["Docker-Content-Digest"] == d
+    for asked in (f"bytes={size}-", f"bytes={size + 5}-{size + 10}", "bytes=-0"):
+        st, h, b = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": asked})
+        assert st == 416, (asked, st)
+        assert h["Content-Range"] == f"bytes */{size}"
+    # Several ranges, or a syntax that is not a range: the whole blob.
+    for asked in ("bytes=0-1,5-6", "bytes=5-1", "lines=1-2"):
+        st, _, b = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": asked})
+        assert st == 200 and b == data, asked
+    # An If-Range naming another version gets the whole blob; naming this one, the range.
+    st, _, b = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": "bytes=1-2", "If-Range": '"sha256:x"'})
+    assert st == 200 and b == data
+    st, _, b = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": "bytes=1-2", "If-Range": f'"{d}"'})
+    assert st == 206 and b == data[1:3]
+    # A sha512 blob is served by range too.
+    d512 = "sha512:" + hashlib.sha512(data).hexdigest()
+    assert v2.upload_blob(repo, data, d512)[0] == 201
+    st, h, b = v2.req("GET", f"/v2/{repo}/blobs/{d512}", headers={"Range": "bytes=-10"})
+    assert st == 206 and b == data[-10:] and h["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
+
+
+def test_an_interrupted_pull_resumes_from_where_it_stopped(reg):
+    """What a pulling client does with a dropped connection: ask for the rest by range."""
+    import http.client
+
+    server, org, v2 = reg
+    repo = f"{org}/resume"
+    data = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
+    d = v2.push_blob(repo, data)
+    host, port = server.url.split("://", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", f"/v2/{repo}/blobs/{d}", headers={"Authorization": v2.auth})
+    r = conn.getresponse()
+    got = r.read(300_000)
+    conn.close()  # dropped mid-body
+    st, h, rest = v2.req("GET", f"/v2/{repo}/blobs/{d}", headers={"Range": f"bytes={len(got)}-"})
+    assert st == 206 and h["Content-Range"] == f"bytes {len(got)}-{len(data) - 1}/{len(data)}"
+    assert sha(got + rest) == d
+
+
+# Push and content management: manifests addressed by a sha512 digest.
+
+def sha512(b: bytes) -> str:
+    return "sha512:" + hashlib.sha512(b).hexdigest()
+
+
+def test_a_manifest_pushed_by_a_sha512_digest_is_pulled_listed_and_deleted_by_it(reg):
+    server, org, v2 = reg
+    repo = f"{org}/sha512"
+    cd, ld = v2.push_blob(repo, b"{}"), v2.push_blob(repo, b"sha512 layer")
+    m = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": 12}],
+    }).encode()
+    d = sha512(m)
+    st, h, b = v2.push_manifest(repo, d, m)
+    assert st == 201, b
+    assert h["Docker-Content-Digest"] == d and h["Location"].endswith(f"/manifests/{d}")
+    for method in ("GET", "HEAD"):
+        st, h, b = v2.req(method, f"/v2/{repo}/manifests/{d}")
+        assert st == 200 and h["Docker-Content-Digest"] == d and h["Content-Length"] == str(len(m))
+        assert b == (m if method == "GET" else b"")
+    # A body that hashes otherwise is refused.
+    st, _, b = v2.push_manifest(repo, sha512(b"other"), m)
+    assert st == 400 and error_code(b) == "DIGEST_INVALID"
+    # A tag push names no digest: the answer is the canonical (sha256) one, and the tag pulls.
+    st, h, _ = v2.push_manifest(repo, "tagged", m)
+    assert st == 201 and h["Docker-Content-Digest"] == sha(m)
+    st, h, b = v2.req("GET", f"/v2/{repo}/manifests/tagged")
+    assert st == 200 and b == m and h["Docker-Content-Digest"] == sha(m)
+    # A sha512 manifest is listed as a referrer by its sha512 digest, of a sha512 subject too.
+    st, h, ref, ref_bytes = artifact(v2, repo, d, len(m), "about the sha512 manifest")
+    assert st == 201 and h["OCI-Subject"] == d
+    note = json.loads(ref_bytes)
+    ref512 = sha512(ref_bytes)
+    assert v2.push_manifest(repo, ref512, ref_bytes)[0] == 201
+    assert set(referrers(v2, repo, d)[1]) == {ref, ref512}
+    assert referrers(v2, repo, d)[1][ref512]["size"] == len(ref_bytes) and note["subject"]["digest"] == d
+    # Deleted by its sha512 digest: gone, the sha256 copy and its tag stay.
+    assert v2.req("DELETE", f"/v2/{repo}/manifests/{ref512}")[0] == 202
+    assert set(referrers(v2, repo, d)[1]) == {ref}
+    assert v2.req("DELETE", f"/v2/{repo}/manifests/{d}")[0] == 202
+    st, _, b = v2.req("GET", f"/v2/{repo}/manifests/{d}")
+    assert st == 404 and error_code(b) == "MANIFEST_UNKNOWN"
+    assert v2.req("HEAD", f"/v2/{repo}/manifests/{d}")[0] == 404
+    assert v2.req("GET", f"/v2/{repo}/manifests/tagged")[0] == 200
+
+
+def test_a_snapshot_runs_from_an_image_whose_manifest_is_addressed_by_sha512(reg, oci_layout):
+    from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+
+    server, org, v2 = reg
+    host = f"127.0.0.1:{server.port}"
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"any:{API_KEY}", f"oci:{oci_layout}:1",
+           f"docker://{host}/{org}/img512:1")
+    st, h, m = v2.req("GET", f"/v2/{org}/img512/manifests/1", headers={"Accept": OCI_MANIFEST})
+    assert st == 200
+    # The same manifest (sha256 layer blobs) pushed again under its sha512 digest.
+    d = sha512(m)
+    st, _, b = v2.push_manifest(org + "/img512", d, m, h["Content-Type"])
+    assert st == 201, b
+    st, snap = server.api("POST", "/snapshots", {"name": "by-sha512", "imageName": f"{host}/{org}/img512@{d}"})
+    assert st == 200, snap
+    done = server.wait_state("by-sha512")
+    assert done["state"] == "active", done.get("errorReason")
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="by-sha512"))
+    try:
+        assert sandbox.process.exec("echo ok").result.strip() == "ok"
+    finally:
+        sandbox.delete()
+
+
+# Pull and content management: references that are neither a tag nor a digest.
+
+def test_a_reference_that_is_neither_a_tag_nor_a_digest_is_an_unknown_manifest_but_cannot_be_pushed(reg):
+    server, org, v2 = reg
+    repo = f"{org}/refs"
+    m, md, _ = image(v2, repo, "1.0")
+    for bad in (".hidden", "-dash", "t" * 129, "sha256:nothex", "md5:abc", "bad%21"):
+        for method in ("GET", "HEAD", "DELETE"):
+            st, _, b = v2.req(method, f"/v2/{repo}/manifests/{bad}")
+            assert st == 404, (method, bad, st)
+            if method != "HEAD":
+                assert error_code(b) == "MANIFEST_UNKNOWN", (method, bad)
+    st, _, b = v2.push_manifest(repo, "-dash", m)
+    assert st == 400 and error_code(b) == "TAG_INVALID"
+    assert "-dash" in json.loads(b)["errors"][0]["message"]
+    st, _, b = v2.push_manifest(repo, "sha256:nothex", m)
+    assert st == 400 and error_code(b) == "DIGEST_INVALID"
+    assert v2.req("GET", f"/v2/{repo}/manifests/1.0")[0] == 200
