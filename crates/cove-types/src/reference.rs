@@ -70,7 +70,9 @@ impl ImageRef {
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let d: Digest = d.parse().map_err(|_| invalid("the digest must be sha256:<64 lowercase hex>"))?;
+                let d: Digest = d.parse().map_err(|_| {
+                    invalid("the digest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")
+                })?;
                 (r, Some(d))
             }
             None => (s, None),
