@@ -281,29 +281,21 @@ async fn push_blob(
     }
     let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
     let post = format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}");
-    let resp = c
-        .http()
-        .post(&post)
-        .header("authorization", auth)
-        .header("content-type", "application/octet-stream")
-        .header("content-length", size.to_string())
-        .body(file_body(path, size, sent.clone()).await.with_context(|| what.clone())?)
-        .send()
-        .await
-        .with_context(|| what.clone())?;
-    if resp.status() == reqwest::StatusCode::ACCEPTED {
-        // Not taken whole: the answer opened a session; the body goes with the closing PUT.
-        let location = location(&resp, base)?;
-        let resp = c
-            .http()
-            .put(format!("{location}{}digest={digest}", sep(&location)))
-            .header("authorization", auth)
+    // The blob's bytes, streamed from the file, in a POST or the closing PUT.
+    let send = |req: reqwest::RequestBuilder| async {
+        req.header("authorization", auth)
             .header("content-type", "application/octet-stream")
             .header("content-length", size.to_string())
             .body(file_body(path, size, sent.clone()).await.with_context(|| what.clone())?)
             .send()
             .await
-            .with_context(|| what.clone())?;
+            .with_context(|| what.clone())
+    };
+    let resp = send(c.http().post(&post)).await?;
+    if resp.status() == reqwest::StatusCode::ACCEPTED {
+        // Not taken whole: the answer opened a session; the body goes with the closing PUT.
+        let location = location(&resp, base)?;
+        let resp = send(c.http().put(format!("{location}{}digest={digest}", sep(&location)))).await?;
         check(resp, &what).await?;
     } else {
         check(resp, &what).await?;
