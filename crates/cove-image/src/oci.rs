@@ -142,6 +142,9 @@ pub enum KindError {
     /// The media type says one kind, the fields another.
     #[error("the document's fields do not fit its media type {0}")]
     Mismatch(String),
+    /// An image manifest without the config every image needs.
+    #[error("the image manifest (media type {0}) has no config")]
+    NoConfig(String),
 }
 
 impl ManifestKind {
@@ -188,10 +191,13 @@ impl ManifestOrIndex {
             ManifestKind::of_media_type(&media_type).ok_or_else(|| KindError::Unsupported(media_type.clone()))?;
         let fits = match kind {
             ManifestKind::Index => self.config.is_none() && self.layers.is_none(),
-            ManifestKind::Image => self.manifests.is_none() && self.config.is_some(),
+            ManifestKind::Image => self.manifests.is_none(),
         };
         if !fits {
             return Err(KindError::Mismatch(media_type));
+        }
+        if kind == ManifestKind::Image && self.config.is_none() {
+            return Err(KindError::NoConfig(media_type));
         }
         Ok((kind, media_type))
     }
@@ -238,6 +244,8 @@ mod tests {
         assert_eq!(doc(IMAGE).kind(Some(OCI_INDEX)).unwrap_err(), KindError::Mismatch(OCI_INDEX.into()));
         assert_eq!(doc(INDEX).kind(Some(OCI_MANIFEST)).unwrap_err(), KindError::Mismatch(OCI_MANIFEST.into()));
         assert_eq!(doc(r#"{"schemaVersion":2}"#).kind(None).unwrap_err(), KindError::Shapeless);
+        let no_config = doc(&format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#));
+        assert_eq!(no_config.kind(None).unwrap_err(), KindError::NoConfig(OCI_MANIFEST.into()));
         let both = r#"{"schemaVersion":2,"config":{"digest":"x"},"layers":[],"manifests":[]}"#;
         assert_eq!(doc(both).kind(None).unwrap_err(), KindError::Shapeless);
         let v1 = doc(r#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}"#);
