@@ -25,7 +25,8 @@ agent-debug:
 	$(AGENT_BUILD)
 
 ## Build, then run the server on the embedded defaults (SQLite + local disk under
-## /var/lib/cove), with a local registry mirror seeded with fixture images.
+## /var/lib/cove) with real images: scripts/run.sh bootstraps a Debian image once
+## (cove image bootstrap, cached afterwards) and makes cove-small the default snapshot.
 run: setup build
 	scripts/run.sh
 
