@@ -154,15 +154,16 @@ pub fn allocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
     rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len).map_err(std::io::Error::from)
 }
 
-/// Creates a `size_mib` image with all its blocks allocated (see the module doc) and formats
-/// it ext4 (lazy init). Refused with [`DiskError::NoSpace`] when the data filesystem would
-/// keep less than `reserve` bytes free; nothing is left behind then.
-pub async fn create_image(path: &Path, size_mib: u64, reserve: u64) -> Result<(), DiskError> {
+/// Creates a `size_mib` image with all its blocks allocated (see the module doc; `sparse`:
+/// none, only promised) and formats it ext4 (lazy init). Refused with [`DiskError::NoSpace`]
+/// when the data filesystem would keep less than `reserve` bytes free; nothing is left
+/// behind then.
+pub async fn create_image(path: &Path, size_mib: u64, reserve: u64, sparse: bool) -> Result<(), DiskError> {
     let len = size_mib << 20;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    check_room(dir, len, reserve)?;
+    check_room(dir, if sparse { 0 } else { len }, reserve)?;
     let f = std::fs::File::create(path).map_err(|source| DiskError::CreateImage { path: path.into(), source })?;
-    let allocated = f.set_len(len).and_then(|()| allocate(&f, len));
+    let allocated = f.set_len(len).and_then(|()| if sparse { Ok(()) } else { allocate(&f, len) });
     drop(f);
     if let Err(source) = allocated {
         let _ = std::fs::remove_file(path);
@@ -564,6 +565,27 @@ mod tests {
         assert!(f.metadata().unwrap().blocks() * 512 < 4 << 20);
         allocate(&f, 4 << 20).unwrap();
         assert!(f.metadata().unwrap().blocks() * 512 >= 4 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_sparse_disk_takes_only_what_mkfs_wrote_and_an_allocated_one_its_full_size() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (sparse, full) = (dir.path().join("sparse.img"), dir.path().join("full.img"));
+        create_image(&sparse, 256, 0, true).await.unwrap();
+        create_image(&full, 256, 0, false).await.unwrap();
+        let used = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 256 << 20);
+        assert!(used(&sparse) < 64 << 20, "sparse image holds {} bytes", used(&sparse));
+        assert!(used(&full) >= 256 << 20, "allocated image holds {} bytes", used(&full));
+        // A sparse disk needs only the reserve free; an allocated one its size besides (2 GiB
+        // of slack: other work on the machine writes meanwhile).
+        let free = free_bytes(dir.path()).unwrap();
+        let reserve = free.saturating_sub(2 << 30);
+        create_image(&dir.path().join("fits.img"), 4096, reserve, true).await.unwrap();
+        let e = create_image(&dir.path().join("no.img"), 4096, reserve, false).await.unwrap_err();
+        assert!(matches!(e, DiskError::NoSpace { .. }), "{e}");
+        assert!(!dir.path().join("no.img").exists());
     }
 
     #[test]

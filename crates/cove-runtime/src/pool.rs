@@ -49,6 +49,8 @@ pub(crate) struct DiskPool {
     closed: AtomicBool,
     /// Bytes every new image must leave free on the filesystem (`--disk-reserve`).
     reserve: AtomicU64,
+    /// Images are sparse (`--sandbox-disks=sparse`): they take no room but the reserve's.
+    sparse: AtomicBool,
 }
 
 /// `<size>-<uuid>.img` → size.
@@ -98,7 +100,13 @@ impl DiskPool {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        Ok(DiskPool { dir, state: Mutex::new(st), closed: AtomicBool::new(false), reserve: AtomicU64::new(0) })
+        Ok(DiskPool {
+            dir,
+            state: Mutex::new(st),
+            closed: AtomicBool::new(false),
+            reserve: AtomicU64::new(0),
+            sparse: AtomicBool::new(false),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -148,6 +156,11 @@ impl DiskPool {
     /// Sets the bytes every new image (pooled or not) must leave free.
     pub(crate) fn set_reserve(&self, bytes: u64) {
         self.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Makes new images sparse (see [`crate::RuntimeConfig::sparse_disks`]).
+    pub(crate) fn set_sparse(&self, sparse: bool) {
+        self.sparse.store(sparse, Ordering::Relaxed);
     }
 
     /// The bytes every new image must leave free.
@@ -200,8 +213,9 @@ impl DiskPool {
             let tmp = self.dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
             let t = std::time::Instant::now();
             // Room for one more disk of this size stays: a pool image never makes a create fail.
-            let keep_free = self.reserve().saturating_add(size << 20);
-            if let Err(e) = disk::create_image(&tmp, size, keep_free).await {
+            let sparse = self.sparse.load(Ordering::Relaxed);
+            let keep_free = if sparse { self.reserve() } else { self.reserve().saturating_add(size << 20) };
+            if let Err(e) = disk::create_image(&tmp, size, keep_free, sparse).await {
                 if matches!(e, disk::DiskError::NoSpace { .. }) {
                     tracing::info!(error = %e, size_mib = size, "not pre-making a disk image: the data filesystem is short of space");
                 } else {

@@ -75,6 +75,11 @@ pub struct RuntimeConfig {
     /// CDI spec directories the GPUs are read from at start (`--cdi-spec-dir`; see
     /// [`crate::gpu`]); empty: no GPUs.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Sandbox disks are sparse, promised rather than allocated (`--sandbox-disks=sparse`):
+    /// creates need only the reserve free, so many more sandboxes fit the data filesystem,
+    /// but a full filesystem then fails writes in every sandbox (they go read-only and are
+    /// reported `error`). Off (the default): each disk is allocated in full at create.
+    pub sparse_disks: bool,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -555,6 +560,7 @@ impl Runtime {
         cgroup::limit_parent_pids(&cfg.cgroup_parent).map_err(|e| RuntimeError::ParentPids(Box::new(e)))?;
         let pool_dir = cfg.root.join(POOL_DIR);
         let pool = DiskPool::open(pool_dir.clone()).map_err(|source| RuntimeError::Dir { path: pool_dir, source })?;
+        pool.set_sparse(cfg.sparse_disks);
 
         let userns = Userns::new(cfg.userns).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
         // runc's init runs as the sandbox's root (host `start`): it must be able to reach the
@@ -686,12 +692,14 @@ impl Runtime {
     }
 
     /// Whether a new `disk_mib` disk can be guaranteed now: a pre-made one of that size is
-    /// ready, or allocating one leaves the reserve free. The error names free and needed bytes.
+    /// ready, or allocating one leaves the reserve free (with sparse disks: the reserve is
+    /// free). The error names free and needed bytes.
     pub fn check_disk_room(&self, disk_mib: u64) -> Result<(), disk::DiskError> {
         if self.pool.ready(disk_mib) > 0 {
             return Ok(());
         }
-        disk::check_room(&self.cfg.root, disk_mib << 20, self.disk_reserve())
+        let needed = if self.cfg.sparse_disks { 0 } else { disk_mib << 20 };
+        disk::check_room(&self.cfg.root, needed, self.disk_reserve())
     }
 
     /// Sandboxes whose disk's filesystem went read-only (after an I/O or consistency error),
@@ -925,7 +933,9 @@ impl Runtime {
             let image = bundle.join("disk.img");
             let pooled = new_disk && self.pool.take(spec.disk_mib, &image);
             if new_disk && !pooled {
-                disk::create_image(&image, spec.disk_mib, self.disk_reserve()).await.map_err(storage)?;
+                disk::create_image(&image, spec.disk_mib, self.disk_reserve(), self.cfg.sparse_disks)
+                    .await
+                    .map_err(storage)?;
             }
             let image_ms = ms(t);
             disk::mount_image(&image, &disk_dir).await.map_err(storage)?;

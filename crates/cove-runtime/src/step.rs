@@ -569,7 +569,9 @@ impl Runtime {
             .map_err(|source| RuntimeError::Dir { path: res.dir.clone(), source })?;
         let (image, disk_dir) = (res.dir.join("disk.img"), res.dir.join("disk"));
         if !self.take_pooled_disk(spec.disk_mib, &image) {
-            disk::create_image(&image, spec.disk_mib, self.disk_reserve()).await.map_err(storage)?;
+            disk::create_image(&image, spec.disk_mib, self.disk_reserve(), self.config().sparse_disks)
+                .await
+                .map_err(storage)?;
         }
         disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
         let upper = disk_dir.join("upper");

@@ -53,6 +53,7 @@ async fn app() -> (Held, axum::Router) {
             egress: false,
             allow_private: vec![],
             cdi_spec_dirs: vec![],
+            sparse_disks: false,
         },
         default_snapshot: None,
         // Not the host of the images below: those must be remote (unreachable) registries,

@@ -12,6 +12,15 @@ use clap::{Parser, Subcommand};
 use cove_server::ServerConfig;
 use cove_server::config::{DEFAULT_INACTIVE_AFTER, parse_mirror};
 
+/// `--sandbox-disks`: how a sandbox's disk takes room on the data filesystem.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SandboxDisks {
+    /// The disk's full size is allocated at create.
+    Allocated,
+    /// Only what the sandbox writes takes room.
+    Sparse,
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "cove", version, about = "Self-hosted sandboxes and snapshots, Daytona-compatible")]
 struct Cli {
@@ -109,6 +118,13 @@ struct ServerArgs {
     /// free and needed bytes. Bytes with an optional K, M, G or T suffix.
     #[arg(long, env = "COVE_DISK_RESERVE", default_value = "1G", value_parser = cove_server::config::parse_size)]
     disk_reserve: u64,
+    /// How sandbox disks take room on the data filesystem: `allocated` (each disk's full size
+    /// at create, so one sandbox filling its disk never fails another's writes; creates past
+    /// the free space are refused) or `sparse` (only what is written; many more sandboxes fit,
+    /// but a full data filesystem fails writes in every sandbox, which then go read-only and
+    /// are reported `error`).
+    #[arg(long, env = "COVE_SANDBOX_DISKS", value_enum, default_value_t = SandboxDisks::Allocated)]
+    sandbox_disks: SandboxDisks,
     /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
     #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
     s3_listen: SocketAddr,
@@ -285,6 +301,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         ca_bundle: a.sandbox_ca_bundle,
         cdi_spec_dirs: a.cdi_spec_dirs.into_iter().filter(|d| !d.as_os_str().is_empty()).collect(),
+        sparse_disks: a.sandbox_disks == SandboxDisks::Sparse,
         userns: match a.userns_range {
             Some(r) => r,
             None => cove_server::config::IdRange::from_subid_files(

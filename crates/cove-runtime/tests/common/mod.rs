@@ -178,6 +178,7 @@ pub fn test_runtime_config(dir: &Path, net: TestNet) -> cove_runtime::RuntimeCon
         egress: true,
         allow_private: vec![],
         cdi_spec_dirs: vec![],
+        sparse_disks: false,
     }
 }
 

@@ -334,6 +334,9 @@ impl SandboxService {
         if let Some(info) = req.build_info.clone() {
             return self.create_from_build(who, req, info).await;
         }
+        // Phase times for `make bench`'s breakdown (debug log "create phases").
+        let t0 = std::time::Instant::now();
+        let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         if req.cpu.is_some() || req.memory.is_some() || req.disk.is_some() || req.gpu.is_some() {
             return Err(SandboxError::Invalid(
                 "cannot specify sandbox resources when using a snapshot: the snapshot's resources apply".into(),
@@ -391,6 +394,7 @@ impl SandboxService {
         let env = req.env.unwrap_or_default();
         validate_env(&env)?;
         let admission = self.quotas().admit(&who.org_id, snap.cpu, snap.mem, snap.disk).await?;
+        let lookup_ms = since(t0);
         // Privileged sandboxes are rare and never pooled: a prepared one would sit with every
         // capability. GPU sandboxes neither: a prepared one would hold GPUs.
         let gpu = key.template.gpu;
@@ -447,6 +451,9 @@ impl SandboxService {
             });
         }
         drop(admission); // the row holds its share of the quota now
+        let record_ms = since(t0) - lookup_ms;
+        let t_launch = std::time::Instant::now();
+        let mut launch_ms = 0.0;
         cove_types::fault::point("sandbox.create_recorded");
         let user_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let runtime_err = |op, source| SandboxError::Runtime { op, id: id.clone(), source };
@@ -471,15 +478,29 @@ impl SandboxService {
                 cove_runtime::oci::merge_env(&mut spec.env, &user_env);
                 self.launch(&spec, &net).await?;
             }
+            launch_ms = since(t_launch);
             cove_types::fault::point("sandbox.create_launched");
             self.wait_agent(&id).await
         }
         .await;
+        let agent_ms = since(t_launch) - launch_ms;
         if !privileged && gpu == 0 {
             self.inner.pool.refill(&key);
         }
-        tracing::debug!(sandbox_id = %id, warm = pooled.is_some(), "sandbox create finished");
-        self.finish_start(&mut rec, started, SandboxState::Creating).await
+        let t_finish = std::time::Instant::now();
+        let out = self.finish_start(&mut rec, started, SandboxState::Creating).await;
+        tracing::debug!(
+            sandbox_id = %id,
+            warm = pooled.is_some(),
+            lookup_ms,
+            record_ms,
+            launch_ms,
+            agent_ms,
+            finish_ms = since(t_finish),
+            total_ms = since(t0),
+            "create phases (snapshot lookup and admission, insert, runtime launch, agent ready, state recorded)"
+        );
+        out
     }
 
     /// `POST /sandbox` with `buildInfo` (the SDK's `CreateSandboxFromImageParams`): records the
