@@ -170,3 +170,74 @@ def test_node_runs_in_an_image_of_a_profile_with_node_when_one_was_bootstrapped(
         assert r.exit_code == 0 and r.result.strip() == "2", r.result
     finally:
         sandbox.delete()
+
+
+def test_general_snapshots_of_an_older_build_under_the_same_tag_are_re_pinned_in_place_and_spare_running_sandboxes(
+        cove, registry, release):
+    """What `--force` does to the general snapshots, without paying for a rebuild: an "older
+    build" (the busybox fixture) is pushed under the tag first and cove-small/medium/large are
+    pinned to it; the bootstrap then pushes the cached build over the tag, as a rebuild does."""
+    import threading
+
+    server = cove(extra=["--default-snapshot", "cove-small"])
+    st, access = server.api("GET", "/docker-registry/registry-push-access?namespace=cove")
+    assert st == 200, access
+    host = access["registryUrl"].split("://", 1)[-1]
+    image = f"{host}/cove/sandbox:minimal-{release}"
+    p = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                        "--dest-creds", f"{access['username']}:{access['secret']}",
+                        f"docker://{registry.url.split('://', 1)[1]}/busybox:1", f"docker://{image}"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    old = {}
+    for name, cpu, mem, disk in [("cove-small", 1, 1, 3), ("cove-medium", 2, 4, 8), ("cove-large", 4, 8, 10)]:
+        st, snap = server.api("POST", "/snapshots", {"name": name, "imageName": image, "general": True,
+                                                     "cpu": cpu, "memory": mem, "disk": disk})
+        assert st == 200, snap
+        old[name] = server.wait_state(snap["id"])
+        assert old[name]["state"] == "active", old[name]
+
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    running = daytona.create(timeout=120)
+    assert running.process.exec("cat /etc/cove-fixture").exit_code == 0, "it runs the busybox build"
+
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            st, s = server.api("GET", "/snapshots/cove-small")
+            seen.append((st, s.get("state") if isinstance(s, dict) else s))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out, log, _ = bootstrap(server, "--profile", "minimal", "--general")
+    finally:
+        stop.set()
+        watcher.join()
+    assert out["image"] == image and out["pushed"] is True, log
+    assert out["digest"] != old["cove-small"]["ref"], "the cached build is another image than the fixture"
+    assert "re-pinning from the older build" in log, log
+    for name, before in old.items():
+        st, now = server.api("GET", f"/snapshots/{name}")
+        assert st == 200 and now["id"] == before["id"] and now["state"] == "active", now
+        assert now["ref"] == out["digest"], f"{name} still pins {now['ref']}, not the pushed {out['digest']}"
+    assert seen and set(seen) == {(200, "active")}, f"cove-small was missing or not active meanwhile: {set(seen)}"
+
+    fresh = daytona.create(timeout=180)
+    try:
+        r = fresh.process.code_run("print(1+1)")
+        assert r.exit_code == 0 and r.result.strip() == "2", r.result
+        # The sandbox of the older build keeps its image, even across a stop and start after
+        # the re-pin (its lower layer must not have been collected).
+        assert running.process.exec("cat /etc/cove-fixture").exit_code == 0
+        running.stop()
+        running.start()
+        assert running.process.exec("cat /etc/cove-fixture").exit_code == 0, "the old image survived collection"
+    finally:
+        fresh.delete()
+        running.delete()
+
+    again, log, _ = bootstrap(server, "--profile", "minimal", "--general")
+    assert "already a general snapshot of this image" in log and "re-pinning" not in log, log

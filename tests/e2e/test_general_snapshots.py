@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 
-from harness import BUSYBOX, COVE_BIN
+import pytest
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, DaytonaError
+
+from harness import BUSYBOX, COVE_BIN, REGIONS
 
 
 def new_org_key(server, name):
@@ -75,3 +78,34 @@ def test_the_cli_lists_general_snapshots_as_such(server, tmp_path):
     st, sb = server.api("POST", "/sandbox", {}, key=other)
     assert st == 200 and sb["snapshot"] == "cove-small", sb
     assert server.api("DELETE", f"/sandbox/{sb['id']}", key=other)[0] == 200
+
+
+def test_a_general_snapshot_is_usable_in_every_region_the_server_serves(cove):
+    server = cove(extra=["--default-snapshot", "everywhere"])
+    st, snap = server.api("POST", "/snapshots", {"name": "everywhere", "imageName": BUSYBOX, "general": True})
+    assert st == 200, snap
+    snap = server.wait_state(snap["id"])
+    assert snap["state"] == "active" and snap["regionIds"] == REGIONS, snap
+
+    # A client targeting a region other than the first, with no parameters at all.
+    other = new_org_key(server, "team eu")
+    daytona = Daytona(DaytonaConfig(api_key=other, api_url=server.api_url, target="eu"))
+    sandbox = daytona.create(timeout=60)
+    try:
+        assert sandbox.snapshot == "everywhere" and sandbox.target == "eu", (sandbox.snapshot, sandbox.target)
+        assert sandbox.process.exec("echo ok").result.strip() == "ok"
+        assert daytona.get(sandbox.id).target == "eu"
+    finally:
+        sandbox.delete()
+
+    with pytest.raises(DaytonaError) as refused:
+        Daytona(DaytonaConfig(api_key=other, api_url=server.api_url, target="mars")).create(timeout=30)
+    assert refused.value.status_code == 400 and "mars" in str(refused.value), refused.value
+
+    # An organization's own snapshot stays in the region it was made in.
+    st, own = server.api("POST", "/snapshots", {"name": "own", "imageName": BUSYBOX}, key=other)
+    assert st == 200 and own["regionIds"] == [REGIONS[0]], own
+    server.wait_state(own["id"], key=other)
+    with pytest.raises(DaytonaError) as refused:
+        daytona.create(CreateSandboxFromSnapshotParams(snapshot="own"), timeout=30)
+    assert refused.value.status_code == 400 and f"available in region {REGIONS[0]}, not eu" in str(refused.value)

@@ -5,7 +5,8 @@ made by the test (root) outside the data dir."""
 import os
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError, Resources
+from daytona import (CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError, GpuType,
+                     Resources)
 
 from harness import API_KEY, BUSYBOX
 
@@ -40,3 +41,15 @@ def test_a_one_gpu_server_gives_its_gpu_to_one_sandbox_at_a_time_and_says_why_th
     first.start()
     assert "node-ok" in first.process.exec("test -c /dev/nvidia0 && echo node-ok").result
     first.delete()
+
+
+def test_a_snapshot_asking_for_a_gpu_type_is_refused_naming_the_field_rather_than_given_any_gpu(cove, cdi_dir):
+    server = cove(extra=["--cdi-spec-dir", str(cdi_dir)])
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    with pytest.raises(DaytonaError) as refused:
+        daytona.snapshot.create(CreateSnapshotParams(
+            name="typed", image=BUSYBOX, resources=Resources(cpu=1, memory=1, disk=1, gpu=1, gpu_type=GpuType.H100)))
+    assert refused.value.status_code == 400 and "gpuType is not supported" in str(refused.value), refused.value
+    assert server.api("GET", "/snapshots/typed")[0] == 404, "nothing was created"
+    st, snap = server.api("POST", "/snapshots", {"name": "untyped", "imageName": BUSYBOX, "gpu": 1, "gpuType": []})
+    assert st == 200 and snap.get("gpuType") is None, "an empty list asks for no type"

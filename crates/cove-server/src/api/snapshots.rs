@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/snapshots/{id}", get(get_one).delete(delete))
         .route("/snapshots/{id}/activate", post(activate))
         .route("/snapshots/{id}/deactivate", post(deactivate))
+        .route("/snapshots/{id}/pull", post(pull_again))
         .route("/snapshots/{id}/build-logs-url", get(build_logs_url))
         .route("/snapshots/{id}/build-logs", get(build_logs))
 }
@@ -53,6 +54,16 @@ async fn activate(
     Path(id): Path<String>,
 ) -> Result<Json<SnapshotDto>, ApiError> {
     Ok(Json(s.snapshots.activate(&who, &id).await?))
+}
+
+/// Cove's own: pulls the snapshot's image name again and pins what it names now (an admin
+/// key for a general snapshot).
+async fn pull_again(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotDto>, ApiError> {
+    Ok(Json(s.snapshots.pull_again(&who, &id).await?))
 }
 
 async fn deactivate(

@@ -360,13 +360,20 @@ impl SandboxService {
                 }
                 r => r?,
             };
-        if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
-            return Err(SandboxError::Invalid(format!(
-                "snapshot {} is available in region {}, not {t}",
-                snap.name, snap.region_id
-            )));
-        }
-        self.check_gpus(&snap.name, &snap.region_id, snap.gpu)?;
+        // A general snapshot is every served region's (as Daytona's are): the sandbox goes
+        // where the client targets. An organization's snapshot is its own region's.
+        let region_id = if snap.general {
+            self.inner.snapshots.region(req.target.as_deref())?
+        } else {
+            if let Some(t) = req.target.as_deref().filter(|t| *t != snap.region_id) {
+                return Err(SandboxError::Invalid(format!(
+                    "snapshot {} is available in region {}, not {t}",
+                    snap.name, snap.region_id
+                )));
+            }
+            snap.region_id.clone()
+        };
+        self.check_gpus(&snap.name, &region_id, snap.gpu)?;
         let user =
             req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
         let privileged = req.privileged.unwrap_or(false);
@@ -421,7 +428,7 @@ impl SandboxService {
             public: req.public.unwrap_or(false),
             network_block_all: net.policy.block_all,
             privileged,
-            region_id: snap.region_id.clone(),
+            region_id,
             cpu: snap.cpu,
             gpu: snap.gpu,
             mem: snap.mem,

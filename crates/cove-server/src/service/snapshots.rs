@@ -114,6 +114,16 @@ pub enum SnapshotError {
         /// The snapshot.
         name: String,
     },
+    /// Pulling the image again (to re-pin the snapshot) failed; the snapshot is unchanged.
+    #[error("cannot pull {image} again for snapshot {name} (it keeps its image): {reason}")]
+    PullFailed {
+        /// The snapshot.
+        name: String,
+        /// Its image name.
+        image: String,
+        /// Why.
+        reason: String,
+    },
     /// The store failed.
     #[error("{op}: {source}")]
     Store {
@@ -134,6 +144,7 @@ impl SnapshotError {
             Self::NameTaken { .. } | Self::NameReserved { .. } => ErrorKind::AlreadyExists,
             Self::GeneralSnapshot { .. } => ErrorKind::PermissionDenied,
             Self::WrongState { .. } | Self::ImageMissing { .. } => ErrorKind::FailedPrecondition,
+            Self::PullFailed { .. } => ErrorKind::Unavailable,
             Self::Store { source, .. } => source.kind(),
         }
     }
@@ -253,11 +264,15 @@ impl SnapshotService {
         let mem = resource("memory", req.memory, DEFAULT_MEMORY_GIB, 1, MAX_MEMORY_GIB)?;
         let disk = resource("disk", req.disk, DEFAULT_DISK_GIB, 1, MAX_DISK_GIB)?;
         let gpu = resource("gpu", req.gpu, 0, 0, MAX_GPU)?;
-        let gpu_type = match req.gpu_type {
-            None => None,
-            Some(v) if v.len() == 1 && !v[0].trim().is_empty() => Some(v[0].clone()),
-            Some(_) => return Err(SnapshotError::Invalid("gpuType must list exactly one GPU type".into())),
-        };
+        // Refused, never stored and ignored: a GPU model (H100, …) is not something this
+        // server can match (CDI names GPUs by index and UUID, not by model), so a snapshot
+        // asking for one would get whatever GPU is free. An empty list asks for nothing.
+        if req.gpu_type.as_ref().is_some_and(|v| v.iter().any(|t| !t.trim().is_empty())) {
+            return Err(SnapshotError::Invalid(
+                "gpuType is not supported by this server (GPUs are not told apart by model); leave it out".into(),
+            ));
+        }
+        let gpu_type = None;
         if let Some(class) = req.sandbox_class.as_deref().filter(|c| *c != "container") {
             return Err(SnapshotError::Invalid(format!(
                 "sandbox class {class:?} is not supported; this server runs \"container\" sandboxes"
@@ -302,7 +317,16 @@ impl SnapshotService {
             self.inner.builds.reset_log(&rec.id);
         }
         self.spawn_pull(rec.id.clone());
-        Ok(to_dto(&rec))
+        Ok(self.dto(&rec))
+    }
+
+    /// The wire form of `s` as this server serves it: a general snapshot is every region's.
+    fn dto(&self, s: &SnapshotRecord) -> SnapshotDto {
+        let mut d = to_dto(s);
+        if s.general {
+            d.region_ids = self.inner.regions.clone();
+        }
+        d
     }
 
     /// The region id to use for `asked` (the default region when `None`).
@@ -378,11 +402,23 @@ impl SnapshotService {
             }
         }
         // Leased: a snapshot deleted meanwhile cannot have its image collected before the
-        // sandbox's record (whose image_digest keeps it) exists.
-        let leased = match s.image_digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
-            Some(d) => self.inner.images.lease_existing(&d).await,
-            None => None,
-        };
+        // sandbox's record (whose image_digest keeps it) exists. One re-pinned meanwhile
+        // ([`Self::pull_again`]) may have had its old image collected: its new one is used.
+        let mut leased = None;
+        for _ in 0..3 {
+            leased = match s.image_digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
+                Some(d) => self.inner.images.lease_existing(&d).await,
+                None => None,
+            };
+            if leased.is_some() {
+                break;
+            }
+            let again = self.find(who, &s.id).await?;
+            if again.image_digest == s.image_digest || again.state != SnapshotState::Active {
+                break;
+            }
+            s = again;
+        }
         let (image, lease) = leased.ok_or_else(|| SnapshotError::ImageMissing { name: s.name.clone() })?;
         let now = now_millis();
         self.inner.store.touch_snapshot(&s.id, now).await.map_err(store("record snapshot use"))?;
@@ -392,7 +428,7 @@ impl SnapshotService {
 
     /// One snapshot by id or name.
     pub async fn get(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotDto, SnapshotError> {
-        Ok(to_dto(&self.find(who, id_or_name).await?))
+        Ok(self.dto(&self.find(who, id_or_name).await?))
     }
 
     /// A page of the caller's snapshots.
@@ -431,7 +467,7 @@ impl SnapshotService {
         };
         let (items, total) = self.inner.store.list_snapshots(&who.org_id, &q).await.map_err(store("list snapshots"))?;
         Ok(PaginatedSnapshots {
-            items: items.iter().map(to_dto).collect(),
+            items: items.iter().map(|s| self.dto(s)).collect(),
             total,
             page,
             total_pages: (total + limit - 1) / limit,
@@ -446,7 +482,7 @@ impl SnapshotService {
             return Err(wrong_state("activate", &s, "; only inactive snapshots can be activated"));
         }
         if s.state == SnapshotState::Active {
-            return Ok(to_dto(&s));
+            return Ok(self.dto(&s));
         }
         let image_present = s
             .image_digest
@@ -470,7 +506,7 @@ impl SnapshotService {
             self.spawn_pull(s.id.clone());
         }
         tracing::info!(snapshot_id = %s.id, state = %s.state, "snapshot activated");
-        Ok(to_dto(&s))
+        Ok(self.dto(&s))
     }
 
     /// Makes an active snapshot unavailable for new sandboxes (kept on disk).
@@ -495,6 +531,61 @@ impl SnapshotService {
         }
         tracing::info!(snapshot_id = %s.id, "snapshot deactivated");
         Ok(())
+    }
+
+    /// Pulls an active snapshot's image name again and pins the digest it names now, in
+    /// place (same id and name; `cove image bootstrap` re-pins the general snapshots of a
+    /// rebuilt image this way). The snapshot stays `active` on its old image until the new
+    /// one is unpacked, so it is never missing; sandboxes already running keep the image
+    /// they started from (their records reference it, so it is collected only after them).
+    /// A general snapshot only for an admin key, like every change to one.
+    pub async fn pull_again(&self, who: &Principal, id_or_name: &str) -> Result<SnapshotDto, SnapshotError> {
+        let s = self.find_to_change(who, id_or_name, "pull again").await?;
+        if s.build.is_some() {
+            return Err(SnapshotError::Invalid(format!(
+                "snapshot {} was built from a Dockerfile: it has no image name to pull again",
+                s.name
+            )));
+        }
+        if s.state != SnapshotState::Active {
+            return Err(wrong_state("pull again", &s, "; only an active snapshot is pulled again"));
+        }
+        let image = ImageRef::parse_pinned(&s.image_name)?;
+        let pulled = self.pull_for_org(&s.org_id, &image, disk_bytes(s.disk)).await.map_err(|reason| {
+            SnapshotError::PullFailed { name: s.name.clone(), image: s.image_name.clone(), reason }
+        })?;
+        let digest = pulled.record.manifest_digest.to_string();
+        if s.image_digest.as_deref() == Some(digest.as_str()) {
+            return Ok(self.dto(&s));
+        }
+        let old = s.image_digest.clone();
+        let mut n = s.clone();
+        // An entrypoint taken from the old image follows the image; one the snapshot was
+        // created with stays.
+        let from_old_image = old
+            .as_deref()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .and_then(|d| self.inner.images.image(&d))
+            .map(|i| entrypoint_from_image(&i.config));
+        if n.entrypoint.is_none() || n.entrypoint == from_old_image {
+            n.entrypoint = Some(entrypoint_from_image(&pulled.record.config));
+        }
+        n.image_digest = Some(digest);
+        n.size_bytes = Some(i64::try_from(pulled.record.size_bytes).unwrap_or(i64::MAX));
+        n.error_reason = None;
+        n.updated_at = now_millis();
+        let written =
+            self.inner.store.update_snapshot_if(&n, &[SnapshotState::Active]).await.map_err(store("re-pin snapshot"));
+        drop(pulled.lease);
+        let this = self.clone();
+        if !written? {
+            tokio::spawn(async move { this.collect_garbage().await });
+            return Err(self.moved_on("pull again", who, id_or_name).await);
+        }
+        tracing::info!(snapshot_id = %n.id, name = %n.name, old = ?old, new = ?n.image_digest, "snapshot re-pinned");
+        // The old image goes once no sandbox and no other snapshot uses it.
+        tokio::spawn(async move { this.collect_garbage().await });
+        Ok(self.dto(&n))
     }
 
     /// Deletes the record at once and frees its image in the background.

@@ -5,7 +5,8 @@
 //! and `cove-gpu` (1 GPU) where the server's regions report GPUs.
 //!
 //! Idempotent: a cached build is reused (`--force` rebuilds), a manifest already in the
-//! registry is not pushed again, general snapshots of the same image are left alone.
+//! registry is not pushed again, general snapshots of the same image are left alone, and
+//! those of an older build under the same tag are re-pinned to the new one in place.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -161,7 +162,7 @@ async fn bootstrap(c: &Client, a: BootstrapArgs, g: &Global) -> anyhow::Result<(
             general.push(GPU_GENERAL);
         }
         for (name, cpu, memory, disk, gpu) in general {
-            let state = ensure_general(c, name, &image, cpu, memory, disk, gpu).await?;
+            let state = ensure_general(c, name, &image, &digest, cpu, memory, disk, gpu).await?;
             snapshots.push(json!({ "name": name, "state": state }));
         }
     } else {
@@ -179,12 +180,17 @@ async fn bootstrap(c: &Client, a: BootstrapArgs, g: &Global) -> anyhow::Result<(
     Ok(())
 }
 
-/// Makes `name` a general snapshot of `image` unless it is one already; another image's
-/// snapshot of that name is deleted first. Returns the final state (`active`).
+/// Makes `name` a general snapshot of `image` (whose manifest is `digest`) unless it is one
+/// already. One of the same image name pinned to another digest (an older build of the tag:
+/// `--force`) is re-pinned in place (`POST /snapshots/{id}/pull`): never missing meanwhile,
+/// and its running sandboxes keep their image. Another image's snapshot of that name is
+/// deleted first. Returns the final state (`active`).
+#[allow(clippy::too_many_arguments)]
 async fn ensure_general(
     c: &Client,
     name: &str,
     image: &str,
+    digest: &str,
     cpu: i64,
     memory: i64,
     disk: i64,
@@ -205,8 +211,21 @@ async fn ensure_general(
         let state = s["state"].as_str().unwrap_or_default();
         if s["imageName"].as_str() == Some(image) && !matches!(state, "error" | "build_failed") {
             let done = snapshot::wait(c, &id).await?;
-            eprintln!("      {name}: already a general snapshot of this image ({})", output::field(&done, "state"));
-            return finished(&done, name);
+            if done["state"].as_str() != Some("active") || done["ref"].as_str() == Some(digest) {
+                eprintln!("      {name}: already a general snapshot of this image ({})", output::field(&done, "state"));
+                return finished(&done, name);
+            }
+            eprintln!("      {name}: re-pinning from the older build {} to {digest}", output::field(&done, "ref"));
+            let repinned: Value = c
+                .post_json(&format!("/snapshots/{}/pull", seg(&id)), &json!({}))
+                .await
+                .with_context(|| format!("re-pin the general snapshot {name} to {digest}"))?;
+            anyhow::ensure!(
+                repinned["ref"].as_str() == Some(digest),
+                "general snapshot {name} was re-pinned to {} instead of {digest}: was {image} pushed again meanwhile?",
+                output::field(&repinned, "ref")
+            );
+            return finished(&repinned, name);
         }
         eprintln!("      {name}: replacing the snapshot of {} ({state})", output::field(&s, "imageName"));
         c.delete(&format!("/snapshots/{}", seg(&id))).await?;
