@@ -125,6 +125,16 @@ pub struct NetPolicy {
     pub allow_domains: Vec<String>,
 }
 
+/// The ranges [`crate::firewall`] blocks whatever the admin allows, with what they are.
+const ALWAYS_BLOCKED_NAMES: [(&str, &str); 6] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local and cloud metadata"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "the reserved range"),
+    ("255.255.255.255/32", "broadcast"),
+];
+
 const F_BLOCK_ALL: &str = "networkBlockAll";
 const F_ALLOW_LIST: &str = "networkAllowList";
 const F_DOMAINS: &str = "domainAllowList";
@@ -201,6 +211,34 @@ impl NetPolicy {
             ));
         }
         Ok(NetPolicy { block_all, allow_cidrs, allow_domains })
+    }
+
+    /// Refuses `networkAllowList` entries that no sandbox can ever reach because they lie
+    /// wholly in [`crate::firewall`]'s always-blocked set for the server's `allow_private`
+    /// (an entry that would be stored and shown but never let anything through). The error
+    /// names the entry, why it is blocked and, for private networks, the server flag that
+    /// allows them. Entries that only overlap the set (`0.0.0.0/0`) are kept: the rest of
+    /// them is reachable.
+    pub fn refuse_never_reachable(&self, allow_private: &[Ipv4Net]) -> Result<(), PolicyError> {
+        let blocked = crate::firewall::blocked_ranges(allow_private);
+        for net in &self.allow_cidrs {
+            let (a, b) = net.range();
+            let inside = |(x, y): (u32, u32)| x <= a && b <= y;
+            if !blocked.iter().any(|(x, y)| inside((u32::from(*x), u32::from(*y)))) {
+                continue;
+            }
+            let why = ALWAYS_BLOCKED_NAMES
+                .iter()
+                .find(|(n, _)| inside(Ipv4Net::parse(n).expect("constant network").range()))
+                .map(|(n, what)| format!("{what} ({n}), which no sandbox reaches whatever its policy"))
+                .unwrap_or_else(|| {
+                    "a private network (RFC 1918 or CGNAT), which sandboxes reach only where the server \
+                     allows it with --sandbox-allow-private"
+                        .into()
+                });
+            return Err(invalid(F_ALLOW_LIST, format!("{:?} is always blocked: it is in {why}", net.to_string())));
+        }
+        Ok(())
     }
 
     /// Whether anything beyond the always-blocked set is refused.
@@ -356,6 +394,38 @@ mod tests {
         assert!(!p.allows_domain("evilexample.org"));
         assert!(!p.allows_domain(".example.org"));
         assert!(!NetPolicy { block_all: true, ..p }.allows_domain("example.com"));
+    }
+
+    #[test]
+    fn allow_list_entries_the_firewall_always_blocks_are_refused_naming_the_entry_why_and_the_flag() {
+        let refused = |list: &str, allow: &[Ipv4Net]| {
+            NetPolicy::from_fields(None, Some(list), None)
+                .unwrap()
+                .refuse_never_reachable(allow)
+                .map_err(|e| e.to_string())
+        };
+        for (entry, why) in [
+            ("192.168.1.0/24", "--sandbox-allow-private"),
+            ("10.0.0.0/8", "--sandbox-allow-private"),
+            ("100.64.3.4", "--sandbox-allow-private"),
+            ("169.254.0.0/16", "link-local and cloud metadata"),
+            ("169.254.169.254/32", "link-local and cloud metadata"),
+            ("127.0.0.1", "loopback"),
+        ] {
+            let e = refused(&format!("203.0.113.0/24,{entry}"), &[]).unwrap_err();
+            let shown = net(entry).to_string();
+            assert!(
+                e.contains("networkAllowList") && e.contains(&shown) && e.contains("always blocked") && e.contains(why),
+                "{entry}: {e}"
+            );
+        }
+        let e = refused("169.254.169.254", &[net("169.254.0.0/16")]).unwrap_err();
+        assert!(e.contains("link-local") && !e.contains("--sandbox-allow-private"), "{e}");
+        // Allowed by the admin, or only partly blocked: reachable, so kept.
+        assert_eq!(refused("192.168.1.0/24", &[net("192.168.0.0/16")]), Ok(()));
+        assert_eq!(refused("10.1.0.0/16", &[net("10.1.0.0/24")]), Ok(()), "10.1.0.0/24 of it is reachable");
+        assert_eq!(refused("0.0.0.0/0,203.0.113.0/24,8.0.0.0/7", &[]), Ok(()));
+        assert_eq!(refused("172.0.0.0/8", &[]), Ok(()), "only 172.16.0.0/12 of it is private");
     }
 
     #[test]

@@ -1313,6 +1313,11 @@ impl Runtime {
     pub(crate) fn resolv_conf(&self) -> String {
         resolv_conf(self.cidr.gateway())
     }
+
+    /// Private networks sandboxes may reach after all (`--sandbox-allow-private`).
+    pub fn allow_private(&self) -> &[Ipv4Net] {
+        &self.cfg.allow_private
+    }
 }
 
 /// GPUs ([`crate::gpu`]): what the server asks, the hold a start takes and a stop frees.

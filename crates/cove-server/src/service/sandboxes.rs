@@ -1158,6 +1158,7 @@ impl SandboxService {
             req.network_allow_list.as_deref(),
             req.domain_allow_list.as_deref(),
         )
+        .and_then(|p| p.refuse_never_reachable(self.inner.runtime.allow_private()).map(|()| p))
         .map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let link = match req.linked_sandbox.as_deref().filter(|l| !l.trim().is_empty()) {
             None => None,
@@ -1251,6 +1252,7 @@ impl SandboxService {
                 req.domain_allow_list.as_deref().or(rec.domain_allow_list.as_deref()),
             ),
         }
+        .and_then(|p| p.refuse_never_reachable(self.inner.runtime.allow_private()).map(|()| p))
         .map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let from = rec.state;
         rec.network_block_all = policy.block_all;
