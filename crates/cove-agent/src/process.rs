@@ -26,9 +26,9 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// Exit code a shell gives for a missing command.
 pub const NOT_FOUND_EXIT: i32 = 127;
 
-/// `POST /process/execute` body.
+/// `POST /process/execute` body. Unknown keys are refused by name (both SDKs send only these).
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecuteRequest {
     /// Passed verbatim to the shell on stdin.
     pub command: String,
@@ -40,9 +40,9 @@ pub struct ExecuteRequest {
     pub timeout: Option<u64>,
 }
 
-/// `POST /process/code-run` body.
+/// `POST /process/code-run` body. Unknown keys are refused by name.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CodeRunRequest {
     /// The program text.
     pub code: String,

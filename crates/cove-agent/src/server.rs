@@ -65,30 +65,47 @@ struct DirResponse {
     dir: String,
 }
 
+// Query strings and bodies refuse keys they do not know, naming them (400), instead of dropping
+// them: every key either SDK sends to these routes is listed (checked against `daytona` and
+// `@daytona/sdk` with their toolbox API clients).
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PathQuery {
     path: Option<String>,
 }
 
+/// `GET /files?path=&depth=`: the SDKs' `list_files(path, depth)`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    path: Option<String>,
+    depth: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FolderQuery {
     path: Option<String>,
     mode: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeleteQuery {
     path: Option<String>,
     recursive: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MoveQuery {
     source: Option<String>,
     destination: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PermissionsQuery {
     path: Option<String>,
     owner: Option<String>,
@@ -102,6 +119,7 @@ struct FollowQuery {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InputRequest {
     data: String,
 }
@@ -229,8 +247,18 @@ async fn code_run(
 
 async fn list_files(
     State(s): State<AppState>,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<files::FileInfo>>, ApiError> {
+    // One level is what the daemon lists; a deeper listing is refused rather than answered flat.
+    match q.depth.as_deref().map(str::trim) {
+        None | Some("" | "1") => {}
+        Some(d) => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("depth {d:?} is not supported: the agent lists one level (depth 1)"),
+            ));
+        }
+    }
     Ok(Json(files::list(&s.config.workdir, q.path.as_deref())?))
 }
 
@@ -677,6 +705,75 @@ mod tests {
         let (s, v) = f.json("POST", "/process/execute", Some(body)).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v, serde_json::json!({"exitCode": 3, "result": "hi\nerr\n"}));
+    }
+
+    /// Calls `uri` and asserts a 400 whose message names `field`.
+    async fn assert_refused_naming(f: &Fixture, method: &str, uri: &str, body: Option<serde_json::Value>, field: &str) {
+        let (s, v) = f.json(method, uri, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {v}");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("unknown field `{field}`")), "{method} {uri}: {v}");
+    }
+
+    #[tokio::test]
+    async fn process_bodies_refuse_an_unknown_key_naming_it() {
+        let f = fixture();
+        let execute =
+            serde_json::json!({"command": "true", "cwd": null, "envs": {"A": "1"}, "timeout": 5, "shell": "zsh"});
+        assert_refused_naming(&f, "POST", "/process/execute", Some(execute), "shell").await;
+        let code =
+            serde_json::json!({"code": "1", "language": "python", "argv": [], "envs": {}, "timeout": 5, "stdin": "x"});
+        assert_refused_naming(&f, "POST", "/process/code-run", Some(code), "stdin").await;
+        // Everything the SDKs send is still accepted.
+        let (s, v) = f
+            .json(
+                "POST",
+                "/process/execute",
+                Some(serde_json::json!({"command": "true", "cwd": null, "envs": {"A": "1"}, "timeout": 5})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    #[tokio::test]
+    async fn session_bodies_refuse_an_unknown_key_naming_it() {
+        let f = fixture();
+        assert_refused_naming(
+            &f,
+            "POST",
+            "/process/session",
+            Some(serde_json::json!({"sessionId": "s", "shell": "zsh"})),
+            "shell",
+        )
+        .await;
+        let (s, _) = f.json("POST", "/process/session", Some(serde_json::json!({"sessionId": "s"}))).await;
+        assert!(s.is_success(), "{s}");
+        let exec = serde_json::json!({"command": "true", "async": false, "runAsync": false, "suppressInputEcho": true, "cwd": "/"});
+        assert_refused_naming(&f, "POST", "/process/session/s/exec", Some(exec), "cwd").await;
+        let input = serde_json::json!({"data": "x", "newline": false});
+        assert_refused_naming(&f, "POST", "/process/session/s/command/c/input", Some(input), "newline").await;
+    }
+
+    #[tokio::test]
+    async fn file_queries_refuse_an_unknown_key_naming_it() {
+        let f = fixture();
+        for (method, uri, field) in [
+            ("GET", "/files/info?path=a&follow=1", "follow"),
+            ("GET", "/files/download?path=a&offset=3", "offset"),
+            ("POST", "/files/upload-v2?path=a&overwrite=false", "overwrite"),
+            ("POST", "/files/folder?path=a&mode=755&parents=false", "parents"),
+            ("DELETE", "/files?path=a&recursive=true&force=true", "force"),
+            ("POST", "/files/move?source=a&destination=b&overwrite=true", "overwrite"),
+            ("POST", "/files/permissions?path=a&mode=644&recursive=true", "recursive"),
+            ("GET", "/files?path=.&hidden=false", "hidden"),
+        ] {
+            assert_refused_naming(&f, method, uri, None, field).await;
+        }
+        let (s, v) = f.json("GET", "/files?path=.&depth=1", None).await;
+        assert_eq!(s, StatusCode::OK, "depth 1, as the SDKs send it: {v}");
+        let (s, v) = f.json("GET", "/files?path=.&depth=2", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("depth")), "{v}");
     }
 
     #[tokio::test]

@@ -41,17 +41,18 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// How long a stopping agent waits for the entrypoint after forwarding the signal.
 pub const ENTRYPOINT_STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// `POST /process/session` body.
+/// `POST /process/session` body. Unknown keys are refused by name.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreateSessionRequest {
     /// Chosen by the client.
     pub session_id: String,
 }
 
 /// `POST /process/session/{id}/exec` body. `async` (TypeScript SDK) means the same as `runAsync`.
+/// Unknown keys are refused by name.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecRequest {
     /// Run in the session's shell.
     pub command: String,
