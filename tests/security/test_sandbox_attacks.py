@@ -4,15 +4,16 @@ try to use what sandboxes leave on the host. Each test performs one attack and f
 works again."""
 
 import os
+import uuid
 import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams
+from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig
 
-from harness import BUSYBOX
+from harness import API_KEY, BUSYBOX
 
 
 PROBE_SRC = Path(__file__).with_name("probe.c")
@@ -213,3 +214,49 @@ def test_a_build_step_writing_past_the_builds_disk_fails_and_costs_the_host_noth
     assert "No space left" in (snap.get("errorReason") or ""), snap
     grown = used_besides_the_disk_pool(server) - before
     assert grown < 200 << 20, f"the host disk grew by {grown >> 20} MiB"
+
+
+def test_links_planted_where_the_server_writes_the_ca_bundle_do_not_make_a_restart_write_outside_the_sandbox(
+    cove, tmp_path
+):
+    marker = uuid.uuid4().hex.upper()
+    extra = tmp_path / "extra.pem"
+    extra.write_text(f"-----BEGIN CERTIFICATE-----\n{marker}\n-----END CERTIFICATE-----\n")
+    server = cove(extra=["--sandbox-ca-bundle", str(extra)])
+    daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+    daytona.snapshot.create(CreateSnapshotParams(name="small", image=BUSYBOX))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))
+    bundle, local = "/etc/ssl/certs/ca-certificates.crt", "/usr/local/share/ca-certificates"
+    # Control: the extra certificate is in the image's trust store, as regular files.
+    r = sb.process.exec(f"test -f {bundle} && ! test -L {bundle} && cat {bundle} {local}/cove-0.crt")
+    assert r.exit_code == 0 and r.result.count(marker) == 2, r.result
+
+    host = tmp_path / "host"
+    host.mkdir()
+    victim = host / "victim.crt"
+    victim.write_text("HOST FILE\n")
+    os.chmod(tmp_path, 0o755)
+
+    def untouched():
+        assert victim.read_text() == "HOST FILE\n", "the server wrote through a planted link"
+        assert sorted(p.name for p in host.iterdir()) == ["victim.crt"], "the server wrote into a linked directory"
+
+    # The bundle a link to a host file, the local directory a link to a host directory.
+    r = sb.process.exec(f"rm -rf {bundle} {local} && ln -s {victim} {bundle} && ln -s {host} {local} && echo planted")
+    assert r.result.strip() == "planted", r.result
+    sb.stop()
+    sb.start()
+    untouched()
+    r = sb.process.exec(f"test -f {bundle} && ! test -L {bundle} && cat {bundle}")
+    assert r.exit_code == 0 and marker in r.result, "the link was replaced by the merged bundle: " + r.result
+    assert sb.process.exec(f"readlink {local}").result.strip() == str(host), "the linked directory was left alone"
+
+    # A parent directory a link to a host directory: nothing written there, the sandbox
+    # still starts, with the merged bundle at its own path.
+    r = sb.process.exec(f"rm -rf /etc/ssl/certs && ln -s {host} /etc/ssl/certs && echo planted")
+    assert r.result.strip() == "planted", r.result
+    sb.stop()
+    sb.start()
+    untouched()
+    assert marker in sb.process.exec("cat /etc/cove/ca-certificates.crt").result
+    sb.delete()

@@ -999,6 +999,8 @@ impl Runtime {
         disk::mount_tmpfs(&logs, CONSOLE_TMPFS_KIB, 0, 0, 0o700).map_err(storage)?;
         let prepare_ms = ms(t);
         let ca_bundle = self.write_ca_bundle(&rootfs, &etc)?;
+        let root_id = host_id(0).unwrap_or(self.cfg.userns.start);
+        self.install_ca_certificates(id, &rootfs, crate::cabundle::Owner { uid: root_id, gid: root_id })?;
 
         let params = BundleParams {
             id: id.clone(),

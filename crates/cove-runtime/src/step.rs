@@ -5,6 +5,8 @@
 //!   disk.img, disk/        the step's own ext4 disk of `disk_mib` (loop, nosuid,nodev): upper/ work/
 //!   rootfs/                overlay: lowerdir = the step's lowers (idmapped), upperdir = disk/upper
 //!   etc/                   generated hosts, hostname, resolv.conf (bind-mounted)
+//!   ca-layer/              with `--sandbox-ca-bundle`: the image's trust store plus the extra
+//!                          certificates, a lower layer on top of the step's (see `cabundle`)
 //!   config.json  runc.log
 //! ```
 //!
@@ -578,6 +580,15 @@ impl Runtime {
         self.userns().chown_root(&upper).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
         disk::mount_overlay_layers(&spec.lowers, &upper, &disk_dir.join("work"), &rootfs, Some(self.userns()))
             .map_err(storage)?;
+        // The image's trust store with the server's extra certificates: a layer of its own on
+        // top of the image's, made from what the image holds (see `cabundle`).
+        let ca_layer = res.dir.join("ca-layer");
+        if self.ca_certificates_layer(&rootfs, &ca_layer, cfg.userns.start)? {
+            disk::unmount(&rootfs).map_err(storage)?;
+            let lowers: Vec<PathBuf> = std::iter::once(ca_layer).chain(spec.lowers.iter().cloned()).collect();
+            disk::mount_overlay_layers(&lowers, &upper, &disk_dir.join("work"), &rootfs, Some(self.userns()))
+                .map_err(storage)?;
+        }
         let user = user::resolve(&rootfs, spec.user.as_deref())
             .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
         let workdir = clean_components(&spec.workdir);
