@@ -143,8 +143,16 @@ def test_search_replace_info_move_permissions_folders_and_delete_through_the_pyt
     assert fs.find_files("proj/README.md", "notes")[0].line == 1
 
     assert fs.search_files("proj", "*.md").files == ["/root/proj/README.md"]
-    assert fs.search_files("proj", "**/*.py").files == ["/root/proj/src/main.py", "/root/proj/src/pkg/util.py"]
-    assert fs.search_files("proj", "**/passwd").files == [], "the link to /etc is not followed"
+    fs.create_folder("proj/src/legacy.py", "755")
+    assert fs.search_files("proj", "*.py").files == [
+        "/root/proj/src/legacy.py",
+        "/root/proj/src/main.py",
+        "/root/proj/src/pkg/util.py",
+    ], "names match at any depth, directories included (the SDK's documented search_files)"
+    assert fs.search_files("proj", "pkg").files == ["/root/proj/src/pkg"]
+    assert fs.search_files("proj", "src/*.py").files == ["/root/proj/src/legacy.py", "/root/proj/src/main.py"]
+    assert fs.search_files("proj", "passwd").files == [], "the link to /etc is not followed"
+    assert fs.search_files("proj", "etc-link").files == ["/root/proj/etc-link"], "a link is matched by its own name"
     with pytest.raises(DaytonaError) as e:
         fs.search_files("proj", "src/[")
     assert "invalid glob" in str(e.value)
@@ -200,7 +208,7 @@ def test_an_example_flow_scaffolds_a_project_then_edits_searches_downloads_and_c
     )
     listing = {f.name: f for f in fs.list_files("app")}
     assert listing["config"].is_dir and listing["server.py"].size == 47
-    env_files = fs.search_files("app", "config/*.env").files
+    env_files = fs.search_files("app", "*.env").files
     assert env_files == ["/root/app/config/dev.env", "/root/app/config/prod.env"]
     assert [m.line for m in fs.find_files("app", "PORT=8080")] == [1, 1]
     fs.replace_in_files(env_files, "PORT=8080", "PORT=9090")
@@ -225,7 +233,7 @@ def test_the_typescript_sdk_drives_the_whole_file_api(files_env):
     assert r["missingThrows"] is True
     assert r["big"] == {"size": 64 * 1024 * 1024, "sha": r["bigExpected"]}
     assert r["find"] == [["/root/proj/a.py", 2, "# TODO: ts"]]
-    assert r["search"] == ["/root/proj/a.py", "/root/proj/sub/b.py"]
+    assert r["search"] == ["/root/proj/a.py", "/root/proj/lib.py", "/root/proj/sub/b.py"], "names at any depth, directories too"
     assert r["replace"] == [{"file": "proj/a.py", "success": True}, {"file": "proj/none.py", "success": False}]
     assert r["replaced"] == "x = 2\n# TODO: ts\n"
     assert r["info"] == {"isDir": False, "permissions": "0700", "owner": "nobody"}

@@ -14,9 +14,13 @@
 //!   files with a NUL byte in their first 8 KiB are binary and skipped; lines are numbered from 1
 //!   and returned without their line ending; a line longer than 1 MiB is matched within its first
 //!   MiB.
-//! - `search`: the `pattern` is a glob (`*`, `?`, `[..]`, `{a,b}`, `**`) matched against each
-//!   non-directory entry's path relative to the root, `*` not crossing `/` (so `*.py` is the
-//!   root's own files and `**/*.py` all of them); an invalid glob is 400 naming it.
+//! - `search`: the `pattern` is a glob (`*`, `?`, `[..]`, `{a,b}`) matched, like the daemon's
+//!   `filepath.Match(pattern, info.Name())`, against the name of every entry at any depth, the
+//!   root and directories included (so `*.py` is every Python file and every directory named
+//!   `*.py`; links are matched by their own name, never followed). A pattern with a `/` can never
+//!   match a name; Cove matches it against the entry's path relative to the root instead, `*` not
+//!   crossing `/` (`src/*.py`, `**/*.py`). An invalid glob is 400 naming it (the daemon answers
+//!   an empty list).
 //! - Answers are capped at 64 MiB of paths and lines: beyond that the request is refused with
 //!   400 asking for a narrower path or pattern, never silently truncated.
 //! - `replace`: every occurrence of the literal `pattern` (not empty) becomes `newValue`, streamed
@@ -269,14 +273,17 @@ pub fn search(workdir: &Path, path: Option<&str>, pattern: Option<&str>) -> Resu
         .build()
         .map_err(|source| SearchError::InvalidGlob { pattern: pattern.to_string(), source })?
         .compile_matcher();
+    let by_path = pattern.contains('/');
     let mut files = Vec::new();
     let mut budget = MAX_ANSWER_BYTES;
     for entry in walk(&root) {
-        if entry.depth() == 0 || entry.file_type().is_dir() {
-            continue;
-        }
-        let Ok(relative) = entry.path().strip_prefix(&root) else { continue };
-        if glob.is_match(relative) {
+        let matched = if by_path {
+            entry.depth() > 0 && entry.path().strip_prefix(&root).is_ok_and(|relative| glob.is_match(relative))
+        } else {
+            // The root of `/` has no name; `Path::new("/")` never matches a name pattern.
+            glob.is_match(entry.path().file_name().map_or(entry.path().as_os_str(), |n| n))
+        };
+        if matched {
             let shown = entry.path().display().to_string();
             budget = budget.checked_sub(shown.len() + 4).ok_or(SearchError::TooManyResults)?;
             files.push(shown);
@@ -443,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn search_matches_globs_against_the_relative_path() {
+    fn search_matches_names_at_any_depth_directories_included_and_paths_when_the_pattern_has_a_slash() {
         let dir = tree();
         let names = |pattern: &str| -> Vec<String> {
             search(dir.path(), Some(dir.path().to_str().expect("utf8")), Some(pattern))
@@ -453,12 +460,34 @@ mod tests {
                 .map(|f| f.strip_prefix(&format!("{}/", dir.path().display())).expect("under root").to_string())
                 .collect()
         };
+        std::fs::create_dir_all(dir.path().join("src/tools.go")).expect("mkdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("secret.go"), "").expect("write");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link.go")).expect("symlink");
         assert_eq!(names("*.txt"), vec!["file1.txt"]);
-        assert_eq!(names("**/*.go"), vec!["file2.go", "src/main.go"]);
-        assert_eq!(names("src/**/*.{go,tsx}"), vec!["src/components/button.tsx", "src/main.go"]);
+        assert_eq!(
+            names("*.go"),
+            vec!["file2.go", "link.go", "src/main.go", "src/tools.go"],
+            "names at any depth, a directory and a link (by its own name, not followed) included"
+        );
+        assert_eq!(names("components"), vec!["src/components"]);
+        assert_eq!(
+            names("*.{go,tsx}"),
+            vec!["file2.go", "link.go", "src/components/button.tsx", "src/main.go", "src/tools.go"]
+        );
         assert_eq!(names("file?.*"), vec!["file1.txt", "file2.go"]);
-        assert!(names("**/*.xyz").is_empty());
-        assert!(names("src").is_empty(), "directories are not results");
+        assert!(names("*.xyz").is_empty());
+        assert!(names("secret*").is_empty(), "the link is not followed out of the root");
+        assert_eq!(names("**/*.go"), vec!["file2.go", "link.go", "src/main.go", "src/tools.go"]);
+        assert_eq!(names("src/*.go"), vec!["src/main.go", "src/tools.go"], "a slash matches the relative path");
+        assert_eq!(names("src/**/*.tsx"), vec!["src/components/button.tsx"]);
+        let root_name = dir.path().file_name().expect("name").to_str().expect("utf8");
+        let found = search(dir.path(), Some(dir.path().to_str().expect("utf8")), Some(root_name)).expect("search");
+        assert_eq!(
+            found.files,
+            vec![dir.path().display().to_string()],
+            "the root itself is an entry, as in the daemon"
+        );
         let e = search(dir.path(), Some("."), Some("a[")).expect_err("bad glob");
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(crate::error::chain(&e).contains("a["), "{e}");

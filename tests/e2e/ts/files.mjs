@@ -45,7 +45,9 @@ await fs.uploadFiles([
   { source: Buffer.from('y = 1\n'), destination: 'proj/sub/b.py' },
 ])
 r.find = (await fs.findFiles('proj', 'TODO:')).map((m) => [m.file, m.line, m.content])
-r.search = (await fs.searchFiles('proj', '**/*.py')).files
+await fs.createFolder('proj/lib.py', '755')
+// Names at any depth, directories included (the SDK's documented searchFiles('workspace', '*.py')).
+r.search = (await fs.searchFiles('proj', '*.py')).files
 r.replace = (await fs.replaceInFiles(['proj/a.py', 'proj/none.py'], 'x = 1', 'x = 2')).map((x) => ({
   file: x.file,
   success: x.success,
