@@ -3,6 +3,8 @@ build step) tries to reach services the host listens on, the parent cgroup must 
 processes of all sandboxes together, and an organization must not create past its quota.
 Each test performs one attack and fails if it works again."""
 
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -10,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig
 
 from harness import API_KEY, BUSYBOX, free_port, wait_until
 
@@ -136,6 +138,32 @@ def test_the_firewall_table_is_the_servers_own_and_survives_a_restart_without_du
     server.start()
     assert listing("inet") == before, "a restart replaces the table: the same rules, once"
     assert listing("bridge").count("@ports accept") == spoof.count("@ports accept")
+
+
+def test_a_clean_stop_with_no_sandbox_running_removes_the_servers_tables_and_leaves_other_tables(cove, registry):
+    server = cove()
+    table = f"cove_{server.net['bridge']}"
+    other = f"cove_test_other_{os.getpid()}"
+
+    def tables():
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return set(out.stdout.split("\n"))
+
+    assert {f"table inet {table}", f"table bridge {table}"} <= tables(), "control: the server made its tables"
+    # Another program's table (named like ours, to show nothing is removed by prefix).
+    subprocess.run(["nft", "add", "table", "inet", other], check=True)
+    try:
+        daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
+        daytona.snapshot.create(CreateSnapshotParams(name="small", image=BUSYBOX))
+        daytona.create(CreateSandboxFromSnapshotParams(snapshot="small")).delete()
+        server.kill(signal.SIGTERM)
+        assert server.proc.returncode == 0, f"not a clean stop: exit {server.proc.returncode}"
+        left = tables()
+        assert f"table inet {table}" not in left and f"table bridge {table}" not in left, sorted(left)
+        assert f"table inet {other}" in left, "another table was touched"
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", other], capture_output=True)
 
 
 def test_the_parent_cgroup_caps_the_processes_of_all_sandboxes_together(env):
