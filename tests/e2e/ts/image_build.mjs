@@ -30,4 +30,5 @@ console.log(JSON.stringify({
   exitCode: cat.exitCode,
   result: cat.result,
   totalMs: Date.now() - started,
+  lastCallDoneAt: Date.now(),
 }))

@@ -35,4 +35,13 @@ for (const [name, cmd] of [
     refused[name] = e.name
   }
 }
-console.log(JSON.stringify({ hashes, again, firstMs, organizationId: access.organizationId, refused, dockerfile: image.dockerfile }))
+// No process.exit: node must end on its own (tests/fixtures/tsrun.py checks lastCallDoneAt).
+console.log(JSON.stringify({
+  hashes,
+  again,
+  firstMs,
+  organizationId: access.organizationId,
+  refused,
+  dockerfile: image.dockerfile,
+  lastCallDoneAt: Date.now(),
+}))

@@ -46,4 +46,5 @@ console.log(JSON.stringify({
   streamed,
   unknownSession: cmd2 === null,
   pods: pods.result,
+  lastCallDoneAt: Date.now(),
 }))
