@@ -12,6 +12,7 @@ import pytest
 from daytona import CreateSnapshotParams, Daytona, DaytonaConfig
 
 from harness import API_KEY, BUSYBOX
+from tsrun import run_ts
 
 
 def send_in_pieces(server, path, body, content_type, piece=700, pause=0.002):
@@ -77,3 +78,17 @@ def test_an_upload_the_agent_refuses_early_gets_its_refusal_not_a_broken_pipe(sa
         status, answer = send_in_pieces(server, f"/toolbox/{sb.id}/files/bulk-upload", b"x" * (2 << 20),
                                         "text/plain", piece=64 * 1024, pause=0.001)
         assert 400 <= status < 500, (status, answer[:300])
+
+
+def test_thirty_typescript_upload_files_calls_with_files_over_a_mebibyte_all_succeed_intact(cove):
+    """The same guard through the official TypeScript SDK (`sandbox.fs.uploadFiles`), which is
+    where the failures were first reported (about one call in three)."""
+    server = cove(extra=["--default-snapshot", "up-ts-snap"])
+    Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url)).snapshot.create(
+        CreateSnapshotParams(name="up-ts-snap", image=BUSYBOX)
+    )
+    r = run_ts("upload_files_repeat.mjs", server, timeout=300)
+    assert r["failures"] == [], r["failures"]
+    assert r["files"] == 4 * r["rounds"] == 120
+    assert r["found"] == r["files"], r
+    assert r["mismatched"] == [], r["mismatched"]
