@@ -169,7 +169,13 @@ def test_an_example_flow_clones_branches_commits_pushes_and_pulls_over_authentic
         git.clone(REMOTE, "work/old", commit_id=first.sha, username=USER, password=PASSWORD)
         old = git.status("work/old")
         assert (old.current_branch, old.detached) == ("HEAD", True)
-        assert_no_credential_leak(sandbox, "work/first", "work/second", "work/old")
+        # A clone of a branch other than the remote's default (the feature branch pushed above).
+        git.clone(REMOTE, "work/feat", branch="feature", username=USER, password=PASSWORD)
+        feat = git.status("work/feat")
+        assert (feat.current_branch, feat.detached) == ("feature", False)
+        assert sh(sandbox, "cat work/feat/hello.py") == "print('hello')\n"
+        assert "hello.py" not in sh(sandbox, "ls work/second"), "hello.py is only on the feature branch"
+        assert_no_credential_leak(sandbox, "work/first", "work/second", "work/old", "work/feat")
 
         # Stored credentials, on purpose: later calls need none.
         git.dangerously_authenticate(USER, PASSWORD, host=f"127.0.0.1:{PORT}", protocol="http")
@@ -238,6 +244,7 @@ def test_the_typescript_sdk_runs_the_git_flow_with_credentials(server, git_image
         assert r["remotes"] == [{"name": "origin", "url": REMOTE}]
         assert r["config"] == "TS Tester"
         assert r["missingRemote"] is None
+        assert r["topic"] == {"branch": "topic", "file": "only on topic\n", "onMain": False}
         assert_no_credential_leak(sandbox, "ts/one", "ts/two")
     finally:
         sandbox.delete()

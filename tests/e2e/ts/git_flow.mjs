@@ -23,6 +23,20 @@ await git.remoteAdd('ts/one', 'origin', remote)
 const unauthenticated = await fails(git.push('ts/one'))
 await git.push('ts/one', user, password, undefined, undefined, true)
 
+// A branch other than the default, cloned by path from the local repository.
+await git.createBranch('ts/one', 'topic')
+await sh('printf "only on topic\\n" > ts/one/topic.txt')
+await git.add('ts/one', ['topic.txt'])
+await git.commit('ts/one', 'Topic work', 'TS Tester', 'ts@example.com')
+await git.checkoutBranch('ts/one', 'main')
+const local = `${(await sh('pwd')).trim()}/ts/one`
+await git.clone(local, 'ts/topic', 'topic')
+const topic = {
+  branch: (await git.status('ts/topic')).currentBranch,
+  file: await sh('cat ts/topic/topic.txt'),
+  onMain: (await sandbox.process.executeCommand('test -e ts/one/topic.txt')).exitCode === 0,
+}
+
 // A second clone with a branch of its own.
 const wrongPassword = await fails(git.clone(remote, 'ts/bad', undefined, undefined, user, 'wrong'))
 await git.clone(remote, 'ts/two', undefined, undefined, user, password)
@@ -55,7 +69,7 @@ const config = await git.getConfig('user.name', 'local', 'ts/two')
 
 console.log(
   JSON.stringify({
-    unauthenticated, wrongPassword, sha, branches, pulled, status, dirty, restored, remotes, missingRemote, config,
+    unauthenticated, wrongPassword, sha, branches, pulled, status, dirty, restored, remotes, missingRemote, config, topic,
     lastCallDoneAt: Date.now(),
   }),
 )
