@@ -5,6 +5,7 @@ after a `kill -9` with open connections."""
 
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -143,3 +144,33 @@ def test_a_server_waits_for_its_port_while_the_previous_one_still_holds_it(sbx):
     log = server.log_path.read_text()
     assert f"127.0.0.1:{server.port}" in log and "address in use; retrying" in log, log[-2000:]
     assert server.api("GET", "/snapshots/snap")[0] == 200
+
+
+def test_a_clean_stop_ends_within_its_grace_period_even_with_a_request_that_would_run_a_minute(sbx):
+    server, daytona = sbx
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="snap"))
+    outcome = {}
+
+    def long_exec():
+        try:
+            outcome["result"] = sandbox.process.exec("sleep 60", timeout=90).exit_code
+        except Exception as e:  # noqa: BLE001 - the connection is expected to be cut
+            outcome["error"] = repr(e)
+
+    t = threading.Thread(target=long_exec, daemon=True)
+    t.start()
+    time.sleep(1.0)  # the exec is in flight
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(20)
+    stopped_after = time.monotonic() - started
+    # 5 s of grace for requests in flight, then the rest of the stop.
+    assert stopped_after < 12, f"stop took {stopped_after:.1f} s"
+    assert server.proc.returncode == 0, server.log_path.read_text()[-2000:]
+    assert "requests still open at shutdown" in server.log_path.read_text()
+    t.join(30)
+    assert "result" not in outcome, outcome  # cut, not answered after a minute
+    # The sandbox outlived its server and answers the next one.
+    server.start()
+    assert sandbox.process.exec("echo again").result.strip() == "again"
+    sandbox.delete()

@@ -226,10 +226,30 @@ pub async fn serve(
     tracing::info!(addr = %cfg.listen, data_dir = %cfg.data_dir.display(), regions = ?cfg.regions, "cove server listening");
     // The peer address feeds the preview proxy's X-Forwarded-For.
     let app = api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr: cfg.listen, source });
+    // A clean stop lets requests in flight finish, but not forever: a followed log, a
+    // long poll or a slow client would otherwise hold the process (and the sandboxes'
+    // network lockdown after it) for as long as it lasts.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let signalled = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let serving = axum::serve(listener, app).with_graceful_shutdown(signalled).into_future();
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        r = serving => r.map_err(|source| StartError::Listen { addr: cfg.listen, source }),
+        () = grace => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "requests still open at shutdown after the grace period; closing them");
+            Ok(())
+        }
+    };
+    tracing::info!("API closed");
     s3.abort();
     served
 }
+
+/// How long a clean stop waits for requests in flight before closing them.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -381,8 +381,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
     // Started sandboxes keep running; the prepared ones nobody asked for go. Their network is
     // fenced off while no server answers their DNS or applies their policies.
     sandboxes.drain_pool().await;
+    tracing::info!("warm pool drained");
     sandboxes.shutdown_network().await;
     dns.shutdown();
+    tracing::info!("stopped");
     served
 }
 

@@ -252,15 +252,19 @@ impl WarmPool {
     /// shutdown).
     pub async fn drain(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Preparations in flight remove their sandbox themselves once they see the pool
+        // closed; one cut short by the exit is removed at the next start (a bundle without
+        // a record), so this waits only briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
         while self.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for id in self.remove_where(|_, _| true) {
+        let removals = self.remove_where(|_, _| true).into_iter().map(|id| async move {
             if let Err(e) = self.runtime.destroy(&id).await {
                 tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove a warm sandbox");
             }
-        }
+        });
+        futures_util::future::join_all(removals).await;
     }
 
     /// Sandboxes ready per snapshot id (diagnostics and tests).
