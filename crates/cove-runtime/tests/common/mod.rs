@@ -95,7 +95,9 @@ pub fn remove_host_leftovers(cfg: &cove_runtime::RuntimeConfig) {
     }
     let _ = Command::new("ip").args(["link", "delete", &cfg.bridge]).output();
     let table = cove_runtime::firewall::table_name(&cfg.bridge);
-    let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft").args(["delete", "table", family, &table]).output();
+    }
     restore_recorded_sysctls(&cfg.root.join(cove_runtime::firewall::STATE_FILE));
     for c in cgroup_hierarchies() {
         rmdir_tree(&c.join(cfg.cgroup_parent.trim_start_matches('/')));
