@@ -2,7 +2,9 @@
 official SDKs, in a real Debian image with python3, python3-matplotlib and python3-pylsp
 (tests/fixtures/debimage.py, cached under /var/cache/cove-tests). One server and one sandbox
 serve the contract tests of this module; the image without a language server is the busybox
-python fixture."""
+python fixture. The TypeScript language server runs in a second Debian image with nodejs, on
+which `typescript-language-server` and `typescript` (pinned, installed on this machine with
+npm) are a layer of their own, laid out as `npm install -g` does."""
 
 import base64
 import shutil
@@ -27,6 +29,26 @@ from tsrun import run_ts
 
 PACKAGES = debimage.DEFAULT_PACKAGES + ("python3-matplotlib", "python3-pylsp")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# typescript-language-server 5.x needs node 20; bookworm has 18.
+TS_NPM = ("typescript-language-server@4.4.0", "typescript@5.6.3")
+COUNTER_TS = b"""export class Counter {
+  private count = 0
+
+  increment(by: number): number {
+    this.count += by
+    return this.count
+  }
+
+  reset(): void {
+    this.count = 0
+  }
+}
+
+export function makeCounter(): Counter {
+  return new Counter()
+}
+"""
+MAIN_TS = b"import { makeCounter } from './counter'\n\nconst tally = makeCounter()\ntally.inc"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +69,60 @@ def env(registry_with_python):
     finally:
         server.cleanup()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ts_sandbox(env, registry_with_python):
+    """A sandbox, on the module's server, of bookworm with nodejs plus the npm layer of
+    TS_NPM; skipped (with npm's words) only when the npm registry cannot be reached."""
+    _, daytona, _ = env
+    try:
+        layer = debimage.npm_layer(TS_NPM)
+    except debimage.NpmError as e:
+        if e.unreachable:
+            pytest.skip(f"the npm registry is unreachable, so typescript-language-server cannot be installed: {e}")
+        pytest.fail(str(e), pytrace=False)
+    try:
+        debimage.push_debian_image(registry_with_python.url, "debian-node", "bookworm", packages=("nodejs",), layers=[layer])
+    except debimage.BuildError as e:
+        pytest.fail(str(e), pytrace=False)
+    daytona.snapshot.create(CreateSnapshotParams(name="tslsp", image=f"{FIXTURES}/debian-node:bookworm"), timeout=600)
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot="tslsp"), timeout=300)
+    try:
+        sandbox.fs.create_folder("/tmp/counter", "755")
+        sandbox.fs.upload_file(COUNTER_TS, "/tmp/counter/counter.ts")
+        sandbox.fs.upload_file(MAIN_TS, "/tmp/counter/main.ts")
+        yield sandbox
+    finally:
+        sandbox.delete()
+
+
+def test_typescript_language_server_completes_a_method_of_an_imported_class_and_lists_symbols(ts_sandbox):
+    lsp = ts_sandbox.create_lsp_server("typescript", "/tmp/counter")
+    lsp.start()
+    try:
+        lsp.did_open("/tmp/counter/main.ts")
+        items = lsp.completions("/tmp/counter/main.ts", LspCompletionPosition(line=3, character=9)).items
+        labels = [i.label for i in items]
+        assert "increment" in labels and "reset" in labels, labels
+        assert "makeCounter" not in labels, "completions of the scope, not of the Counter instance"
+        symbols = lsp.document_symbols("/tmp/counter/counter.ts")
+        assert {"Counter", "increment", "reset", "makeCounter"} <= {s.name for s in symbols}, [s.name for s in symbols]
+        assert all(s.location.uri.endswith("/tmp/counter/counter.ts") for s in symbols)
+        assert "makeCounter" in [s.name for s in lsp.sandbox_symbols("makeCoun")]
+        lsp.did_close("/tmp/counter/main.ts")
+    finally:
+        lsp.stop()
+    with pytest.raises(DaytonaError) as e:
+        lsp.completions("/tmp/counter/main.ts", LspCompletionPosition(line=3, character=9))
+    assert e.value.status_code == 404, "a stopped server answers nothing"
+
+
+def test_the_typescript_sdk_gets_typescript_completions_and_symbols(env, ts_sandbox):
+    server, _, _ = env
+    r = run_ts("typescript_lsp.mjs", server, SANDBOX_ID=ts_sandbox.id)
+    assert {"increment", "reset"} <= set(r["completions"]), r["completions"]
+    assert {"Counter", "increment", "reset", "makeCounter"} <= set(r["symbols"]), r["symbols"]
 
 
 def test_contexts_keep_variables_apart_and_stream_output_errors_and_timeouts(env):

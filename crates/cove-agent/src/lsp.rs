@@ -257,6 +257,17 @@ impl Lang {
         }
     }
 
+    /// `initializationOptions` of its `initialize`. typescript-language-server answers from a
+    /// syntax-only tsserver while the full one loads the project (`useSyntaxServer: auto`), so
+    /// completions asked right after did-open miss everything imported (a member list of an
+    /// imported class is empty): "never" runs the full server alone, and requests wait for it.
+    fn initialization_options(self) -> Value {
+        match self {
+            Lang::Python => Value::Null,
+            Lang::TypeScript => json!({"tsserver": {"useSyntaxServer": "never"}}),
+        }
+    }
+
     fn extensions(self) -> &'static [&'static str] {
         match self {
             Lang::Python => &["py", "pyi"],
@@ -489,7 +500,7 @@ impl Server {
     async fn initialize(&self) -> Result<(), LspError> {
         let root = file_uri(&self.project);
         let name = self.project.file_name().map_or("project".into(), |n| n.to_string_lossy().into_owned());
-        let params = json!({
+        let mut params = json!({
             "processId": std::process::id(),
             "clientInfo": {"name": "cove-agent", "version": env!("CARGO_PKG_VERSION")},
             "rootPath": self.project.display().to_string(),
@@ -504,6 +515,10 @@ impl Server {
                 "workspace": {"symbol": {}, "workspaceFolders": true, "configuration": true},
             },
         });
+        let options = self.lang.initialization_options();
+        if !options.is_null() {
+            params["initializationOptions"] = options;
+        }
         let result = self.request("initialize", params).await?;
         *self.capabilities.lock().unwrap_or_else(|e| e.into_inner()) = result["capabilities"].clone();
         self.notify("initialized", json!({})).await
@@ -897,6 +912,14 @@ mod tests {
         assert_eq!(names, [(json!("C"), json!("file:///p/a.py")), (json!("m"), json!("file:///p/a.py"))]);
         let info = json!({"name": "f", "kind": 12, "location": {"uri": "file:///x.py"}});
         assert_eq!(symbol_information(&info).expect("symbol")["location"]["range"]["start"]["line"], 0);
+    }
+
+    #[test]
+    fn typescript_runs_one_full_tsserver_so_early_answers_see_imports() {
+        let options = Lang::TypeScript.initialization_options();
+        assert_eq!(options["tsserver"]["useSyntaxServer"], "never");
+        assert_eq!(Lang::parse("javascript").expect("js").initialization_options(), options);
+        assert!(Lang::Python.initialization_options().is_null(), "pylsp gets none");
     }
 
     #[test]
