@@ -410,6 +410,16 @@ pub struct Runtime {
     pool: Arc<DiskPool>,
     userns: Userns,
     gpus: crate::gpu::Gpus,
+    /// Launches (mounts, config, runc) running at once: [`launch_permits`]. A burst of
+    /// creates otherwise runs a hundred runc processes side by side, which finish no sooner
+    /// in total and starve the server's own threads (every other request waits for CPU).
+    launches: tokio::sync::Semaphore,
+}
+
+/// Launches allowed at once: two per CPU (a launch waits on the kernel and on runc's
+/// children about half of its time).
+fn launch_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl Drop for Runtime {
@@ -584,6 +594,7 @@ impl Runtime {
             ips: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            launches: tokio::sync::Semaphore::new(launch_permits()),
             cfg,
         };
         let mut records = Vec::new();
@@ -923,6 +934,10 @@ impl Runtime {
         let etc = bundle.join("etc");
         let hostname = short_id(id, 12);
         let netns = self.netns_name(id);
+        let t_queued = Instant::now();
+        // Never closed: acquiring fails only on a closed semaphore.
+        let _permit = self.launches.acquire().await.ok();
+        let queued_ms = ms(t_queued);
         let t = Instant::now();
 
         // Unprivileged sandboxes run in a user namespace; privileged ones as host root.
@@ -1055,6 +1070,7 @@ impl Runtime {
             ?launch,
             new_disk,
             pooled,
+            queued_ms,
             image_ms,
             disk_ms,
             net_ms,
