@@ -132,3 +132,25 @@ def test_a_sandbox_whose_disk_went_read_only_is_reported_as_error_with_the_reaso
     )
     assert "read-only" in body["errorReason"], body
     assert server.api("DELETE", f"/sandbox/{sb['id']}")[0] == 200
+
+
+def test_sparse_disks_promise_more_room_than_the_data_filesystem_has_and_take_only_what_is_written(small_fs, cove):
+    # --sandbox-disks=sparse: four 1 GiB disks on a 3 GiB filesystem (allocated ones stop at
+    # two with this reserve: the test above), each holding only what mkfs and the sandbox wrote.
+    server = cove(data_dir=small_fs / "d", extra=[
+        "--disk-reserve", "256M", "--warm-pool-size", "0", "--sandbox-disks", "sparse"])
+    make_snapshot(server)
+    ids = []
+    for _ in range(4):
+        st, sb = create(server)
+        assert st == 200 and sb["state"] == "started", sb
+        ids.append(sb["id"])
+    for i in ids:
+        img = (small_fs / "d" / "sandboxes" / i / "disk.img").stat()
+        assert img.st_size == 1 << 30 and img.st_blocks * 512 < 128 << 20, (i, img.st_size, img.st_blocks)
+    r = execute(server, ids[0], "sh -c 'dd if=/dev/zero of=/root/f bs=1M count=64 2>/dev/null && sync && echo ok'")
+    assert r["result"].strip().endswith("ok"), r
+    grown = (small_fs / "d" / "sandboxes" / ids[0] / "disk.img").stat().st_blocks * 512
+    assert grown >= 64 << 20, grown
+    for i in ids:
+        assert server.api("DELETE", f"/sandbox/{i}")[0] == 200
