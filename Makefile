@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p cove-agent --target $(AGENT_TARGET)
 
-.PHONY: setup build agent agent-debug run test test-rust test-e2e bench bench-setup fmt lint clean
+.PHONY: setup build agent agent-debug run test test-rust test-e2e bench bench-density bench-setup fmt lint clean
 
 setup:
 	@scripts/setup.sh
@@ -53,6 +53,10 @@ bench: setup bench-setup build
 	.venv/bin/python bench/preview.py
 	.venv/bin/python bench/archive.py
 	.venv/bin/python bench/burst.py
+
+## 1,000 idle sandboxes on one server and the host memory each costs (issue 15); minutes.
+bench-density: setup build
+	.venv/bin/python bench/density.py
 
 ## Baselines only the benchmarks need (not `make test`): buildah for bench/build.py.
 bench-setup:
