@@ -12,6 +12,7 @@ import codecs
 import json
 import linecache
 import os
+import select
 import signal
 import sys
 import threading
@@ -44,7 +45,10 @@ def _send(obj):
 
 
 def _print(kind, text):
-    """Output of sys.stdout/sys.stderr, sent by whole lines (and at flush), in order."""
+    """Output of sys.stdout/sys.stderr, sent by whole lines (and at flush), in order: what
+    subprocesses wrote to fds 1 and 2 before this is relayed first."""
+    for f in _forwards:
+        f.drain()
     with _lock:
         if _pending[0] != kind:
             _flush_pending()
@@ -58,7 +62,10 @@ def _print(kind, text):
 
 class _Forward(threading.Thread):
     """Reads the pipe behind fd `fd` and sends what arrives as `kind` events. `sync` writes a
-    marker into the pipe and waits until everything before it has been sent."""
+    marker into the pipe and waits until everything before it has been sent. Reads happen
+    only under `relay` (the pipe is non-blocking), in this thread when the pipe is readable
+    and in `drain` from writers of sys.stdout/sys.stderr, so bytes are never read but not yet
+    sent while a later print goes out ahead of them."""
 
     MARK = b"\x00cove-sync\x00"
 
@@ -67,7 +74,10 @@ class _Forward(threading.Thread):
         r, w = os.pipe()
         os.dup2(w, fd)
         os.close(w)
+        os.set_blocking(r, False)
         self.fd, self.r, self.kind = fd, r, kind
+        self.relay = threading.Lock()
+        self.pending = b""
         self.seen = threading.Event()
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
@@ -76,25 +86,38 @@ class _Forward(threading.Thread):
         if text:
             _send({"type": self.kind, "text": text})
 
+    def drain(self):
+        """Sends everything the pipe holds now; False once every writer closed it."""
+        with self.relay:
+            while True:
+                try:
+                    chunk = os.read(self.r, 65536)
+                except BlockingIOError:
+                    return True
+                if not chunk:
+                    return False
+                self.take(chunk)
+
+    def take(self, chunk):
+        pending = self.pending + chunk
+        while self.MARK in pending:
+            before, _, pending = pending.partition(self.MARK)
+            self.emit(before, final=True)
+            self.seen.set()
+        # Keep a tail that may be the start of a marker split across reads.
+        keep = 0
+        for n in range(min(len(self.MARK) - 1, len(pending)), 0, -1):
+            if self.MARK.startswith(pending[-n:]):
+                keep = n
+                break
+        self.emit(pending[: len(pending) - keep])
+        self.pending = pending[len(pending) - keep :]
+
     def run(self):
-        pending = b""
         while True:
-            chunk = os.read(self.r, 65536)
-            if not chunk:
+            select.select([self.r], [], [])
+            if not self.drain():
                 return
-            pending += chunk
-            while self.MARK in pending:
-                before, _, pending = pending.partition(self.MARK)
-                self.emit(before, final=True)
-                self.seen.set()
-            # Keep a tail that may be the start of a marker split across reads.
-            keep = 0
-            for n in range(min(len(self.MARK) - 1, len(pending)), 0, -1):
-                if self.MARK.startswith(pending[-n:]):
-                    keep = n
-                    break
-            self.emit(pending[: len(pending) - keep])
-            pending = pending[len(pending) - keep :]
 
     def sync(self):
         self.seen.clear()
