@@ -164,8 +164,9 @@ def test_a_clean_stop_ends_within_its_grace_period_even_with_a_request_that_woul
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(20)
     stopped_after = time.monotonic() - started
-    # 5 s of grace for requests in flight, then the rest of the stop.
-    assert stopped_after < 12, f"stop took {stopped_after:.1f} s"
+    # 5 s of grace for requests in flight, up to 5 s for warm-pool preparations, then the
+    # rest of the stop; before the grace period the stop waited for the whole minute.
+    assert stopped_after < 18, f"stop took {stopped_after:.1f} s"
     assert server.proc.returncode == 0, server.log_path.read_text()[-2000:]
     assert "requests still open at shutdown" in server.log_path.read_text()
     t.join(30)
