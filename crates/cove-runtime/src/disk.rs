@@ -288,6 +288,16 @@ async fn wait_detached(image: &Path) -> Result<(), DiskError> {
     wait_detached_for(image, DETACH_WAIT).await
 }
 
+/// Waits (up to `wait`) until the kernel has let go of `image`: no loop device is backed by
+/// it any more. An unmount returns while another mount namespace still holds a copy of the
+/// mount (one that a concurrent `runc` start cloned from the host's a moment earlier); the
+/// file system lives on until that copy goes, and its last act is to write its superblock
+/// and journal into the image. A stop waits for that, so that a stopped sandbox's image is
+/// quiescent: a copy or a change made to it after the stop is never overwritten.
+pub async fn wait_released(image: &Path, wait: std::time::Duration) -> Result<(), DiskError> {
+    wait_detached_for(image, wait).await
+}
+
 async fn wait_detached_for(image: &Path, wait: std::time::Duration) -> Result<(), DiskError> {
     let Ok(want) = std::fs::canonicalize(image) else { return Ok(()) };
     let start = std::time::Instant::now();

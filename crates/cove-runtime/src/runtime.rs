@@ -1128,6 +1128,9 @@ impl Runtime {
         }
     }
 
+    /// How long a stop waits for the kernel to let go of the sandbox's disk.
+    const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
     /// SIGTERM, SIGKILL after `grace` (at once when zero), wait, record OOM, `runc delete`,
     /// then unmount and delete the netns. `disk.img` and the record stay.
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
@@ -1136,7 +1139,14 @@ impl Runtime {
         if !self.bundle(id).exists() && self.runc.state(id).await?.is_none() {
             return Err(RuntimeError::NotFound { id: id.into() });
         }
-        self.stop_locked(id, grace).await
+        self.stop_locked(id, grace).await?;
+        // Stopped means the disk is at rest (see `disk::wait_released`); still held after the
+        // bound, the stop stands and the next start waits for it again.
+        let image = self.bundle(id).join("disk.img");
+        if let Err(e) = disk::wait_released(&image, Self::RELEASE_WAIT).await {
+            tracing::warn!(sandbox = %id, error = %cove_types::error::chain(&e), "the disk is still held after the stop");
+        }
+        Ok(())
     }
 
     async fn stop_locked(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
