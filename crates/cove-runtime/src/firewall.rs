@@ -832,6 +832,15 @@ pub fn port_nft_lines(bridge: &str, veth: &str, ip: Ipv4Addr) -> String {
     )
 }
 
+/// Lists a sandbox's port with its address in the anti-spoofing sets, before the port exists
+/// (the runtime wires it next): from its first frame, the port may send only from `ip`.
+pub async fn admit_port(bridge: &str, veth: &str, ip: Ipv4Addr) -> Result<(), FirewallError> {
+    let mut tx = Tx::bridge_family(bridge);
+    tx.elements("add", PORTS_SET, vec![json!({"concat": [veth, ip.to_string()]})]);
+    tx.elements("add", PORT_NAMES_SET, vec![json!(veth)]);
+    tx.apply("admit port").await
+}
+
 /// Takes a port off the anti-spoofing sets (at teardown). One transaction that first adds
 /// what it deletes (`add` of an existing table, set or element is a no-op), so a port already
 /// gone, or a table removed meanwhile, is fine.

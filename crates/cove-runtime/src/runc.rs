@@ -337,6 +337,16 @@ impl Runc {
         let _ = cmd::run(RUNC, &self.args(&["resume", id]), None).await;
     }
 
+    /// `runc delete --force`: kills the container if it runs and removes it; failures are
+    /// logged (a create being undone).
+    pub async fn delete_force(&self, id: &str) {
+        if let Err(e) = cmd::run(RUNC, &self.args(&["delete", "--force", id]), None).await
+            && !missing(&e)
+        {
+            tracing::warn!(container = id, error = %cove_types::error::chain(&e), "runc delete --force");
+        }
+    }
+
     /// `runc delete` of a stopped container (removes its cgroup and state); missing is fine.
     pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
         match cmd::run(RUNC, &self.args(&["delete", id]), None).await {

@@ -335,12 +335,12 @@ impl From<RuncError> for RuntimeError {
     }
 }
 
-/// How the prepared bundle is handed to runc.
+/// What happens once runc created the container and its network is wired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Launch {
-    /// `runc run -d`: the agent starts at once.
+    /// Its process starts at once (as `runc run -d` would).
     Run,
-    /// `runc create`: everything is set up, the agent waits for `runc start`.
+    /// It waits, everything set up, for [`Runc::start`] (the warm pool).
     Create,
 }
 
@@ -965,10 +965,14 @@ impl Runtime {
             Ok::<_, RuntimeError>((user, pooled, image_ms, ms(t)))
         };
         let net_branch = async {
-            // Leftovers of an earlier run; the createRuntime hook makes the new ones.
+            // Leftovers of an earlier run; `net::wire` makes the new ones once runc made the
+            // namespace. The port is listed for anti-spoofing before it exists.
             net::teardown(&netns, &netns)
                 .await
                 .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
+            crate::firewall::admit_port(&self.cfg.bridge, &netns, record.ip)
+                .await
+                .map_err(|e| RuntimeError::Firewall(Box::new(e)))?;
             Ok::<_, RuntimeError>(ms(t))
         };
         let files_branch = async {
@@ -1030,14 +1034,8 @@ impl Runtime {
             pids: spec.pids,
             privileged: spec.privileged,
             cgroups_path: self.cgroups_path(id),
-            network_hook: Some(net::attach_hook_with_peers(
-                &netns,
-                &netns,
-                &self.cfg.bridge,
-                record.ip,
-                &self.cidr,
-                &self.peer_ips(record),
-            )),
+            // Wired from here once runc made the namespace (below): no hook process.
+            network_hook: None,
             idmap,
             agent_binary: self.cfg.agent_binary.clone(),
             toolbox_dir: toolbox,
@@ -1062,10 +1060,17 @@ impl Runtime {
         let config_ms = ms(t) - prepare_ms;
         let t_runc = Instant::now();
         let (console, log) = (self.console_path(id), bundle.join("runc.log"));
-        match launch {
-            Launch::Run => self.runc.run_detached(id, &bundle, &console, &log).await?,
-            Launch::Create => self.runc.create(id, &bundle, &console, &log).await?,
+        // Always `runc create`: the container's namespaces exist and its init waits, before
+        // `execve`, on its exec fifo; the network is wired into its namespace from here, then
+        // (for `Run`) the fifo releases it, as `runc start` would, without a process.
+        self.runc.create(id, &bundle, &console, &log).await?;
+        let runc_ms = ms(t_runc);
+        let t_wire = Instant::now();
+        if let Err(e) = self.wire_and_release(record, &netns, launch).await {
+            self.runc.delete_force(id).await;
+            return Err(e);
         }
+        let wire_ms = ms(t_wire);
         tracing::debug!(
             ?launch,
             new_disk,
@@ -1077,9 +1082,46 @@ impl Runtime {
             files_ms,
             prepare_ms,
             config_ms,
-            runc_ms = ms(t_runc),
+            runc_ms,
+            wire_ms,
             "start phases (disk, net and files concurrent; their times are since the start)"
         );
+        Ok(())
+    }
+
+    /// Wires the network of a created container (see `net::wire`) and, for `Launch::Run`,
+    /// lets its process start.
+    async fn wire_and_release(&self, record: &Record, netns: &str, launch: Launch) -> Result<(), RuntimeError> {
+        let id = &record.spec.id;
+        let net_err = |source| RuntimeError::Network { id: id.clone(), source: Box::new(source) };
+        let pid = match self.runc.state(id).await? {
+            Some(s) if s.status == "created" && s.pid != 0 => s.pid,
+            other => {
+                return Err(RuncError::Run {
+                    id: id.clone(),
+                    status: other.map_or_else(|| "gone".to_string(), |s| s.status),
+                    log: "the container was not waiting to start after runc create".into(),
+                }
+                .into());
+            }
+        };
+        let wiring = net::Wiring {
+            netns: netns.to_string(),
+            veth: netns.to_string(),
+            bridge: self.cfg.bridge.clone(),
+            ip: record.ip,
+            cidr: self.cidr,
+            peers: self.peer_ips(record),
+        };
+        net::wire(wiring, pid).await.map_err(net_err)?;
+        if launch == Launch::Run && !self.runc.start(id).await? {
+            return Err(RuncError::Run {
+                id: id.clone(),
+                status: "not started".into(),
+                log: "the container was no longer waiting to start once its network was wired".into(),
+            }
+            .into());
+        }
         Ok(())
     }
 

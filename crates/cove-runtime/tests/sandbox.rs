@@ -327,7 +327,7 @@ async fn sandboxes_cannot_reach_each_other_but_the_host_reaches_them() {
     assert_eq!(u32::from(ip_b), u32::from(ip_a) + 1, "lowest free addresses");
 
     let connect = |ip: Ipv4Addr| {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match TcpStream::connect_timeout(&SocketAddr::from((ip, 8080)), Duration::from_millis(500)) {
                 Ok(_) => return true,
