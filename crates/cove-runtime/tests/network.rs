@@ -268,11 +268,18 @@ async fn a_sandbox_cannot_send_under_another_sandboxs_address_to_escape_its_poli
     let (a, b) = (lab.ns(0).to_string(), lab.ns(1).to_string());
     let block_all = NetPolicy::from_fields(Some(true), None, None).unwrap();
     firewall::install(&lab.cfg, &[(lab.ip(0), block_all)], &[]).await.unwrap();
-    // The ports listed as the attach hook lists them.
-    for i in 0..2 {
-        let lines = firewall::port_nft_lines(&lab.cfg.bridge, lab.ns(i), lab.ip(i));
-        must(&format!("nft -f - <<'EOF'\n{lines}EOF"));
-    }
+    // The ports listed as the runtime lists them, at once (they go into one nft batch), with
+    // a third whose name nft refuses: that one alone fails, naming why.
+    let bad = "x".repeat(40);
+    let (first, second, refused) = tokio::join!(
+        firewall::admit_port(&lab.cfg.bridge, lab.ns(0), lab.ip(0)),
+        firewall::admit_port(&lab.cfg.bridge, lab.ns(1), lab.ip(1)),
+        firewall::admit_port(&lab.cfg.bridge, &bad, Ipv4Addr::from(u32::from(lab.ip(1)) + 1)),
+    );
+    first.unwrap();
+    second.unwrap();
+    let refused = cove_types::error::chain(&refused.unwrap_err());
+    assert!(refused.contains("admit port") && refused.contains(&firewall::table_name(&lab.cfg.bridge)), "{refused}");
     assert!(lab.ping(&b, lab.far_a), "control: B's own address goes out");
     assert!(!lab.ping(&a, lab.far_a), "A is block_all");
     // A forges B's address (a sandbox can, with CAP_NET_RAW; here simply as an address).
