@@ -47,7 +47,7 @@ def burst(api, n, probe_id):
     """Fires `n` creates at once; meanwhile GETs `probe_id` until they all answered.
     Returns (create latencies, GET latencies, errors)."""
     done = threading.Event()
-    gets, errors = [], []
+    gets, errors, ids = [], [], []
 
     def probe():
         while not done.is_set():
@@ -59,7 +59,7 @@ def burst(api, n, probe_id):
     def create(_):
         t = time.monotonic()
         try:
-            call("POST", f"{api}/sandbox", {})
+            ids.append(call("POST", f"{api}/sandbox", {})["id"])
         except urllib.error.HTTPError as e:
             errors.append(f"{e.code}: {e.read().decode()[:300]}")
         except Exception as e:  # noqa: BLE001 - counted and reported
@@ -72,7 +72,26 @@ def burst(api, n, probe_id):
         creates = list(pool.map(create, range(n)))
     done.set()
     prober.join()
-    return creates, gets, errors
+    return creates, gets, errors, ids
+
+
+def delete_all(api, ids):
+    """Deletes `ids` all at once. Returns (latencies, wall seconds until every call answered,
+    errors)."""
+    errors = []
+
+    def delete(i):
+        t = time.monotonic()
+        try:
+            call("DELETE", f"{api}/sandbox/{i}")
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            errors.append(repr(e))
+        return time.monotonic() - t
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
+        lat = list(pool.map(delete, ids))
+    return lat, time.monotonic() - t0, errors
 
 
 def main():
@@ -94,8 +113,10 @@ def main():
             base.append(time.monotonic() - t)
         tick = os.sysconf("SC_CLK_TCK")
         own0, all0 = cpu_ticks(server.proc.pid)
-        creates, gets, errors = burst(server.api_url, BURST, probe_id)
+        creates, gets, errors, ids = burst(server.api_url, BURST, probe_id)
         own1, all1 = cpu_ticks(server.proc.pid)
+        deletes, delete_wall, delete_errors = delete_all(server.api_url, ids)
+        own2, all2 = cpu_ticks(server.proc.pid)
         print(f"\nBurst: {BURST} concurrent creates (busybox, warm pool as configured), an unrelated GET during it")
         print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
         print(row("GET /api/sandbox/{id}, no burst (baseline), ms", base))
@@ -107,8 +128,15 @@ def main():
         print(f"CPU per create during the burst: server and the programs it waited for "
               f"{(own1 - own0) / tick / BURST * 1000:.1f} ms; whole machine {(all1 - all0) / tick / BURST * 1000:.1f} ms "
               f"(includes the kernel's work and anything else running)")
+        print(row(f"DELETE /api/sandbox/{{id}}, {len(ids)} at once, ms", deletes))
+        print(f"delete p50 {statistics.median(deletes):.2f} s, p99 {p(deletes, 0.99):.2f} s, all answered in "
+              f"{delete_wall:.2f} s (goal <= 1 s); CPU per delete: server and its programs "
+              f"{(own2 - own1) / tick / max(1, len(ids)) * 1000:.1f} ms, whole machine "
+              f"{(all2 - all1) / tick / max(1, len(ids)) * 1000:.1f} ms")
         if errors:
             print(f"{len(errors)} creates failed; first: {errors[0]}")
+        if delete_errors:
+            print(f"{len(delete_errors)} deletes failed; first: {delete_errors[0]}")
 
 
 if __name__ == "__main__":

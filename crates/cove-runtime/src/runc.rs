@@ -106,6 +106,74 @@ pub struct State {
     pub pid: u32,
 }
 
+/// What Cove reads of runc's `state.json` (runc 1.x).
+#[derive(Debug, Deserialize)]
+struct OnDisk {
+    init_process_pid: u32,
+    init_process_start: u64,
+    #[serde(default)]
+    cgroup_paths: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    config: OnDiskConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OnDiskConfig {
+    #[serde(rename = "Hooks", default)]
+    hooks: Option<std::collections::HashMap<String, Option<Vec<serde_json::Value>>>>,
+}
+
+impl OnDisk {
+    /// Whether a `poststop` hook is recorded (runc would run it at delete).
+    fn has_poststop_hooks(&self) -> bool {
+        self.config
+            .hooks
+            .as_ref()
+            .and_then(|h| h.get("poststop"))
+            .is_some_and(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+    }
+}
+
+/// Whether the init recorded in `disk` still runs: its pid exists, is not a zombie, and has
+/// the recorded start time (else the pid now belongs to another process).
+fn init_alive(disk: &OnDisk) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", disk.init_process_pid)).ok().is_some_and(|stat| {
+        // After the command name (in parentheses, which may contain anything): state
+        // (field 3) first, start time (field 22) twentieth.
+        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let state = rest.first().copied().unwrap_or("X");
+        let start = rest.get(19).and_then(|s| s.parse::<u64>().ok());
+        !matches!(state, "Z" | "X" | "x") && start == Some(disk.init_process_start)
+    })
+}
+
+/// Removes a cgroup directory and any below it, deepest first; gone is fine. A cgroup still
+/// holding a process (just killed, not yet reaped) answers `EBUSY`: retried for up to
+/// [`CGROUP_RMDIR_WAIT`].
+fn remove_cgroup(path: &Path) -> std::io::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path())?;
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + CGROUP_RMDIR_WAIT;
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long a delete waits for a stopped container's cgroup to empty.
+const CGROUP_RMDIR_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// runc with one state directory (`--root`).
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -260,6 +328,71 @@ impl Runc {
         self.state_from_runc(id).await
     }
 
+    /// `<root>/<id>/state.json` as runc 1.x writes it; `None` when missing or in another form.
+    fn on_disk(&self, id: &str) -> Option<OnDisk> {
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return None;
+        }
+        let raw = std::fs::read(self.root.join(id).join("state.json")).ok()?;
+        let disk: OnDisk = serde_json::from_slice(&raw).ok()?;
+        (disk.init_process_pid != 0).then_some(disk)
+    }
+
+    /// `runc kill` without a runc process: the signal goes to the recorded init through a
+    /// pidfd taken before its identity (pid and start time) is checked, so that it can never
+    /// reach another process that reused the pid. `None`: not decidable here (another state
+    /// layout, another signal name, an unexpected error); the caller runs runc.
+    fn kill_native(&self, id: &str, signal: &str) -> Option<Result<(), RuncError>> {
+        use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+        let sig = match signal {
+            "KILL" => Signal::KILL,
+            "TERM" => Signal::TERM,
+            _ => return None,
+        };
+        let disk = self.on_disk(id)?;
+        let pid = Pid::from_raw(i32::try_from(disk.init_process_pid).ok()?)?;
+        let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Gone: as with runc, killing a stopped container is not an error here.
+            Err(rustix::io::Errno::SRCH) => return Some(Ok(())),
+            Err(_) => return None,
+        };
+        if !init_alive(&disk) {
+            return Some(Ok(()));
+        }
+        match pidfd_send_signal(&pidfd, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Some(Ok(())),
+            Err(_) => None,
+        }
+    }
+
+    /// `runc delete` of a stopped container without a runc process: its cgroups (every
+    /// hierarchy runc recorded, and anything below them) and its state directory are removed.
+    /// `None`: left to runc (not stopped, a `poststop` hook to run, a cgroup that would not
+    /// go, another state layout).
+    fn delete_native(&self, id: &str) -> Option<()> {
+        let disk = self.on_disk(id)?;
+        if disk.has_poststop_hooks() || self.read_state(id)?.status != "stopped" {
+            return None;
+        }
+        for path in disk.cgroup_paths.values() {
+            let path = Path::new(path);
+            // Only cgroup directories (as runc recorded them) are ever removed.
+            if !path.starts_with("/sys/fs/cgroup/") {
+                return None;
+            }
+            if let Err(e) = remove_cgroup(path) {
+                tracing::debug!(container = id, cgroup = %path.display(), error = %e, "cgroup left to runc delete");
+                return None;
+            }
+        }
+        match std::fs::remove_dir_all(self.root.join(id)) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        }
+    }
+
     /// What runc's `state` command reports, derived the way runc 1.x derives it
     /// (`libcontainer`'s `refreshState`): `paused` while the freezer cgroup is frozen; else
     /// `stopped` when the init process recorded in `state.json` is gone, a zombie, or another
@@ -267,19 +400,8 @@ impl Runc {
     /// exists; else `running`. `None` when `state.json` is missing or not in that form: the
     /// caller then asks runc.
     pub fn read_state(&self, id: &str) -> Option<State> {
-        #[derive(Deserialize)]
-        struct OnDisk {
-            init_process_pid: u32,
-            init_process_start: u64,
-            #[serde(default)]
-            cgroup_paths: std::collections::HashMap<String, String>,
-        }
         let dir = self.root.join(id);
-        let raw = std::fs::read(dir.join("state.json")).ok()?;
-        let disk: OnDisk = serde_json::from_slice(&raw).ok()?;
-        if disk.init_process_pid == 0 {
-            return None;
-        }
+        let disk = self.on_disk(id)?;
         let frozen = match (disk.cgroup_paths.get("freezer"), disk.cgroup_paths.get("")) {
             (Some(v1), _) => {
                 std::fs::read_to_string(Path::new(v1).join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
@@ -289,15 +411,7 @@ impl Runc {
             }
             (None, None) => false,
         };
-        let alive = std::fs::read_to_string(format!("/proc/{}/stat", disk.init_process_pid)).ok().is_some_and(|stat| {
-            // After the command name (in parentheses, which may contain anything): state
-            // (field 3) first, start time (field 22) twentieth.
-            let rest: Vec<&str> =
-                stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-            let state = rest.first().copied().unwrap_or("X");
-            let start = rest.get(19).and_then(|s| s.parse::<u64>().ok());
-            !matches!(state, "Z" | "X" | "x") && start == Some(disk.init_process_start)
-        });
+        let alive = init_alive(&disk);
         let status = if frozen {
             "paused"
         } else if !alive {
@@ -324,7 +438,12 @@ impl Runc {
 
     /// Sends `signal` to the container's init; a container that is gone or already stopped is
     /// not an error.
+    ///
+    /// Done from here when runc's files say enough (`kill_native`); else by runc.
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), RuncError> {
+        if let Some(done) = self.kill_native(id, signal) {
+            return done;
+        }
         match cmd::run(RUNC, &self.args(&["kill", id, signal]), None).await {
             Ok(_) => Ok(()),
             Err(e) if missing(&e) || e.stderr().contains("not running") || e.stderr().contains("finished") => Ok(()),
@@ -348,7 +467,14 @@ impl Runc {
     }
 
     /// `runc delete` of a stopped container (removes its cgroup and state); missing is fine.
+    ///
+    /// Done from here for a stopped container (`delete_native`); else by runc.
     pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
+        let (native, owned) = (self.clone(), id.to_string());
+        // Blocking: a cgroup may take a few milliseconds to empty after the kill.
+        if let Ok(Some(())) = tokio::task::spawn_blocking(move || native.delete_native(&owned)).await {
+            return Ok(());
+        }
         match cmd::run(RUNC, &self.args(&["delete", id]), None).await {
             Ok(_) => Ok(()),
             Err(e) if missing(&e) => Ok(()),
@@ -452,6 +578,35 @@ mod tests {
         assert_eq!(runc.read_state("v2").unwrap().status, "paused");
         std::fs::write(v1.join("freezer.state"), "THAWED\n").unwrap();
         assert_eq!(runc.read_state("v1").unwrap().status, "running");
+    }
+
+    #[test]
+    fn a_kill_never_reaches_a_process_that_reused_the_inits_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runc = Runc::new(tmp.path());
+        // The recorded init is "this test process" with another start time: the pid was reused.
+        state_dir(tmp.path(), "c1", own_start() + 1, serde_json::json!({}));
+        assert!(matches!(runc.kill_native("c1", "KILL"), Some(Ok(()))));
+        // Still here. A signal by another name is left to runc.
+        assert!(runc.kill_native("c1", "HUP").is_none());
+    }
+
+    #[test]
+    fn a_delete_with_a_poststop_hook_or_of_a_live_container_is_left_to_runc() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runc = Runc::new(tmp.path());
+        state_dir(tmp.path(), "live", own_start(), serde_json::json!({}));
+        assert_eq!(runc.delete_native("live"), None);
+        assert!(tmp.path().join("live/state.json").exists());
+        let dir = tmp.path().join("hooked");
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = serde_json::json!({
+            "init_process_pid": std::process::id(), "init_process_start": own_start() + 1,
+            "config": {"Hooks": {"poststop": [{"path": "/bin/true"}], "prestart": null}},
+        });
+        std::fs::write(dir.join("state.json"), json.to_string()).unwrap();
+        assert_eq!(runc.delete_native("hooked"), None);
+        assert!(dir.join("state.json").exists());
     }
 
     #[test]

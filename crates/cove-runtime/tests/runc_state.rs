@@ -1,5 +1,6 @@
-//! `Runc::state` reads runc's files instead of running `runc state`: through a real
-//! container's life (created, running, paused, resumed, stopped) it must say what runc says.
+//! `Runc::state`, `kill` and `delete` work from runc's files instead of running runc: through
+//! a real container's life (created, running, paused, resumed, killed, stopped, deleted) they
+//! must agree with runc.
 //! Needs root, `runc` and a static busybox at /bin/busybox (skipped with a message otherwise).
 
 use std::path::Path;
@@ -22,7 +23,7 @@ fn runc_cli(root: &Path, args: &[&str]) {
 }
 
 #[tokio::test]
-async fn the_state_read_from_runcs_files_matches_runc_state_through_a_containers_life() {
+async fn state_kill_and_delete_without_runc_processes_agree_with_runc_through_a_containers_life() {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
@@ -71,8 +72,20 @@ async fn the_state_read_from_runcs_files_matches_runc_state_through_a_containers
         assert!(Instant::now() < deadline, "never stopped: {ours:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(guard);
+    // Deleted from here (no runc process): runc no longer knows it, and every cgroup it
+    // had is gone.
+    let cgroups: Vec<String> = {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(&id).join("state.json")).unwrap()).unwrap();
+        state["cgroup_paths"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    assert!(cgroups.iter().any(|c| Path::new(c).exists()), "{cgroups:?}");
+    runc.delete(&id).await.unwrap();
     assert_eq!(both(&runc, &id).await, (None, None), "deleted");
+    for c in &cgroups {
+        assert!(!Path::new(c).exists(), "{c} left behind");
+    }
+    drop(guard);
 }
 
 /// `runc delete --force` of the container however the test ends.
