@@ -9,6 +9,7 @@ import json
 import os
 import statistics
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,8 +52,13 @@ def main():
         before = mem_available()
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = [sb["id"] for sb in pool.map(lambda _: call("POST", server.api_url + "/sandbox", {}), range(N))]
+            made = list(pool.map(lambda _: call("POST", server.api_url + "/sandbox", {}), range(N)))
         created_s = time.monotonic() - t0
+        ids = [sb["id"] for sb in made]
+        failed = [sb for sb in made if sb["state"] != "started"]
+        if failed:
+            print(f"{len(failed)} of {N} creates did not start; first at #{made.index(failed[0])}: "
+                  f"{failed[0]['state']} {failed[0].get('errorReason')!r}")
         time.sleep(5)  # settle
         after = mem_available()
         usage = []
@@ -60,7 +66,10 @@ def main():
             cg = next(Path("/sys/fs/cgroup/memory").glob(f"**/{i}"), None)
             if cg:
                 usage.append(int((cg / "memory.usage_in_bytes").read_text()) / (1 << 20))
-        probe = call("POST", f"{server.url}/toolbox/{ids[-1]}/process/execute", {"command": "echo alive"})
+        try:
+            probe = call("POST", f"{server.url}/toolbox/{ids[-1]}/process/execute", {"command": "echo alive"})
+        except urllib.error.HTTPError as e:
+            probe = {"result": f"HTTP {e.code}: {e.read().decode()[:300]}"}
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda i: call("DELETE", f"{server.api_url}/sandbox/{i}"), ids))

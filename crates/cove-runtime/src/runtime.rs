@@ -568,6 +568,14 @@ impl Runtime {
         // until then an earlier run's table, full or locked down, stays in force.
         net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
         cgroup::limit_parent_pids(&cfg.cgroup_parent).map_err(|e| RuntimeError::ParentPids(Box::new(e)))?;
+        match crate::userns::ensure_key_quota() {
+            Ok(changed) => {
+                for (sysctl, from, to) in changed {
+                    tracing::info!(sysctl, from, to, "raised the per-user key quota: each sandbox holds one keyring");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot raise the per-user key quota: about 200 sandboxes at most"),
+        }
         let pool_dir = cfg.root.join(POOL_DIR);
         let pool = DiskPool::open(pool_dir.clone()).map_err(|source| RuntimeError::Dir { path: pool_dir, source })?;
         pool.set_sparse(cfg.sparse_disks);

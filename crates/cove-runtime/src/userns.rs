@@ -330,8 +330,53 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// The per-user key quota that sandboxes need: every sandbox's root is the same host uid
+/// (`range.start`), and runc gives each container a session keyring of its own, counted
+/// against that uid's quota (`kernel.keys.maxkeys`, 200 keys by default, and
+/// `kernel.keys.maxbytes`, 20,000 bytes, for every non-root user). Past about 200 sandboxes,
+/// creates failed with "unable to create session key: disk quota exceeded". Sandboxes
+/// themselves cannot make keys (the seccomp profile denies `add_key`, `keyctl` and
+/// `request_key`), so only runc's one keyring per sandbox counts.
+pub const KEY_QUOTA: [(&str, u64); 2] = [("kernel/keys/maxkeys", 20_000), ("kernel/keys/maxbytes", 2_000_000)];
+
+/// Raises the host's per-user key quota to [`KEY_QUOTA`] where it is lower (as LXD's
+/// production settings do); never lowers it. Returns the sysctls changed, as
+/// (name, from, to).
+pub fn ensure_key_quota() -> std::io::Result<Vec<(String, u64, u64)>> {
+    let mut changed = Vec::new();
+    for (key, want) in KEY_QUOTA {
+        let path = std::path::Path::new("/proc/sys").join(key);
+        let now: u64 = std::fs::read_to_string(&path)?
+            .trim()
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+        if now < want {
+            std::fs::write(&path, want.to_string())?;
+            changed.push((key.replace('/', "."), now, want));
+        }
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_per_user_key_quota_is_raised_to_what_a_thousand_sandboxes_need_and_never_lowered() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let read =
+            |k: &str| -> u64 { std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap().trim().parse().unwrap() };
+        ensure_key_quota().unwrap();
+        for (key, want) in KEY_QUOTA {
+            assert!(read(key) >= want, "{key}");
+            assert!(want >= 1_000 * if key.ends_with("maxkeys") { 1 } else { 64 }, "{key} covers 1,000 sandboxes");
+        }
+        let again = ensure_key_quota().unwrap();
+        assert!(again.is_empty(), "nothing to raise twice: {again:?}");
+    }
     use super::*;
 
     #[test]
