@@ -7,8 +7,9 @@
 //! packet ever sees a restricted sandbox unrestricted). Besides the table only the IPv4
 //! forwarding sysctls below are changed. `nft` is driven through the `nftables` crate's JSON
 //! API: one transaction per operation, no hand-written netlink. The transactions are built as
-//! JSON values and handed to `nftables::helper::apply_ruleset_raw_async`, because the crate's
-//! typed schema has no verdict maps (`"map": "verdict"`), which the policies need.
+//! JSON values (the crate's typed schema has no verdict maps, `"map": "verdict"`, which the
+//! policies need) and applied with `nft -j -f -` as the crate's `apply_ruleset_raw_async` does,
+//! but with nft's stderr kept for the error ([`apply_nft`]).
 //!
 //! - `input` (host addresses): what arrives on the bridge is dropped — the bridge address,
 //!   any other address of the host, broadcasts — except replies to connections the host
@@ -319,11 +320,40 @@ impl Tx {
     async fn apply(self, op: &'static str) -> Result<(), FirewallError> {
         let table = format!("{} {}", self.family, self.table);
         let payload = self.build().to_string();
-        nftables::helper::apply_ruleset_raw_async(&payload, None::<&str>, std::iter::empty::<&str>())
-            .await
-            .map(drop)
-            .map_err(|e| FirewallError::nft(op, &table, e))
+        apply_nft(&payload).await.map_err(|e| FirewallError::nft(op, &table, e))
     }
+}
+
+/// `nft -j -f -` with `payload` on stdin. What the `nftables` crate's
+/// `apply_ruleset_raw_async` does, but with nft's stderr captured: the crate lets it through
+/// to the server's own stderr, so the reason nft gives (a name too long, an unknown set) never
+/// reached the error. Errors are the crate's type.
+async fn apply_nft(payload: &str) -> Result<(), nftables::helper::NftablesError> {
+    use nftables::helper::NftablesError;
+    use tokio::io::AsyncWriteExt;
+    let program = std::ffi::OsString::from("nft");
+    let exec = |inner| NftablesError::NftExecution { program: program.clone(), inner };
+    let mut child = tokio::process::Command::new(&program)
+        .args(["-j", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(exec)?;
+    let mut stdin = child.stdin.take().ok_or_else(|| exec(std::io::Error::other("no stdin pipe")))?;
+    stdin.write_all(payload.as_bytes()).await.map_err(exec)?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(exec)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NftablesError::NftFailed {
+        program,
+        hint: "applying ruleset".into(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// Adds the chain, sets and map element of one restricted sandbox (to an empty table or after
