@@ -108,7 +108,7 @@ def phases(log_path, message):
 
 
 def cold_server(tmp, registry):
-    """The same measurement on a server without a warm pool: every create runs runc. Also
+    """The same measurement on a server without a warm pool: every create launches a container. Also
     returns the per-phase breakdown of those creates from the server's debug log (the
     runtime's "start phases" and the service's "create phases" lines)."""
     server = Cove(tmp / "cold", registry.url, extra=["--default-snapshot", "bench", "--warm-pool-size", "0"]).start(
@@ -145,7 +145,7 @@ def print_phases(starts, creates):
         (starts, "files_ms", "  bundle files written"),
         (starts, "prepare_ms", "  all of the above + tmpfs mounts"),
         (starts, "config_ms", "  config.json built and written"),
-        (starts, "runc_ms", "  runc create (namespaces, cgroups, mounts, seccomp)"),
+        (starts, "container_ms", "  container created (Cove's launcher; runc create with --launcher runc)"),
         (starts, "wire_ms", "  network wired (rtnetlink) + process released"),
         (creates, "agent_ms", "agent answers its socket"),
         (creates, "finish_ms", "state recorded (started)"),

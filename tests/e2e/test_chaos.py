@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 import mkimage
+from containers import list_containers
 from harness import API_KEY, BUSYBOX, FIXTURES
 from v2client import V2
 
@@ -334,15 +335,14 @@ def leaks(server, started: set, all_ids: set, seen_ids: set):
         if parent.is_dir():
             cgroups += [f"{ctrl.name}/{c.name}" for c in parent.iterdir() if c.is_dir() and c.name not in started]
     out["cgroups"] = cgroups
-    runc = subprocess.run(["runc", "--root", server.net["runc_root"], "list", "--format", "json"], capture_output=True, text=True)
-    containers = json.loads(runc.stdout or "null") or []
-    out["runc containers"] = [f"{c['id']} {c['status']}" for c in containers if c["id"] not in started or c["status"] != "running"]
+    containers = list_containers(server.net["runc_root"])
+    out["containers"] = [f"{c['id']} {c['status']}" for c in containers if c["id"] not in started or c["status"] != "running"]
     sandboxes = server.data_dir / "sandboxes"
     out["bundle dirs of no sandbox"] = [d.name for d in sandboxes.iterdir() if not d.name.startswith(".") and d.name not in all_ids] if sandboxes.is_dir() else []
     seen = {
         "mounts": owned,
         "veth": len(names & set(ports)),
-        "runc": len([c for c in containers if c["id"] in started and c["status"] == "running"]),
+        "containers": len([c for c in containers if c["id"] in started and c["status"] == "running"]),
     }
     return {k: v for k, v in out.items() if v}, seen
 

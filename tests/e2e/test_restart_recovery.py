@@ -14,6 +14,7 @@ import time
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError
 
+import containers
 from harness import API_KEY, BUSYBOX
 
 
@@ -26,8 +27,7 @@ def sbx(cove):
 
 
 def runc_ids(server):
-    out = subprocess.run(["runc", "--root", server.net["runc_root"], "list", "-q"], capture_output=True, text=True)
-    return set(out.stdout.split())
+    return containers.ids(server.net["runc_root"])
 
 
 @pytest.mark.parametrize("point", ["sandbox.create_recorded", "sandbox.create_launched"])

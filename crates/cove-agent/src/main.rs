@@ -59,6 +59,12 @@ fn main() {
         println!("cove-agent {}", env!("CARGO_PKG_VERSION"));
         return;
     }
+    // Before anything else: a prepared sandbox waits here, and its env file is written just
+    // before it is released.
+    if let Err(e) = sys::wait_for_release() {
+        eprintln!("cove-agent: {}", error::chain(&e));
+        std::process::exit(1);
+    }
     load_env_file();
     if let Err(e) = sys::set_not_dumpable() {
         eprintln!("cove-agent: {}", error::chain(&e));

@@ -21,6 +21,9 @@ pub enum SysError {
     /// `fork` failed.
     #[error("fork the server process")]
     Fork(#[source] io::Error),
+    /// Writing the exec fifo Cove's launcher gave us failed.
+    #[error("wait for the sandbox's release on its exec fifo")]
+    Release(#[source] io::Error),
     /// `prctl(PR_SET_DUMPABLE, 0)` failed.
     #[error("make the agent non-dumpable")]
     NotDumpable(#[source] io::Error),
@@ -219,6 +222,30 @@ pub fn set_env_single_threaded(key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
     // SAFETY: called from `main` before the tokio runtime or any other thread is started, so
     // nothing can read the environment concurrently.
     unsafe { std::env::set_var(key, value) }
+}
+
+/// Removes `key` from the environment; as [`set_env_single_threaded`], from `main` only.
+pub fn remove_env_single_threaded(key: &str) {
+    // SAFETY: as in `set_env_single_threaded`: no other thread exists yet.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Waits to be released when Cove's launcher started us (`COVE_EXEC_FIFO` names the
+/// descriptor of the sandbox's exec fifo): opening it for writing blocks until the runtime
+/// reads it, as runc's init would block before `execve`. Without the variable (runc started
+/// us, already released) it returns at once. The descriptor is closed and the variable removed
+/// either way, so nothing the sandbox runs sees them.
+pub fn wait_for_release() -> Result<(), SysError> {
+    let Some(fd) = std::env::var("COVE_EXEC_FIFO").ok() else { return Ok(()) };
+    remove_env_single_threaded("COVE_EXEC_FIFO");
+    let Ok(n) = fd.parse::<i32>() else { return Ok(()) };
+    let released = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{n}"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"0"));
+    // SAFETY: closing the inherited descriptor named by the launcher; nothing else uses it.
+    unsafe { libc::close(n) };
+    released.map_err(SysError::Release)
 }
 
 /// A new pseudo-terminal: `(master, slave)`, both close-on-exec and neither our controlling

@@ -115,6 +115,9 @@ struct OnDisk {
     cgroup_paths: std::collections::HashMap<String, String>,
     #[serde(default)]
     config: OnDiskConfig,
+    /// `cove` for containers Cove's launcher made (`crate::launch`); runc's own have none.
+    #[serde(default)]
+    launcher: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +237,11 @@ impl Runc {
                 if !self.root.join(id).join("state.json").exists() {
                     return Ok(false);
                 }
+                // Known from runc's files (every container Cove's launcher made, too): without
+                // its fifo it is not waiting to start.
+                if self.read_state(id).is_some() {
+                    return Ok(false);
+                }
                 return match cmd::run(RUNC, &self.args(&["start", id]), None).await {
                     Ok(_) => Ok(true),
                     Err(e)
@@ -335,7 +343,8 @@ impl Runc {
         }
         let raw = std::fs::read(self.root.join(id).join("state.json")).ok()?;
         let disk: OnDisk = serde_json::from_slice(&raw).ok()?;
-        (disk.init_process_pid != 0).then_some(disk)
+        // The launcher records pid 0 until its init exists: a stopped container.
+        (disk.init_process_pid != 0 || disk.launcher.as_deref() == Some("cove")).then_some(disk)
     }
 
     /// `runc kill` without a runc process: the signal goes to the recorded init through a
@@ -350,6 +359,9 @@ impl Runc {
             _ => return None,
         };
         let disk = self.on_disk(id)?;
+        if disk.init_process_pid == 0 {
+            return Some(Ok(()));
+        }
         let pid = Pid::from_raw(i32::try_from(disk.init_process_pid).ok()?)?;
         let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
@@ -459,6 +471,20 @@ impl Runc {
     /// `runc delete --force`: kills the container if it runs and removes it; failures are
     /// logged (a create being undone).
     pub async fn delete_force(&self, id: &str) {
+        // A container whose files runc 1.x's layout describes (every one Cove's launcher
+        // made, too): killed and removed from here.
+        if self.on_disk(id).is_some() && matches!(self.kill_native(id, "KILL"), Some(Ok(()))) {
+            for _ in 0..200 {
+                if self.read_state(id).is_none_or(|s| s.status == "stopped") {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let (native, owned) = (self.clone(), id.to_string());
+            if let Ok(Some(())) = tokio::task::spawn_blocking(move || native.delete_native(&owned)).await {
+                return;
+            }
+        }
         if let Err(e) = cmd::run(RUNC, &self.args(&["delete", "--force", id]), None).await
             && !missing(&e)
         {

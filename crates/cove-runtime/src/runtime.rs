@@ -80,6 +80,9 @@ pub struct RuntimeConfig {
     /// but a full filesystem then fails writes in every sandbox (they go read-only and are
     /// reported `error`). Off (the default): each disk is allocated in full at create.
     pub sparse_disks: bool,
+    /// Sandboxes are started by Cove's launcher ([`crate::launch`]) where it covers their
+    /// config (`--launcher native`); else, and always for build steps, by runc.
+    pub native_launcher: bool,
 }
 
 /// What to run and with which limits; persisted in the bundle so `start` can recreate it.
@@ -245,6 +248,9 @@ pub enum RuntimeError {
     /// runc failed.
     #[error("runc")]
     Runc(#[source] Box<RuncError>),
+    /// Cove's launcher failed.
+    #[error("launch the sandbox's container")]
+    Launch(#[source] Box<crate::launch::LaunchError>),
     /// A sandbox cannot be linked that way (to itself).
     #[error("cannot link sandbox {a} with {b}: {why}")]
     InvalidLink {
@@ -322,6 +328,7 @@ impl RuntimeError {
             | Self::Storage { .. }
             | Self::Network { .. }
             | Self::Runc(_)
+            | Self::Launch(_)
             | Self::RemoveBundle { .. }
             | Self::Gpu { .. }
             | Self::NetworkPolicy { .. } => K::Internal,
@@ -402,6 +409,10 @@ pub struct Runtime {
     cidr: Cidr,
     runc: Runc,
     seccomp: Value,
+    /// `seccomp` compiled once, for the launcher.
+    seccomp_bpf: Arc<crate::seccomp::Bpf>,
+    /// What the launcher knows of the host (cgroup hierarchies).
+    launch_host: Arc<crate::launch::Host>,
     host_caps: u64,
     ips: Mutex<HashMap<String, Ipv4Addr>>,
     /// Policies of sandboxes with a restricted one, by id (what the DNS forwarder asks).
@@ -563,6 +574,8 @@ impl Runtime {
         let caps = oci::capabilities(false, host_caps);
         let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };
         let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
+        let seccomp_bpf = Arc::new(seccomp::compile(&seccomp).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?);
+        let launch_host = Arc::new(crate::launch::Host::discover());
 
         // The table (installed below, with every record's policy and links) needs the bridge;
         // until then an earlier run's table, full or locked down, stays in force.
@@ -598,6 +611,8 @@ impl Runtime {
             runc: Runc::new(&cfg.runc_root),
             cidr,
             seccomp,
+            seccomp_bpf,
+            launch_host,
             host_caps,
             ips: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
@@ -1066,13 +1081,40 @@ impl Runtime {
         // 0600: it holds the sandbox's environment.
         write_replace(&path, &json, 0o600).map_err(io_file("write", &path))?;
         let config_ms = ms(t) - prepare_ms;
-        let t_runc = Instant::now();
+        let t_launch = Instant::now();
         let (console, log) = (self.console_path(id), bundle.join("runc.log"));
         // Always `runc create`: the container's namespaces exist and its init waits, before
         // `execve`, on its exec fifo; the network is wired into its namespace from here, then
         // (for `Run`) the fifo releases it, as `runc start` would, without a process.
-        self.runc.create(id, &bundle, &console, &log).await?;
-        let runc_ms = ms(t_runc);
+        let native = match crate::launch::supports(&config, &self.launch_host) {
+            Ok(()) => self.cfg.native_launcher,
+            Err(why) => {
+                if self.cfg.native_launcher {
+                    tracing::debug!(sandbox = %id, why, "started by runc: outside what the launcher covers");
+                }
+                false
+            }
+        };
+        if native {
+            let (root, cid, host) = (self.cfg.runc_root.clone(), id.clone(), self.launch_host.clone());
+            let bpf = config["linux"].get("seccomp").is_some().then(|| self.seccomp_bpf.clone());
+            let console = console.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::launch::create(&root, &cid, &config, &host, bpf.as_deref(), &console)
+            })
+            .await
+            .map_err(|e| {
+                RuntimeError::Launch(Box::new(crate::launch::LaunchError::Host {
+                    id: id.clone(),
+                    step: "run the launch thread".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }))
+            })?
+            .map_err(|e| RuntimeError::Launch(Box::new(e)))?;
+        } else {
+            self.runc.create(id, &bundle, &console, &log).await?;
+        }
+        let container_ms = ms(t_launch);
         let t_wire = Instant::now();
         if let Err(e) = self.wire_and_release(record, &netns, launch).await {
             self.runc.delete_force(id).await;
@@ -1090,7 +1132,8 @@ impl Runtime {
             files_ms,
             prepare_ms,
             config_ms,
-            runc_ms,
+            container_ms,
+            launcher = if native { "native" } else { "runc" },
             wire_ms,
             "start phases (disk, net and files concurrent; their times are since the start)"
         );
@@ -1207,7 +1250,9 @@ impl Runtime {
             }
             if state.status != "stopped" {
                 let mut stopped = false;
-                if !grace.is_zero() {
+                // A created container runs nothing of the sandbox's yet: nothing to let finish
+                // (and the launcher's agent, waiting on its fifo, has no TERM handler yet).
+                if !grace.is_zero() && state.status != "created" {
                     self.runc.kill(id, "TERM").await?;
                     stopped = self.wait_stopped(id, grace).await?;
                 }

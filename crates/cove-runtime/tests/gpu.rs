@@ -12,7 +12,7 @@ use cove_runtime::{Runtime, RuntimeError, SandboxSpec};
 
 #[allow(dead_code)]
 mod common;
-use common::{IDLE, TestNet, busybox_rootfs, is_root, runc_exec, sandbox_spec, tear_down, test_runtime_config};
+use common::{IDLE, TestNet, busybox_rootfs, is_root, sandbox_exec, sandbox_spec, tear_down, test_runtime_config};
 
 /// A major no driver has: the cgroup rule, not a driver, decides what an open sees.
 const UNUSED_MAJOR: u32 = 3999;
@@ -130,7 +130,7 @@ async fn a_gpu_sandbox_gets_its_cdi_device_unprivileged_and_a_second_one_waits_f
     // A sandbox without GPUs gets nothing of the spec.
     let plain = spec(&lower, 0);
     rt(&env).create(&plain).await.unwrap();
-    let (_, out) = runc_exec(&env.cfg.runc_root, &plain.id, "ls /dev/nvidia0; echo $NVIDIA_VISIBLE_DEVICES").await;
+    let (_, out) = sandbox_exec(&env.cfg, &plain.id, "ls /dev/nvidia0; echo $NVIDIA_VISIBLE_DEVICES").await;
     assert!(out.contains("No such file") && out.contains("all"), "{out}");
     assert_eq!(rt(&env).gpus_free(), 1);
 
@@ -141,7 +141,7 @@ async fn a_gpu_sandbox_gets_its_cdi_device_unprivileged_and_a_second_one_waits_f
                   echo x > /dev/nvidia0 && echo write-ok; cat /dev/nvidiactl; \
                   cat /usr/lib/nvidia/libnvidia-test.so; touch /usr/lib/nvidia/x; \
                   grep CapEff /proc/self/status; cat /proc/self/uid_map";
-    let (_, out) = runc_exec(&env.cfg.runc_root, &first.id, script).await;
+    let (_, out) = sandbox_exec(&env.cfg, &first.id, script).await;
     assert!(out.contains("node-ok") && out.contains("write-ok"), "the GPU node is there and opens: {out}");
     assert!(out.contains("env=void"), "the spec's env wins over the image's: {out}");
     assert!(out.contains("No such device or address"), "the cgroup lets the control node through: {out}");
@@ -177,7 +177,7 @@ async fn a_gpu_sandbox_gets_its_cdi_device_unprivileged_and_a_second_one_waits_f
     assert_eq!(rt(&env).gpus_free(), 1);
 
     rt(&env).create(&second).await.unwrap();
-    let (_, out) = runc_exec(&env.cfg.runc_root, &second.id, "test -c /dev/nvidia0 && echo node-ok").await;
+    let (_, out) = sandbox_exec(&env.cfg, &second.id, "test -c /dev/nvidia0 && echo node-ok").await;
     assert!(out.contains("node-ok"), "{out}");
     for id in [&second.id, &plain.id] {
         rt(&env).destroy(id).await.unwrap();

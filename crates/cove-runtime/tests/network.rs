@@ -19,7 +19,7 @@ use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec};
 #[allow(dead_code)]
 mod common;
 use common::{
-    IDLE, TestNet, busybox_rootfs, restore_recorded_sysctls, runc_exec, sandbox_spec, tear_down, test_runtime_config,
+    IDLE, TestNet, busybox_rootfs, restore_recorded_sysctls, sandbox_exec, sandbox_spec, tear_down, test_runtime_config,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -328,7 +328,7 @@ impl RuntimeLab {
     }
 
     async fn exec(&self, id: &str, script: &str) -> (bool, String) {
-        runc_exec(&self.cfg.runc_root, id, script).await
+        sandbox_exec(&self.cfg, id, script).await
     }
 
     fn nft(&self, what: &str) -> String {

@@ -15,7 +15,8 @@ use cove_runtime::{Runtime, RuntimeConfig, SandboxSpec, SandboxStatus};
 #[allow(dead_code)]
 mod common;
 use common::{
-    IDLE, TestNet, busybox_rootfs, is_root, mounts_containing, runc_exec, sandbox_spec, tear_down, test_runtime_config,
+    IDLE, TestNet, busybox_rootfs, is_root, mounts_containing, sandbox_exec, sandbox_spec, tear_down,
+    test_runtime_config,
 };
 
 struct Env {
@@ -32,6 +33,11 @@ fn build_rootfs(lower: &Path) {
 }
 
 async fn setup(n: u32) -> Option<Env> {
+    setup_with(n, true).await
+}
+
+/// As `setup`, with sandboxes started by Cove's launcher (`native`) or by runc.
+async fn setup_with(n: u32, native: bool) -> Option<Env> {
     if !is_root() {
         eprintln!("skipping: sandbox tests need root");
         return None;
@@ -49,6 +55,7 @@ async fn setup(n: u32) -> Option<Env> {
             name_prefix: format!("t{n:02}{:04}", pid % 10_000),
         },
     );
+    let cfg = RuntimeConfig { native_launcher: native, ..cfg };
     let rt = Runtime::new(cfg.clone()).await.unwrap();
     Some(Env { rt: Some(rt), cfg, lower, _dir: dir })
 }
@@ -64,7 +71,7 @@ impl Env {
 
     /// `runc exec <id> sh -c <script>`: (success, stdout + stderr).
     async fn exec(&self, id: &str, script: &str) -> (bool, String) {
-        runc_exec(&self.cfg.runc_root, id, script).await
+        sandbox_exec(&self.cfg, id, script).await
     }
 
     fn bundle(&self, id: &str) -> PathBuf {
@@ -491,4 +498,90 @@ async fn a_disk_written_before_user_namespaces_is_shifted_once_and_its_files_sta
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
     assert_eq!(record["disk_ids"], serde_json::json!({"start": 100_000, "count": 65536}));
     env.rt().destroy(&id).await.unwrap();
+}
+
+/// What a sandbox's entrypoint sees of its own isolation: ids, capabilities, seccomp, id
+/// maps, cgroups, mounts (point, options, type, source), /dev, limits, hostname length.
+const PROBE: &str = r#"{
+grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters|SigBlk|SigIgn)' /proc/self/status
+cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups /proc/self/cgroup
+awk '{print $5, $6, $9, $10, $11}' /proc/self/mountinfo | sort
+for f in /dev/* /dev/pts/* /dev/mqueue /dev/shm /sys/fs/cgroup/*; do stat -c '%n %F %a %u %g %t:%T' "$f"; [ -L "$f" ] && readlink "$f"; done
+cat /sys/fs/cgroup/devices/devices.list /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us
+ulimit -n; ulimit -u; hostname | wc -c; id; pwd; umask; ls -la /proc/self/fd | wc -l
+touch /proc/sys/kernel/x 2>&1 | sed 's/.*: //'; cat /proc/kcore 2>&1 | wc -c; ls /proc/acpi /sys/firmware 2>&1 | wc -l
+} > /tmp/probe 2>&1; touch /tmp/probe.done; sleep 1000"#;
+
+async fn probe(env: &Env) -> String {
+    let spec = env.spec(PROBE);
+    env.rt().create(&spec).await.unwrap();
+    let done = env.bundle(&spec.id).join("rootfs/tmp/probe.done");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = std::fs::read_to_string(env.bundle(&spec.id).join("rootfs/tmp/probe")).unwrap();
+    env.rt().destroy(&spec.id).await.unwrap();
+    out.replace(&env.bundle(&spec.id).display().to_string(), "<bundle>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_the_launcher_starts_sees_exactly_what_one_runc_starts_sees() {
+    let Some(native) = setup_with(30, true).await else { return };
+    let Some(runc) = setup_with(31, false).await else { return };
+    let (a, b) = (probe(&native).await, probe(&runc).await);
+    assert!(a.contains("Seccomp:\t2"), "filtered: {a}");
+    // Two differences, on purpose: the config asks for /sys/fs/cgroup read-only, and runc 1.1
+    // leaves its tmpfs writable (the cgroup mounts in it are read-only in both); and runc makes
+    // the IPC namespace before it switches to the sandbox's root group, so /dev/mqueue's group
+    // is the unmapped host root (65534) there and the sandbox's root group here.
+    let mut b = b;
+    for (runc, ours) in [
+        (
+            "/sys/fs/cgroup rw,nosuid,nodev,noexec,relatime tmpfs",
+            "/sys/fs/cgroup ro,nosuid,nodev,noexec,relatime tmpfs",
+        ),
+        ("/dev/mqueue directory 1777 0 65534", "/dev/mqueue directory 1777 0 0"),
+    ] {
+        assert!(b.contains(runc), "runc's own {runc:?} in {b}");
+        b = b.replace(runc, ours);
+    }
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let only_native: Vec<&&str> = la.iter().filter(|l| !lb.contains(l)).collect();
+    let only_runc: Vec<&&str> = lb.iter().filter(|l| !la.contains(l)).collect();
+    assert!(
+        only_native.is_empty() && only_runc.is_empty(),
+        "only with the launcher: {only_native:#?}\nonly with runc: {only_runc:#?}\nlauncher:\n{a}"
+    );
+    assert_eq!(la.len(), lb.len(), "launcher:\n{a}\nrunc:\n{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_symlinks_cannot_point_the_launchers_mounts_or_files_outside_its_root() {
+    let Some(env) = setup(32).await else { return };
+    // Host paths an image names through absolute and climbing links at mount targets.
+    let host = tempfile::tempdir().unwrap();
+    let escape = host.path().join("escape");
+    std::fs::create_dir(&escape).unwrap();
+    let lower = env.lower.parent().unwrap().join("evil");
+    busybox_rootfs(&lower, &[]);
+    let target = |name: &str| format!("../../../../../../..{}", escape.join(name).display());
+    std::os::unix::fs::symlink(target("hosts"), lower.join("etc/hosts")).unwrap();
+    std::os::unix::fs::symlink(escape.join("resolv"), lower.join("etc/resolv.conf")).unwrap();
+    std::os::unix::fs::symlink(escape.join("agent-dir"), lower.join(".cove")).unwrap();
+    std::os::unix::fs::symlink(target("run"), lower.join("run")).unwrap();
+    let spec = SandboxSpec { lower: lower.clone(), ..env.spec("echo ok > /tmp/ran; sleep 1000") };
+    env.rt().create(&spec).await.unwrap();
+    let ran = env.bundle(&spec.id).join("rootfs/tmp/ran");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ran.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ran.exists(), "the sandbox runs");
+    let left: Vec<_> = std::fs::read_dir(&escape).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the launcher made host paths through the image's links: {left:?}");
+    // Inside, the links resolved within the root: the generated files are where they lead.
+    let (ok, out) = env.exec(&spec.id, "cat /etc/hosts | head -1; ls /.cove/").await;
+    assert!(ok && out.contains("cove-agent"), "{out}");
+    env.rt().destroy(&spec.id).await.unwrap();
 }

@@ -54,6 +54,7 @@ async fn app() -> (Held, axum::Router) {
             allow_private: vec![],
             cdi_spec_dirs: vec![],
             sparse_disks: false,
+            native_launcher: true,
         },
         default_snapshot: None,
         // Not the host of the images below: those must be remote (unreachable) registries,

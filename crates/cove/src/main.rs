@@ -21,6 +21,15 @@ enum SandboxDisks {
     Sparse,
 }
 
+/// `--launcher`: what starts sandbox containers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Launcher {
+    /// Cove's own launcher (`cove_runtime::launch`); configs it does not cover go to runc.
+    Native,
+    /// runc for every sandbox.
+    Runc,
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "cove", version, about = "Self-hosted sandboxes and snapshots, Daytona-compatible")]
 struct Cli {
@@ -125,6 +134,11 @@ struct ServerArgs {
     /// are reported `error`).
     #[arg(long, env = "COVE_SANDBOX_DISKS", value_enum, default_value_t = SandboxDisks::Allocated)]
     sandbox_disks: SandboxDisks,
+    /// What starts sandbox containers: `native` (Cove's launcher, the same isolation without
+    /// a runc process per create; privileged and GPU sandboxes, and hosts without cgroup v1,
+    /// still go to runc) or `runc` (runc for every sandbox). Build steps always use runc.
+    #[arg(long, env = "COVE_LAUNCHER", value_enum, default_value_t = Launcher::Native)]
+    launcher: Launcher,
     /// Address of the S3-compatible object storage endpoint (HTTPS; storageUrl uses --public-url's host).
     #[arg(long, env = "COVE_S3_LISTEN", default_value = "127.0.0.1:9443")]
     s3_listen: SocketAddr,
@@ -302,6 +316,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         ca_bundle: a.sandbox_ca_bundle,
         cdi_spec_dirs: a.cdi_spec_dirs.into_iter().filter(|d| !d.as_os_str().is_empty()).collect(),
         sparse_disks: a.sandbox_disks == SandboxDisks::Sparse,
+        native_launcher: a.launcher == Launcher::Native,
         userns: match a.userns_range {
             Some(r) => r,
             None => cove_server::config::IdRange::from_subid_files(

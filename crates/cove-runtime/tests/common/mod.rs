@@ -114,6 +114,13 @@ pub fn tear_down(rt: &mut Option<cove_runtime::Runtime>, cfg: &cove_runtime::Run
     if let Ok(entries) = std::fs::read_dir(&cfg.root) {
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
+            // Containers Cove's launcher made are not runc's to load: killed by their pid.
+            if let Some(pid) = launched_pid(&cfg.runc_root, &id) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = std::fs::remove_dir_all(cfg.runc_root.join(&id));
+                continue;
+            }
             runc(&["kill", &id, "KILL"]);
             std::thread::sleep(Duration::from_millis(50));
             runc(&["delete", "--force", &id]);
@@ -145,7 +152,10 @@ pub fn sandbox_spec(lower: &Path, script: &str) -> cove_runtime::SandboxSpec {
 /// A stand-in agent in `dir`: runs its arguments (the entrypoint) with the image's own shell.
 pub fn stand_in_agent(dir: &Path) -> PathBuf {
     let agent = dir.join("agent");
-    std::fs::write(&agent, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+    // Like the real agent (`sys::wait_for_release`): started by Cove's launcher, it first waits
+    // on the exec fifo it was handed.
+    let script = "#!/bin/sh\nif [ -n \"$COVE_EXEC_FIFO\" ]; then\n  echo 0 > /proc/self/fd/$COVE_EXEC_FIFO\n  eval \"exec $COVE_EXEC_FIFO>&-\"\n  unset COVE_EXEC_FIFO\nfi\nexec \"$@\"\n";
+    std::fs::write(&agent, script).unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     agent
 }
@@ -181,6 +191,7 @@ pub fn test_runtime_config(dir: &Path, net: TestNet) -> cove_runtime::RuntimeCon
         allow_private: vec![],
         cdi_spec_dirs: vec![],
         sparse_disks: false,
+        native_launcher: true,
     }
 }
 
@@ -194,4 +205,32 @@ pub async fn runc_exec(runc_root: &Path, id: &str, script: &str) -> (bool, Strin
         .await
         .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The init pid of a container Cove's launcher made (`None`: runc's, or gone).
+pub fn launched_pid(runc_root: &Path, id: &str) -> Option<i64> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runc_root.join(id).join("state.json")).ok()?).ok()?;
+    (state["launcher"] == "cove").then(|| state["init_process_pid"].as_i64()).flatten()
+}
+
+/// `sh -c <script>` inside sandbox `id` as `runc exec` would run it (the launcher's
+/// equivalent for containers it made): (success, stdout + stderr).
+pub async fn sandbox_exec(cfg: &cove_runtime::RuntimeConfig, id: &str, script: &str) -> (bool, String) {
+    if launched_pid(&cfg.runc_root, id).is_none() {
+        return runc_exec(&cfg.runc_root, id, script).await;
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.root.join(id).join("config.json")).unwrap()).unwrap();
+    let (runc_root, id, script) = (cfg.runc_root.clone(), id.to_string(), script.to_string());
+    tokio::task::spawn_blocking(move || {
+        let host = cove_runtime::launch::Host::discover();
+        let bpf = config["linux"].get("seccomp").map(|s| cove_runtime::seccomp::compile(s).unwrap());
+        match cove_runtime::launch::exec(&runc_root, &id, &config, &host, bpf.as_ref(), &["/bin/sh", "-c", &script]) {
+            Ok(out) => (out.code == 0, out.output),
+            Err(e) => (false, cove_types::error::chain(&e)),
+        }
+    })
+    .await
+    .unwrap()
 }
