@@ -112,7 +112,7 @@ def cold_server(tmp, registry):
     returns the per-phase breakdown of those creates from the server's debug log (the
     runtime's "start phases" and the service's "create phases" lines)."""
     server = Cove(tmp / "cold", registry.url, extra=["--default-snapshot", "bench", "--warm-pool-size", "0"]).start(
-        env={"COVE_LOG": "info,cove_runtime::runtime=debug,cove_server::service::sandboxes=debug"})
+        env={"COVE_LOG": "info,cove_runtime::runtime=debug,cove_runtime::launch=debug,cove_server::service::sandboxes=debug"})
     try:
         snap = post(server.api_url + "/snapshots", {"name": "bench", "imageName": BUSYBOX})
         server.wait_state(snap["id"])

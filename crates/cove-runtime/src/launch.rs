@@ -1261,6 +1261,7 @@ pub fn create(
         .create(&dir)
         .map_err(host_err(id, format!("create the state directory {}", dir.display())))?;
     let cgroups = cgroup_paths(config, host)?;
+    let t_cgroups = std::time::Instant::now();
     let made = write_state(&dir, id, 0, 0, &cgroups)
         .map_err(host_err(id, "write state.json"))
         .and_then(|()| make_cgroups(id, config, host));
@@ -1269,6 +1270,7 @@ pub fn create(
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
+    tracing::debug!(container = id, cgroups_ms = t_cgroups.elapsed().as_secs_f64() * 1e3, "launch cgroups made");
     let cleanup = |pid: Option<i32>| {
         if let Some(pid) = pid {
             // SAFETY: signalling the init we cloned (not reaped by anyone yet, or exited).
@@ -1346,6 +1348,7 @@ fn spawn(
     // SAFETY: fork of a multi-threaded process: the child only makes system calls on memory
     // prepared above (descriptors, `plan`, `argv`, `envp`, the seccomp program) and ends in
     // `_exit` or `execve`.
+    let t_fork = std::time::Instant::now();
     let p1 = unsafe { libc::fork() };
     if p1 < 0 {
         return Err(early("fork")(std::io::Error::last_os_error()));
@@ -1359,6 +1362,7 @@ fn spawn(
     let mut status = 0;
     // SAFETY: reaping the intermediate child forked above.
     unsafe { libc::waitpid(p1, &mut status, 0) };
+    let fork_ms = t_fork.elapsed().as_secs_f64() * 1e3;
     let pid = match got {
         Ok(4) => i32::from_le_bytes(buf),
         Ok(_) => return Err((None, init_error(id, &report_rd))),
@@ -1387,6 +1391,7 @@ fn spawn(
         }
     }
     // SAFETY: one byte from a static buffer into our pipe.
+    let setup_ms = t_fork.elapsed().as_secs_f64() * 1e3 - fork_ms;
     if unsafe { libc::write(sync_wr.as_raw_fd(), b"G".as_ptr().cast(), 1) } != 1 {
         return Err(fail("release the init")(std::io::Error::last_os_error()));
     }
@@ -1411,6 +1416,14 @@ fn spawn(
             LaunchError::Init { id: id.into(), step: "execve the agent", source: std::io::Error::other("it died") },
         ));
     }
+    let init_ms = t_fork.elapsed().as_secs_f64() * 1e3 - fork_ms - setup_ms;
+    tracing::debug!(
+        container = id,
+        fork_ms,
+        setup_ms,
+        init_ms,
+        "launch phases (fork and clone, maps and cgroup joins, the init until execve)"
+    );
     Ok(pid)
 }
 

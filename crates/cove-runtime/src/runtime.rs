@@ -581,6 +581,16 @@ impl Runtime {
         // until then an earlier run's table, full or locked down, stays in force.
         net::ensure_bridge(&cfg.bridge, &cidr).await.map_err(|e| RuntimeError::Bridge(Box::new(e)))?;
         cgroup::limit_parent_pids(&cfg.cgroup_parent).map_err(|e| RuntimeError::ParentPids(Box::new(e)))?;
+        match cgroup::favor_dynamic_mods() {
+            Ok(Some(at)) => tracing::info!(
+                mount = %at.display(),
+                "mounted cgroup2 with favordynmods: a sandbox start no longer waits ~15 ms for an RCU grace period"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set favordynmods on cgroup2: each start waits for an RCU grace period")
+            }
+        }
         match crate::userns::ensure_key_quota() {
             Ok(changed) => {
                 for (sysctl, from, to) in changed {
