@@ -1345,10 +1345,10 @@ fn spawn(
         pid_wr.as_raw_fd(),
     ];
 
+    let t_fork = std::time::Instant::now();
     // SAFETY: fork of a multi-threaded process: the child only makes system calls on memory
     // prepared above (descriptors, `plan`, `argv`, `envp`, the seccomp program) and ends in
     // `_exit` or `execve`.
-    let t_fork = std::time::Instant::now();
     let p1 = unsafe { libc::fork() };
     if p1 < 0 {
         return Err(early("fork")(std::io::Error::last_os_error()));
@@ -1390,8 +1390,8 @@ fn spawn(
             joined.push(p);
         }
     }
-    // SAFETY: one byte from a static buffer into our pipe.
     let setup_ms = t_fork.elapsed().as_secs_f64() * 1e3 - fork_ms;
+    // SAFETY: one byte from a static buffer into our pipe.
     if unsafe { libc::write(sync_wr.as_raw_fd(), b"G".as_ptr().cast(), 1) } != 1 {
         return Err(fail("release the init")(std::io::Error::last_os_error()));
     }
