@@ -448,7 +448,7 @@ impl Writer<'_> {
     fn extract(&self, archive: &Path, format: Archive, into: &Path) -> Result<(), CopyError> {
         let f =
             std::fs::File::open(archive).map_err(|source| CopyError::Read { path: archive.to_path_buf(), source })?;
-        let reader: Box<dyn Read> = match format {
+        let reader: Box<dyn Read + Send> = match format {
             Archive::Tar => Box::new(io::BufReader::new(f)),
             Archive::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
         };

@@ -378,6 +378,7 @@ impl ImageStore {
         let layer_digests = parse_layer_digests(&name, &layers)?;
 
         // Download layers, a few at a time.
+        let t_download = std::time::Instant::now();
         for batch in layers.iter().zip(&layer_digests).collect::<Vec<_>>().chunks(PARALLEL_LAYERS) {
             let futs = batch.iter().map(|(desc, d)| self.fetch(&ep, image, desc, d, creds));
             for r in futures_util::future::join_all(futs).await {
@@ -385,6 +386,7 @@ impl ImageStore {
             }
         }
         self.content.put(&manifest.digest, &manifest.bytes)?;
+        tracing::debug!(layers = layers.len(), ms = t_download.elapsed().as_millis() as u64, "layers downloaded");
         let image = StoredImage {
             name,
             digest: manifest.digest.clone(),
@@ -416,6 +418,7 @@ impl ImageStore {
             .collect();
         let dst = self.image_dir(&image.digest);
         let ratio = self.max_unpack_ratio;
+        let t_unpack = std::time::Instant::now();
         let rec = tokio::task::spawn_blocking(move || {
             let r = unpack_budget(&paths, ratio, max_unpacked_bytes).and_then(|mut budget| {
                 unpack_image(
@@ -437,7 +440,12 @@ impl ImageStore {
         })
         .await
         .expect("the unpack task does not panic")?;
-        tracing::info!(digest = %rec.manifest_digest, size = rec.size_bytes, "image unpacked");
+        tracing::info!(
+            digest = %rec.manifest_digest,
+            size = rec.size_bytes,
+            ms = t_unpack.elapsed().as_millis() as u64,
+            "image unpacked"
+        );
         Ok(rec)
     }
 
