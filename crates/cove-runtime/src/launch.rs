@@ -250,6 +250,7 @@ enum Step {
     Exec,
     Clone,
     Fds,
+    Keyring,
 }
 
 const STEPS: &[&str] = &[
@@ -278,6 +279,7 @@ const STEPS: &[&str] = &[
     "execve the agent",
     "clone with new namespaces",
     "arrange its file descriptors",
+    "join a session keyring of its own",
 ];
 
 /// A path inside the rootfs to create when missing: its parent (relative, `.` for the root)
@@ -791,6 +793,12 @@ fn do_mount(root: RawFd, m: &MountPlan, report: RawFd) {
     close(fd);
 }
 
+/// keyctl(2) operations and the permissions runc sets on a container's session keyring
+/// (possessor and user: all; group and others: none).
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+const KEYCTL_SETPERM: libc::c_long = 5;
+const KEYRING_PERM: libc::c_ulong = 0x3f3f_0000;
+
 /// Descriptors the init keeps, at fixed numbers once arranged.
 const SYNC_FD: RawFd = 3;
 const REPORT_FD: RawFd = 4;
@@ -842,6 +850,15 @@ fn init(
     check(sys!(libc::SYS_setresgid, 0, 0, 0), report, Step::SetIds);
     check(sys!(libc::SYS_setresuid, 0, 0, 0), report, Step::SetIds);
     check(sys!(libc::SYS_setgroups, 0, null), report, Step::SetIds);
+    // A session keyring of its own, as runc gives each container (else the server's would be
+    // inherited), usable by the sandbox's root only; kernels without keyrings are fine.
+    let ring = sys!(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, null);
+    if ring < 0 && errno() != libc::ENOSYS {
+        die(report, Step::Keyring);
+    }
+    if ring >= 0 {
+        check(sys!(libc::SYS_keyctl, KEYCTL_SETPERM, ring, KEYRING_PERM), report, Step::Keyring);
+    }
     // The other namespaces are made now, by the sandbox's root (as runc's nsexec does): what
     // they create at birth (the mqueue file system's root) belongs to it, not to the host's
     // root; the cgroup one only now that the parent has put us in our cgroups.
@@ -1173,33 +1190,30 @@ fn read_timeout(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> std::io::Res
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the container's init"));
         }
         let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
         // SAFETY: one pollfd on the stack.
-        let r = unsafe { libc::poll(&mut pfd, 1, i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
+        let Some(ready) = interrupted_is_none(unsafe { libc::poll(&mut pfd, 1, ms) } as isize)? else { continue };
+        if ready == 0 {
             continue;
         }
         // SAFETY: reads into the unfilled tail of `buf`.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let read = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        let Some(n) = interrupted_is_none(read)? else { continue };
         if n == 0 {
             break;
         }
-        got += n as usize;
+        got += n;
     }
     Ok(got)
+}
+
+/// A system call's result: `Ok(Some(n))`, `Ok(None)` when interrupted (to retry), or the error.
+fn interrupted_is_none(r: isize) -> std::io::Result<Option<usize>> {
+    if r >= 0 {
+        return Ok(Some(r as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::Interrupted { Ok(None) } else { Err(e) }
 }
 
 /// Field 22 of `/proc/<pid>/stat`: the start time runc records.
