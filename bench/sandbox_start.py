@@ -231,7 +231,7 @@ def main():
         print(f"{'':<52} {'p50':>9} {'p90':>9} {'vs base':>8}")
         print(row("runc run -d, same rootfs (baseline), ms", base_starts))
         print(row("cove: POST /api/sandbox -> first execute answered, ms", first_exec, base_starts))
-        print(row("  same, warm pool disabled (every create runs runc), ms", cold_starts, base_starts))
+        print(row("  same, warm pool disabled (every create launches a container), ms", cold_starts, base_starts))
         if sec_starts:
             print(row("runc run -d with cove's seccomp filter, ms", sec_starts, base_starts))
             print(row("cove vs that runc (same filter), ms", first_exec, sec_starts))
