@@ -813,14 +813,18 @@ macro_rules! sys {
     };
 }
 
-/// The container's init, from the clone to `execve`.
-fn init(
-    plan: &Plan,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    seccomp: Option<&Bpf>,
+/// What the init (and the intermediate child on its behalf) runs with, prepared before the fork.
+struct InitArgs<'a> {
+    plan: &'a Plan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    seccomp: Option<&'a Bpf>,
     cap_last: u32,
-) -> ! {
+}
+
+/// The container's init, from the clone to `execve`.
+fn init(a: &InitArgs<'_>) -> ! {
+    let InitArgs { plan, argv, envp, seccomp, cap_last } = *a;
     let report = REPORT_FD;
     let null = std::ptr::null::<libc::c_char>();
     // Until `execve` this process holds a copy of the server's memory: nobody may read it
@@ -1368,7 +1372,7 @@ fn spawn(
         return Err(early("fork")(std::io::Error::last_os_error()));
     }
     if p1 == 0 {
-        intermediate(fds, flags, plan, argv, envp, seccomp, cap_last);
+        intermediate(fds, flags, &InitArgs { plan, argv, envp, seccomp, cap_last });
     }
     drop((sync_rd, report_wr, pid_wr, fifo_fd, console_fd, null_fd));
     let mut buf = [0u8; 4];
@@ -1462,15 +1466,7 @@ fn init_error(id: &str, report: &OwnedFd) -> LaunchError {
 }
 
 /// The intermediate child: arranges the descriptors, clones the init, reports its pid, exits.
-fn intermediate(
-    fds: [RawFd; 6],
-    flags: libc::c_int,
-    plan: &Plan,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    seccomp: Option<&Bpf>,
-    cap_last: u32,
-) -> ! {
+fn intermediate(fds: [RawFd; 6], flags: libc::c_int, args: &InitArgs<'_>) -> ! {
     let report_early = fds[1];
     // Everything moves above 100 first so that placing them at 0..6 clobbers none of them.
     let mut high = [0; 6];
@@ -1500,7 +1496,7 @@ fn intermediate(
     let pid = sys!(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
     if pid == 0 {
         close(6);
-        init(plan, argv, envp, seccomp, cap_last);
+        init(args);
     }
     if pid < 0 {
         die(REPORT_FD, Step::Clone);
