@@ -1163,14 +1163,10 @@ fn write_state(dir: &Path, id: &str, pid: i32, start: u64, cgroups: &[(String, P
     std::fs::rename(&tmp, dir.join("state.json"))
 }
 
+/// Best effort: a launch being undone (its init killed, or never made).
 fn remove_cgroups(paths: &[(String, PathBuf)]) {
     for (_, p) in paths {
-        for _ in 0..100 {
-            match std::fs::remove_dir(p) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(5)),
-                _ => break,
-            }
-        }
+        let _ = crate::runc::remove_cgroup(p);
     }
 }
 
@@ -1220,13 +1216,11 @@ fn interrupted_is_none(r: isize) -> std::io::Result<Option<usize>> {
     if e.kind() == std::io::ErrorKind::Interrupted { Ok(None) } else { Err(e) }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the start time runc records.
+/// The start time runc records (`runc::proc_state_and_start`).
 fn start_time(pid: i32) -> std::io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat.rsplit_once(')')
-        .and_then(|(_, r)| r.split_whitespace().nth(19))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat"))
+    crate::runc::proc_state_and_start(pid as u32)
+        .map(|(_, start)| start)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no readable /proc/{pid}/stat")))
 }
 
 /// Creates the container `id` from `config` (see the module's contract) with its state in
@@ -1425,9 +1419,7 @@ fn spawn(
         }
         Err(e) => return Err(fail("wait for the init")(e)),
     }
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_none_or(|(_, r)| r.trim_start().starts_with(['Z', 'X'])))
-        .unwrap_or(true);
+    let zombie = crate::runc::proc_state_and_start(pid as u32).is_none_or(|(state, _)| matches!(state, 'Z' | 'X'));
     if zombie {
         return Err((
             Some(pid),

@@ -140,20 +140,24 @@ impl OnDisk {
 /// Whether the init recorded in `disk` still runs: its pid exists, is not a zombie, and has
 /// the recorded start time (else the pid now belongs to another process).
 fn init_alive(disk: &OnDisk) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", disk.init_process_pid)).ok().is_some_and(|stat| {
-        // After the command name (in parentheses, which may contain anything): state
-        // (field 3) first, start time (field 22) twentieth.
-        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let state = rest.first().copied().unwrap_or("X");
-        let start = rest.get(19).and_then(|s| s.parse::<u64>().ok());
-        !matches!(state, "Z" | "X" | "x") && start == Some(disk.init_process_start)
-    })
+    proc_state_and_start(disk.init_process_pid)
+        .is_some_and(|(state, start)| !matches!(state, 'Z' | 'X' | 'x') && start == disk.init_process_start)
+}
+
+/// A process's state letter (field 3 of `/proc/<pid>/stat`) and start time (field 22, what
+/// runc records as `init_process_start`); `None` when it is gone or unreadable.
+pub(crate) fn proc_state_and_start(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may contain anything): state first,
+    // start time twentieth.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((rest.first()?.chars().next()?, rest.get(19)?.parse().ok()?))
 }
 
 /// Removes a cgroup directory and any below it, deepest first; gone is fine. A cgroup still
 /// holding a process (just killed, not yet reaped) answers `EBUSY`: retried for up to
 /// [`CGROUP_RMDIR_WAIT`].
-fn remove_cgroup(path: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_cgroup(path: &Path) -> std::io::Result<()> {
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
