@@ -127,6 +127,26 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    /// Making a directory a private mount point failed.
+    #[error("make {dir} a private mount point")]
+    Private {
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Moving a mount failed.
+    #[error("move the mount at {from} to {to}")]
+    Move {
+        /// Where it was.
+        from: PathBuf,
+        /// Where it was to go.
+        to: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Bytes the unprivileged can still allocate on the filesystem holding `path`.
@@ -320,7 +340,7 @@ async fn wait_detached_for(image: &Path, wait: std::time::Duration) -> Result<()
 }
 
 /// The loop device (`loopN`) whose backing file is `image`, if any (from sysfs).
-fn loop_device_of(image: &Path) -> Option<String> {
+pub(crate) fn loop_device_of(image: &Path) -> Option<String> {
     let want = image.as_os_str().as_encoded_bytes();
     std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -446,6 +466,30 @@ pub fn mount_tmpfs(target: &Path, size_kib: u64, uid: u32, gid: u32, mode: u32) 
         data.as_c_str(),
     )
     .map_err(|e| DiskError::MountTmpfs { target: target.into(), source: e.into() })
+}
+
+/// Makes `dir` (created if needed) a private mount point of its own: a bind mount of itself,
+/// unless it is one already. Mounts directly under a private mount can be moved
+/// ([`move_mount`]); under a shared one (the host's `/` usually is) the kernel refuses.
+pub fn private_mount_point(dir: &Path) -> Result<(), DiskError> {
+    use rustix::mount::MountPropagationFlags;
+    std::fs::create_dir_all(dir).map_err(|source| DiskError::CreateDir { path: dir.into(), source })?;
+    if !is_mountpoint(dir) {
+        rustix::mount::mount_bind(dir, dir).map_err(|e| DiskError::Private { dir: dir.into(), source: e.into() })?;
+    }
+    rustix::mount::mount_change(dir, MountPropagationFlags::PRIVATE)
+        .map_err(|e| DiskError::Private { dir: dir.into(), source: e.into() })
+}
+
+/// Moves the mount at `from` (whose parent mount must be private) to `to` (created if
+/// needed): one `mount(MS_MOVE)`, the file system stays as it is.
+pub fn move_mount(from: &Path, to: &Path) -> Result<(), DiskError> {
+    std::fs::create_dir_all(to).map_err(|source| DiskError::CreateDir { path: to.into(), source })?;
+    rustix::mount::mount_move(from, to).map_err(|e| DiskError::Move {
+        from: from.into(),
+        to: to.into(),
+        source: e.into(),
+    })
 }
 
 /// Unmounts `target` if it is a mount point; falls back to a lazy unmount when busy.

@@ -236,6 +236,17 @@ pub enum RuntimeError {
         #[source]
         source: Box<NetError>,
     },
+    /// A task of a start ended without an answer (it panicked, or the runtime is shutting
+    /// down).
+    #[error("{step} of sandbox {id} ended without an answer: {why}")]
+    TaskLost {
+        /// The sandbox id.
+        id: String,
+        /// What the task did.
+        step: &'static str,
+        /// The join error.
+        why: String,
+    },
     /// The image's `USER` could not be resolved.
     #[error("resolve the user of sandbox {id}")]
     ResolveUser {
@@ -327,6 +338,7 @@ impl RuntimeError {
             | Self::BundleFile { .. }
             | Self::Storage { .. }
             | Self::Network { .. }
+            | Self::TaskLost { .. }
             | Self::Runc(_)
             | Self::Launch(_)
             | Self::RemoveBundle { .. }
@@ -855,7 +867,14 @@ impl Runtime {
             };
             let path = bundle.join(SPEC_FILE);
             let json = serde_json::to_vec_pretty(&record).map_err(|e| io_file("write", &path)(e.into()))?;
-            write_atomic(&path, &json).map_err(io_file("write", &path))?;
+            // Made durable beside the start (two fsyncs, 1–10 ms on a busy disk): a new
+            // sandbox's record is needed only after the server or the host restarts.
+            let sync = cove_types::fs::write_atomic_sync_later(&path, &json).map_err(io_file("write", &path))?;
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = sync() {
+                    tracing::warn!(error = %e, "syncing a new sandbox's record failed");
+                }
+            });
             tracing::debug!(record_ms = ms(t0), "record written");
             self.start_locked(&record, true, launch).await
         }
@@ -979,7 +998,9 @@ impl Runtime {
 
         let disk_branch = async {
             let image = bundle.join("disk.img");
-            let pooled = new_disk && self.pool.take(spec.disk_mib, &image);
+            // A pooled disk usually comes mounted already (`pool`); `mount_image` then only
+            // checks it.
+            let pooled = new_disk && self.pool.take_mounted(spec.disk_mib, &image, &disk_dir).is_some();
             if new_disk && !pooled {
                 disk::create_image(&image, spec.disk_mib, self.disk_reserve(), self.cfg.sparse_disks)
                     .await
@@ -987,27 +1008,37 @@ impl Runtime {
             }
             let image_ms = ms(t);
             disk::mount_image(&image, &disk_dir).await.map_err(storage)?;
+            let mount_ms = ms(t);
             let upper = disk_dir.join("upper");
             if new_disk && let Some(ns) = userns {
                 // The sandbox's root owns its writable layer's top directory.
                 ns.chown_root(&upper).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
             }
             disk::mount_overlay(&spec.lower, &upper, &disk_dir.join("work"), &rootfs, userns).map_err(storage)?;
+            let overlay_ms = ms(t);
             let user = user::resolve(&rootfs, spec.user.as_deref())
                 .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
-            Ok::<_, RuntimeError>((user, pooled, image_ms, ms(t)))
+            Ok::<_, RuntimeError>((user, pooled, image_ms, mount_ms, overlay_ms, ms(t)))
         };
-        let net_branch = async {
-            // Leftovers of an earlier run; `net::wire` makes the new ones once runc made the
-            // namespace. The port is listed for anti-spoofing before it exists.
-            net::teardown(&netns, &netns)
-                .await
-                .map_err(|source| RuntimeError::Network { id: id.clone(), source: Box::new(source) })?;
-            crate::firewall::admit_port(&self.cfg.bridge, &netns, record.ip)
-                .await
-                .map_err(|e| RuntimeError::Firewall(Box::new(e)))?;
-            Ok::<_, RuntimeError>(ms(t))
+        // The network branch runs as a task of its own until the wiring needs it, beside the
+        // container's launch too (its `nft` transaction is most of it).
+        let net_branch = {
+            let (id, netns, bridge, ip) = (id.clone(), netns.clone(), self.cfg.bridge.clone(), record.ip);
+            tokio::spawn(async move {
+                // Leftovers of an earlier run; `net::wire` makes the new ones once the
+                // container's namespace exists. The port is listed for anti-spoofing before
+                // it exists.
+                net::teardown(&netns, &netns)
+                    .await
+                    .map_err(|source| RuntimeError::Network { id, source: Box::new(source) })?;
+                let cleanup_ms = ms(t);
+                crate::firewall::admit_port(&bridge, &netns, ip)
+                    .await
+                    .map_err(|e| RuntimeError::Firewall(Box::new(e)))?;
+                Ok::<_, RuntimeError>((cleanup_ms, ms(t)))
+            })
         };
+        let mut net = Some(net_branch);
         let files_branch = async {
             restrict_dir(&bundle, self.cfg.userns.start)
                 .map_err(|source| RuntimeError::Dir { path: bundle.clone(), source })?;
@@ -1029,125 +1060,152 @@ impl Runtime {
             let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
             Ok::<_, RuntimeError>(ms(t))
         };
-        // Polled in this order: the disk and network branches start their commands, then the
-        // (synchronous) files are written while those run.
-        let (disk, net, files) = tokio::join!(disk_branch, net_branch, files_branch);
-        let (user, pooled, image_ms, disk_ms) = disk?;
-        let (net_ms, files_ms) = (net?, files?);
-        // The agent runs as the image's user and creates its socket in the toolbox dir: a small
-        // tmpfs of its own (what the sandbox writes there never reaches the host disk), fresh
-        // at every start. The console log gets another one, out of the sandbox's sight.
-        let host_id = |n: u32| match idmap {
-            None => Some(n),
-            Some(r) => r.host(n),
-        };
-        let (Some(uid), Some(gid)) = (host_id(user.uid), host_id(user.gid)) else {
-            return Err(RuntimeError::InvalidSpec {
-                id: id.clone(),
-                why: format!("user {}:{} is outside the sandbox's {} ids", user.uid, user.gid, self.cfg.userns.count),
-            });
-        };
-        disk::mount_tmpfs(&toolbox, TOOLBOX_TMPFS_KIB, uid, gid, 0o700).map_err(storage)?;
-        disk::mount_tmpfs(&logs, CONSOLE_TMPFS_KIB, 0, 0, 0o700).map_err(storage)?;
-        let prepare_ms = ms(t);
-        let ca_bundle = self.write_ca_bundle(&rootfs, &etc)?;
-        let root_id = host_id(0).unwrap_or(self.cfg.userns.start);
-        self.install_ca_certificates(id, &rootfs, crate::cabundle::Owner { uid: root_id, gid: root_id })?;
-
-        let params = BundleParams {
-            id: id.clone(),
-            rootfs,
-            hostname,
-            entrypoint: spec.entrypoint.clone(),
-            env: spec.env.clone(),
-            workdir: spec.workdir.clone(),
-            user,
-            cpu: spec.cpu,
-            memory_mib: spec.memory_mib,
-            pids: spec.pids,
-            privileged: spec.privileged,
-            cgroups_path: self.cgroups_path(id),
-            // Wired from here once runc made the namespace (below): no hook process.
-            network_hook: None,
-            idmap,
-            agent_binary: self.cfg.agent_binary.clone(),
-            toolbox_dir: toolbox,
-            etc_hosts: etc.join("hosts"),
-            etc_hostname: etc.join("hostname"),
-            etc_resolv: etc.join("resolv.conf"),
-            ca_bundle,
-            host_caps: self.host_caps,
-            nofile: oci::host_nofile_limit(),
-            seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
-        };
-        let path = bundle.join("config.json");
-        let mut config = oci::config(&params);
-        if !gpus.is_empty() {
-            let gpu_err = |e| RuntimeError::Gpu { id: id.clone(), source: Box::new(e) };
-            let edits = self.gpus.edits(&gpus).map_err(gpu_err)?;
-            crate::cdi::apply(&mut config, &edits, crate::cdi::Target { idmap }).map_err(gpu_err)?;
-        }
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| io_file("write", &path)(e.into()))?;
-        // 0600: it holds the sandbox's environment.
-        write_replace(&path, &json, 0o600).map_err(io_file("write", &path))?;
-        let config_ms = ms(t) - prepare_ms;
-        let t_launch = Instant::now();
-        let (console, log) = (self.console_path(id), bundle.join("runc.log"));
-        // Always `runc create`: the container's namespaces exist and its init waits, before
-        // `execve`, on its exec fifo; the network is wired into its namespace from here, then
-        // (for `Run`) the fifo releases it, as `runc start` would, without a process.
-        let native = match crate::launch::supports(&config, &self.launch_host) {
-            Ok(()) => self.cfg.native_launcher,
-            Err(why) => {
-                if self.cfg.native_launcher {
-                    tracing::debug!(sandbox = %id, why, "started by runc: outside what the launcher covers");
-                }
-                false
-            }
-        };
-        if native {
-            let (root, cid, host) = (self.cfg.runc_root.clone(), id.clone(), self.launch_host.clone());
-            let bpf = config["linux"].get("seccomp").is_some().then(|| self.seccomp_bpf.clone());
-            let console = console.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::launch::create(&root, &cid, &config, &host, bpf.as_deref(), &console)
-            })
-            .await
-            .map_err(|e| {
-                RuntimeError::Launch(Box::new(crate::launch::LaunchError::Host {
+        let result = async {
+            // Polled in this order: the disk branch starts its work, then the (synchronous) files
+            // are written while that runs.
+            let (disk, files) = tokio::join!(disk_branch, files_branch);
+            let (user, pooled, image_ms, mount_ms, overlay_ms, disk_ms) = disk?;
+            let files_ms = files?;
+            // The agent runs as the image's user and creates its socket in the toolbox dir: a small
+            // tmpfs of its own (what the sandbox writes there never reaches the host disk), fresh
+            // at every start. The console log gets another one, out of the sandbox's sight.
+            let host_id = |n: u32| match idmap {
+                None => Some(n),
+                Some(r) => r.host(n),
+            };
+            let (Some(uid), Some(gid)) = (host_id(user.uid), host_id(user.gid)) else {
+                return Err(RuntimeError::InvalidSpec {
                     id: id.clone(),
-                    step: "run the launch thread".into(),
-                    source: std::io::Error::other(e.to_string()),
-                }))
-            })?
-            .map_err(|e| RuntimeError::Launch(Box::new(e)))?;
-        } else {
-            self.runc.create(id, &bundle, &console, &log).await?;
+                    why: format!(
+                        "user {}:{} is outside the sandbox's {} ids",
+                        user.uid, user.gid, self.cfg.userns.count
+                    ),
+                });
+            };
+            disk::mount_tmpfs(&toolbox, TOOLBOX_TMPFS_KIB, uid, gid, 0o700).map_err(storage)?;
+            disk::mount_tmpfs(&logs, CONSOLE_TMPFS_KIB, 0, 0, 0o700).map_err(storage)?;
+            let prepare_ms = ms(t);
+            let ca_bundle = self.write_ca_bundle(&rootfs, &etc)?;
+            let root_id = host_id(0).unwrap_or(self.cfg.userns.start);
+            self.install_ca_certificates(id, &rootfs, crate::cabundle::Owner { uid: root_id, gid: root_id })?;
+
+            let params = BundleParams {
+                id: id.clone(),
+                rootfs: rootfs.clone(),
+                hostname: hostname.clone(),
+                entrypoint: spec.entrypoint.clone(),
+                env: spec.env.clone(),
+                workdir: spec.workdir.clone(),
+                user,
+                cpu: spec.cpu,
+                memory_mib: spec.memory_mib,
+                pids: spec.pids,
+                privileged: spec.privileged,
+                cgroups_path: self.cgroups_path(id),
+                // Wired from here once runc made the namespace (below): no hook process.
+                network_hook: None,
+                idmap,
+                agent_binary: self.cfg.agent_binary.clone(),
+                toolbox_dir: toolbox.clone(),
+                etc_hosts: etc.join("hosts"),
+                etc_hostname: etc.join("hostname"),
+                etc_resolv: etc.join("resolv.conf"),
+                ca_bundle,
+                host_caps: self.host_caps,
+                nofile: oci::host_nofile_limit(),
+                seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
+            };
+            let path = bundle.join("config.json");
+            let mut config = oci::config(&params);
+            if !gpus.is_empty() {
+                let gpu_err = |e| RuntimeError::Gpu { id: id.clone(), source: Box::new(e) };
+                let edits = self.gpus.edits(&gpus).map_err(gpu_err)?;
+                crate::cdi::apply(&mut config, &edits, crate::cdi::Target { idmap }).map_err(gpu_err)?;
+            }
+            let json = serde_json::to_vec_pretty(&config).map_err(|e| io_file("write", &path)(e.into()))?;
+            // 0600: it holds the sandbox's environment.
+            write_replace(&path, &json, 0o600).map_err(io_file("write", &path))?;
+            let config_ms = ms(t) - prepare_ms;
+            let t_launch = Instant::now();
+            let (console, log) = (self.console_path(id), bundle.join("runc.log"));
+            // Always `runc create`: the container's namespaces exist and its init waits, before
+            // `execve`, on its exec fifo; the network is wired into its namespace from here, then
+            // (for `Run`) the fifo releases it, as `runc start` would, without a process.
+            let native = match crate::launch::supports(&config, &self.launch_host) {
+                Ok(()) => self.cfg.native_launcher,
+                Err(why) => {
+                    if self.cfg.native_launcher {
+                        tracing::debug!(sandbox = %id, why, "started by runc: outside what the launcher covers");
+                    }
+                    false
+                }
+            };
+            if native {
+                let (root, cid, host) = (self.cfg.runc_root.clone(), id.clone(), self.launch_host.clone());
+                let bpf = config["linux"].get("seccomp").is_some().then(|| self.seccomp_bpf.clone());
+                let console = console.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::launch::create(&root, &cid, &config, &host, bpf.as_deref(), &console)
+                })
+                .await
+                .map_err(|e| {
+                    RuntimeError::Launch(Box::new(crate::launch::LaunchError::Host {
+                        id: id.clone(),
+                        step: "run the launch thread".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }))
+                })?
+                .map_err(|e| RuntimeError::Launch(Box::new(e)))?;
+            } else {
+                self.runc.create(id, &bundle, &console, &log).await?;
+            }
+            let container_ms = ms(t_launch);
+            let net_result = match net.take() {
+                Some(task) => task.await.unwrap_or_else(|e| {
+                    Err(RuntimeError::TaskLost { id: id.clone(), step: "preparing the network", why: e.to_string() })
+                }),
+                None => unreachable!("the network branch is awaited once"),
+            };
+            let (cleanup_ms, net_ms) = match net_result {
+                Ok(t) => t,
+                Err(e) => {
+                    self.runc.delete_force(id).await;
+                    return Err(e);
+                }
+            };
+            let t_wire = Instant::now();
+            if let Err(e) = self.wire_and_release(record, &netns, launch).await {
+                self.runc.delete_force(id).await;
+                return Err(e);
+            }
+            let wire_ms = ms(t_wire);
+            tracing::debug!(
+                ?launch,
+                new_disk,
+                pooled,
+                queued_ms,
+                image_ms,
+                mount_ms,
+                overlay_ms,
+                disk_ms,
+                cleanup_ms,
+                net_ms,
+                files_ms,
+                prepare_ms,
+                config_ms,
+                container_ms,
+                launcher = if native { "native" } else { "runc" },
+                wire_ms,
+                "start phases (disk, net and files concurrent; their times are since the start)"
+            );
+            Ok(())
         }
-        let container_ms = ms(t_launch);
-        let t_wire = Instant::now();
-        if let Err(e) = self.wire_and_release(record, &netns, launch).await {
-            self.runc.delete_force(id).await;
-            return Err(e);
+        .await;
+        // Awaited on every path, so that a teardown after a failure finds all it made.
+        if let Some(task) = net {
+            let _ = task.await;
         }
-        let wire_ms = ms(t_wire);
-        tracing::debug!(
-            ?launch,
-            new_disk,
-            pooled,
-            queued_ms,
-            image_ms,
-            disk_ms,
-            net_ms,
-            files_ms,
-            prepare_ms,
-            config_ms,
-            container_ms,
-            launcher = if native { "native" } else { "runc" },
-            wire_ms,
-            "start phases (disk, net and files concurrent; their times are since the start)"
-        );
-        Ok(())
+        result
     }
 
     /// Wires the network of a created container (see `net::wire`) and, for `Launch::Run`,
