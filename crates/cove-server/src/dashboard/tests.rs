@@ -70,10 +70,11 @@ async fn an_unknown_asset_is_a_404_and_paths_never_leave_the_embedded_set() {
 
 #[test]
 fn the_first_page_loads_under_100_kb_of_script() {
-    let first: usize = ["app.js", "api.js", "ui.js", "snapshots.js", "registries.js", "sandboxes.js", "keys.js", "builds.js"]
-        .iter()
-        .map(|f| assets::lookup(f).unwrap().len())
-        .sum();
+    let first: usize =
+        ["app.js", "api.js", "ui.js", "snapshots.js", "registries.js", "sandboxes.js", "keys.js", "builds.js"]
+            .iter()
+            .map(|f| assets::lookup(f).unwrap().len())
+            .sum();
     assert!(first < 100 * 1024, "{first} bytes");
 }
 

@@ -30,8 +30,11 @@ export const nextId = (p = 'f') => `${p}-${++uid}`;
 
 export function toast(message, kind = 'ok') {
   const t = el('div', { class: `toast ${kind}` }, message);
-  $('#toasts').append(t);
-  setTimeout(() => t.remove(), kind === 'error' ? 8000 : 4000);
+  const box = $('#toasts');
+  box.append(t);
+  // A few at a time, so they never cover much of the page.
+  while (box.children.length > 3) box.firstElementChild.remove();
+  setTimeout(() => t.remove(), kind === 'error' ? 8000 : 3500);
 }
 
 // An inline alert box for a failed operation.
