@@ -106,14 +106,15 @@ pub(super) async fn connect(
     Path((id, session)): Path<(String, String)>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    // Checked before the token is spent on it.
+    if !session.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || session.is_empty() {
+        return Err(ApiError::new(ErrorKind::InvalidArgument, "a terminal session id is letters, digits, - and _"));
+    }
     let denied = || ApiError::new(ErrorKind::Unauthenticated, "a terminal needs a fresh token for this sandbox");
     let (token, rest) = split_protocols(req.headers().get(header::SEC_WEBSOCKET_PROTOCOL));
     let grant = token.and_then(|t| redeem(&t, &id)).ok_or_else(denied)?;
     let who = Principal { org_id: grant.org_id, key_id: grant.key_id, admin: false };
     let agent = s.sandboxes.toolbox_agent(&who, &grant.sandbox_id).await?;
-    if !session.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || session.is_empty() {
-        return Err(ApiError::new(ErrorKind::InvalidArgument, "a terminal session id is letters, digits, - and _"));
-    }
     // The token never reaches the sandbox.
     let headers = req.headers_mut();
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
