@@ -4,7 +4,7 @@ use axum::response::Response;
 
 use super::assets;
 
-fn h<'a>(r: &'a Response, name: header::HeaderName) -> &'a str {
+fn h(r: &Response, name: header::HeaderName) -> &str {
     r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
