@@ -2,14 +2,15 @@
 # Installs what building, running and testing Cove need, only when missing:
 # Debian packages (runc, nftables for the sandbox bridge's firewall, the OCI registry, static
 # busybox, skopeo/umoci for the benchmark baseline, docker.io for the `snapshot push` test from
-# a Docker engine, libseccomp-dev and pkg-config to link the seccomp compiler) and a virtualenv
+# a Docker engine, libseccomp-dev and pkg-config to link the seccomp compiler, chromium for the
+# dashboard's browser tests) and a virtualenv
 # with the official Daytona SDK. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 nftables golang-github-containers-common
               python3-minimal apache2-utils curl ca-certificates docker.io mmdebstrap
-              libseccomp-dev pkg-config)
+              libseccomp-dev pkg-config chromium)
 SDK_PY="daytona==0.226.1"
 
 missing=()
@@ -40,4 +41,10 @@ fi
 if [[ ! -d tests/e2e/ts/node_modules/@daytona/sdk ]]; then
   echo "setup: installing @daytona/sdk for the TypeScript tests"
   (cd tests/e2e/ts && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# playwright-core drives Debian's chromium in the dashboard's browser tests (no browser download).
+if [[ ! -d tests/e2e/dashboard/node_modules/playwright-core ]]; then
+  echo "setup: installing playwright-core for the dashboard browser tests"
+  (cd tests/e2e/dashboard && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod claims;
 pub mod config;
+pub mod dashboard;
 pub mod datadir;
 pub mod dns;
 pub mod events;

@@ -248,3 +248,29 @@ async fn a_daytona_route_cove_does_not_serve_is_a_501_naming_it_after_the_key_ch
     let (st, _) = call(&app, "GET", "/api/sandbox/no-such-sandbox", None, Some(KEY)).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_at_the_root_next_to_an_unchanged_api() {
+    let (_d, app) = app().await;
+    let get = |path: &str| Request::builder().uri(path).body(Body::empty()).unwrap();
+    let page = app.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self';"));
+    let js = app.clone().oneshot(get("/dashboard/assets/app.js")).await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    let missing = app.clone().oneshot(get("/dashboard/assets/missing.js")).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    // The dashboard's own API sits behind the key check; the rest of the API is as before.
+    let (st, _) = call(&app, "GET", "/api/dashboard/whoami", None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, me) = call(&app, "GET", "/api/dashboard/whoami", None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(me["admin"], true);
+    let (st, _) = call(&app, "POST", "/api/dashboard/terminal-token/no-such-sandbox", None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&app, "GET", "/api/snapshots", None, Some(KEY)).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&app, "GET", "/no-such-page", None, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}

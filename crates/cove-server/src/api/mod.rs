@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
         .merge(builds::router())
         .merge(system::authed_router())
         .merge(unsupported::router())
+        .merge(crate::dashboard::api_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().merge(system::public_router()).merge(authed);
     let toolbox = sandboxes::toolbox_router()
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .merge(toolbox)
         .merge(crate::registry::router())
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
         // Socket.IO events at `/api/socket.io/` (their own key check: `crate::events`).
