@@ -317,3 +317,38 @@ def test_an_ecr_pull_signed_with_a_wrong_server_secret_is_refused_by_sts(cove, p
     assert snap["state"] == "error"
     assert "sts:AssumeRole" in snap["errorReason"] and "SignatureDoesNotMatch" in snap["errorReason"], snap
     assert moto["secret"] not in server.log_path.read_text()
+
+
+def test_the_ecr_broker_endpoint_answers_the_servers_aws_identity_and_the_callers_org_as_external_id(cove, moto, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto["key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto["secret"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    server = cove(extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
+    st, org = server.api("POST", "/organizations", {"name": "broker team"})
+    assert st == 200, org
+    key, org_id = org["apiKey"]["value"], org["id"]
+    sts = boto3.client("sts", endpoint_url=moto["url"], region_name="us-east-1",
+                       aws_access_key_id=moto["key_id"], aws_secret_access_key=moto["secret"])
+    caller = sts.get_caller_identity()
+    assert caller["Arn"] == f"arn:aws:iam::{ECR_ACCOUNT}:user/cove-server", caller
+
+    st, broker = server.api("GET", "/docker-registry/ecr-broker", key=key)
+    assert st == 200, broker
+    assert broker == {"principalArn": caller["Arn"], "account": ECR_ACCOUNT,
+                      "externalId": org_id, "sessionName": f"cove-{org_id}-pull"}
+    st, other = server.api("GET", "/docker-registry/ecr-broker")
+    assert st == 200 and other["principalArn"] == caller["Arn"] and other["externalId"] != org_id, other
+    assert server.api("GET", "/docker-registry/ecr-broker", key="not-a-key")[0] == 401
+    assert moto["secret"] not in server.log_path.read_text()
+
+
+def test_the_ecr_broker_endpoint_without_server_aws_credentials_says_which_variables_to_set(cove, monkeypatch):
+    for v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(v, raising=False)
+    server = cove()
+    st, err = server.api("GET", "/docker-registry/ecr-broker")
+    assert st == 400, err
+    assert "no AWS credentials" in err["message"] and "AWS_ACCESS_KEY_ID" in err["message"], err
+    assert "AWS_SECRET_ACCESS_KEY" in err["message"], err

@@ -349,6 +349,21 @@ pub struct RegistryPushAccessDto {
     pub expires_at: String,
 }
 
+/// `GET /docker-registry/ecr-broker` (Cove extension): what the caller's organization puts in
+/// the trust policy of the role an `ecr` registry names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrBrokerDto {
+    /// The IAM identity of the server's AWS credentials: the trust policy's `Principal`.
+    pub principal_arn: String,
+    /// Its account id.
+    pub account: String,
+    /// The `sts:ExternalId` the server sends: the organization id.
+    pub external_id: String,
+    /// The `RoleSessionName` the server uses (`cove-<orgId>-pull`).
+    pub session_name: String,
+}
+
 /// Formats a timestamp the way the SDK's pydantic models parse it: `2024-01-01T00:00:00.000Z`.
 pub fn iso8601(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -1,12 +1,13 @@
 //! `/docker-registry`: an organization's private registries (Daytona's `DockerRegistryApi`).
 //! `/docker-registry/registry-push-access` belongs to the built-in registry and is routed
-//! elsewhere.
+//! elsewhere. `/docker-registry/ecr-broker` (Cove extension) tells what an ECR role must trust;
+//! its static segment wins over `{id}`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use cove_types::dto::{CreateDockerRegistry, DockerRegistryDto, UpdateDockerRegistry};
+use cove_types::dto::{CreateDockerRegistry, DockerRegistryDto, EcrBrokerDto, UpdateDockerRegistry};
 
 use super::error::ApiError;
 use super::extract::Body;
@@ -16,7 +17,15 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/docker-registry", get(list).post(create))
+        .route("/docker-registry/ecr-broker", get(ecr_broker))
         .route("/docker-registry/{id}", get(get_one).patch(update).delete(remove))
+}
+
+async fn ecr_broker(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<EcrBrokerDto>, ApiError> {
+    Ok(Json(s.docker_registries.ecr_broker(&who).await?))
 }
 
 async fn create(

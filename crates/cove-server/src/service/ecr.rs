@@ -4,14 +4,18 @@
 //! credentials. The token (`AWS:<password>` in base64) is cached until five minutes before
 //! it expires.
 //!
+//! The identity those credentials belong to (STS `GetCallerIdentity`, cached ten minutes) is
+//! the "broker" that organizations name as the Principal of their role's trust policy
+//! ([`EcrAuth::broker_identity`]).
+//!
 //! Requests are signed with SigV4 ([`sign`]), reusing the canonicalization of
 //! [`crate::s3::sigv4`]. Both endpoints are configurable (`--sts-endpoint`, `--ecr-endpoint`)
 //! so that tests can use a local emulator; by default they are the AWS regional endpoints of
-//! the registry's region.
+//! the registry's region (and the global STS endpoint for `GetCallerIdentity`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;
@@ -27,6 +31,12 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Lifetime asked for the assumed role's credentials.
 const ROLE_SESSION_SECONDS: u32 = 900;
 const ECR_TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
+/// How long the server's own identity is remembered (it only changes with its credentials).
+const BROKER_CACHE: Duration = Duration::from_secs(10 * 60);
+/// STS's global endpoint, and the region its requests are signed for.
+const GLOBAL_STS: (&str, &str) = ("https://sts.amazonaws.com", "us-east-1");
+/// What to set when the server has no AWS credentials.
+const SET_SERVER_CREDENTIALS: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones) in the server's environment";
 
 /// AWS credentials (the server's own, or a role's temporary ones).
 #[derive(Clone)]
@@ -117,13 +127,16 @@ pub fn is_role_arn(arn: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum EcrError {
     /// The server has no AWS credentials of its own to assume the role with.
-    #[error(
-        "the server has no AWS credentials to assume {role_arn}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones) in the server's environment"
-    )]
+    #[error("the server has no AWS credentials to assume {role_arn}: {SET_SERVER_CREDENTIALS}")]
     NoServerCredentials {
         /// The role.
         role_arn: String,
     },
+    /// The server has no AWS credentials, so no identity that roles could trust.
+    #[error(
+        "the server has no AWS credentials, so there is no identity for a role to trust: {SET_SERVER_CREDENTIALS}, then restart it"
+    )]
+    NoBrokerCredentials,
     /// The registry URL is not an ECR host.
     #[error("{url} is not an ECR registry host (<account>.dkr.ecr.<region>.amazonaws.com)")]
     NotEcr {
@@ -133,7 +146,7 @@ pub enum EcrError {
     /// The request did not get an answer.
     #[error("{operation} at {endpoint}: {reason}")]
     Request {
-        /// `sts:AssumeRole` or `ecr:GetAuthorizationToken`.
+        /// `sts:AssumeRole`, `sts:GetCallerIdentity` or `ecr:GetAuthorizationToken`.
         operation: &'static str,
         /// Where.
         endpoint: String,
@@ -168,7 +181,7 @@ impl EcrError {
     /// The error class.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::NoServerCredentials { .. } => ErrorKind::FailedPrecondition,
+            Self::NoServerCredentials { .. } | Self::NoBrokerCredentials => ErrorKind::FailedPrecondition,
             Self::NotEcr { .. } => ErrorKind::InvalidArgument,
             Self::Request { .. } => ErrorKind::Unavailable,
             Self::Refused { status, .. } if *status == 401 || *status == 403 => ErrorKind::Unauthenticated,
@@ -183,12 +196,29 @@ struct CachedToken {
     refresh_at: SystemTime,
 }
 
+/// The IAM identity of the server's AWS credentials (STS `GetCallerIdentity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerIdentity {
+    /// `arn:aws:iam::<account>:user/<name>`, or an assumed role's session ARN.
+    pub arn: String,
+    /// The 12-digit account id.
+    pub account: String,
+}
+
+struct CachedBroker {
+    /// The access key the identity was asked with: other credentials ask again.
+    access_key_id: String,
+    identity: BrokerIdentity,
+    at: Instant,
+}
+
 /// Gets (and caches) ECR pull credentials by assuming organizations' roles.
 pub struct EcrAuth {
     http: reqwest::Client,
     endpoints: AwsEndpoints,
     /// (org id, role ARN, registry host) → token.
     cache: Mutex<HashMap<(String, String, String), CachedToken>>,
+    broker: Mutex<Option<CachedBroker>>,
 }
 
 impl std::fmt::Debug for EcrAuth {
@@ -206,7 +236,51 @@ impl EcrAuth {
             .user_agent(concat!("cove/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend is compiled in, so building a client cannot fail");
-        EcrAuth { http, endpoints, cache: Mutex::new(HashMap::new()) }
+        EcrAuth { http, endpoints, cache: Mutex::new(HashMap::new()), broker: Mutex::new(None) }
+    }
+
+    /// The IAM identity of the server's own AWS credentials: what an organization's role must
+    /// trust. Asked of STS `GetCallerIdentity` (at `--sts-endpoint`, else the global endpoint)
+    /// and remembered for ten minutes.
+    pub async fn broker_identity(&self) -> Result<BrokerIdentity, EcrError> {
+        let server = AwsCredentials::from_env().ok_or(EcrError::NoBrokerCredentials)?;
+        self.broker_identity_as(&server).await
+    }
+
+    async fn broker_identity_as(&self, server: &AwsCredentials) -> Result<BrokerIdentity, EcrError> {
+        const OP: &str = "sts:GetCallerIdentity";
+        if let Some(c) = self.broker.lock().expect("broker cache lock is never poisoned").as_ref()
+            && c.access_key_id == server.access_key_id
+            && c.at.elapsed() < BROKER_CACHE
+        {
+            return Ok(c.identity.clone());
+        }
+        let (global, region) = GLOBAL_STS;
+        let endpoint = self.endpoints.sts.clone().unwrap_or_else(|| global.to_string());
+        let text = self
+            .post(
+                OP,
+                &endpoint,
+                region,
+                "sts",
+                server,
+                "application/x-www-form-urlencoded; charset=utf-8",
+                None,
+                caller_identity_form(),
+            )
+            .await?;
+        let identity = parse_caller_identity(&text).map_err(|why| EcrError::BadResponse {
+            operation: OP,
+            endpoint: endpoint.clone(),
+            why: why.to_string(),
+        })?;
+        tracing::info!(arn = %identity.arn, "the server's AWS identity (the ECR broker)");
+        *self.broker.lock().expect("broker cache lock is never poisoned") = Some(CachedBroker {
+            access_key_id: server.access_key_id.clone(),
+            identity: identity.clone(),
+            at: Instant::now(),
+        });
+        Ok(identity)
     }
 
     /// Basic-auth credentials for pulling from `registry_host` as `role_arn` on behalf of
@@ -372,6 +446,22 @@ impl EcrAuth {
         }
         Ok(text)
     }
+}
+
+/// The body of STS `GetCallerIdentity`.
+fn caller_identity_form() -> String {
+    form(&[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")])
+}
+
+/// `<Arn>` and `<Account>` of a `GetCallerIdentityResponse`.
+fn parse_caller_identity(xml: &str) -> Result<BrokerIdentity, &'static str> {
+    let arn = xml_text(xml, "Arn").filter(|a| a.starts_with("arn:")).ok_or("no Arn")?;
+    // The account is the ARN's fifth field when the answer leaves it out.
+    let account = xml_text(xml, "Account")
+        .filter(|a| !a.is_empty())
+        .or_else(|| arn.split(':').nth(4).filter(|a| !a.is_empty()).map(str::to_string))
+        .ok_or("no Account")?;
+    Ok(BrokerIdentity { arn, account })
 }
 
 /// `cove-<orgId>-pull`, cut to STS's 64-character limit.
@@ -593,6 +683,72 @@ mod tests {
             aws_error_message(r#"{"__type":"com.amazon#AccessDeniedException","message":"no"}"#),
             "AccessDeniedException: no"
         );
+    }
+
+    #[test]
+    fn the_caller_identity_request_is_the_sts_form_and_its_answer_gives_the_arn_and_account() {
+        assert_eq!(caller_identity_form(), "Action=GetCallerIdentity&Version=2011-06-15");
+        // The example answer of the STS API reference.
+        let xml = r#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetCallerIdentityResult>
+    <Arn>arn:aws:iam::123456789012:user/Alice</Arn>
+    <UserId>AKIAI44QH8DHBEXAMPLE</UserId>
+    <Account>123456789012</Account>
+  </GetCallerIdentityResult>
+  <ResponseMetadata><RequestId>01234567-89ab-cdef-0123-456789abcdef</RequestId></ResponseMetadata>
+</GetCallerIdentityResponse>"#;
+        assert_eq!(
+            parse_caller_identity(xml),
+            Ok(BrokerIdentity { arn: "arn:aws:iam::123456789012:user/Alice".into(), account: "123456789012".into() })
+        );
+        let without_account = "<Arn>arn:aws:sts::210987654321:assumed-role/cove/i-1</Arn>";
+        assert_eq!(parse_caller_identity(without_account).unwrap().account, "210987654321");
+        assert_eq!(parse_caller_identity("<Account>123456789012</Account>"), Err("no Arn"));
+    }
+
+    #[tokio::test]
+    async fn the_broker_identity_is_asked_of_sts_signed_for_us_east_1_and_remembered() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (seen2, calls2) = (seen.clone(), calls.clone());
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: HeaderMap, body: String| async move {
+                calls2.fetch_add(1, Ordering::SeqCst);
+                let auth = headers["authorization"].to_str().unwrap().to_string();
+                seen2.lock().unwrap().push((auth, body));
+                "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>arn:aws:iam::123456789012:user/cove-server</Arn><Account>123456789012</Account></GetCallerIdentityResult></GetCallerIdentityResponse>"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let auth = EcrAuth::new(AwsEndpoints { sts: Some(url), ecr: None });
+        let id = auth.broker_identity_as(&example_creds()).await.unwrap();
+        assert_eq!(id.arn, "arn:aws:iam::123456789012:user/cove-server");
+        assert_eq!(id.account, "123456789012");
+        let (authz, body) = seen.lock().unwrap()[0].clone();
+        assert_eq!(body, "Action=GetCallerIdentity&Version=2011-06-15");
+        assert!(authz.contains("Credential=AKIDEXAMPLE/") && authz.contains("/us-east-1/sts/aws4_request"), "{authz}");
+
+        assert_eq!(auth.broker_identity_as(&example_creds()).await.unwrap(), id);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the second answer came from the cache");
+        let mut other = example_creds();
+        other.access_key_id = "AKIDOTHER".into();
+        auth.broker_identity_as(&other).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "other credentials ask again");
+    }
+
+    #[test]
+    fn without_server_credentials_the_broker_error_names_the_variables_to_set() {
+        let e = EcrError::NoBrokerCredentials;
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        let m = e.to_string();
+        assert!(m.contains("AWS_ACCESS_KEY_ID") && m.contains("AWS_SECRET_ACCESS_KEY"), "{m}");
     }
 
     #[test]

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use cove_image::{Credentials, ImageStore, Pulled};
-use cove_types::dto::{CreateDockerRegistry, DockerRegistryDto, UpdateDockerRegistry};
+use cove_types::dto::{CreateDockerRegistry, DockerRegistryDto, EcrBrokerDto, UpdateDockerRegistry};
 use cove_types::{ErrorKind, ImageRef};
 
-use super::ecr::{AwsEndpoints, EcrAuth, EcrError, EcrHost, is_role_arn};
+use super::ecr::{AwsEndpoints, EcrAuth, EcrError, EcrHost, is_role_arn, session_name};
 use super::keys::Principal;
 use super::secrets::{SecretBox, SecretError};
 use super::{iso, now_millis};
@@ -115,6 +115,13 @@ pub enum DockerRegistryError {
         #[source]
         source: EcrError,
     },
+    /// The server's own AWS identity could not be found.
+    #[error("cannot tell which AWS identity the server assumes ECR roles with")]
+    Broker {
+        /// Cause.
+        #[source]
+        source: EcrError,
+    },
     /// The store failed.
     #[error("{op}")]
     Store {
@@ -134,7 +141,7 @@ impl DockerRegistryError {
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::TooMany => ErrorKind::FailedPrecondition,
             Self::Secret { source, .. } => source.kind(),
-            Self::Ecr { source, .. } => source.kind(),
+            Self::Ecr { source, .. } | Self::Broker { source } => source.kind(),
             Self::Store { source, .. } => source.kind(),
         }
     }
@@ -290,6 +297,18 @@ impl DockerRegistryService {
         }
         tracing::info!(registry_id = %id, org_id = %who.org_id, "docker registry deleted");
         Ok(())
+    }
+
+    /// `GET /docker-registry/ecr-broker`: the identity, external id and session name the
+    /// caller's organization's ECR roles must trust.
+    pub async fn ecr_broker(&self, who: &Principal) -> Result<EcrBrokerDto, DockerRegistryError> {
+        let id = self.inner.ecr.broker_identity().await.map_err(|source| DockerRegistryError::Broker { source })?;
+        Ok(EcrBrokerDto {
+            principal_arn: id.arn,
+            account: id.account,
+            external_id: who.org_id.clone(),
+            session_name: session_name(&who.org_id),
+        })
     }
 
     /// The credentials `org_id` has for `image`, if any of its registries matches.
