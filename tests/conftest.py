@@ -3,11 +3,14 @@ with images built from the host's static busybox, and real `cove server` process
 images are named `fixtures.cove.test/…` (see tests/fixtures/harness.py), never as Docker
 Hub's images."""
 
+import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,43 @@ def cdi_dir():
     (specs / "nvidia.yaml").chmod(0o644)
     yield specs
     shutil.rmtree(host, ignore_errors=True)
+
+
+@pytest.fixture
+def moto(tmp_path):
+    """moto's server with request authentication on: signatures are checked against the IAM
+    user's secret, so a wrong SigV4 signature fails the flow. The first five (unsigned)
+    requests set up that user and the role to assume."""
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        pytest.fail("moto_server is not installed: run scripts/setup.sh (it installs moto[server] into .venv)")
+    import boto3
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "moto.log", "w")
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="5")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
+
+    def up():
+        try:
+            urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 30, what="moto server")
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="cove-server")
+        key = iam.create_access_key(UserName="cove-server")["AccessKey"]
+        allow = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+        iam.put_user_policy(UserName="cove-server", PolicyName="all", PolicyDocument=allow)
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+        role = iam.create_role(RoleName="cove-pull", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        iam.put_role_policy(RoleName="cove-pull", PolicyName="ecr", PolicyDocument=allow)
+        yield {"url": url, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

@@ -3,7 +3,6 @@ provider types, pulls that pick the matching record's credentials, secrets that 
 the server in plain text, and ECR through a local STS/ECR emulator (moto)."""
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "fixtures"))
 import mkimage  # noqa: E402
-from harness import Registry, free_port, wait_until  # noqa: E402
+from harness import Registry  # noqa: E402
 
 USER = "cove-puller"
 # Unique per run, so finding it anywhere (log, database) can only mean a leak.
@@ -221,44 +220,7 @@ def test_the_list_is_newest_first_and_each_provider_has_its_rules(server):
 # --- ECR through moto ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def moto(tmp_path):
-    """moto's server with request authentication on: signatures are checked against the IAM
-    user's secret, so a wrong SigV4 signature fails the flow. The first five (unsigned)
-    requests set up that user and the role to assume."""
-    exe = Path(sys.executable).with_name("moto_server")
-    if not exe.exists():
-        pytest.fail("moto_server is not installed: run scripts/setup.sh (it installs moto[server] into .venv)")
-    import boto3
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "moto.log", "w")
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="5")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
-
-    def up():
-        try:
-            urllib.request.urlopen(url + "/moto-api/data.json", timeout=1)
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(up, 30, what="moto server")
-        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
-        iam.create_user(UserName="cove-server")
-        key = iam.create_access_key(UserName="cove-server")["AccessKey"]
-        allow = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
-        iam.put_user_policy(UserName="cove-server", PolicyName="all", PolicyDocument=allow)
-        trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
-        role = iam.create_role(RoleName="cove-pull", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-        iam.put_role_policy(RoleName="cove-pull", PolicyName="ecr", PolicyDocument=allow)
-        yield {"url": url, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role}
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+# `moto` (the emulator, its IAM user and the role to assume) is in tests/conftest.py.
 
 
 def assumed_roles(moto_url):

@@ -61,25 +61,47 @@ export async function render() {
   await refresh();
 }
 
+// The ECR tab's help: the trust policy to give the role, with the server's own AWS identity
+// (GET /docker-registry/ecr-broker) as its Principal once the server has told it.
 function ecrHelp() {
   const org = session.whoami?.organizationId || '<your organization id>';
-  const trust = JSON.stringify({
+  const PENDING = '<the IAM identity of the Cove server’s AWS credentials>';
+  const trustFor = (principal, externalId) => JSON.stringify({
     Version: '2012-10-17',
-    Statement: [{ Effect: 'Allow', Principal: { AWS: '<the IAM identity of the Cove server’s AWS credentials>' }, Action: 'sts:AssumeRole',
-      Condition: { StringEquals: { 'sts:ExternalId': org } } }],
+    Statement: [{ Effect: 'Allow', Principal: { AWS: principal }, Action: 'sts:AssumeRole',
+      Condition: { StringEquals: { 'sts:ExternalId': externalId } } }],
   }, null, 2);
   const perms = JSON.stringify({
     Version: '2012-10-17',
     Statement: [{ Effect: 'Allow', Action: ['ecr:GetAuthorizationToken', 'ecr:BatchCheckLayerAvailability', 'ecr:GetDownloadUrlForLayer', 'ecr:BatchGetImage'], Resource: '*' }],
   }, null, 2);
+  const trust = el('pre', { class: 'code', 'data-policy': 'trust' }, trustFor(PENDING, org));
+  const brokerArn = el('code', { 'data-broker': 'pending' }, 'asking the server…');
+  const externalId = el('code', {}, org);
+  const sessionName = el('code', {}, `cove-${org}-pull`);
+  const problem = el('div', { 'aria-live': 'polite' });
+  api('GET', '/docker-registry/ecr-broker').then((b) => {
+    brokerArn.textContent = b.principalArn;
+    brokerArn.dataset.broker = 'known';
+    externalId.textContent = b.externalId;
+    sessionName.textContent = b.sessionName;
+    trust.textContent = trustFor(b.principalArn, b.externalId);
+  }, (err) => {
+    brokerArn.textContent = 'unknown';
+    brokerArn.dataset.broker = 'unknown';
+    problem.replaceChildren(el('div', { class: 'alert warn', role: 'status' },
+      el('p', {}, 'The server cannot tell its AWS identity, so ECR pulls will fail until its administrator fixes this:'),
+      err.message));
+  });
   return el('details', { class: 'help', open: true },
     el('summary', {}, 'Before you start: a role Cove can assume'),
     el('p', {}, 'No AWS keys are stored for ECR. At each pull the Cove server assumes a role in your account with STS AssumeRole and fetches a short-lived ECR token.'),
     el('ul', {},
-      el('li', {}, 'Broker identity: the IAM user or role whose credentials the Cove server runs with (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment). Ask your Cove administrator for its ARN.'),
-      el('li', {}, 'External ID: your organization id ', el('code', {}, org), '.'),
-      el('li', {}, 'Session name: ', el('code', {}, `cove-${org}-pull`), ' (you may require it with sts:RoleSessionName).')),
-    el('p', {}, 'Create a role with this trust policy:'), el('pre', { class: 'code' }, trust),
+      el('li', {}, 'Broker identity (the trust policy’s Principal): ', brokerArn, '. It is the IAM user or role whose credentials the Cove server runs with (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment).'),
+      el('li', {}, 'External ID: your organization id ', externalId, '.'),
+      el('li', {}, 'Session name: ', sessionName, ' (you may require it with sts:RoleSessionName).')),
+    problem,
+    el('p', {}, 'Create a role with this trust policy:'), trust,
     el('p', {}, 'and this permissions policy (read-only ECR):'), el('pre', { class: 'code' }, perms),
     el('p', {}, 'Then enter the registry URL and the new role’s ARN below. No password is used.'));
 }
