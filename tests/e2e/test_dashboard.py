@@ -16,20 +16,25 @@ DASH_DIR = Path(__file__).resolve().parent / "dashboard"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def run_flows(server, shots, timeout=240):
+def run_flows(server, shots, timeout=240, flow="every"):
     if not (DASH_DIR / "node_modules" / "playwright-core").is_dir():
         pytest.fail("tests/e2e/dashboard/node_modules is missing: run scripts/setup.sh (make test does)")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh (make test does)")
-    env = dict(os.environ, COVE_URL=server.url, COVE_KEY=API_KEY, IMAGE=BUSYBOX, SHOTS=str(shots))
+    env = dict(os.environ, COVE_URL=server.url, COVE_KEY=API_KEY, IMAGE=BUSYBOX, SHOTS=str(shots), FLOW=flow)
     out = subprocess.run([shutil.which("node") or "node", "flows.mjs"], cwd=DASH_DIR, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-4000:] + out.stdout[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
-def test_every_dashboard_flow_of_the_seed_can_be_done_by_clicking_in_a_real_browser(cove, tmp_path):
-    server = cove()
+def test_every_dashboard_flow_of_the_seed_can_be_done_by_clicking_in_a_real_browser(cove, moto, tmp_path, monkeypatch):
+    # The server's AWS identity (moto's IAM user) is the ECR tab's broker.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto["key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto["secret"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    server = cove(extra=["--sts-endpoint", moto["url"], "--ecr-endpoint", moto["url"]])
+    org_id = server.api("GET", "/dashboard/whoami")[1]["organizationId"]
     shots = tmp_path / "screenshots"
     shots.mkdir()
     r, log = run_flows(server, shots)
@@ -45,18 +50,47 @@ def test_every_dashboard_flow_of_the_seed_can_be_done_by_clicking_in_a_real_brow
     assert "cannot be undone" in r["deleteConfirm"]
     assert r["dockerHubVisibleFields"] == ["Username", "Personal Access Token"]
     assert r["urlVisibleOnDockerHub"] == 0
-    assert "External ID" in r["ecrHelp"] and server.api("GET", "/dashboard/whoami")[1]["organizationId"] in r["ecrHelp"]
+    assert "External ID" in r["ecrHelp"] and org_id in r["ecrHelp"]
+    broker = "arn:aws:iam::123456789012:user/cove-server"
+    assert r["ecrBroker"] == broker and broker in r["ecrHelp"], r["ecrHelp"]
+    trust = json.loads(r["ecrTrust"])["Statement"][0]
+    assert trust["Principal"] == {"AWS": broker} and trust["Condition"]["StringEquals"]["sts:ExternalId"] == org_id, trust
     assert "docker.io" in r["hubRow"]
     assert "s3cret-generic" not in r["registriesPage"] and "dckr_pat_x" not in r["registriesPage"], "secrets are write-only"
     assert any(line.strip() == "hi" for line in r["terminalText"].splitlines()), r["terminalText"]
     assert r["sttyAfterFit"] != "24 80", "the terminal was resized to its box"
     assert r["downloaded"] == "hello from the browser\n"
+    assert r["searchPage1"] == [f"page-snap-{i:02}" for i in range(11, 1, -1)], r["searchPage1"]
+    assert r["searchPage2"] == ["page-snap-01"], r["searchPage2"]
+    assert r["nextDisabledOnLast"] and r["previousDisabledOnFirst"]
+    assert r["searchWeb"] == ["web-snap"], r["searchWeb"]
+    assert "no-such-snapshot" in r["searchNone"] and "No snapshots yet" not in r["searchNone"], r["searchNone"]
+    assert r["stoppedButtons"] == ["Start", "Archive", "Delete"], r["stoppedButtons"]
+    assert r["stoppedMenu"] == ["Open", "Start", "Archive", "Delete"], r["stoppedMenu"]
+    assert "Archived" in r["archivedRow"], r["archivedRow"]
+    assert r["archivedMenu"] == ["Open", "Start", "Delete"], r["archivedMenu"]
     assert "team=web" in r["sandboxRow"]
     assert r["revokedKeyStatus"] == 401
     assert "entries" in r["buildsPage"].lower()
+    assert r["cacheEntriesBefore"] >= 1, r["buildsPage"]
+    assert "cannot be undone" in r["pruneConfirm"]
+    n = r["cacheEntriesBefore"]
+    assert r["pruneToast"].startswith(f"Removed {n} {'entry' if n == 1 else 'entries'}, freed "), r["pruneToast"]
+    assert r["cacheEntriesAfter"] == 0
     csp = [e for e in r["consoleErrors"] if "Content Security Policy" in e or "pageerror" in e]
     assert not csp, csp
-    assert len(r["shots"]) >= 14
+    assert len(r["shots"]) >= 20
+
+
+def test_the_ecr_tab_of_a_server_without_aws_credentials_says_which_variables_to_set(cove, tmp_path, monkeypatch):
+    for v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(v, raising=False)
+    server = cove()
+    r, log = run_flows(server, tmp_path, timeout=60, flow="ecr-without-aws")
+    assert "error" not in r, f"{r.get('error')}\nsteps done: {r['steps']}\n{log[-3000:]}"
+    assert "AWS_ACCESS_KEY_ID" in r["ecrProblem"] and "no AWS credentials" in r["ecrProblem"], r["ecrProblem"]
+    assert "External ID" in r["ecrHelp"] and "Broker identity" in r["ecrHelp"], r["ecrHelp"]
+    assert json.loads(r["ecrTrust"])["Statement"][0]["Principal"]["AWS"].startswith("<the IAM identity")
 
 
 def test_the_dashboard_page_and_its_assets_carry_the_security_headers(cove):

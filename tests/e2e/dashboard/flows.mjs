@@ -1,11 +1,12 @@
 // Every dashboard flow of issue 16, clicked through in Debian's chromium with playwright-core.
-// Env: COVE_URL, COVE_KEY, IMAGE (a pullable tag), SHOTS (screenshot dir). Prints one JSON
-// line of results for tests/e2e/test_dashboard.py; throws (exit 1) on the first failed step.
+// Env: COVE_URL, COVE_KEY, IMAGE (a pullable tag), SHOTS (screenshot dir), FLOW (`every`, the
+// default, or `ecr-without-aws`: only the ECR help of a server without AWS credentials).
+// Prints one JSON line of results for tests/e2e/test_dashboard.py; stops at the first failed step.
 import { chromium } from 'playwright-core'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
-const { COVE_URL: url, COVE_KEY: key, IMAGE: image, SHOTS: shots } = process.env
+const { COVE_URL: url, COVE_KEY: key, IMAGE: image, SHOTS: shots, FLOW: flow = 'every' } = process.env
 const r = { steps: [], shots: [], consoleErrors: [] }
 const step = (s) => { r.steps.push(s); console.error(`step: ${s}`) }
 
@@ -42,7 +43,7 @@ async function menu(page, name, item) {
   await page.getByRole('menuitem', { name: item }).click()
 }
 
-try {
+async function everyFlow() {
   const page = await newPage('light')
   // Sign in: a wrong key is refused in plain words, then the real one.
   await page.goto(url + '/')
@@ -116,6 +117,45 @@ try {
   await row(page, 'built-snap').waitFor({ state: 'detached', timeout: 30000 })
   step('snapshot deleted')
 
+  // Search and pages: eleven more snapshots (through the API: the form is tested above) make
+  // two pages of ten; a search narrows them, Next and Previous walk them.
+  const auth = { Authorization: `Bearer ${key}` }
+  const pageSnaps = []
+  for (let i = 1; i <= 11; i++) {
+    const res = await fetch(`${url}/api/snapshots`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: `page-snap-${String(i).padStart(2, '0')}`, imageName: image }) })
+    if (!res.ok) throw new Error(`creating page-snap-${i}: ${res.status} ${await res.text()}`)
+    pageSnaps.push((await res.json()).id)
+  }
+  const pager = page.locator('nav.pager span')
+  const names = () => page.locator('main tbody tr[data-name]').evaluateAll((trs) => trs.map((t) => t.dataset.name))
+  const search = page.getByRole('searchbox', { name: 'Search snapshots by name' })
+  await search.fill('page-snap')
+  await pager.filter({ hasText: 'Page 1 of 2 · 11 snapshots' }).waitFor()
+  r.searchPage1 = await names()
+  await shot(page, 'snapshots-search-page1-light')
+  await page.getByRole('button', { name: 'Next →' }).click()
+  await pager.filter({ hasText: 'Page 2 of 2 · 11 snapshots' }).waitFor()
+  r.searchPage2 = await names()
+  r.nextDisabledOnLast = await page.getByRole('button', { name: 'Next →' }).isDisabled()
+  await page.getByRole('button', { name: '← Previous' }).click()
+  await pager.filter({ hasText: 'Page 1 of 2' }).waitFor()
+  r.previousDisabledOnFirst = await page.getByRole('button', { name: '← Previous' }).isDisabled()
+  await search.fill('web-')
+  await pager.filter({ hasText: 'Page 1 of 1 · 1 snapshot' }).waitFor()
+  r.searchWeb = await names()
+  await search.fill('no-such-snapshot')
+  await pager.filter({ hasText: '· 0 snapshots' }).waitFor()
+  r.searchNone = await page.locator('main td.empty').innerText()
+  await search.fill('')
+  await pager.filter({ hasText: 'Page 1 of 2 · 12 snapshots' }).waitFor()
+  // Gone again, so that web-snap is on the first page of the dark pass.
+  for (const id of pageSnaps) {
+    const res = await fetch(`${url}/api/snapshots/${id}`, { method: 'DELETE', headers: auth })
+    if (!res.ok) throw new Error(`deleting snapshot ${id}: ${res.status} ${await res.text()}`)
+  }
+  step('snapshots searched and paged')
+
   // Registries: a Generic one and a Docker Hub one (whose tab has no URL field).
   await page.getByRole('link', { name: 'Registries' }).click()
   await page.getByRole('heading', { name: 'Registries' }).waitFor()
@@ -123,7 +163,11 @@ try {
   r.dockerHubVisibleFields = await page.locator('dialog [data-provider="dockerhub"][role="tabpanel"] label').allInnerTexts()
   r.urlVisibleOnDockerHub = await page.locator('dialog [role="tabpanel"]:not([hidden]) input[name="url"]').count()
   await page.getByRole('tab', { name: 'Amazon ECR' }).click()
-  r.ecrHelp = await page.locator('dialog [data-provider="ecr"] details').innerText()
+  const ecr = page.locator('dialog [data-provider="ecr"][role="tabpanel"]')
+  await ecr.locator('[data-broker="known"]').waitFor()
+  r.ecrHelp = await ecr.locator('details').innerText()
+  r.ecrBroker = await ecr.locator('[data-broker]').innerText()
+  r.ecrTrust = await ecr.locator('pre[data-policy="trust"]').innerText()
   await shot(page, 'registry-ecr-light')
   await page.getByRole('tab', { name: 'Generic' }).click()
   await page.getByLabel('Registry name').fill('private-generic')
@@ -179,6 +223,30 @@ try {
   await shot(page, 'sandbox-files-light')
   step('file uploaded and downloaded')
 
+  // Stop from the detail view: its state, buttons and terminal follow.
+  const facts = page.locator('dl.facts')
+  await page.getByRole('button', { name: 'Stop', exact: true }).click()
+  await facts.locator('[data-state="stopped"]').waitFor({ timeout: 60000 })
+  await page.getByText('Start the sandbox to open a terminal.').waitFor()
+  r.stoppedButtons = await page.locator('main .page-actions button').allInnerTexts()
+  await shot(page, 'sandbox-stopped-light')
+  step('sandbox stopped')
+  // Archive, then Start, from the list's row menu.
+  await page.getByRole('link', { name: 'Sandboxes' }).first().click()
+  const boxRow = page.locator('tr', { hasText: 'web-box' })
+  await boxRow.locator('[data-state="stopped"]').waitFor()
+  await page.getByRole('button', { name: 'Actions for web-box' }).click()
+  r.stoppedMenu = await page.getByRole('menuitem').allInnerTexts()
+  await page.getByRole('menuitem', { name: 'Archive' }).click()
+  await boxRow.locator('[data-state="archived"]').waitFor({ timeout: 90000 })
+  r.archivedRow = await boxRow.innerText()
+  await shot(page, 'sandbox-archived-light')
+  await page.getByRole('button', { name: 'Actions for web-box' }).click()
+  r.archivedMenu = await page.getByRole('menuitem').allInnerTexts()
+  await page.getByRole('menuitem', { name: 'Start' }).click()
+  await boxRow.locator('[data-state="started"]').waitFor({ timeout: 90000 })
+  step('sandbox archived and started')
+
   // The list shows the sandbox with its IP and label.
   await page.getByRole('link', { name: 'Sandboxes' }).first().click()
   await page.locator('tr', { hasText: 'web-box' }).locator('[data-state="started"]').waitFor()
@@ -206,7 +274,16 @@ try {
   await page.getByRole('link', { name: 'Builds cache' }).click()
   await page.locator('dl.facts').waitFor()
   r.buildsPage = await page.locator('main').innerText()
+  r.cacheEntriesBefore = Number(await page.locator('dl.facts dd').first().innerText())
   await shot(page, 'builds-light')
+  await page.getByRole('button', { name: 'Prune all' }).click()
+  r.pruneConfirm = await page.locator('dialog p').innerText()
+  await page.locator('dialog').getByRole('button', { name: 'Prune' }).click()
+  r.pruneToast = await page.locator('.toast', { hasText: 'Removed' }).innerText()
+  await page.getByText('The cache is empty.').waitFor()
+  r.cacheEntriesAfter = Number(await page.locator('dl.facts dd').first().innerText())
+  await shot(page, 'builds-pruned-light')
+  step('build cache pruned')
 
   // Dark mode: the same pages in a fresh tab (which must sign in again).
   const dark = await newPage('dark')
@@ -227,6 +304,28 @@ try {
   await dark.getByText('Connected.').waitFor()
   await shot(dark, 'sandbox-detail-dark')
   step('dark mode')
+}
+
+// A server without AWS credentials: the ECR tab says so in the server's words, and keeps the
+// explanation and a trust policy with a placeholder Principal.
+async function ecrWithoutAws() {
+  const page = await newPage('light')
+  await signIn(page)
+  await page.getByRole('link', { name: 'Registries' }).click()
+  await page.getByRole('button', { name: 'Add Registry' }).click()
+  await page.getByRole('tab', { name: 'Amazon ECR' }).click()
+  const ecr = page.locator('dialog [data-provider="ecr"][role="tabpanel"]')
+  await ecr.locator('[data-broker="unknown"]').waitFor()
+  r.ecrProblem = await ecr.locator('.alert.warn').innerText()
+  r.ecrHelp = await ecr.locator('details').innerText()
+  r.ecrTrust = await ecr.locator('pre[data-policy="trust"]').innerText()
+  await shot(page, 'registry-ecr-without-aws-light')
+  step('ecr help without aws')
+}
+
+try {
+  if (flow === 'ecr-without-aws') await ecrWithoutAws()
+  else await everyFlow()
 } catch (e) {
   r.error = String(e && e.stack || e)
 } finally {

@@ -8,7 +8,7 @@ export async function render() {
     if (!(await confirmDialog('Prune the build cache?', 'Every cached build step is removed; the next builds run their steps again. This cannot be undone.', 'Prune'))) return;
     try {
       const r = await busy(prune, 'Pruning…', () => api('DELETE', '/builds/cache'));
-      toast(`Removed ${r.entriesRemoved} entries, freed ${fmtBytes(r.bytesFreed)}`);
+      toast(`Removed ${r.entriesRemoved} ${r.entriesRemoved === 1 ? 'entry' : 'entries'}, freed ${fmtBytes(r.bytesFreed)}`);
     } catch (err) { toast(err.message, 'error'); }
     refresh();
   } }, 'Prune all');

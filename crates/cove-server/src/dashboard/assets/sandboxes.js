@@ -1,7 +1,7 @@
 // Sandboxes: list, create from a snapshot, lifecycle actions, and the detail view (terminal,
 // files, preview links).
 import { api, toolbox } from './api.js';
-import { el, mount, table, badge, fmtDate, fmtBytes, rowMenu, dialog, confirmDialog, field, toast, errorBox,
+import { el, mount, table, badge, stateLabel, fmtDate, fmtBytes, rowMenu, dialog, confirmDialog, field, toast, errorBox,
   pageHeader, every, busy } from './ui.js';
 
 const MOVING = new Set(['creating', 'starting', 'stopping', 'archiving', 'restoring', 'destroying', 'pending_build', 'building_snapshot', 'pulling_snapshot']);
@@ -51,14 +51,21 @@ function actionsFor(s, refresh) {
   ];
 }
 
+const DOING = { start: 'starting', stop: 'stopping', archive: 'archiving', delete: 'deleting' };
+
 async function lifecycle(s, verb, refresh) {
   const label = s.name || s.id;
   if (verb === 'delete' && !(await confirmDialog(`Delete sandbox ${label}?`, `The sandbox “${label}” and its files are removed. This cannot be undone.`))) return;
-  toast(`${label}: ${verb === 'delete' ? 'deleting' : `${verb}ing`}…`);
+  toast(`${label}: ${DOING[verb]}…`);
   try {
-    if (verb === 'delete') await api('DELETE', `/sandbox/${enc(s.id)}`);
-    else await api('POST', `/sandbox/${enc(s.id)}/${verb}`);
-    toast(`${label}: ${verb === 'delete' ? 'deleted' : 'done'}`);
+    if (verb === 'delete') {
+      await api('DELETE', `/sandbox/${enc(s.id)}`);
+      toast(`${label}: deleted`);
+    } else {
+      // The answer's state: Stopped, Started, or Archiving (the list follows it to Archived).
+      const r = await api('POST', `/sandbox/${enc(s.id)}/${verb}`);
+      toast(`${label}: ${stateLabel(r?.state)}`);
+    }
   } catch (err) {
     toast(`${label}: ${err.message}`, 'error');
   }
@@ -110,7 +117,7 @@ async function createDialog() {
       try {
         const s = await busy(submit, 'Creating… (starting the sandbox)', () => api('POST', '/sandbox', body));
         close();
-        toast(`${s.name}: ${s.state}`);
+        toast(`${s.name}: ${stateLabel(s.state)}`);
         location.hash = `#/sandboxes/${enc(s.id)}`;
       } catch (ex) {
         err.replaceChildren(errorBox(ex));

@@ -20,16 +20,18 @@ export async function render() {
     clearTimeout(timer);
     timer = setTimeout(() => { view.name = search.value.trim(); view.page = 1; refresh(); }, 250);
   });
+  // One refresh at a time; one asked for meanwhile (a search typed during a poll) runs next.
   let busyRefresh = false;
+  let again = false;
   async function refresh() {
-    if (busyRefresh) return;
+    if (busyRefresh) { again = true; return; }
     busyRefresh = true;
     try {
       const q = new URLSearchParams({ page: view.page, limit: LIMIT, sort: 'createdAt', order: 'desc' });
       if (view.name) q.set('name', view.name);
       const res = await api('GET', `/snapshots?${q}`);
-      if (view.page > 1 && res.items.length === 0 && res.totalPages > 0) { view.page = res.totalPages; busyRefresh = false; return refresh(); }
-      body.replaceChildren(snapshotTable(res.items, refresh));
+      if (view.page > 1 && res.items.length === 0 && res.totalPages > 0) { view.page = res.totalPages; again = true; return; }
+      body.replaceChildren(snapshotTable(res.items, refresh, view.name));
       pager.replaceChildren(
         el('button', { type: 'button', class: 'ghost', disabled: view.page <= 1, onclick: () => { view.page--; refresh(); } }, '← Previous'),
         el('span', {}, `Page ${res.page} of ${Math.max(1, res.totalPages)} · ${res.total} snapshot${res.total === 1 ? '' : 's'}`),
@@ -39,6 +41,7 @@ export async function render() {
       body.replaceChildren(errorBox(err));
     } finally {
       busyRefresh = false;
+      if (again) { again = false; refresh(); }
     }
   }
   let live = false;
@@ -48,7 +51,7 @@ export async function render() {
   await refresh();
 }
 
-function snapshotTable(items, refresh) {
+function snapshotTable(items, refresh, search) {
   const gib = (n) => `${n} GiB`;
   const rows = items.map((s) => el('tr', { 'data-name': s.name },
     el('th', { scope: 'row' }, s.name),
@@ -68,7 +71,7 @@ function snapshotTable(items, refresh) {
       { label: 'Delete', danger: true, run: () => remove(s, refresh) },
     ]))));
   return table(['Name', 'Image', 'State', 'CPU', 'Memory', 'Disk', 'GPU', 'Region', 'Size', 'General', 'Last used', 'Created', el('span', { class: 'sr-only' }, 'Actions')],
-    rows, 'No snapshots yet. Create one from an image such as busybox:1.36.');
+    rows, search ? `No snapshot name contains “${search}”.` : 'No snapshots yet. Create one from an image such as busybox:1.36.');
 }
 
 async function act(s, verb, refresh) {
