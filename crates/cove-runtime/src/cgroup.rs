@@ -31,6 +31,39 @@ pub fn dir(controller: &str, cgroups_path: &str) -> PathBuf {
     }
 }
 
+/// Hands the cgroup `cgroups_path` to `uid:gid` (the sandbox's root) in every hierarchy, as
+/// runc does for a rootless container: its directory (so that an engine inside can make
+/// child cgroups) and the files that move processes (`cgroup.procs`, `tasks`) or enable
+/// controllers for children (`cgroup.subtree_control`, `cgroup.threads`). The limit files stay
+/// root's, so the sandbox cannot raise its own limits, and children are held to them.
+pub fn delegate(cgroups_path: &str, uid: u32, gid: u32) -> std::io::Result<usize> {
+    let rel = cgroups_path.trim_start_matches('/');
+    let mut dirs = Vec::new();
+    match layout() {
+        Layout::V2 => dirs.push(Path::new(CGROUP_ROOT).join(rel)),
+        Layout::V1 => {
+            for e in std::fs::read_dir(CGROUP_ROOT)?.flatten() {
+                // `cpu` → `cpu,cpuacct` and the like are links to a hierarchy listed anyway.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path().join(rel));
+                }
+            }
+        }
+    }
+    let mut handed = 0;
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
+        for f in ["cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads"] {
+            match std::os::unix::fs::lchown(dir.join(f), Some(uid), Some(gid)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        handed += 1;
+    }
+    Ok(handed)
+}
+
 /// Whether the kernel OOM-killed anything in the cgroup (`oom_kill` counter of
 /// `memory.oom_control` on v1, `memory.events` on v2). False when the cgroup is gone.
 pub fn oom_killed(cgroups_path: &str) -> bool {

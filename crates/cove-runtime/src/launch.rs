@@ -1681,6 +1681,7 @@ mod tests {
             host_caps: u64::MAX,
             nofile: 1024,
             seccomp: Some(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO"})),
+            engine: None,
         };
         crate::oci::config(&p)
     }

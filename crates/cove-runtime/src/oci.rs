@@ -156,6 +156,9 @@ pub struct BundleParams {
     pub nofile: u64,
     /// The converted OCI seccomp object (ignored when privileged).
     pub seccomp: Option<Value>,
+    /// Container-engine mode (see `SandboxSpec::engine`): the directory on the sandbox's disk
+    /// mounted at [`ENGINE_DATA_DIR`]. Ignored when privileged.
+    pub engine: Option<PathBuf>,
 }
 
 /// The capability set for a sandbox: Docker's default or all, limited to `host_caps`.
@@ -167,6 +170,31 @@ pub fn capabilities(privileged: bool, host_caps: u64) -> Vec<&'static str> {
         .filter(|c| ALL_CAPS.iter().position(|a| a == *c).is_some_and(|n| host_caps & (1 << n) != 0))
         .copied()
         .collect()
+}
+
+/// Capabilities that act only in the host's user namespace (modules, raw I/O, the clock,
+/// process accounting, the kernel log, LSMs, audit, BPF, perf, suspend): an engine sandbox
+/// never gets them, nor the system calls Docker's seccomp profile grants with them.
+pub const HOST_ONLY_CAPS: &[&str] = &[
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_TIME",
+    "CAP_SYS_PACCT",
+    "CAP_SYSLOG",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+];
+
+/// The capability set of a container-engine sandbox: every capability that acts inside its
+/// own user namespace (all but [`HOST_ONLY_CAPS`]), limited to `host_caps`.
+pub fn engine_capabilities(host_caps: u64) -> Vec<&'static str> {
+    capabilities(true, host_caps).into_iter().filter(|c| !HOST_ONLY_CAPS.contains(c)).collect()
 }
 
 /// This process's bounding set (`CapBnd` of `/proc/self/status`); all bits when unreadable.
@@ -217,9 +245,16 @@ fn bind(source: &std::path::Path, destination: &str, ro: bool) -> Value {
     json!({ "destination": destination, "type": "bind", "source": source, "options": options })
 }
 
+/// Where a container-engine sandbox's engine keeps its images and containers: on the
+/// sandbox's ext4 disk, since overlay2 cannot stack on the sandbox's own overlay root.
+pub const ENGINE_DATA_DIR: &str = "/var/lib/docker";
+
 /// Builds the OCI runtime spec.
 pub fn config(p: &BundleParams) -> Value {
-    let caps = capabilities(p.privileged, p.host_caps);
+    let engine = p.engine.as_ref().filter(|_| !p.privileged);
+    // An engine gets the capabilities that act in the sandbox's own user namespace.
+    let caps =
+        if engine.is_some() { engine_capabilities(p.host_caps) } else { capabilities(p.privileged, p.host_caps) };
     let cwd = p.workdir.clone().filter(|w| w.starts_with('/')).unwrap_or_else(|| p.user.home.clone());
 
     let mut env = p.env.clone();
@@ -242,7 +277,7 @@ pub fn config(p: &BundleParams) -> Value {
     let mut args = vec![AGENT_PATH.to_string()];
     args.extend(p.entrypoint.iter().cloned());
 
-    let (sys_opts, cgroup_opts) = if p.privileged {
+    let (sys_opts, cgroup_opts) = if p.privileged || engine.is_some() {
         (vec!["nosuid", "noexec", "nodev", "rw"], vec!["nosuid", "noexec", "nodev", "relatime", "rw"])
     } else {
         (vec!["nosuid", "noexec", "nodev", "ro"], vec!["nosuid", "noexec", "nodev", "relatime", "ro"])
@@ -270,6 +305,13 @@ pub fn config(p: &BundleParams) -> Value {
     ];
     if let Some(ca) = &p.ca_bundle {
         mounts.push(bind(ca, crate::cabundle::SANDBOX_PATH, true));
+    }
+    if let Some(dir) = engine {
+        // Not noexec: the engine's layers hold programs. nosuid and nodev as on the disk's
+        // own mount (a user namespace cannot lift them); the overlays the engine mounts on its
+        // layers are mounts of their own.
+        mounts.push(json!({"destination": ENGINE_DATA_DIR, "type": "bind", "source": dir,
+                           "options": ["rbind", "nosuid", "nodev", "rw"]}));
     }
 
     let memory = p.memory_mib.saturating_mul(1 << 20);
@@ -306,7 +348,12 @@ pub fn config(p: &BundleParams) -> Value {
     linux["namespaces"] = json!(namespaces);
     if !p.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
-        linux["readonlyPaths"] = json!(READONLY_PATHS);
+        // An engine sets its network namespaces' sysctls (`net.ipv4.ip_forward`): `/proc/sys`
+        // is writable, and the kernel still refuses every sysctl the sandbox's namespaces do
+        // not own.
+        let readonly: Vec<&str> =
+            READONLY_PATHS.iter().copied().filter(|p| engine.is_none() || *p != "/proc/sys").collect();
+        linux["readonlyPaths"] = json!(readonly);
         if let Some(seccomp) = &p.seccomp {
             linux["seccomp"] = seccomp.clone();
         }
@@ -388,6 +435,7 @@ mod tests {
             host_caps: u64::MAX,
             nofile: 4096,
             seccomp: Some(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []})),
+            engine: None,
         }
     }
 
@@ -434,6 +482,27 @@ mod tests {
         assert_eq!(c["linux"]["resources"]["devices"], json!([{"allow": false, "access": "rwm"}]));
         let sys = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(strings(&sys["options"]).contains(&"ro"));
+    }
+
+    #[test]
+    fn an_engine_sandbox_gets_every_capability_writable_cgroups_and_its_engine_dir_but_keeps_its_masks() {
+        let c = config(&BundleParams { engine: Some("/d/disk/engine".into()), ..params(false) });
+        let caps = strings(&c["process"]["capabilities"]["bounding"]);
+        assert!(caps.contains(&"CAP_SYS_ADMIN") && caps.contains(&"CAP_NET_ADMIN"), "{caps:?}");
+        assert!(!caps.contains(&"CAP_SYS_MODULE") && !caps.contains(&"CAP_SYS_RAWIO"), "{caps:?}");
+        assert!(c["linux"]["uidMappings"].is_array(), "still in its user namespace");
+        assert!(c["linux"]["seccomp"].is_object(), "still filtered");
+        assert_eq!(strings(&c["linux"]["maskedPaths"]), MASKED_PATHS);
+        let ro = strings(&c["linux"]["readonlyPaths"]);
+        assert!(!ro.contains(&"/proc/sys") && ro.contains(&"/proc/sysrq-trigger"), "{ro:?}");
+        let mount = |d: &str| c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == d).unwrap().clone();
+        assert_eq!(strings(&mount("/sys/fs/cgroup")["options"]).last(), Some(&"rw"));
+        let engine = mount(ENGINE_DATA_DIR);
+        assert_eq!(engine["source"], "/d/disk/engine");
+        assert_eq!(strings(&engine["options"]), ["rbind", "nosuid", "nodev", "rw"]);
+        // Privileged sandboxes have all of it and no engine dir of their own.
+        let p = config(&BundleParams { engine: Some("/d/disk/engine".into()), ..params(true) });
+        assert!(p["mounts"].as_array().unwrap().iter().all(|m| m["destination"] != ENGINE_DATA_DIR));
     }
 
     #[test]

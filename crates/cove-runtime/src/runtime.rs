@@ -113,6 +113,13 @@ pub struct SandboxSpec {
     /// GPUs it takes at every start (through CDI, see [`crate::gpu`]); 0: no edits at all.
     #[serde(default)]
     pub gpu: u32,
+    /// Container-engine mode (Docker-in-Docker): what an engine inside needs, in the
+    /// sandbox's own user namespace: every capability there, Docker's seccomp profile for
+    /// that set, writable sysfs, cgroups it owns, `/proc/sys` writable for its namespaces'
+    /// sysctls, and `/var/lib/docker` on the sandbox's ext4 disk (`<disk>/engine`). Started
+    /// by runc, not the launcher. Ignored for privileged sandboxes (they have all of it).
+    #[serde(default)]
+    pub engine: bool,
 }
 
 /// What a sandbox is doing.
@@ -421,6 +428,8 @@ pub struct Runtime {
     cidr: Cidr,
     runc: Runc,
     seccomp: Value,
+    /// The profile for container-engine sandboxes ([`SandboxSpec::engine`]).
+    seccomp_engine: Value,
     /// `seccomp` compiled once, for the launcher.
     seccomp_bpf: Arc<crate::seccomp::Bpf>,
     /// What the launcher knows of the host (cgroup hierarchies).
@@ -517,6 +526,25 @@ pub(crate) fn write_beneath(dir: &Path, name: &str, data: &[u8]) -> std::io::Res
     written
 }
 
+/// The engine's data directory on a container-engine sandbox's disk (mounted at
+/// [`oci::ENGINE_DATA_DIR`]).
+const ENGINE_DIR: &str = "engine";
+
+/// Makes `dir` (on the sandbox's disk; an existing one must be a directory, not a link),
+/// owned by the sandbox's root.
+fn make_engine_dir(dir: &Path, userns: Option<&Userns>) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(std::io::Error::other("exists and is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir)?,
+        Err(e) => return Err(e),
+    }
+    if let Some(ns) = userns {
+        ns.chown_root(dir).map_err(std::io::Error::other)?;
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o710))
+}
+
 /// Milliseconds since `t`, with a fraction (for the per-phase debug logs).
 fn ms(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
@@ -587,6 +615,7 @@ impl Runtime {
         let target = seccomp::Target { arch: seccomp::host_arch(), caps: &caps, kernel: seccomp::host_kernel() };
         let seccomp = seccomp::convert(&profile, &target).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
         let seccomp_bpf = Arc::new(seccomp::compile(&seccomp).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?);
+        let seccomp_engine = seccomp::engine(&profile, host_caps).map_err(|e| RuntimeError::Seccomp(Box::new(e)))?;
         let launch_host = Arc::new(crate::launch::Host::discover());
 
         // The table (installed below, with every record's policy and links) needs the bridge;
@@ -633,6 +662,7 @@ impl Runtime {
             runc: Runc::new(&cfg.runc_root),
             cidr,
             seccomp,
+            seccomp_engine,
             seccomp_bpf,
             launch_host,
             host_caps,
@@ -996,6 +1026,8 @@ impl Runtime {
         let idmap = (!spec.privileged).then_some(self.cfg.userns);
         let userns = idmap.map(|_| &self.userns);
 
+        // Container-engine mode: the engine's data lives on the disk, beside the overlay's.
+        let engine = (spec.engine && !spec.privileged).then(|| disk_dir.join(ENGINE_DIR));
         let disk_branch = async {
             let image = bundle.join("disk.img");
             // A pooled disk usually comes mounted already (`pool`); `mount_image` then only
@@ -1015,6 +1047,9 @@ impl Runtime {
                 ns.chown_root(&upper).map_err(|e| RuntimeError::Userns(Box::new(e)))?;
             }
             disk::mount_overlay(&spec.lower, &upper, &disk_dir.join("work"), &rootfs, userns).map_err(storage)?;
+            if let Some(dir) = &engine {
+                make_engine_dir(dir, userns).map_err(|source| RuntimeError::Dir { path: dir.clone(), source })?;
+            }
             let overlay_ms = ms(t);
             let user = user::resolve(&rootfs, spec.user.as_deref())
                 .map_err(|source| RuntimeError::ResolveUser { id: id.clone(), source })?;
@@ -1113,7 +1148,9 @@ impl Runtime {
                 ca_bundle,
                 host_caps: self.host_caps,
                 nofile: oci::host_nofile_limit(),
-                seccomp: (!spec.privileged).then(|| self.seccomp.clone()),
+                seccomp: (!spec.privileged)
+                    .then(|| if engine.is_some() { self.seccomp_engine.clone() } else { self.seccomp.clone() }),
+                engine: engine.clone(),
             };
             let path = bundle.join("config.json");
             let mut config = oci::config(&params);
@@ -1132,6 +1169,8 @@ impl Runtime {
             // `execve`, on its exec fifo; the network is wired into its namespace from here, then
             // (for `Run`) the fifo releases it, as `runc start` would, without a process.
             let native = match crate::launch::supports(&config, &self.launch_host) {
+                // Engine mode hands the sandbox its cgroups between create and start: runc's.
+                Ok(()) if engine.is_some() => false,
                 Ok(()) => self.cfg.native_launcher,
                 Err(why) => {
                     if self.cfg.native_launcher {
@@ -1158,6 +1197,12 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Launch(Box::new(e)))?;
             } else {
                 self.runc.create(id, &bundle, &console, &log).await?;
+                if engine.is_some()
+                    && let Err(source) = cgroup::delegate(&self.cgroups_path(id), root_id, root_id)
+                {
+                    self.runc.delete_force(id).await;
+                    return Err(RuntimeError::Dir { path: cgroup::dir("memory", &self.cgroups_path(id)), source });
+                }
             }
             let container_ms = ms(t_launch);
             let net_result = match net.take() {

@@ -244,6 +244,30 @@ fn scmp_arch(arch: &str) -> Option<&'static str> {
     })
 }
 
+/// The profile of container-engine sandboxes: `profile` evaluated for their capabilities
+/// ([`crate::oci::engine_capabilities`]: what Docker applies to a container given them: `mount`, `unshare`,
+/// `setns`, namespace-creating `clone` and the like become allowed, still checked by the
+/// kernel against the sandbox's own user namespace), and the key-management calls answered
+/// with ENOSYS instead of EPERM, so that an inner runc skips the session keyring it would
+/// otherwise fail to join (keys are counted against the host uid all sandboxes share), and
+/// `pivot_root` allowed.
+pub fn engine(profile: &DockerProfile, host_caps: u64) -> Result<Value, SeccompError> {
+    let caps = crate::oci::engine_capabilities(host_caps);
+    let target = Target { arch: host_arch(), caps: &caps, kernel: host_kernel() };
+    let mut out = convert(profile, &target)?;
+    if let Some(rules) = out["syscalls"].as_array_mut() {
+        // Docker's profile never needed it (a privileged container runs without seccomp); an
+        // inner runc jails every inner container with it.
+        rules.push(json!({"names": ["pivot_root"], "action": "SCMP_ACT_ALLOW"}));
+        rules.push(json!({
+            "names": ["add_key", "keyctl", "request_key"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::ENOSYS,
+        }));
+    }
+    Ok(out)
+}
+
 /// Produces the OCI `linux.seccomp` object for `target`.
 pub fn convert(profile: &DockerProfile, target: &Target<'_>) -> Result<Value, SeccompError> {
     let architectures: Vec<String> = if profile.arch_map.is_empty() {
@@ -1078,6 +1102,20 @@ mod tests {
         ] {
             assert!(!ever_allowed(&out, never), "{never} must not be allowed");
         }
+    }
+
+    #[test]
+    fn an_engine_sandbox_may_mount_and_nest_namespaces_but_never_load_modules_or_keys() {
+        let out = engine(&embedded().unwrap(), u64::MAX).unwrap();
+        for allowed in ["mount", "umount2", "unshare", "setns", "pivot_root", "sethostname"] {
+            assert!(ever_allowed(&out, allowed), "{allowed} is what an inner runc needs");
+        }
+        for never in ["init_module", "finit_module", "kexec_load", "swapon", "iopl", "settimeofday", "add_key"] {
+            assert!(!ever_allowed(&out, never), "{never} must not be allowed");
+        }
+        let keyctl = rules_for(&out, "keyctl");
+        assert!(keyctl.iter().any(|r| r["action"] == "SCMP_ACT_ERRNO" && r["errnoRet"] == libc::ENOSYS), "{keyctl:?}");
+        compile(&out).expect("the engine profile compiles");
     }
 
     #[test]

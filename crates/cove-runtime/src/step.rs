@@ -657,6 +657,7 @@ impl Runtime {
             host_caps: self.host_caps(),
             nofile: oci::host_nofile_limit(),
             seccomp: Some(self.seccomp_spec().clone()),
+            engine: None,
         };
         let config = step_config(oci::config(&params), spec, env, &cwd);
         let created = missing_in_root(&rootfs, &rootfs_mount_points(&config));

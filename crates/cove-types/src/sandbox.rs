@@ -6,6 +6,18 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The label that asks for container-engine mode (Docker-in-Docker without a privileged
+/// container): on an image (`"true"`), or on a sandbox (`"true"` or `"false"`, over what its
+/// image says).
+pub const ENGINE_LABEL: &str = "dev.cove.container-engine";
+
+/// Whether an image asks for container-engine mode: its [`ENGINE_LABEL`] is `"true"`, or its
+/// entrypoint starts Docker's daemon (`dockerd`, `dockerd-entrypoint.sh` of `docker:*-dind`).
+pub fn image_wants_engine(labels: Option<&std::collections::HashMap<String, String>>, entrypoint: &[String]) -> bool {
+    labels.and_then(|l| l.get(ENGINE_LABEL)).is_some_and(|v| v == "true")
+        || entrypoint.first().is_some_and(|e| e.rsplit('/').next().is_some_and(|b| b.starts_with("dockerd")))
+}
+
 /// A sandbox's state, spelled as Daytona spells it.
 ///
 /// ```text
@@ -384,6 +396,21 @@ impl From<&SandboxDto> for SandboxListItem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dind_images_and_images_labelled_for_an_engine_ask_for_container_engine_mode() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(image_wants_engine(None, &v(&["dockerd-entrypoint.sh"])));
+        assert!(image_wants_engine(None, &v(&["/usr/local/bin/dockerd", "--debug"])));
+        let labelled: std::collections::HashMap<String, String> =
+            [(ENGINE_LABEL.to_string(), "true".to_string())].into();
+        assert!(image_wants_engine(Some(&labelled), &v(&["sleep", "infinity"])));
+        assert!(!image_wants_engine(None, &v(&["sleep", "infinity"])));
+        assert!(
+            !image_wants_engine(None, &v(&["/docker-entrypoint.sh", "nginx"])),
+            "nginx's entrypoint is not an engine"
+        );
+    }
 
     #[test]
     fn every_sandbox_state_round_trips() {

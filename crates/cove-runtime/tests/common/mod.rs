@@ -146,6 +146,7 @@ pub fn sandbox_spec(lower: &Path, script: &str) -> cove_runtime::SandboxSpec {
         pids: 64,
         privileged: false,
         gpu: 0,
+        engine: false,
     }
 }
 

@@ -377,6 +377,8 @@ impl SandboxService {
         let user =
             req.user.clone().filter(|u| !u.is_empty()).or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
         let privileged = req.privileged.unwrap_or(false);
+        let entrypoint = snap.entrypoint.clone().unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]);
+        let engine = engine_mode(image.config.labels.as_ref(), &entrypoint, req.labels.as_ref())?;
         let mut template_env: Vec<String> = image.config.env.clone().unwrap_or_default();
         template_env.push(format!("DAYTONA_SANDBOX_SNAPSHOT={}", snap.name));
         let key = PoolKey {
@@ -385,7 +387,7 @@ impl SandboxService {
             template: SandboxSpec {
                 id: String::new(),
                 lower: image.rootfs.clone(),
-                entrypoint: snap.entrypoint.clone().unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
+                entrypoint,
                 env: template_env,
                 workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
                 user: user.clone(),
@@ -395,6 +397,7 @@ impl SandboxService {
                 pids: self.inner.pids_limit,
                 privileged,
                 gpu: u32::try_from(snap.gpu).unwrap_or(0),
+                engine,
             },
         };
         let name = sandbox_name(req.name.as_deref())?;
@@ -530,6 +533,7 @@ impl SandboxService {
             req.auto_delete_interval,
         )?;
         let build = snaps::validate_build(info)?;
+        engine_mode(None, &[], req.labels.as_ref())?;
         let cpu = resource("cpu", req.cpu, snaps::DEFAULT_CPU, 1, snaps::MAX_CPU)?;
         let mem = resource("memory", req.memory, snaps::DEFAULT_MEMORY_GIB, 1, snaps::MAX_MEMORY_GIB)?;
         let disk = resource("disk", req.disk, snaps::DEFAULT_DISK_GIB, 1, snaps::MAX_DISK_GIB)?;
@@ -651,10 +655,13 @@ impl SandboxService {
         env.push(format!("DAYTONA_SANDBOX_ID={id}"));
         let user_env: Vec<String> = rec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         cove_runtime::oci::merge_env(&mut env, &user_env);
+        let entrypoint = super::snapshots::entrypoint_from_image(&image.config);
+        // The request's label was checked when the sandbox was created.
+        let engine = engine_mode(image.config.labels.as_ref(), &entrypoint, Some(&rec.labels)).unwrap_or(false);
         let spec = SandboxSpec {
             id: id.clone(),
             lower: image.rootfs.clone(),
-            entrypoint: super::snapshots::entrypoint_from_image(&image.config),
+            entrypoint,
             env,
             workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()),
             user: Some(rec.user.clone()).filter(|u| u != "root"),
@@ -664,6 +671,7 @@ impl SandboxService {
             pids: self.inner.pids_limit,
             privileged: rec.privileged,
             gpu: u32::try_from(rec.gpu).unwrap_or(0),
+            engine,
         };
         let started = async {
             let net = NetSetup {
@@ -886,6 +894,12 @@ impl SandboxService {
         labels: BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, SandboxError> {
         let mut rec = self.find(who, id_or_name).await?;
+        let engine = cove_types::sandbox::ENGINE_LABEL;
+        if labels.get(engine) != rec.labels.get(engine) {
+            return Err(SandboxError::Invalid(format!(
+                "label {engine} is set when a sandbox is created (it decides how its container is made); create a new sandbox to change it"
+            )));
+        }
         let from = rec.state;
         rec.labels = labels;
         rec.updated_at = now_millis();
@@ -1347,6 +1361,25 @@ fn refuse_unhonoured(req: &CreateSandbox) -> Result<(), SandboxError> {
 fn stored_policy(r: &SandboxRecord) -> Result<NetPolicy, SandboxError> {
     NetPolicy::from_fields(Some(r.network_block_all), r.network_allow_list.as_deref(), r.domain_allow_list.as_deref())
         .map_err(|e| SandboxError::Invalid(format!("stored network policy of sandbox {}: {e}", r.id)))
+}
+
+/// Container-engine mode (`cove_types::sandbox::ENGINE_LABEL`): the sandbox's label decides
+/// when it has one (`"true"` or `"false"`, anything else is refused), else the image
+/// ([`cove_types::sandbox::image_wants_engine`]).
+fn engine_mode(
+    image_labels: Option<&std::collections::HashMap<String, String>>,
+    entrypoint: &[String],
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<bool, SandboxError> {
+    use cove_types::sandbox::{ENGINE_LABEL, image_wants_engine};
+    match labels.and_then(|l| l.get(ENGINE_LABEL)).map(String::as_str) {
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(SandboxError::Invalid(format!(
+            "label {ENGINE_LABEL} is \"true\" or \"false\" (container-engine mode), not {other:?}"
+        ))),
+        None => Ok(image_wants_engine(image_labels, entrypoint)),
+    }
 }
 
 /// A requested sandbox name, checked (`None`: the id will be the name).

@@ -43,6 +43,10 @@ pub enum Profile {
     Node,
     /// python and node together.
     Full,
+    /// minimal + Debian's Docker engine (docker.io, containerd, runc, iptables) and Compose
+    /// (`docker-compose`, also as `docker compose`), started as the entrypoint: for sandboxes
+    /// in container-engine mode (Docker-in-Docker without a privileged container).
+    Docker,
 }
 
 /// Every profile: Python (the SDK's `code_run` and `pip_install` run `python`), CA
@@ -62,6 +66,17 @@ const PYTHON: &[&str] = &[
     "python3-venv",
 ];
 const NODE: &[&str] = &["curl", "git", "nodejs", "npm"];
+const DOCKER: &[&str] = &["containerd", "curl", "docker-compose", "docker.io", "iptables", "runc"];
+/// The docker profile's entrypoint (written by [`DOCKER_HOOKS`]).
+const DOCKERD_ENTRYPOINT: &str = "/usr/local/bin/cove-dockerd";
+/// The docker profile's files: the entrypoint that starts dockerd (its log in
+/// /var/log/dockerd.log), `docker compose` as a CLI plugin running Debian's Compose v1, and
+/// the user in the docker group.
+const DOCKER_HOOKS: &[&str] = &[
+    "printf '%s\\n' '#!/bin/sh' '# The sandbox entrypoint in container-engine mode: the Docker daemon.' 'exec dockerd >>/var/log/dockerd.log 2>&1' > \"$1\"/usr/local/bin/cove-dockerd && chmod 0755 \"$1\"/usr/local/bin/cove-dockerd",
+    "mkdir -p \"$1\"/usr/libexec/docker/cli-plugins && printf '%s\\n' '#!/bin/sh' '# docker compose ... runs Debian docker-compose (Compose v1) as a Docker CLI plugin.' 'if [ \"$1\" = docker-cli-plugin-metadata ]; then' '  echo \"{\\\"SchemaVersion\\\":\\\"0.1.0\\\",\\\"Vendor\\\":\\\"Cove\\\",\\\"Version\\\":\\\"1.29.2\\\",\\\"ShortDescription\\\":\\\"Docker Compose (Debian docker-compose)\\\"}\"' '  exit 0' 'fi' 'shift' 'exec docker-compose \"$@\"' > \"$1\"/usr/libexec/docker/cli-plugins/docker-compose && chmod 0755 \"$1\"/usr/libexec/docker/cli-plugins/docker-compose",
+    "chroot \"$1\" usermod -aG docker daytona",
+];
 
 impl Profile {
     /// Its name, as in tags.
@@ -71,6 +86,15 @@ impl Profile {
             Profile::Python => "python",
             Profile::Node => "node",
             Profile::Full => "full",
+            Profile::Docker => "docker",
+        }
+    }
+
+    /// Hooks of this profile, after [`CUSTOMIZE_HOOKS`].
+    fn hooks(self) -> &'static [&'static str] {
+        match self {
+            Profile::Docker => DOCKER_HOOKS,
+            _ => &[],
         }
     }
 
@@ -81,6 +105,7 @@ impl Profile {
             Profile::Python => &[PYTHON],
             Profile::Node => &[NODE],
             Profile::Full => &[PYTHON, NODE],
+            Profile::Docker => &[DOCKER],
         };
         let mut all: Vec<&str> = BASE.iter().chain(extra.iter().copied().flatten()).copied().collect();
         all.sort_unstable();
@@ -280,8 +305,10 @@ impl Recipe {
     pub fn key(&self) -> String {
         let all = json!({
             "v": RECIPE_VERSION, "release": self.release, "packages": self.profile.packages(),
-            "mirrors": self.mirrors, "apt": APT_OPTS, "dpkg": DPKG_OPTS, "hooks": CUSTOMIZE_HOOKS,
+            "mirrors": self.mirrors, "apt": APT_OPTS, "dpkg": DPKG_OPTS, "hooks": CUSTOMIZE_HOOKS, "profileHooks": self.profile.hooks(),
             "mergedUsr": MERGED_USR_HOOKS, "user": USER, "env": self.env(),
+            // Everything the image config decides (user, entrypoint, labels).
+            "config": self.config("-", "-"),
         });
         hex::encode(&sha2::Sha256::digest(all.to_string().as_bytes())[..8])
     }
@@ -315,7 +342,7 @@ impl Recipe {
         }
         c.args(APT_OPTS.iter().map(|o| format!("--aptopt={o}")));
         c.args(DPKG_OPTS.iter().map(|o| format!("--dpkgopt={o}")));
-        c.args(CUSTOMIZE_HOOKS.iter().map(|h| format!("--customize-hook={h}")));
+        c.args(CUSTOMIZE_HOOKS.iter().chain(self.profile.hooks()).map(|h| format!("--customize-hook={h}")));
         c.arg(&self.release).arg("-").args(&self.mirrors);
         c.env("LC_ALL", "C.UTF-8");
         c
@@ -323,20 +350,26 @@ impl Recipe {
 
     /// The image config for a layer with `diff_id`.
     pub fn config(&self, diff_id: &str, created: &str) -> Value {
-        json!({
+        // The engine runs as the sandbox's root, as in Docker's own docker:dind images.
+        let (user, workdir) = if self.profile == Profile::Docker { ("root", "/root") } else { (USER, HOME) };
+        let mut labels = json!({
+            "dev.cove.bootstrap.profile": self.profile.name(),
+            "dev.cove.bootstrap.release": self.release,
+            "dev.cove.bootstrap.packages": self.profile.packages().join(","),
+        });
+        if self.profile == Profile::Docker {
+            labels[cove_types::sandbox::ENGINE_LABEL] = json!("true");
+        }
+        let mut config = json!({
             "architecture": "amd64",
             "os": "linux",
             "created": created,
             "config": {
                 "Env": self.env(),
                 "Cmd": ["sleep", "infinity"],
-                "User": USER,
-                "WorkingDir": HOME,
-                "Labels": {
-                    "dev.cove.bootstrap.profile": self.profile.name(),
-                    "dev.cove.bootstrap.release": self.release,
-                    "dev.cove.bootstrap.packages": self.profile.packages().join(","),
-                },
+                "User": user,
+                "WorkingDir": workdir,
+                "Labels": labels,
             },
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
             "history": [{
@@ -344,7 +377,13 @@ impl Recipe {
                 "created_by": format!("cove image bootstrap --profile {} (mmdebstrap --variant=minbase {})",
                                       self.profile.name(), self.release),
             }],
-        })
+        });
+        if self.profile == Profile::Docker {
+            // A snapshot runs an image's Entrypoint (not its Cmd), as Daytona does.
+            config["config"]["Entrypoint"] = json!([DOCKERD_ENTRYPOINT]);
+            config["config"]["Cmd"] = json!([]);
+        }
+        config
     }
 
     /// Builds the entry (replacing an older one) and returns it; without `force`, an entry

@@ -29,6 +29,9 @@ const GENERAL: [(&str, i64, i64, i64); 3] =
 /// `(name, vCPUs, memory GiB, disk GiB, GPUs)` of the general GPU snapshot, made only on a
 /// server whose regions report GPUs.
 const GPU_GENERAL: (&str, i64, i64, i64, i64) = ("cove-gpu", 4, 8, 10, 1);
+/// The general snapshot of `--profile docker --general`: container-engine mode comes from
+/// the image's label.
+const DOCKER_GENERAL: (&str, i64, i64, i64, i64) = ("cove-docker", 2, 4, 10, 0);
 
 /// `cove image …`.
 #[derive(Subcommand, Debug)]
@@ -42,7 +45,8 @@ pub enum ImageCommand {
 #[derive(Args, Debug)]
 pub struct BootstrapArgs {
     /// What to install: minimal (python, pip), python (+ venv, git, curl, build-essential,
-    /// numpy, pandas, matplotlib, requests, bs4), node (+ nodejs, npm), full (both).
+    /// numpy, pandas, matplotlib, requests, bs4), node (+ nodejs, npm), full (both), docker
+    /// (minimal + Docker engine and Compose; its general snapshot is cove-docker).
     #[arg(long, value_enum, default_value = "full")]
     pub profile: Profile,
     /// Debian release codename (default: this host's, from /etc/os-release).
@@ -154,11 +158,17 @@ async fn bootstrap(c: &Client, a: BootstrapArgs, g: &Global) -> anyhow::Result<(
     let mut snapshots = Vec::new();
     if a.general {
         eprintln!("[3/3] General snapshots of {image}");
-        let mut general: Vec<(&str, i64, i64, i64, i64)> =
-            GENERAL.iter().map(|&(n, cpu, mem, disk)| (n, cpu, mem, disk, 0)).collect();
+        let mut general: Vec<(&str, i64, i64, i64, i64)> = if recipe.profile == Profile::Docker {
+            // The engine's image is for container-engine sandboxes only.
+            vec![DOCKER_GENERAL]
+        } else {
+            GENERAL.iter().map(|&(n, cpu, mem, disk)| (n, cpu, mem, disk, 0)).collect()
+        };
         // The seed's daytona-gpu: only where the server has GPUs (GET /regions → gpus).
         let regions: Value = c.get_json("/regions").await.context("read the server's regions")?;
-        if regions.as_array().is_some_and(|r| r.iter().any(|r| r["gpus"].as_i64().unwrap_or(0) > 0)) {
+        if recipe.profile != Profile::Docker
+            && regions.as_array().is_some_and(|r| r.iter().any(|r| r["gpus"].as_i64().unwrap_or(0) > 0))
+        {
             general.push(GPU_GENERAL);
         }
         for (name, cpu, memory, disk, gpu) in general {
@@ -166,7 +176,9 @@ async fn bootstrap(c: &Client, a: BootstrapArgs, g: &Global) -> anyhow::Result<(
             snapshots.push(json!({ "name": name, "state": state }));
         }
     } else {
-        eprintln!("[3/3] No general snapshots asked for (--general makes cove-small, cove-medium, cove-large)");
+        eprintln!(
+            "[3/3] No general snapshots asked for (--general makes cove-small, cove-medium, cove-large; cove-docker for --profile docker)"
+        );
     }
     let summary = json!({
         "image": image, "digest": digest, "profile": recipe.profile.name(), "release": recipe.release,
