@@ -162,7 +162,51 @@ def test_the_seeds_compose_walk_through_runs_in_a_cove_docker_sandbox_without_pr
         cg = sh("cat /proc/self/cgroup")
         assert "/docker" not in cg
 
+        # The inner container's processes are the sandbox's: under its cgroup on the host.
+        inner = host_pids_with_cmdline("httpd -f -p 80")
+        assert inner, "the compose service runs"
+        for pid in inner:
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+            assert sandbox.id in cgroups, f"inner container {pid} outside the sandbox's cgroup: {cgroups}"
+
+        # What the engine's extra rights do not reach: the host's kernel settings, devices,
+        # modules and the sandbox's own limits; an inner --privileged container is no more.
+        for attack in [
+            "echo 1 > /proc/sys/vm/drop_caches",
+            "echo 5 > /proc/sys/kernel/panic",
+            "echo b > /proc/sysrq-trigger",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes && echo -1 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "echo 100000 > /sys/fs/cgroup/pids/pids.max",
+            "mknod /tmp/disk b 8 0 && head -c 1 /tmp/disk",
+            "grep -q . /proc/kallsyms && awk '$1 != \"0000000000000000\" {found=1} END {exit !found}' /proc/kallsyms",
+            "docker run --rm --privileged demo/httpd:1 sh -c 'mknod /dev/x b 8 0 && head -c 1 /dev/x'",
+        ]:
+            r = sandbox.process.exec(attack, timeout=60)
+            assert r.exit_code != 0, f"{attack!r} succeeded in an engine sandbox: {r.result}"
+        # (An inner --privileged container is refused outright: the sandbox has no host-only
+        # capabilities to hand it.) An inner container's root is the sandbox's, not the host's.
+        uid_map = sh("docker run --rm demo/httpd:1 sh -c 'read a b c < /proc/self/uid_map; echo $a $b $c'").split()
+        assert uid_map[0] == "0" and uid_map[1] != "0", f"inner root is host root: {uid_map}"
+
         sh("cd /root/demo && docker compose -p demo down", timeout=120)
         assert "demo_web_1" not in sh("docker ps -a --format '{{.Names}}'")
+
+        # Inner containers die with the sandbox.
+        sh("docker run -d --name bg demo/httpd:1 httpd -f -p 81 -h /www")
+        assert host_pids_with_cmdline("httpd -f -p 81")
+        sandbox.stop()
+        assert host_pids_with_cmdline("httpd -f -p 81") == [], "an inner container outlived its sandbox's stop"
     finally:
         sandbox.delete()
+
+
+def host_pids_with_cmdline(text):
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(p.name))
+            except OSError:
+                pass
+    return found
