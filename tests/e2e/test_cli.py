@@ -164,6 +164,27 @@ def test_sandbox_create_list_exec_and_delete(cli):
     assert sb["id"] not in cli("sandbox", "list").stdout
 
 
+def test_sandbox_create_docker_in_docker_sets_the_engine_label_and_the_server_gives_the_rights(cli):
+    cli("snapshot", "create", "dind-snap", "--image", BUSYBOX)
+    sb = json.loads(cli("sandbox", "create", "--snapshot", "dind-snap", "--docker-in-docker", "true",
+                        "--format", "json").stdout)
+    assert sb["labels"]["dev.cove.container-engine"] == "true", sb
+    # Engine mode: the capabilities of the sandbox's own namespace, writable cgroups.
+    caps = cli("sandbox", "exec", sb["id"], "--", "grep CapEff /proc/self/status").stdout
+    assert int(caps.split()[1], 16) & (1 << 21), f"CAP_SYS_ADMIN in its namespace: {caps}"
+    assert cli("sandbox", "exec", sb["id"], "--", "mount | grep ' /var/lib/docker '").stdout.strip()
+    plain = json.loads(cli("sandbox", "create", "--snapshot", "dind-snap", "--format", "json").stdout)
+    caps = cli("sandbox", "exec", plain["id"], "--", "grep CapEff /proc/self/status").stdout
+    assert not int(caps.split()[1], 16) & (1 << 21), f"no CAP_SYS_ADMIN without engine mode: {caps}"
+    bad = cli("sandbox", "create", "--snapshot", "dind-snap", "--docker-in-docker", "true",
+              "--label", "dev.cove.container-engine=false", check=False)
+    assert bad.returncode != 0 and "contradicts" in bad.stderr, bad.stderr
+    odd = cli("sandbox", "create", "--snapshot", "dind-snap", "--label", "dev.cove.container-engine=maybe", check=False)
+    assert odd.returncode != 0 and "dev.cove.container-engine" in odd.stderr, odd.stderr
+    for s in (sb, plain):
+        cli("sandbox", "delete", s["id"])
+
+
 def test_api_keys_are_created_listed_and_revoked(cli):
     made = json.loads(cli("api-key", "create", "ci", "--format", "json").stdout)
     assert made["value"]

@@ -65,6 +65,11 @@ pub struct CreateArgs {
     /// A sandbox (id or name) that this one may reach, and that may reach it, by name.
     #[arg(long)]
     pub linked_sandbox: Option<String>,
+    /// Container-engine mode (Docker-in-Docker, no privileged container): `true` or `false`,
+    /// over what the snapshot's image says (on for docker:*-dind and `--profile docker`
+    /// images). Sets the label dev.cove.container-engine.
+    #[arg(long, value_name = "BOOL")]
+    pub docker_in_docker: Option<bool>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -78,7 +83,15 @@ pub async fn run(c: Client, cmd: SandboxCommand, g: &Global) -> anyhow::Result<(
     match cmd {
         SandboxCommand::Create(a) => {
             let env: serde_json::Map<String, Value> = a.env.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let labels: serde_json::Map<String, Value> = a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let mut labels: serde_json::Map<String, Value> =
+                a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            if let Some(on) = a.docker_in_docker {
+                let (key, value) = (cove_types::sandbox::ENGINE_LABEL, on.to_string());
+                if labels.get(key).is_some_and(|v| v != &json!(value)) {
+                    anyhow::bail!("--docker-in-docker {on} contradicts --label {key}={}", labels[key]);
+                }
+                labels.insert(key.into(), json!(value));
+            }
             let mut body = json!({ "snapshot": a.snapshot, "name": a.name, "env": env, "labels": labels });
             if a.network_block_all {
                 body["networkBlockAll"] = json!(true);
