@@ -106,7 +106,8 @@ def root_pids_named(name):
 
 @pytest.fixture
 def docker_server(cove, release):
-    server = cove()
+    # cove-docker's disks are 10 GiB: sparse here, and no prepared sandboxes holding more.
+    server = cove(extra=["--sandbox-disks", "sparse", "--warm-pool-size", "0"])
     out, log, _ = bootstrap(server, "--profile", "docker", "--general")
     assert [(s["name"], s["state"]) for s in out["generalSnapshots"]] == [("cove-docker", "active")], log
     return server
