@@ -83,8 +83,7 @@ pub async fn run(c: Client, cmd: SandboxCommand, g: &Global) -> anyhow::Result<(
     match cmd {
         SandboxCommand::Create(a) => {
             let env: serde_json::Map<String, Value> = a.env.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let mut labels: serde_json::Map<String, Value> =
-                a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let mut labels: serde_json::Map<String, Value> = a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
             if let Some(on) = a.docker_in_docker {
                 let (key, value) = (cove_types::sandbox::ENGINE_LABEL, on.to_string());
                 if labels.get(key).is_some_and(|v| v != &json!(value)) {
