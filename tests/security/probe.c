@@ -27,16 +27,33 @@ static void try_rc(const char *name, long rc) {
     verdict(name, rc >= 0, buf);
 }
 
+/* Runs the statements in a forked child (its output flushed before it exits). */
+#define IN_CHILD(...)                                   \
+    do {                                                \
+        fflush(stdout);                                 \
+        pid_t child_ = fork();                          \
+        if (child_ == 0) {                              \
+            __VA_ARGS__;                                \
+            fflush(stdout);                             \
+            _exit(0);                                   \
+        }                                               \
+        if (child_ > 0) waitpid(child_, NULL, 0);       \
+    } while (0)
+
 int main(void) {
     /* Kernel keyring (shared with the host without a user namespace and seccomp). */
     try_rc("add_key", syscall(SYS_add_key, "user", "cove-probe", "x", 1, -3 /* session */));
     try_rc("keyctl_read_host_keyring", syscall(SYS_keyctl, 6 /* KEYCTL_DESCRIBE */, -4 /* user keyring */, NULL, 0));
     try_rc("request_key", syscall(SYS_request_key, "user", "cove-host-secret", NULL, 0));
-    /* New namespaces and mounts. */
-    try_rc("unshare_user_mount", syscall(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNS));
-    try_rc("unshare_mount", syscall(SYS_unshare, CLONE_NEWNS));
-    try_rc("mount_tmpfs", mount("x", "/mnt", "tmpfs", 0, NULL));
-    try_rc("mount_cgroup", mount("cgroup", "/mnt", "cgroup", 0, "memory"));
+    /* New namespaces and mounts, each in a child of its own: where they work (a
+     * container-engine sandbox), the probe itself must stay in the sandbox's namespaces for
+     * the attacks below. The mounts go to a private copy of the mount table when the child
+     * can make one, or to the sandbox's own when it cannot. */
+    IN_CHILD(try_rc("unshare_user_mount", syscall(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNS)));
+    IN_CHILD(try_rc("unshare_mount", syscall(SYS_unshare, CLONE_NEWNS)));
+    IN_CHILD(syscall(SYS_unshare, CLONE_NEWNS); try_rc("mount_tmpfs", mount("x", "/tmp", "tmpfs", 0, NULL)));
+    IN_CHILD(syscall(SYS_unshare, CLONE_NEWNS);
+             try_rc("mount_cgroup", mount("cgroup", "/tmp", "cgroup", 0, "memory")));
     /* open_by_handle_at: the classic host-/ escape (needs CAP_DAC_READ_SEARCH). */
     {
         struct { unsigned int bytes; int type; unsigned char h[8]; } fh = {8, 1, {2, 0, 0, 0, 0, 0, 0, 0}};

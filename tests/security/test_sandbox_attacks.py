@@ -72,6 +72,22 @@ def test_every_escape_the_probe_tries_from_inside_a_sandbox_is_blocked(env, prob
     sb.delete()
 
 
+def test_the_probe_in_a_container_engine_sandbox_reaches_nothing_of_the_hosts(env, probe):
+    """Engine mode (Docker-in-Docker) grants mounts and namespaces inside the sandbox's own user
+    namespace; everything that would reach the host stays blocked."""
+    server, daytona = env
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small", labels={"dev.cove.container-engine": "true"}))
+    verdicts = run_probe(sb, probe)
+    # Everything but the mounts and namespaces below stays blocked, the agent included.
+    granted = {"unshare_user_mount", "unshare_mount", "mount_tmpfs", "mount_cgroup"}
+    open_ = {k: v for k, v in verdicts.items() if k not in granted and v[0] != "blocked"}
+    assert not open_, f"attacks that worked in engine mode: {open_}"
+    # What engine mode exists for: mounts and namespaces of its own.
+    for g in granted:
+        assert verdicts[g][0] != "blocked", (g, verdicts[g])
+    sb.delete()
+
+
 def test_sandbox_root_is_an_unprivileged_host_id_and_its_files_are_not_host_root_owned(env, probe):
     server, daytona = env
     sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="small"))

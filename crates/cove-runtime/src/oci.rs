@@ -192,9 +192,14 @@ pub const HOST_ONLY_CAPS: &[&str] = &[
 ];
 
 /// The capability set of a container-engine sandbox: every capability that acts inside its
-/// own user namespace (all but [`HOST_ONLY_CAPS`]), limited to `host_caps`.
+/// own user namespace (all but [`HOST_ONLY_CAPS`]), limited to `host_caps`, except
+/// `CAP_SYS_PTRACE`, which an engine does not need and which would let the sandbox trace and
+/// read its agent (non-dumpable, so that a plain sandbox cannot).
 pub fn engine_capabilities(host_caps: u64) -> Vec<&'static str> {
-    capabilities(true, host_caps).into_iter().filter(|c| !HOST_ONLY_CAPS.contains(c)).collect()
+    capabilities(true, host_caps)
+        .into_iter()
+        .filter(|c| !HOST_ONLY_CAPS.contains(c) && *c != "CAP_SYS_PTRACE")
+        .collect()
 }
 
 /// This process's bounding set (`CapBnd` of `/proc/self/status`); all bits when unreadable.
@@ -490,6 +495,7 @@ mod tests {
         let caps = strings(&c["process"]["capabilities"]["bounding"]);
         assert!(caps.contains(&"CAP_SYS_ADMIN") && caps.contains(&"CAP_NET_ADMIN"), "{caps:?}");
         assert!(!caps.contains(&"CAP_SYS_MODULE") && !caps.contains(&"CAP_SYS_RAWIO"), "{caps:?}");
+        assert!(!caps.contains(&"CAP_SYS_PTRACE"), "the agent stays untraceable: {caps:?}");
         assert!(c["linux"]["uidMappings"].is_array(), "still in its user namespace");
         assert!(c["linux"]["seccomp"].is_object(), "still filtered");
         assert_eq!(strings(&c["linux"]["maskedPaths"]), MASKED_PATHS);
