@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, Resources
 
 from harness import API_KEY
 
@@ -199,6 +199,27 @@ def test_the_seeds_compose_walk_through_runs_in_a_cove_docker_sandbox_without_pr
         assert host_pids_with_cmdline("httpd -f -p 81") == [], "an inner container outlived its sandbox's stop"
     finally:
         sandbox.delete()
+
+    # An inner container is held to the sandbox's memory: in a 1 GiB engine sandbox, one that
+    # takes more is killed inside it, and the sandbox goes on.
+    daytona.snapshot.create(CreateSnapshotParams(name="docker-1g", image=snap["imageName"],
+                                                 resources=Resources(cpu=1, memory=1, disk=10)))
+    small = daytona.create(CreateSandboxFromSnapshotParams(snapshot="docker-1g"), timeout=180)
+    try:
+        deadline = time.monotonic() + 90
+        while small.process.exec("docker info >/dev/null", timeout=30).exit_code != 0:
+            assert time.monotonic() < deadline, "dockerd did not start in the 1 GiB sandbox"
+            time.sleep(0.5)
+        small.fs.upload_file(httpd_image_archive(), "/root/httpd.tar")
+        assert small.process.exec("docker load -i /root/httpd.tar", timeout=60).exit_code == 0
+        # busybox tail keeps a line without end in memory: 1.5 GiB of zeros.
+        hog = small.process.exec("docker run --rm demo/httpd:1 sh -c 'head -c 1536m /dev/zero | tail -n 1 >/dev/null'",
+                                 timeout=180)
+        assert hog.exit_code != 0, f"an inner container used more memory than its sandbox has: {hog.result}"
+        assert small.process.exec("echo alive", timeout=30).result.strip() == "alive"
+        assert small.process.exec("docker info >/dev/null", timeout=30).exit_code == 0, "the engine survives"
+    finally:
+        small.delete()
 
 
 def host_pids_with_cmdline(text):
