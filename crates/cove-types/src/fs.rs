@@ -2,25 +2,15 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `data` to `path` so that a crash leaves either the old file or the new one, never
 /// a torn write: temp file in the same directory → fsync → rename → fsync the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    {
-        // 0600: these files are the server's own records (some hold secrets, such as a
-        // sandbox's environment); nothing else on the host needs to read them.
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
+    let (f, tmp, dir) = write_temp(path, data)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    sync_dir(&dir)
 }
 
 /// [`write_atomic`] for a hot path: the complete file is in place (a crashed process leaves
@@ -32,18 +22,26 @@ pub fn write_atomic_sync_later(
     path: &Path,
     data: &[u8],
 ) -> std::io::Result<impl FnOnce() -> std::io::Result<()> + Send + 'static> {
-    let dir = path.parent().unwrap_or_else(|| Path::new(".")).to_path_buf();
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(data)?;
+    let (f, tmp, dir) = write_temp(path, data)?;
     std::fs::rename(&tmp, path)?;
     Ok(move || {
         f.sync_all()?;
         sync_dir(&dir)
     })
+}
+
+/// `data` in a new temp file beside `path`: the open file, its path and the directory.
+fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<(std::fs::File, PathBuf, PathBuf)> {
+    let dir = path.parent().unwrap_or_else(|| Path::new(".")).to_path_buf();
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    // 0600: these files are the server's own records (some hold secrets, such as a
+    // sandbox's environment); nothing else on the host needs to read them.
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    Ok((f, tmp, dir))
 }
 
 /// fsyncs a directory so that renames and creations inside it survive a crash.
