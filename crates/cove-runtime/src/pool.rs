@@ -14,10 +14,12 @@
 //! A finished image is also mounted ahead of time, so that a create takes a mounted disk:
 //! a `rename(2)` of the image and a `mount(MS_MOVE)` of its mount into the bundle, instead
 //! of attaching a loop device and mounting ext4 while the caller waits (~5–10 ms of a cold
-//! create). `mnt/` is a private mount point of its own because the kernel moves only mounts
-//! whose parent mount is not shared. Mounts found there at startup are a previous server's:
-//! they are unmounted and their images kept as plain pool images. Where `mnt/` cannot be
-//! made (no `CAP_SYS_ADMIN`), images are pooled unmounted.
+//! create). Pre-mounting starts with the first create that takes a disk (a server that never
+//! creates a sandbox holds no mounts), and stops at [`DiskPool::close`] (or drop), which
+//! unmounts them all. `mnt/` is then a private mount point of its own, because the kernel
+//! moves only mounts whose parent mount is not shared. Mounts found there at startup are a
+//! previous server's: they are unmounted and their images kept as plain pool images. Where
+//! `mnt/` cannot be made (no `CAP_SYS_ADMIN`), images are pooled unmounted.
 //!
 //! Images are made one at a time by a single background task (tokio) for the few sizes asked
 //! for most recently, [`PER_SIZE`] of each. An image is handed out only when its name *and*
@@ -82,9 +84,19 @@ pub(crate) struct DiskPool {
     reserve: AtomicU64,
     /// Images are sparse (`--sandbox-disks=sparse`): they take no room but the reserve's.
     sparse: AtomicBool,
-    /// Finished images are mounted under `mnt/` ahead of time.
-    premount: AtomicBool,
+    /// Whether finished images are mounted under `mnt/` ahead of time: one of the
+    /// `PREMOUNT_*` states.
+    premount: std::sync::atomic::AtomicU8,
 }
+
+/// No create took a disk yet: nothing is pre-mounted.
+const PREMOUNT_OFF: u8 = 0;
+/// A create took one: pre-mount, making `mnt/` a private mount point first.
+const PREMOUNT_WANTED: u8 = 1;
+/// `mnt/` is a private mount point: pre-mount.
+const PREMOUNT_READY: u8 = 2;
+/// `mnt/` could not be made one: pool images unmounted.
+const PREMOUNT_FAILED: u8 = 3;
 
 /// `<size>-<uuid>.img` → size.
 fn parse_name(name: &str) -> Option<u64> {
@@ -104,7 +116,7 @@ impl DiskPool {
     /// finished images of the right length are adopted (their sizes count as recent).
     pub(crate) fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let premount = prepare_mounts(&dir.join(MNT_DIR));
+        unmount_stale(&dir.join(MNT_DIR));
         let mut found: Vec<(u64, std::time::SystemTime, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(&dir)?.flatten() {
             let path = e.path();
@@ -143,7 +155,7 @@ impl DiskPool {
             closed: AtomicBool::new(false),
             reserve: AtomicU64::new(0),
             sparse: AtomicBool::new(false),
-            premount: AtomicBool::new(premount),
+            premount: std::sync::atomic::AtomicU8::new(PREMOUNT_OFF),
         })
     }
 
@@ -186,6 +198,9 @@ impl DiskPool {
 
     fn take_to(&self, size_mib: u64, dest: &Path, mount_at: Option<&Path>) -> Option<bool> {
         self.note_size(size_mib);
+        if mount_at.is_some() {
+            self.want_premount();
+        }
         loop {
             let ready = self.lock().ready.get_mut(&size_mib).and_then(Vec::pop)?;
             // The name said so; the file must agree, or it is not used.
@@ -217,6 +232,39 @@ impl DiskPool {
         }
     }
 
+    /// Starts pre-mounting (from the next refill on): a sandbox create asked for a disk.
+    pub(crate) fn want_premount(&self) {
+        let _ = self.premount.compare_exchange(PREMOUNT_OFF, PREMOUNT_WANTED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether to pre-mount now, making `mnt/` a private mount point the first time.
+    fn premounting(&self) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.premount.load(Ordering::Relaxed) {
+            PREMOUNT_READY => true,
+            PREMOUNT_WANTED => {
+                let mnt = self.dir.join(MNT_DIR);
+                let next = match disk::private_mount_point(&mnt) {
+                    Ok(()) => PREMOUNT_READY,
+                    Err(e) => {
+                        tracing::info!(error = %cove_types::error::chain(&e), "pool images are not pre-mounted");
+                        PREMOUNT_FAILED
+                    }
+                };
+                self.premount.store(next, Ordering::Relaxed);
+                next == PREMOUNT_READY
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether pre-mounting was asked for and can happen (without making anything).
+    fn premount_on(&self) -> bool {
+        matches!(self.premount.load(Ordering::Relaxed), PREMOUNT_WANTED | PREMOUNT_READY)
+    }
+
     /// Sets the bytes every new image (pooled or not) must leave free.
     pub(crate) fn set_reserve(&self, bytes: u64) {
         self.reserve.store(bytes, Ordering::Relaxed);
@@ -246,8 +294,7 @@ impl DiskPool {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         {
             let mut st = self.lock();
-            let unmounted =
-                self.premount.load(Ordering::Relaxed) && st.ready.values().flatten().any(|r| r.mount.is_none());
+            let unmounted = self.premount_on() && st.ready.values().flatten().any(|r| r.mount.is_none());
             if st.filling || (self.next_size(&st).is_none() && !unmounted) {
                 return;
             }
@@ -302,7 +349,7 @@ impl DiskPool {
             }
             let mkfs_ms = t.elapsed().as_millis() as u64;
             let mut ready = Ready { image: done, mount: None };
-            if self.premount.load(Ordering::Relaxed) && !self.closed.load(Ordering::Relaxed) {
+            if self.premounting() {
                 let at = self.dir.join(MNT_DIR).join(&stem);
                 match disk::mount_image(&ready.image, &at).await {
                     Ok(()) => ready.mount = Some(at),
@@ -327,7 +374,7 @@ impl DiskPool {
     /// Pre-mounts the images adopted at startup (one at a time; a create may take one
     /// meanwhile, unmounted).
     async fn mount_adopted(&self) {
-        while self.premount.load(Ordering::Relaxed) && !self.closed.load(Ordering::Relaxed) {
+        while self.premounting() {
             let next = {
                 let mut st = self.lock();
                 st.ready.iter_mut().find_map(|(size, v)| {
@@ -344,7 +391,7 @@ impl DiskPool {
                     tracing::warn!(error = %cove_types::error::chain(&e), "pre-mounting a pool image failed; pooling them unmounted");
                     let _ = disk::unmount(&at);
                     let _ = std::fs::remove_dir(&at);
-                    self.premount.store(false, Ordering::Relaxed);
+                    self.premount.store(PREMOUNT_FAILED, Ordering::Relaxed);
                 }
             }
             self.lock().ready.entry(size).or_default().push(ready);
@@ -362,16 +409,21 @@ impl DiskPool {
                 let _ = std::fs::remove_dir(&m);
             }
         }
-        let mnt = self.dir.join(MNT_DIR);
-        if self.premount.swap(false, Ordering::Relaxed) {
-            let _ = disk::unmount(&mnt);
+        drop(st);
+        if self.premount.swap(PREMOUNT_OFF, Ordering::Relaxed) == PREMOUNT_READY {
+            let _ = disk::unmount(&self.dir.join(MNT_DIR));
         }
     }
 }
 
-/// Unmounts what a previous server left pre-mounted under `mnt` and makes `mnt` a private
-/// mount point; `false` (images are pooled unmounted) when it cannot be made one.
-fn prepare_mounts(mnt: &Path) -> bool {
+impl Drop for DiskPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Unmounts what a previous server left pre-mounted under `mnt` (and `mnt` itself).
+fn unmount_stale(mnt: &Path) {
     if let Ok(entries) = std::fs::read_dir(mnt) {
         for e in entries.flatten() {
             let p = e.path();
@@ -379,13 +431,7 @@ fn prepare_mounts(mnt: &Path) -> bool {
             let _ = std::fs::remove_dir(&p);
         }
     }
-    match disk::private_mount_point(mnt) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::info!(error = %cove_types::error::chain(&e), "pool images are not pre-mounted");
-            false
-        }
-    }
+    let _ = disk::unmount(mnt);
 }
 
 #[cfg(test)]
@@ -453,6 +499,7 @@ mod tests {
 
     /// Waits until the filler made [`PER_SIZE`] images of `size`, all pre-mounted.
     async fn filled(pool: &Arc<DiskPool>, size: u64) {
+        pool.want_premount();
         pool.note_size(size);
         pool.refill();
         for _ in 0..400 {
@@ -500,6 +547,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pool_no_create_took_a_disk_from_holds_no_mount_and_a_dropped_one_leaves_none() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(DiskPool::open(dir.path().join("pool")).unwrap());
+        pool.note_size(8);
+        pool.refill();
+        for _ in 0..400 {
+            if pool.ready(8) == PER_SIZE && !pool.lock().filling {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(pool.ready(8), PER_SIZE);
+        assert_eq!(disk::mounts_under(dir.path()), Vec::<PathBuf>::new(), "nothing mounted before a create");
+        filled(&pool, 8).await;
+        assert_eq!(mounts_in(&dir.path().join("pool")).len(), PER_SIZE);
+        drop(pool);
+        assert_eq!(disk::mounts_under(dir.path()), Vec::<PathBuf>::new(), "a dropped pool unmounts all");
+    }
+
+    #[tokio::test]
     async fn mounts_a_killed_server_left_in_the_pool_are_undone_and_their_images_reused() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: mounting needs root");
@@ -511,7 +582,8 @@ mod tests {
             let pool = Arc::new(DiskPool::open(pool_dir.clone()).unwrap());
             filled(&pool, 8).await;
             assert_eq!(mounts_in(&pool_dir).len(), PER_SIZE);
-            // Dropped without `close`: as a killed server leaves it.
+            // Never closed nor dropped: as a killed server leaves it.
+            std::mem::forget(pool);
         }
         let pool = Arc::new(DiskPool::open(pool_dir.clone()).unwrap());
         assert_eq!(mounts_in(&pool_dir), Vec::<PathBuf>::new(), "the old mounts are gone");
