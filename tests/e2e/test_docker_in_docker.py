@@ -88,6 +88,11 @@ def host_links():
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
+def host_mounts():
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
 def root_pids_named(name):
     """Host pids of processes called `name` that run as host root."""
     found = []
@@ -118,6 +123,7 @@ def test_the_seeds_compose_walk_through_runs_in_a_cove_docker_sandbox_without_pr
     st, snap = server.api("GET", "/snapshots/cove-docker")
     assert st == 200 and (snap["cpu"], snap["mem"], snap["disk"]) == (2, 4, 10), snap
     links_before = host_links()
+    mounts_before = host_mounts()
     root_dockerds_before = root_pids_named("dockerd")
     daytona = Daytona(DaytonaConfig(api_key=API_KEY, api_url=server.api_url))
     t0 = time.monotonic()
@@ -158,6 +164,11 @@ def test_the_seeds_compose_walk_through_runs_in_a_cove_docker_sandbox_without_pr
         new_links = host_links() - links_before
         assert new_links and all(n.startswith(server.net["prefix"]) for n in new_links), \
             f"only the server's own sandbox ports are new on the host: {new_links}"
+        # The engine's mounts (its layers' overlays, its containers' /proc …) are in the
+        # sandbox's mount namespace; the host gained only the sandboxes' own mounts.
+        new_mounts = host_mounts() - mounts_before
+        stray = {m for m in new_mounts if not m.startswith((str(server.data_dir) + "/", "/run/netns/"))}
+        assert not stray, f"mounts of the engine on the host: {stray}"
         for ctrl in Path("/sys/fs/cgroup").iterdir():
             assert not (ctrl / "docker").exists(), f"a cgroup outside the sandbox's: {ctrl / 'docker'}"
         cg = sh("cat /proc/self/cgroup")

@@ -245,10 +245,14 @@ def test_the_host_other_sandboxes_metadata_and_private_networks_are_unreachable(
         listener.sock.close()
 
 
-def test_a_block_all_sandbox_cannot_forge_a_neighbours_address_to_get_dns_answers_out(net_env):
+@pytest.mark.parametrize("engine", [False, True], ids=["plain", "container-engine"])
+def test_a_block_all_sandbox_cannot_forge_a_neighbours_address_to_get_dns_answers_out(net_env, engine):
+    """Also from a container-engine sandbox, which may configure its own network namespace
+    (CAP_NET_ADMIN there): the bridge still drops what does not carry its own address."""
     server, daytona = net_env
     victim = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py"))
-    attacker = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", network_block_all=True))
+    labels = {"dev.cove.container-engine": "true"} if engine else None
+    attacker = daytona.create(CreateSandboxFromSnapshotParams(snapshot="py", network_block_all=True, labels=labels))
     victim_ip = server.api("GET", f"/sandbox/{victim.id}")[1]["ip"]
     for s in (victim, attacker):
         s.fs.upload_file(LISTEN.encode(), "/tmp/listen.py")
