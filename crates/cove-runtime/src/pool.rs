@@ -516,18 +516,24 @@ mod tests {
         panic!("the pool did not fill");
     }
 
+    /// A pool in a new temporary directory (`<dir>/pool`), where this process may mount.
+    fn mounting_pool() -> Option<(tempfile::TempDir, Arc<DiskPool>)> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(DiskPool::open(dir.path().join("pool")).unwrap());
+        Some((dir, pool))
+    }
+
     fn mounts_in(dir: &Path) -> Vec<PathBuf> {
         disk::mounts_under(dir).into_iter().filter(|m| m != &dir.join(MNT_DIR)).collect()
     }
 
     #[tokio::test]
     async fn a_create_takes_a_mounted_disk_whose_mount_moves_with_it_into_the_bundle() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Arc::new(DiskPool::open(dir.path().join("pool")).unwrap());
+        let Some((dir, pool)) = mounting_pool() else { return };
         filled(&pool, 8).await;
         let (image, at) = (dir.path().join("disk.img"), dir.path().join("disk"));
         assert_eq!(pool.take_mounted(8, &image, &at), Some(true));
@@ -548,12 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pool_no_create_took_a_disk_from_holds_no_mount_and_a_dropped_one_leaves_none() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Arc::new(DiskPool::open(dir.path().join("pool")).unwrap());
+        let Some((dir, pool)) = mounting_pool() else { return };
         pool.note_size(8);
         pool.refill();
         for _ in 0..400 {
@@ -572,19 +573,12 @@ mod tests {
 
     #[tokio::test]
     async fn mounts_a_killed_server_left_in_the_pool_are_undone_and_their_images_reused() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        let Some((dir, pool)) = mounting_pool() else { return };
         let pool_dir = dir.path().join("pool");
-        {
-            let pool = Arc::new(DiskPool::open(pool_dir.clone()).unwrap());
-            filled(&pool, 8).await;
-            assert_eq!(mounts_in(&pool_dir).len(), PER_SIZE);
-            // Never closed nor dropped: as a killed server leaves it.
-            std::mem::forget(pool);
-        }
+        filled(&pool, 8).await;
+        assert_eq!(mounts_in(&pool_dir).len(), PER_SIZE);
+        // Never closed nor dropped: as a killed server leaves it.
+        std::mem::forget(pool);
         let pool = Arc::new(DiskPool::open(pool_dir.clone()).unwrap());
         assert_eq!(mounts_in(&pool_dir), Vec::<PathBuf>::new(), "the old mounts are gone");
         assert_eq!(pool.ready(8), PER_SIZE, "their images are adopted");
