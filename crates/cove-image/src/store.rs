@@ -640,8 +640,18 @@ impl ImageStore {
     /// keep both. Waits for pulls in progress; each image is made invisible by a rename
     /// before its files are deleted (see the module docs). Returns the number of (images,
     /// blobs) removed.
-    pub async fn gc(&self, keep_images: &HashSet<Digest>, keep_blobs: &HashSet<Digest>) -> (usize, usize) {
+    ///
+    /// The roots come from `roots`, called once the collection holds the store's lock: roots
+    /// read before it would miss an image whose pull finished, whose record was written and
+    /// whose lease was dropped in between, and the image would go while a record names it.
+    /// `None` from `roots` (they could not be read) skips the collection.
+    pub async fn gc<F, Fut>(&self, roots: F) -> (usize, usize)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<(HashSet<Digest>, HashSet<Digest>)>>,
+    {
         let g = self.gc_lock.write().await;
+        let Some((keep_images, keep_blobs)) = roots().await else { return (0, 0) };
         let mut keep = keep_images.clone();
         keep.extend(self.leases.lock().expect("lease map is never poisoned").keys().cloned());
         // A leased digest may also be a single blob (a build's layer before its import).

@@ -649,15 +649,22 @@ impl SnapshotService {
     /// is unpacked when a snapshot first uses it and freed when no snapshot does.
     pub async fn collect_garbage(&self) {
         let _g = self.inner.gc.lock().await;
-        match self.inner.store.referenced_images().await {
-            Ok(mut refs) => {
-                refs.extend(self.pinned().keys().cloned());
-                let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
-                let blobs = self.inner.registry.get().map(|r| r.gc_roots()).unwrap_or_default();
-                self.inner.images.gc(&keep, &blobs).await;
+        // Read under the image store's lock (see `ImageStore::gc`).
+        let roots = || async {
+            match self.inner.store.referenced_images().await {
+                Ok(mut refs) => {
+                    refs.extend(self.pinned().keys().cloned());
+                    let keep = refs.iter().filter_map(|d| d.parse().ok()).collect();
+                    let blobs = self.inner.registry.get().map(|r| r.gc_roots()).unwrap_or_default();
+                    Some((keep, blobs))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images");
+                    None
+                }
             }
-            Err(e) => tracing::error!(error = %e, "garbage collection skipped: cannot list referenced images"),
-        }
+        };
+        self.inner.images.gc(roots).await;
     }
 
     /// The build log of a built snapshot, from the beginning; `follow` keeps the stream open
