@@ -350,15 +350,7 @@ impl DiskPool {
             let mkfs_ms = t.elapsed().as_millis() as u64;
             let mut ready = Ready { image: done, mount: None };
             if self.premounting() {
-                let at = self.dir.join(MNT_DIR).join(&stem);
-                match disk::mount_image(&ready.image, &at).await {
-                    Ok(()) => ready.mount = Some(at),
-                    Err(e) => {
-                        tracing::warn!(error = %cove_types::error::chain(&e), "pre-mounting a pool image failed; pooling it unmounted");
-                        let _ = disk::unmount(&at);
-                        let _ = std::fs::remove_dir(&at);
-                    }
-                }
+                self.premount(&mut ready).await;
             }
             let mut st = self.lock();
             if st.recent.contains(&size) && !self.closed.load(Ordering::Relaxed) {
@@ -383,18 +375,29 @@ impl DiskPool {
                 })
             };
             let Some((size, mut ready)) = next else { return };
-            let Some(stem) = ready.image.file_stem().map(|s| s.to_owned()) else { return };
-            let at = self.dir.join(MNT_DIR).join(stem);
-            match disk::mount_image(&ready.image, &at).await {
-                Ok(()) => ready.mount = Some(at),
-                Err(e) => {
-                    tracing::warn!(error = %cove_types::error::chain(&e), "pre-mounting a pool image failed; pooling them unmounted");
-                    let _ = disk::unmount(&at);
-                    let _ = std::fs::remove_dir(&at);
-                    self.premount.store(PREMOUNT_FAILED, Ordering::Relaxed);
-                }
+            if !self.premount(&mut ready).await {
+                self.premount.store(PREMOUNT_FAILED, Ordering::Relaxed);
             }
             self.lock().ready.entry(size).or_default().push(ready);
+        }
+    }
+
+    /// Mounts `ready` at `mnt/<its stem>`; on failure undoes the attempt and leaves it
+    /// unmounted (`false`).
+    async fn premount(&self, ready: &mut Ready) -> bool {
+        let Some(stem) = ready.image.file_stem() else { return false };
+        let at = self.dir.join(MNT_DIR).join(stem);
+        match disk::mount_image(&ready.image, &at).await {
+            Ok(()) => {
+                ready.mount = Some(at);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %cove_types::error::chain(&e), "pre-mounting a pool image failed; pooling it unmounted");
+                let _ = disk::unmount(&at);
+                let _ = std::fs::remove_dir(&at);
+                false
+            }
         }
     }
 
