@@ -6,7 +6,9 @@
 //! table per bridge, so servers with their own bridges never touch each other's rules; no
 //! packet ever sees a restricted sandbox unrestricted). Besides the table only the IPv4
 //! forwarding sysctls below are changed. `nft` is driven through the `nftables` crate's JSON
-//! API: one transaction per operation, no hand-written netlink. The transactions are built as
+//! API: one transaction per operation. The one exception is on every create and delete: a
+//! sandbox port's anti-spoofing set elements ([`admit_port`], [`forget_port`]) go over
+//! nfnetlink from this process (`nfset`), into sets an `nft` transaction made. The transactions are built as
 //! JSON values (the crate's typed schema has no verdict maps, `"map": "verdict"`, which the
 //! policies need) and applied with `nft -j -f -` as the crate's `apply_ruleset_raw_async` does,
 //! but with nft's stderr kept for the error ([`apply_nft`]).
@@ -125,6 +127,17 @@ pub enum FirewallError {
         /// Cause.
         #[source]
         source: Box<nftables::helper::NftablesError>,
+    },
+    /// A set-element change over nfnetlink failed (see `nfset`).
+    #[error("{op} nftables table {table}")]
+    Netlink {
+        /// `admit port` or `forget port`.
+        op: &'static str,
+        /// The table.
+        table: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::nfset::NfError>,
     },
     /// A port change queued for a batch never got an answer (the task applying the batch
     /// ended before it).
@@ -891,29 +904,37 @@ struct PortChange {
     ip: Ipv4Addr,
 }
 
-/// The transaction of a batch of port changes of one kind on one bridge.
-fn port_changes_tx(bridge: &str, forget: bool, changes: &[&PortChange]) -> Tx {
-    let mut tx = Tx::bridge_family(bridge);
-    let ports = || changes.iter().map(|c| json!({"concat": [c.veth, c.ip.to_string()]})).collect::<Vec<_>>();
-    let names = || changes.iter().map(|c| json!(c.veth)).collect::<Vec<_>>();
-    if forget {
-        tx.table("add");
-        tx.set("add", PORTS_SET, json!(["ifname", "ipv4_addr"]), &[]);
-        tx.set("add", PORT_NAMES_SET, json!("ifname"), &[]);
-        for verb in ["add", "delete"] {
-            tx.elements(verb, PORTS_SET, ports());
-            tx.elements(verb, PORT_NAMES_SET, names());
-        }
-    } else {
-        tx.elements("add", PORTS_SET, ports());
-        tx.elements("add", PORT_NAMES_SET, names());
+/// A batch of port changes of one kind on one bridge, as set elements over nfnetlink
+/// (`nfset`: no `nft` process on the create path). A forget first adds what it deletes (in
+/// the same atomic batch), so forgetting a port that is not listed is fine; a table or set
+/// that is gone (removed meanwhile) has nothing to forget either.
+fn apply_port_changes(bridge: &str, forget: bool, changes: &[&PortChange]) -> Result<(), FirewallError> {
+    use crate::nfset::{Batch, Family, concat, ifname_key};
+    let op = if forget { "forget port" } else { "admit port" };
+    let table = table_name(bridge);
+    let err = |source| FirewallError::Netlink { op, table: table.clone(), source: Box::new(source) };
+    let mut ports = Vec::with_capacity(changes.len());
+    let mut names = Vec::with_capacity(changes.len());
+    for c in changes {
+        let name = ifname_key(&c.veth).map_err(err)?;
+        ports.push(concat(&[&name, &c.ip.octets()]));
+        names.push(name.to_vec());
     }
-    tx
+    let mut batch = Batch::new();
+    batch.add(Family::Bridge, &table, PORTS_SET, &ports);
+    batch.add(Family::Bridge, &table, PORT_NAMES_SET, &names);
+    if forget {
+        batch.delete(Family::Bridge, &table, PORTS_SET, &ports);
+        batch.delete(Family::Bridge, &table, PORT_NAMES_SET, &names);
+    }
+    match batch.commit() {
+        Err(e) if forget && e.is_not_found() => Ok(()),
+        r => r.map_err(err),
+    }
 }
 
-/// Port changes that arrive while an `nft` transaction runs go into the next one together:
-/// a burst of creates or deletes pays one `nft` process (~6 ms of CPU) per batch instead of
-/// one per sandbox. A batch that fails is retried change by change, so that each caller
+/// Port changes that arrive while a batch is applied go into the next one together: a burst of
+/// creates or deletes pays one netlink round trip per batch instead of one per sandbox. A batch that fails is retried change by change, so that each caller
 /// gets the error of its own change.
 struct PortChanges {
     queue: std::sync::Mutex<Vec<Queued>>,
@@ -943,6 +964,17 @@ impl PortChanges {
         rx.await.unwrap_or(Err(FirewallError::PortChangeLost { veth }))
     }
 
+    /// [`apply_port_changes`] off the async threads (a blocking socket round trip).
+    async fn apply_blocking(bridge: String, forget: bool, changes: Vec<PortChange>) -> Result<(), FirewallError> {
+        let veth = changes.first().map(|c| c.veth.clone()).unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&PortChange> = changes.iter().collect();
+            apply_port_changes(&bridge, forget, &refs)
+        })
+        .await
+        .unwrap_or(Err(FirewallError::PortChangeLost { veth }))
+    }
+
     async fn apply(batch: Vec<Queued>) {
         let mut groups: Vec<(String, bool)> = Vec::new();
         for (c, _) in &batch {
@@ -954,9 +986,8 @@ impl PortChanges {
         for (bridge, forget) in groups {
             let members: Vec<usize> =
                 (0..batch.len()).filter(|&i| batch[i].0.bridge == bridge && batch[i].0.forget == forget).collect();
-            let op = if forget { "forget port" } else { "admit port" };
-            let changes: Vec<&PortChange> = members.iter().map(|&i| &batch[i].0).collect();
-            let together = port_changes_tx(&bridge, forget, &changes).apply(op).await;
+            let changes: Vec<PortChange> = members.iter().map(|&i| batch[i].0.clone()).collect();
+            let together = Self::apply_blocking(bridge.clone(), forget, changes).await;
             if together.is_ok() || members.len() == 1 {
                 let mut together = Some(together);
                 for &i in &members {
@@ -965,7 +996,7 @@ impl PortChanges {
                 continue;
             }
             for &i in &members {
-                results[i] = Some(port_changes_tx(&bridge, forget, &[&batch[i].0]).apply(op).await);
+                results[i] = Some(Self::apply_blocking(bridge.clone(), forget, vec![batch[i].0.clone()]).await);
             }
         }
         tracing::debug!(changes = batch.len(), "anti-spoofing port changes applied");

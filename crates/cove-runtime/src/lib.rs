@@ -29,6 +29,7 @@ pub mod launch;
 pub mod loopdev;
 pub mod net;
 pub mod netpolicy;
+pub mod nfset;
 pub mod oci;
 mod pool;
 pub mod runc;

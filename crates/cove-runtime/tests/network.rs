@@ -268,8 +268,8 @@ async fn a_sandbox_cannot_send_under_another_sandboxs_address_to_escape_its_poli
     let (a, b) = (lab.ns(0).to_string(), lab.ns(1).to_string());
     let block_all = NetPolicy::from_fields(Some(true), None, None).unwrap();
     firewall::install(&lab.cfg, &[(lab.ip(0), block_all)], &[]).await.unwrap();
-    // The ports listed as the runtime lists them, at once (they go into one nft batch), with
-    // a third whose name nft refuses: that one alone fails, naming why.
+    // The ports listed as the runtime lists them, at once (they go into one netlink batch),
+    // with a third whose name the kernel cannot hold: that one alone fails, naming why.
     let bad = "x".repeat(40);
     let (first, second, refused) = tokio::join!(
         firewall::admit_port(&lab.cfg.bridge, lab.ns(0), lab.ip(0)),
@@ -282,8 +282,8 @@ async fn a_sandbox_cannot_send_under_another_sandboxs_address_to_escape_its_poli
     assert!(
         refused.contains("admit port")
             && refused.contains(&firewall::table_name(&lab.cfg.bridge))
-            && refused.contains("exceeds maximum length"),
-        "nft's own reason is in the error: {refused}"
+            && refused.contains("longer than the kernel's limit of 15"),
+        "the reason is in the error: {refused}"
     );
     assert!(lab.ping(&b, lab.far_a), "control: B's own address goes out");
     assert!(!lab.ping(&a, lab.far_a), "A is block_all");
