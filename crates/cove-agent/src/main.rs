@@ -173,12 +173,21 @@ async fn run(s: Settings) -> i32 {
         "cove-agent starting"
     );
     let state = AppState::new(s.config);
+    // Listening first: the server's readiness check waits for this socket, not for the
+    // entrypoint's `execve` (a `PATH` search and an exec of its own).
+    let listeners = match server::bind(&s.socket, s.port).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %error::chain(&e), "cove-agent stopping");
+            return 1;
+        }
+    };
     if let Some(entry) = &s.entrypoint {
         state.sessions.start_entrypoint(entry);
     }
     let router = server::app(state.clone());
     tokio::select! {
-        r = server::serve(router, &s.socket, s.port) => {
+        r = server::serve(router, listeners) => {
             let msg = match r { Ok(()) => "server stopped".to_string(), Err(e) => error::chain(&e) };
             tracing::error!(error = %msg, "cove-agent stopping");
             1

@@ -582,9 +582,16 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Serves `router` on the unix socket and, if `port` is not 0, on `0.0.0.0:port`, until one of
-/// them fails.
-pub async fn serve(router: Router, socket: &Path, port: u16) -> Result<(), ServeError> {
+/// The agent's listening sockets, bound before anything else starts (see [`bind`]).
+pub struct Listeners {
+    unix: tokio::net::UnixListener,
+    tcp: Option<tokio::net::TcpListener>,
+}
+
+/// Binds the unix socket (0660, replacing a stale one) and, unless `port` is 0, the TCP port.
+/// Done before the entrypoint starts: the server waits for this socket to answer, and
+/// connections made from here on wait in the backlog until [`serve`] takes them.
+pub async fn bind(socket: &Path, port: u16) -> Result<Listeners, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = socket.display().to_string();
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -597,19 +604,29 @@ pub async fn serve(router: Router, socket: &Path, port: u16) -> Result<(), Serve
         }
         _ => {}
     }
-    let uds = tokio::net::UnixListener::bind(socket)
+    let unix = tokio::net::UnixListener::bind(socket)
         .map_err(|source| ServeError::BindUnix { path: shown.clone(), source })?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .map_err(|source| ServeError::BindUnix { path: shown.clone(), source })?;
     tracing::info!(socket = %shown, "listening on unix socket");
-    let unix = axum::serve(uds, router.clone());
-    if port == 0 {
+    let tcp = if port == 0 {
+        None
+    } else {
+        let tcp = tokio::net::TcpListener::bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .map_err(|source| ServeError::BindTcp { port, source })?;
+        tracing::info!(port, "listening on tcp");
+        Some(tcp)
+    };
+    Ok(Listeners { unix, tcp })
+}
+
+/// Serves `router` on the sockets [`bind`] made, until one of them fails.
+pub async fn serve(router: Router, listeners: Listeners) -> Result<(), ServeError> {
+    let unix = axum::serve(listeners.unix, router.clone());
+    let Some(tcp) = listeners.tcp else {
         return unix.await.map_err(ServeError::Serve);
-    }
-    let tcp = tokio::net::TcpListener::bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
-        .await
-        .map_err(|source| ServeError::BindTcp { port, source })?;
-    tracing::info!(port, "listening on tcp");
+    };
     tokio::select! {
         r = unix => r.map_err(ServeError::Serve),
         r = axum::serve(tcp, router) => r.map_err(ServeError::Serve),
