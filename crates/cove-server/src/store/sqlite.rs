@@ -65,7 +65,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(open)?;
-        sqlx::migrate!("./migrations").run(&write).await.map_err(StoreError::Migrate)?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await.map_err(StoreError::Migrate)?;
         // After the migrations: the file and its WAL exist, and readers see the final schema.
         let read = SqlitePoolOptions::new()
             .max_connections(READERS)
