@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// object-storage uploads keep their bytes, and how many bytes one organization's
     /// unfinished uploads may stage.
     pub uploads: crate::registry::upload::UploadLimits,
+    /// `--database-url`: the metadata store on PostgreSQL (`None`: the embedded SQLite file
+    /// `<data-dir>/cove.db`).
+    pub database: Option<DatabaseUrl>,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.

@@ -10,8 +10,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use super::sql::{Engine, Stmt};
 use super::{Change, StoreError};
@@ -40,18 +40,21 @@ impl PgStore {
     /// so servers starting together migrate once).
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let open = |source| StoreError::Open { path: url.to_string(), source };
+        tracing::info!(url = %url, "connecting to the metadata store on PostgreSQL");
         let mut opts = PgConnectOptions::from_str(url.expose()).map_err(open)?;
         if opts.get_application_name().is_none() {
             opts = opts.application_name("cove");
         }
+        // One connection first, for the migrations: its error says why it failed (refused,
+        // authentication, no such database) where a pool would only time out.
+        let mut first = PgConnection::connect_with(&opts).await.map_err(open)?;
+        sqlx::migrate!("./migrations/postgres").run(&mut first).await.map_err(StoreError::Migrate)?;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts)
-            .await
-            .map_err(open)?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(StoreError::Migrate)?;
-        tracing::info!(url = %url, "metadata store on PostgreSQL");
+            .connect_lazy_with(opts);
+        tracing::info!(url = %url, "metadata store on PostgreSQL, migrated");
         Ok(PgStore { pool, changes: tokio::sync::broadcast::channel(1024).0 })
     }
 }
@@ -112,7 +115,6 @@ impl Engine for PgStore {
 #[cfg(test)]
 mod tests {
     use cove_types::SandboxState;
-    use sqlx::Connection as _;
 
     use super::super::tests::sandbox;
     use super::super::{Organization, SandboxArchive, Store, testing};
