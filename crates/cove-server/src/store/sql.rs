@@ -450,6 +450,28 @@ fn bind_states<'a>(mut q: Stmt, from: usize, states: impl ExactSizeIterator<Item
     (q, list)
 }
 
+/// Rewrites a whole row only while its stored state is one of `states`; returns whether it
+/// did. `row` binds every one of `columns` (`$1` is the id): row-value assignment rewrites
+/// every column (id, owner and creation time with their unchanged values), so inserts and
+/// updates share one binding order.
+async fn update_row_if<'a, E: Engine>(
+    e: &E,
+    table: &str,
+    (columns, n): (&str, usize),
+    row: Stmt,
+    states: impl ExactSizeIterator<Item = &'a str>,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    let (rq, states) = bind_states(row, n + 1, states);
+    let sql = format!("UPDATE {table} SET ({columns}) = ({}) WHERE id = $1 AND state IN ({states})", params(1, n));
+    Ok(e.execute(Stmt { sql: sql.into(), ..rq }).await.map_err(q(op))? == 1)
+}
+
+/// The state a compare-and-set replaced, when it named only one ([`Change`]'s `previous`).
+fn only<T: Copy>(expected: &[T]) -> Option<T> {
+    if let [one] = expected { Some(*one) } else { None }
+}
+
 /// An API key row by a `WHERE` clause over `$1` and `$2`.
 async fn api_key_where<E: Engine>(
     e: &E,
@@ -640,20 +662,13 @@ impl<E: Engine> Store for E {
     }
 
     async fn update_snapshot_if(&self, s: &SnapshotRecord, expected: &[SnapshotState]) -> Result<bool, StoreError> {
-        // Row-value assignment rewrites every column (id, owner and creation time with
-        // their unchanged values), so inserts and updates share one binding order.
-        let (rq, states) = bind_states(
-            bind_snapshot(Stmt::new(""), s),
-            SNAPSHOT_COLUMN_COUNT + 1,
-            expected.iter().map(|st| st.as_str()),
-        );
-        let sql = format!(
-            "UPDATE snapshots SET ({SNAPSHOT_COLUMNS}) = ({}) WHERE id = $1 AND state IN ({states})",
-            params(1, SNAPSHOT_COLUMN_COUNT)
-        );
-        let done = self.execute(Stmt { sql: sql.into(), ..rq }).await.map_err(q("update snapshot"))? == 1;
+        let row = bind_snapshot(Stmt::new(""), s);
+        let states = expected.iter().map(|st| st.as_str());
+        let done =
+            update_row_if(self, "snapshots", (SNAPSHOT_COLUMNS, SNAPSHOT_COLUMN_COUNT), row, states, "update snapshot")
+                .await?;
         if done {
-            let previous = if let [one] = expected { Some(*one) } else { None };
+            let previous = only(expected);
             let _ = self.change_feed().send(Change::Snapshot { record: s.clone(), created: false, previous });
         }
         Ok(done)
@@ -720,18 +735,13 @@ impl<E: Engine> Store for E {
     }
 
     async fn update_sandbox_if(&self, s: &SandboxRecord, expected: &[SandboxState]) -> Result<bool, StoreError> {
-        let (rq, states) = bind_states(
-            bind_sandbox(Stmt::new(""), s),
-            SANDBOX_COLUMN_COUNT + 1,
-            expected.iter().map(|st| st.as_str()),
-        );
-        let sql = format!(
-            "UPDATE sandboxes SET ({SANDBOX_COLUMNS}) = ({}) WHERE id = $1 AND state IN ({states})",
-            params(1, SANDBOX_COLUMN_COUNT)
-        );
-        let done = self.execute(Stmt { sql: sql.into(), ..rq }).await.map_err(q("update sandbox"))? == 1;
+        let row = bind_sandbox(Stmt::new(""), s);
+        let states = expected.iter().map(|st| st.as_str());
+        let done =
+            update_row_if(self, "sandboxes", (SANDBOX_COLUMNS, SANDBOX_COLUMN_COUNT), row, states, "update sandbox")
+                .await?;
         if done {
-            let previous = if let [one] = expected { Some(*one) } else { None };
+            let previous = only(expected);
             let _ = self.change_feed().send(Change::Sandbox { record: s.clone(), created: false, previous });
         }
         Ok(done)
