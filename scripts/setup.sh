@@ -3,14 +3,14 @@
 # Debian packages (runc, nftables for the sandbox bridge's firewall, the OCI registry, static
 # busybox, skopeo/umoci for the benchmark baseline, docker.io for the `snapshot push` test from
 # a Docker engine, libseccomp-dev and pkg-config to link the seccomp compiler, chromium for the
-# dashboard's browser tests) and a virtualenv
-# with the official Daytona SDK. Safe to run again.
+# dashboard's browser tests, postgresql-15 for the store tests' throw-away clusters) and a
+# virtualenv with the official Daytona SDK. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry busybox-static skopeo umoci runc e2fsprogs iproute2 nftables golang-github-containers-common
               python3-minimal apache2-utils curl ca-certificates docker.io mmdebstrap
-              libseccomp-dev pkg-config chromium)
+              libseccomp-dev pkg-config chromium postgresql-15)
 SDK_PY="daytona==0.226.1"
 
 missing=()

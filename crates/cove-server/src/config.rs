@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// object-storage uploads keep their bytes, and how many bytes one organization's
     /// unfinished uploads may stage.
     pub uploads: crate::registry::upload::UploadLimits,
+    /// `--database-url`: the metadata store on PostgreSQL (`None`: the embedded SQLite file
+    /// `<data-dir>/cove.db`).
+    pub database: Option<DatabaseUrl>,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.
@@ -87,9 +90,154 @@ pub fn parse_mirror(s: &str) -> Result<(String, String), BadMirror> {
     Ok((host.to_string(), url.to_string()))
 }
 
+/// `--database-url`: the PostgreSQL database that holds the metadata instead of the embedded
+/// SQLite file. Shown (`Debug`, `Display`) without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+/// A `--database-url` that Cove cannot use. Each says the URL without its password.
+#[derive(Debug, thiserror::Error)]
+pub enum BadDatabaseUrl {
+    /// A `sqlite:` URL: SQLite is what no `--database-url` gives.
+    #[error(
+        "--database-url {url}: SQLite is the embedded default; leave --database-url out to use \
+         <data-dir>/cove.db, or give a postgres:// URL"
+    )]
+    Sqlite {
+        /// The URL, without its password.
+        url: String,
+    },
+    /// Any scheme but `postgres` or `postgresql`.
+    #[error(
+        "--database-url {url}: only PostgreSQL is supported, as postgres://USER:PASSWORD@HOST:PORT/DATABASE \
+         (or postgresql://…)"
+    )]
+    Scheme {
+        /// The URL, without its password.
+        url: String,
+    },
+    /// A PostgreSQL URL that does not parse.
+    #[error("--database-url {url}: {why}")]
+    Invalid {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl DatabaseUrl {
+    /// Accepts `postgres://` and `postgresql://` URLs (every option sqlx reads from them,
+    /// e.g. `?host=/run/postgresql` for a unix socket directory).
+    pub fn parse(s: &str) -> Result<Self, BadDatabaseUrl> {
+        let s = s.trim();
+        let scheme = s.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("postgres" | "postgresql") => {}
+            Some("sqlite") => return Err(BadDatabaseUrl::Sqlite { url: redact_url(s) }),
+            _ => return Err(BadDatabaseUrl::Scheme { url: redact_url(s) }),
+        }
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(s)
+            .map_err(|e| BadDatabaseUrl::Invalid { url: redact_url(s), why: e.to_string() })?;
+        Ok(DatabaseUrl(s.to_string()))
+    }
+
+    /// The URL as given, password included: for the driver only, never for a log.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `url` with the password of its user info and any `password=` query value replaced by
+/// `***`. What does not look like `scheme://…` shows only its scheme: a libpq
+/// `key=value` string may hold a password anywhere. Where the user info ends is taken to be
+/// the last `@` before the query, so a malformed URL loses more than its password, never less.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return match url.split_once(':') {
+            Some((scheme, _))
+                if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
+                format!("{scheme}:…")
+            }
+            _ => "(not a URL)".to_string(),
+        };
+    };
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match authority_and_path.rfind('@') {
+        Some(at) if authority_and_path[..at].contains(':') => {
+            let user = authority_and_path[..at].split_once(':').map_or("", |(user, _)| user);
+            out.push_str(user);
+            out.push_str(":***");
+            out.push_str(&authority_and_path[at..]);
+        }
+        _ => out.push_str(authority_and_path),
+    }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_never_shows_its_password() {
+        let u = DatabaseUrl::parse("postgres://cove:s3cr%40t@db.example:5432/cove?sslmode=prefer").unwrap();
+        assert_eq!(u.to_string(), "postgres://cove:***@db.example:5432/cove?sslmode=prefer");
+        assert_eq!(format!("{u:?}"), "DatabaseUrl(postgres://cove:***@db.example:5432/cove?sslmode=prefer)");
+        assert_eq!(u.expose(), "postgres://cove:s3cr%40t@db.example:5432/cove?sslmode=prefer");
+        let q = DatabaseUrl::parse("postgresql://cove@localhost/cove?host=/run/postgresql&Password=hunter2").unwrap();
+        assert_eq!(q.to_string(), "postgresql://cove@localhost/cove?host=/run/postgresql&Password=***");
+        assert_eq!(redact_url("postgres://db/cove"), "postgres://db/cove");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@db/cove"),
+            "postgres://u:***@db/cove",
+            "the last @ ends the user info"
+        );
+        assert_eq!(redact_url("host=db password=hunter2"), "(not a URL)");
+        assert_eq!(redact_url("mysql:u:hunter2@db"), "mysql:…");
+    }
+
+    #[test]
+    fn a_database_url_that_is_not_postgresql_is_refused_naming_the_flag() {
+        let e = DatabaseUrl::parse("sqlite:///var/lib/cove/cove.db").unwrap_err();
+        assert!(matches!(e, BadDatabaseUrl::Sqlite { .. }));
+        assert!(e.to_string().starts_with("--database-url sqlite:"), "{e}");
+        assert!(e.to_string().contains("leave --database-url out"), "{e}");
+        let e = DatabaseUrl::parse("mysql://root:hunter2@db/cove").unwrap_err();
+        assert!(matches!(e, BadDatabaseUrl::Scheme { .. }));
+        assert!(e.to_string().starts_with("--database-url mysql://root:***@db/cove: only PostgreSQL"), "{e}");
+        let e = DatabaseUrl::parse("postgres://cove:hunter2@db:notaport/cove").unwrap_err();
+        assert!(matches!(e, BadDatabaseUrl::Invalid { .. }));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn mirrors_parse_as_host_equals_url() {

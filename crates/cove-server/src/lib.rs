@@ -1,5 +1,5 @@
 //! The Cove server: a Daytona-compatible HTTP API over the image store, with its metadata
-//! in SQLite.
+//! in SQLite (or PostgreSQL with `--database-url`).
 //!
 //! `api` is HTTP only (routes, extractors, error mapping); `service` holds every rule and
 //! background job; `store` is persistence behind a trait. Nothing here runs `runc` or
@@ -116,8 +116,10 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
     datadir::secure(&cfg.data_dir, cfg.runtime.userns).map_err(StartError::Secure)?;
     datadir::check_reachable(&cfg.runtime.agent_binary, cfg.runtime.userns).map_err(StartError::Secure)?;
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?);
+    let store: Arc<dyn store::Store> = match &cfg.database {
+        None => Arc::new(store::SqliteStore::open(&cfg.data_dir.join("cove.db")).await.map_err(StartError::Store)?),
+        Some(url) => Arc::new(store::PgStore::connect(url).await.map_err(StartError::Store)?),
+    };
     let images = Arc::new(
         ImageStore::open(&cfg.data_dir, cfg.registries.clone())
             .map_err(StartError::Images)?

@@ -70,6 +70,7 @@ async fn app() -> (Held, axum::Router) {
         preview_domain: None,
         lifecycle_minute: Duration::from_secs(60),
         uploads: Default::default(),
+        database: None,
     };
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))

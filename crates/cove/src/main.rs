@@ -75,6 +75,10 @@ struct ServerArgs {
     /// Directory for the database, blobs and unpacked images.
     #[arg(long, env = "COVE_DATA_DIR", default_value = "/var/lib/cove")]
     data_dir: PathBuf,
+    /// Keep the metadata in PostgreSQL instead of the embedded SQLite file DATA_DIR/cove.db:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (logged without the password).
+    #[arg(long, env = "COVE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// HOST=URL: try URL before HOST when pulling (repeatable), e.g. docker.io=http://127.0.0.1:5000.
     #[arg(long = "registry-mirror", env = "COVE_REGISTRY_MIRROR", value_delimiter = ',', value_parser = parse_mirror)]
     registry_mirrors: Vec<(String, String)>,
@@ -256,6 +260,12 @@ fn run() -> anyhow::Result<()> {
 }
 
 async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    // Checked before anything starts; an empty value is the embedded SQLite file, as unset.
+    let database = a
+        .database_url
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| cove_server::config::DatabaseUrl::parse(&u))
+        .transpose()?;
     let mut registries = cove_server::config::RegistryConfig::default();
     for (host, url) in a.registry_mirrors {
         registries.mirrors.entry(host).or_default().push(url);
@@ -372,6 +382,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             sts: a.sts_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
         },
+        database,
     };
     let prepared = cove_server::prepare(&cfg).await.context("start cove server")?;
     if let Some(key) = &prepared.generated_key {

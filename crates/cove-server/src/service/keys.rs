@@ -430,12 +430,29 @@ fn dto(r: &ApiKeyRecord) -> ApiKeyDto {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::testing::{self, Kind, each_store};
 
-    async fn svc() -> (tempfile::TempDir, KeyService) {
+    each_store!(
+        a_generated_bootstrap_key_is_returned_once_and_then_authenticates_as_admin,
+        a_configured_bootstrap_key_is_stored_as_an_hmac_not_its_bare_sha256,
+        keys_do_not_authenticate_under_another_server_secret,
+        the_secret_file_is_made_once_and_read_back_at_the_next_start,
+        starting_twice_with_the_same_configured_key_registers_it_once,
+        a_revoked_configured_bootstrap_key_is_re_enabled_at_the_next_start,
+        a_bootstrap_key_revoked_in_the_database_is_re_enabled_at_the_next_start,
+        a_new_key_is_generated_when_keys_exist_but_no_live_admin_key,
+        the_last_admin_key_cannot_be_revoked,
+        a_member_key_cannot_revoke_an_admin_key_of_its_own_organization,
+        a_key_of_another_organization_is_neither_listed_nor_revocable_and_looks_absent,
+        only_admins_create_organizations_whose_keys_are_not_admin,
+        a_revoked_key_stops_working_and_listing_never_shows_secrets,
+        a_key_stored_as_bare_sha256_still_authenticates_and_is_rehashed_on_first_use,
+        a_configured_bootstrap_key_stored_as_bare_sha256_is_rehashed_at_start,
+    );
+
+    async fn svc(kind: Kind) -> (tempfile::TempDir, KeyService) {
         let d = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&d.path().join("db")).await.unwrap();
-        let keys = KeyService::open(Arc::new(s), d.path()).unwrap();
+        let keys = KeyService::open(testing::open(kind, d.path()).await, d.path()).unwrap();
         (d, keys)
     }
 
@@ -469,17 +486,15 @@ mod tests {
         (key, p)
     }
 
-    #[tokio::test]
-    async fn a_generated_bootstrap_key_is_returned_once_and_then_authenticates_as_admin() {
-        let (_d, s) = svc().await;
+    async fn a_generated_bootstrap_key_is_returned_once_and_then_authenticates_as_admin(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (_key, p) = admin(&s).await;
         assert!(s.bootstrap(None).await.unwrap().is_none(), "second start generates nothing");
         assert!(p.admin);
     }
 
-    #[tokio::test]
-    async fn a_configured_bootstrap_key_is_stored_as_an_hmac_not_its_bare_sha256() {
-        let (_d, s) = svc().await;
+    async fn a_configured_bootstrap_key_is_stored_as_an_hmac_not_its_bare_sha256(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         assert!(s.bootstrap(Some("my-secret-key")).await.unwrap().is_none());
         s.authenticate(Some("my-secret-key")).await.unwrap();
         assert!(matches!(s.authenticate(Some("wrong")).await, Err(KeyError::Invalid)));
@@ -492,18 +507,16 @@ mod tests {
         assert_ne!(keys[0].key_hash, "my-secret-key");
     }
 
-    #[tokio::test]
-    async fn keys_do_not_authenticate_under_another_server_secret() {
-        let (_d, s) = svc().await;
+    async fn keys_do_not_authenticate_under_another_server_secret(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         s.bootstrap(Some("my-secret-key")).await.unwrap();
         let other = KeyService::new(s.store.clone(), [9u8; 32]);
         assert!(matches!(other.authenticate(Some("my-secret-key")).await, Err(KeyError::Invalid)));
     }
 
-    #[tokio::test]
-    async fn the_secret_file_is_made_once_and_read_back_at_the_next_start() {
+    async fn the_secret_file_is_made_once_and_read_back_at_the_next_start(kind: Kind) {
         use std::os::unix::fs::PermissionsExt as _;
-        let (d, s) = svc().await;
+        let (d, s) = svc(kind).await;
         s.bootstrap(Some("my-secret-key")).await.unwrap();
         let file = d.path().join(SECRET_FILE);
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -511,17 +524,15 @@ mod tests {
         again.authenticate(Some("my-secret-key")).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn starting_twice_with_the_same_configured_key_registers_it_once() {
-        let (_d, s) = svc().await;
+    async fn starting_twice_with_the_same_configured_key_registers_it_once(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         s.bootstrap(Some("my-secret-key")).await.unwrap();
         restarted(&s).bootstrap(Some("my-secret-key")).await.unwrap();
         assert_eq!(s.store.count_admin_keys().await.unwrap(), 1);
     }
 
-    #[tokio::test]
-    async fn a_revoked_configured_bootstrap_key_is_re_enabled_at_the_next_start() {
-        let (_d, s) = svc().await;
+    async fn a_revoked_configured_bootstrap_key_is_re_enabled_at_the_next_start(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         s.bootstrap(Some("key-a")).await.unwrap();
         // A second configured key makes the first revocable.
         let s = restarted(&s);
@@ -537,9 +548,8 @@ mod tests {
         assert!(a2.admin);
     }
 
-    #[tokio::test]
-    async fn a_bootstrap_key_revoked_in_the_database_is_re_enabled_at_the_next_start() {
-        let (_d, s) = svc().await;
+    async fn a_bootstrap_key_revoked_in_the_database_is_re_enabled_at_the_next_start(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         s.bootstrap(Some("key-a")).await.unwrap();
         let a = s.authenticate(Some("key-a")).await.unwrap();
         // Another admin row, so that the store lets the bootstrap key go.
@@ -554,9 +564,8 @@ mod tests {
         assert!(s.authenticate(Some("key-a")).await.unwrap().admin);
     }
 
-    #[tokio::test]
-    async fn a_new_key_is_generated_when_keys_exist_but_no_live_admin_key() {
-        let (_d, s) = svc().await;
+    async fn a_new_key_is_generated_when_keys_exist_but_no_live_admin_key(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let org = Organization { id: "o".into(), name: "default".into(), created_at: 0 };
         s.store.insert_org(&org).await.unwrap();
         insert_legacy(&s, "o", "cove_member", false).await;
@@ -565,9 +574,8 @@ mod tests {
         assert!(restarted(&s).bootstrap(None).await.unwrap().is_none(), "and only once");
     }
 
-    #[tokio::test]
-    async fn the_last_admin_key_cannot_be_revoked() {
-        let (_d, s) = svc().await;
+    async fn the_last_admin_key_cannot_be_revoked(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (key, a) = admin(&s).await;
         let e = s.revoke(&a, &a.key_id).await.unwrap_err();
         assert!(matches!(e, KeyError::LastAdmin { .. }), "{e}");
@@ -576,9 +584,8 @@ mod tests {
         assert!(s.authenticate(Some(&key)).await.unwrap().admin);
     }
 
-    #[tokio::test]
-    async fn a_member_key_cannot_revoke_an_admin_key_of_its_own_organization() {
-        let (_d, s) = svc().await;
+    async fn a_member_key_cannot_revoke_an_admin_key_of_its_own_organization(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (key, a) = admin(&s).await;
         let member = s.create(&a, "member").await.unwrap();
         let m = s.authenticate(Some(&member.value)).await.unwrap();
@@ -593,9 +600,8 @@ mod tests {
         s.revoke(&m, &m.key_id).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_key_of_another_organization_is_neither_listed_nor_revocable_and_looks_absent() {
-        let (_d, s) = svc().await;
+    async fn a_key_of_another_organization_is_neither_listed_nor_revocable_and_looks_absent(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (key, a) = admin(&s).await;
         let org = s.create_org(&a, "team b").await.unwrap();
         let b = s.authenticate(Some(&org.api_key.unwrap().value)).await.unwrap();
@@ -611,9 +617,8 @@ mod tests {
         s.authenticate(Some(&ci.value)).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn only_admins_create_organizations_whose_keys_are_not_admin() {
-        let (_d, s) = svc().await;
+    async fn only_admins_create_organizations_whose_keys_are_not_admin(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (_key, admin) = admin(&s).await;
         let org = s.create_org(&admin, "team b").await.unwrap();
         let b = s.authenticate(Some(&org.api_key.unwrap().value)).await.unwrap();
@@ -622,9 +627,8 @@ mod tests {
         assert!(matches!(s.create_org(&b, "sneaky").await, Err(KeyError::NotAdmin { .. })));
     }
 
-    #[tokio::test]
-    async fn a_revoked_key_stops_working_and_listing_never_shows_secrets() {
-        let (_d, s) = svc().await;
+    async fn a_revoked_key_stops_working_and_listing_never_shows_secrets(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (admin_key, admin) = admin(&s).await;
         let k = s.create(&admin, "ci").await.unwrap();
         s.authenticate(Some(&k.value)).await.unwrap();
@@ -635,9 +639,8 @@ mod tests {
         assert!(matches!(s.revoke(&admin, &k.key.id).await, Err(KeyError::NotFound { .. })));
     }
 
-    #[tokio::test]
-    async fn a_key_stored_as_bare_sha256_still_authenticates_and_is_rehashed_on_first_use() {
-        let (_d, s) = svc().await;
+    async fn a_key_stored_as_bare_sha256_still_authenticates_and_is_rehashed_on_first_use(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let (_key, a) = admin(&s).await;
         let id = insert_legacy(&s, &a.org_id, "cove_legacy-member-key", false).await;
         let p = s.authenticate(Some("cove_legacy-member-key")).await.unwrap();
@@ -649,9 +652,8 @@ mod tests {
         restarted(&s).authenticate(Some("cove_legacy-member-key")).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_configured_bootstrap_key_stored_as_bare_sha256_is_rehashed_at_start() {
-        let (_d, s) = svc().await;
+    async fn a_configured_bootstrap_key_stored_as_bare_sha256_is_rehashed_at_start(kind: Kind) {
+        let (_d, s) = svc(kind).await;
         let org = Organization { id: "o".into(), name: "default".into(), created_at: 0 };
         s.store.insert_org(&org).await.unwrap();
         let id = insert_legacy(&s, "o", "weak", true).await;

@@ -382,11 +382,18 @@ mod tests {
 
     mod with_a_store {
         use super::super::*;
-        use crate::store::{Organization, SqliteStore};
+        use crate::store::Organization;
+        use crate::store::testing::{self, Kind, each_store};
 
-        async fn svc(defaults: Limits) -> (tempfile::TempDir, QuotaService, Principal, Principal) {
+        each_store!(
+            only_an_admin_key_changes_a_quota_and_members_read_only_their_own,
+            stopped_failed_and_building_sandboxes_count_and_other_organizations_do_not,
+            admissions_of_one_organization_wait_for_each_other,
+        );
+
+        async fn svc(kind: Kind, defaults: Limits) -> (tempfile::TempDir, QuotaService, Principal, Principal) {
             let d = tempfile::tempdir().unwrap();
-            let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&d.path().join("db")).await.unwrap());
+            let s = testing::open(kind, d.path()).await;
             for id in ["admin-org", "team"] {
                 s.insert_org(&Organization { id: id.into(), name: id.into(), created_at: 0 }).await.unwrap();
             }
@@ -395,9 +402,8 @@ mod tests {
             (d, QuotaService::new(s, defaults), admin, member)
         }
 
-        #[tokio::test]
-        async fn only_an_admin_key_changes_a_quota_and_members_read_only_their_own() {
-            let (_d, q, admin, member) = svc(DEFAULT_LIMITS).await;
+        async fn only_an_admin_key_changes_a_quota_and_members_read_only_their_own(kind: Kind) {
+            let (_d, q, admin, member) = svc(kind, DEFAULT_LIMITS).await;
             let set = SetQuota { sandboxes: Some(1), ..SetQuota::default() };
             assert!(matches!(q.set(&member, "team", set.clone()).await, Err(QuotaError::NotAdmin)));
             let dto = q.set(&admin, "team", set).await.unwrap();
@@ -444,10 +450,9 @@ mod tests {
             }
         }
 
-        #[tokio::test]
-        async fn stopped_failed_and_building_sandboxes_count_and_other_organizations_do_not() {
+        async fn stopped_failed_and_building_sandboxes_count_and_other_organizations_do_not(kind: Kind) {
             use cove_types::SandboxState as S;
-            let (_d, q, admin, member) = svc(DEFAULT_LIMITS).await;
+            let (_d, q, admin, member) = svc(kind, DEFAULT_LIMITS).await;
             for (id, st) in [("a", S::Started), ("b", S::Stopped), ("c", S::Error), ("d", S::PendingBuild)] {
                 q.store.insert_sandbox(&sandbox(id, "team", st)).await.unwrap();
             }
@@ -462,9 +467,8 @@ mod tests {
             drop(q.admit("team", 1, 1, 1).await.unwrap());
         }
 
-        #[tokio::test]
-        async fn admissions_of_one_organization_wait_for_each_other() {
-            let (_d, q, _, _) = svc(DEFAULT_LIMITS).await;
+        async fn admissions_of_one_organization_wait_for_each_other(kind: Kind) {
+            let (_d, q, _, _) = svc(kind, DEFAULT_LIMITS).await;
             let first = q.admit("team", 1, 1, 3).await.unwrap();
             let q2 = q.clone();
             let second = tokio::spawn(async move { q2.admit("team", 1, 1, 3).await.map(|_| ()) });

@@ -1,10 +1,20 @@
-//! Metadata persistence behind one small trait, so that PostgreSQL can follow SQLite.
+//! Metadata persistence behind one small trait, on two engines: the embedded SQLite file
+//! (the default) and PostgreSQL (`--database-url`, for nodes that share one database).
 //!
 //! Records here are plain data; validation and state rules live in the services. Every
 //! state change that races with a background job goes through a compare-and-set
 //! ([`Store::update_snapshot_if`]) so a finished pull can never revive a deleted snapshot.
+//! The queries are written once (`sql.rs`), in SQL both engines accept; `sqlite.rs` and
+//! `postgres.rs` only connect, migrate (`migrations/sqlite/`, `migrations/postgres/`: the
+//! same numbers and meaning) and run statements.
 
+mod postgres;
+mod sql;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 
@@ -12,6 +22,7 @@ use std::collections::BTreeMap;
 
 use cove_types::{SandboxState, SnapshotState};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Unix milliseconds.
@@ -337,7 +348,7 @@ pub enum StoreError {
     /// Opening or migrating the database failed.
     #[error("open database {path}")]
     Open {
-        /// The database file.
+        /// The database file, or the database URL without its password.
         path: String,
         /// Cause.
         #[source]
