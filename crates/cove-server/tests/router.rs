@@ -23,6 +23,27 @@ struct Held {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// The bridge of this file's servers.
+const BRIDGE: &str = "covert0";
+
+impl Drop for Held {
+    /// Takes down what the server made on the host and leaves when it stops (its sandboxes
+    /// would outlive it; these tests start none): the bridge and its two nftables tables.
+    /// Runs while the turn is still held, before the next test's server makes them again.
+    fn drop(&mut self) {
+        for family in ["inet", "bridge"] {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", family, &format!("cove_{BRIDGE}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", BRIDGE])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 async fn app() -> (Held, axum::Router) {
     let turn = ONE_SERVER.lock().await;
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +63,7 @@ async fn app() -> (Held, axum::Router) {
             root: dir.path().join("sandboxes"),
             runc_root: dir.path().join("runc"),
             agent_binary: "/bin/busybox".into(),
-            bridge: "covert0".into(),
+            bridge: BRIDGE.into(),
             cidr: "10.214.7.0/24".into(),
             cgroup_parent: "/cove-router-test".into(),
             name_prefix: "cvrt".into(),
