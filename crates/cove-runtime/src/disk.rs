@@ -179,6 +179,28 @@ pub fn allocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
 /// when the data filesystem would keep less than `reserve` bytes free; nothing is left
 /// behind then.
 pub async fn create_image(path: &Path, size_mib: u64, reserve: u64, sparse: bool) -> Result<(), DiskError> {
+    format_image(path, size_mib, reserve, sparse, false).await
+}
+
+/// [`create_image`] for work nobody waits for (the disk pool's filler): `mkfs.ext4` runs at
+/// the lowest CPU priority (`nice -n 19`), so that it yields to the creates and commands
+/// that run meanwhile on a machine with few cores.
+pub async fn create_image_in_background(
+    path: &Path,
+    size_mib: u64,
+    reserve: u64,
+    sparse: bool,
+) -> Result<(), DiskError> {
+    format_image(path, size_mib, reserve, sparse, true).await
+}
+
+async fn format_image(
+    path: &Path,
+    size_mib: u64,
+    reserve: u64,
+    sparse: bool,
+    background: bool,
+) -> Result<(), DiskError> {
     let len = size_mib << 20;
     let dir = path.parent().unwrap_or(Path::new("/"));
     check_room(dir, if sparse { 0 } else { len }, reserve)?;
@@ -193,7 +215,10 @@ pub async fn create_image(path: &Path, size_mib: u64, reserve: u64, sparse: bool
         }
         return Err(DiskError::CreateImage { path: path.into(), source });
     }
-    let args: [&std::ffi::OsStr; 7] = [
+    let args: [&std::ffi::OsStr; 10] = [
+        "-n".as_ref(),
+        "19".as_ref(),
+        "mkfs.ext4".as_ref(),
         "-q".as_ref(),
         "-F".as_ref(),
         "-m".as_ref(),
@@ -202,7 +227,9 @@ pub async fn create_image(path: &Path, size_mib: u64, reserve: u64, sparse: bool
         "lazy_itable_init=1,lazy_journal_init=1,nodiscard".as_ref(),
         path.as_os_str(),
     ];
-    cmd::run("mkfs.ext4", &args, None).await.map_err(|source| DiskError::Format { path: path.into(), source })?;
+    let run =
+        if background { cmd::run("nice", &args, None).await } else { cmd::run("mkfs.ext4", &args[3..], None).await };
+    run.map_err(|source| DiskError::Format { path: path.into(), source })?;
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub(crate) const PER_SIZE: usize = 2;
 /// Sizes kept (most recently asked for first); images of older sizes are deleted.
 pub(crate) const MAX_SIZES: usize = 4;
 const TMP_PREFIX: &str = "tmp-";
+/// How long the filler waits before it starts (see `fill`).
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(30);
 /// The directory of pre-mounted images.
 const MNT_DIR: &str = "mnt";
 const SUFFIX: &str = ".img";
@@ -312,6 +314,9 @@ impl DiskPool {
     /// Makes images one at a time until every recent size has [`PER_SIZE`]; stops at the
     /// first failure (the next `refill` tries again).
     async fn fill(&self) {
+        // The create that took an image is still finishing (its agent starting, the caller's
+        // first command on the way): let that have the CPU first.
+        tokio::time::sleep(REFILL_DELAY).await;
         self.mount_adopted().await;
         loop {
             let size = {
@@ -329,7 +334,7 @@ impl DiskPool {
             // Room for one more disk of this size stays: a pool image never makes a create fail.
             let sparse = self.sparse.load(Ordering::Relaxed);
             let keep_free = if sparse { self.reserve() } else { self.reserve().saturating_add(size << 20) };
-            if let Err(e) = disk::create_image(&tmp, size, keep_free, sparse).await {
+            if let Err(e) = disk::create_image_in_background(&tmp, size, keep_free, sparse).await {
                 if matches!(e, disk::DiskError::NoSpace { .. }) {
                     tracing::info!(error = %e, size_mib = size, "not pre-making a disk image: the data filesystem is short of space");
                 } else {
