@@ -71,6 +71,8 @@ async fn app() -> (Held, axum::Router) {
         lifecycle_minute: Duration::from_secs(60),
         uploads: Default::default(),
         database: None,
+        node_timing: Default::default(),
+        node_address: None,
     };
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))
