@@ -180,7 +180,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         Some(_) => {
             let timing = cfg.node_timing.validate().map_err(StartError::Node)?;
             let id = service::nodes::load_or_create_id(&cfg.data_dir).map_err(StartError::Node)?;
-            let me = service::nodes::NodeIdentity::of_this_machine(
+            let me = service::nodes::this_machine(
                 id,
                 cfg.regions.first().cloned().unwrap_or_default(),
                 cfg.node_address.clone().unwrap_or_else(|| cfg.public_url.trim_end_matches('/').to_string()),

@@ -165,48 +165,31 @@ impl NodeTiming {
     }
 }
 
-/// What a node says about itself when it registers.
-#[derive(Debug, Clone)]
-pub struct NodeIdentity {
-    /// Its id ([`load_or_create_id`]).
-    pub id: String,
-    /// The region it serves.
-    pub region: String,
-    /// Its API base URL as other nodes reach it.
-    pub address: String,
-    /// CPUs.
-    pub cpus: i64,
-    /// Memory, MiB.
-    pub memory_mib: i64,
-    /// The data filesystem, MiB.
-    pub disk_mib: i64,
-    /// GPUs.
-    pub gpus: i64,
-}
-
-impl NodeIdentity {
-    /// This machine's capacity: its CPUs, memory (`/proc/meminfo`), the data dir's
-    /// filesystem and `gpus`.
-    pub fn of_this_machine(id: String, region: String, address: String, data_dir: &Path, gpus: usize) -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let memory_kib = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            })
-            .unwrap_or(0);
-        let disk = rustix::fs::statvfs(data_dir).map_or(0, |st| st.f_blocks.saturating_mul(st.f_frsize));
-        NodeIdentity {
-            id,
-            region,
-            address,
-            cpus: i64::try_from(cpus).unwrap_or(i64::MAX),
-            memory_mib: memory_kib / 1024,
-            disk_mib: i64::try_from(disk >> 20).unwrap_or(i64::MAX),
-            gpus: i64::try_from(gpus).unwrap_or(i64::MAX),
-        }
+/// This machine as a node row (`ready`, times set at registration): its CPUs, memory
+/// (`/proc/meminfo`), the data dir's filesystem and `gpus`.
+pub fn this_machine(id: String, region: String, address: String, data_dir: &Path, gpus: usize) -> NodeRecord {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .unwrap_or(0);
+    let disk = rustix::fs::statvfs(data_dir).map_or(0, |st| st.f_blocks.saturating_mul(st.f_frsize));
+    NodeRecord {
+        id,
+        region,
+        address,
+        cpus: i64::try_from(cpus).unwrap_or(i64::MAX),
+        memory_mib: memory_kib / 1024,
+        disk_mib: i64::try_from(disk >> 20).unwrap_or(i64::MAX),
+        gpus: i64::try_from(gpus).unwrap_or(i64::MAX),
+        state: NodeState::Ready,
+        started_at: 0,
+        heartbeat_at: 0,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
 
@@ -306,14 +289,15 @@ pub struct NodeService {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
-    me: NodeIdentity,
+    /// This node's row as it registers (times filled in then).
+    me: NodeRecord,
     timing: NodeTiming,
     started_at: i64,
 }
 
 impl NodeService {
-    /// A node service for `me` (not registered yet).
-    pub fn new(store: Arc<dyn Store>, me: NodeIdentity, timing: NodeTiming) -> Self {
+    /// A node service for `me` ([`this_machine`]; not registered yet).
+    pub fn new(store: Arc<dyn Store>, me: NodeRecord, timing: NodeTiming) -> Self {
         NodeService { inner: Arc::new(Inner { store, me, timing, started_at: now_millis() }) }
     }
 
@@ -327,17 +311,10 @@ impl NodeService {
     pub async fn register(&self) -> Result<(), NodeError> {
         let me = &self.inner.me;
         let rec = NodeRecord {
-            id: me.id.clone(),
-            region: me.region.clone(),
-            address: me.address.clone(),
-            cpus: me.cpus,
-            memory_mib: me.memory_mib,
-            disk_mib: me.disk_mib,
-            gpus: me.gpus,
             state: NodeState::Ready,
             started_at: self.inner.started_at,
             heartbeat_at: now_millis(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..me.clone()
         };
         self.inner.store.register_node(&rec).await.map_err(store("register node"))?;
         tracing::info!(region = %me.region, address = %me.address, cpus = me.cpus, memory_mib = me.memory_mib,
@@ -517,15 +494,12 @@ mod tests {
     const FAST: NodeTiming =
         NodeTiming { heartbeat: Duration::from_millis(50), lost_after: Duration::from_millis(300) };
 
-    fn identity(id: &str) -> NodeIdentity {
-        NodeIdentity {
-            id: id.into(),
-            region: "us".into(),
+    fn identity(id: &str) -> NodeRecord {
+        NodeRecord {
             address: format!("http://{id}.test:3000"),
             cpus: 4,
             memory_mib: 8192,
-            disk_mib: 50_000,
-            gpus: 0,
+            ..this_machine(id.into(), "us".into(), String::new(), Path::new("/"), 0)
         }
     }
 
