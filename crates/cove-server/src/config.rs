@@ -70,6 +70,12 @@ pub struct ServerConfig {
     /// `--database-url`: the metadata store on PostgreSQL (`None`: the embedded SQLite file
     /// `<data-dir>/cove.db`).
     pub database: Option<DatabaseUrl>,
+    /// `--node-heartbeat`, `--node-lost-after`: how often a node (a server with
+    /// `--database-url`) heartbeats, and how old a heartbeat makes a node lost.
+    pub node_timing: crate::service::nodes::NodeTiming,
+    /// `--node-address`: this node's API base URL as other nodes reach it (`None`: the
+    /// public URL).
+    pub node_address: Option<String>,
 }
 
 /// A `--registry-mirror HOST=URL` value that does not parse.
@@ -272,4 +278,42 @@ pub fn parse_size(s: &str) -> Result<u64, BadSize> {
         _ => return Err(BadSize(s.into())),
     };
     n.checked_mul(1 << shift).ok_or_else(|| BadSize(s.into()))
+}
+
+/// A duration flag that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid duration {0:?}: expected e.g. 2s, 500ms, 1m or seconds (1.5)")]
+pub struct BadDuration(pub String);
+
+/// Parses `2s`, `500ms`, `1m` or bare (possibly fractional) seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, BadDuration> {
+    let t = s.trim();
+    let bad = || BadDuration(s.to_string());
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "-1s", "two", "1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -88,6 +88,9 @@ pub enum StartError {
     /// The preview service (its key) could not be set up.
     #[error("set up preview links")]
     Preview(#[source] preview::PreviewError),
+    /// The node could not be set up or registered (`--database-url`).
+    #[error("register this node")]
+    Node(#[source] service::nodes::NodeError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -170,8 +173,29 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         },
     )
     .map_err(StartError::Preview)?;
+    // With --database-url this server is a node: a stable id, registered before anything
+    // reads sandboxes, so that no other node counts it lost while it reconciles.
+    let nodes = match &cfg.database {
+        None => None,
+        Some(_) => {
+            let timing = cfg.node_timing.validate().map_err(StartError::Node)?;
+            let id = service::nodes::load_or_create_id(&cfg.data_dir).map_err(StartError::Node)?;
+            let me = service::nodes::this_machine(
+                id,
+                cfg.regions.first().cloned().unwrap_or_default(),
+                cfg.node_address.clone().unwrap_or_else(|| cfg.public_url.trim_end_matches('/').to_string()),
+                &cfg.data_dir,
+                runtime.gpu_total(),
+            );
+            let nodes = service::nodes::NodeService::new(store.clone(), me, timing);
+            nodes.register().await.map_err(StartError::Node)?;
+            Some(nodes)
+        }
+    };
+    let node_id = nodes.as_ref().map(|n| n.id().to_string());
     let lifecycle =
-        service::lifecycle::LifecycleService::new(store.clone(), runtime.clone(), content, cfg.lifecycle_minute);
+        service::lifecycle::LifecycleService::new(store.clone(), runtime.clone(), content, cfg.lifecycle_minute)
+            .on_node(node_id.clone());
     let sandboxes = service::sandboxes::SandboxService::new(
         store.clone(),
         runtime,
@@ -181,12 +205,17 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         cfg.pids_limit,
         cfg.warm_pool,
     )
-    .allow_privileged(cfg.allow_privileged);
+    .allow_privileged(cfg.allow_privileged)
+    .on_node(node_id);
+    let gate = startup::Gate::new();
+    if let Some(n) = &nodes {
+        sandboxes.attach_nodes(n.clone());
+        tokio::spawn(n.clone().run(sandboxes.clone(), gate.clone()));
+    }
     sandboxes.attach_quotas(service::quotas::QuotaService::new(store.clone(), cfg.org_quota));
     sandboxes.attach_lifecycle(lifecycle.clone());
     // Reconciliation, resumed jobs, garbage collection and the sweepers run in the background:
     // the API listens at once and holds requests until sandboxes are reconciled.
-    let gate = startup::Gate::new();
     tokio::spawn(startup::run(startup::Work {
         gate: gate.clone(),
         lifecycle,
@@ -209,6 +238,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             preview,
             startup: gate,
+            nodes,
             started_at: chrono::Utc::now(),
         },
         generated_key,

@@ -30,6 +30,8 @@ pub struct AppState {
     pub preview: crate::preview::PreviewService,
     /// Open once sandboxes are reconciled after a start (`crate::startup`).
     pub startup: crate::startup::Gate,
+    /// This node (`--database-url`); `None` on a single-node server.
+    pub nodes: Option<crate::service::nodes::NodeService>,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

@@ -92,6 +92,8 @@ async fn app() -> (Held, axum::Router) {
         lifecycle_minute: Duration::from_secs(60),
         uploads: Default::default(),
         database: None,
+        node_timing: Default::default(),
+        node_address: None,
     };
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))
@@ -295,4 +297,21 @@ async fn the_dashboard_is_served_at_the_root_next_to_an_unchanged_api() {
     assert_eq!(st, StatusCode::OK);
     let (st, _) = call(&app, "GET", "/no-such-page", None, None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn node_endpoints_answer_a_member_key_403_and_an_admin_key_on_a_single_node_server_400_naming_the_flag() {
+    let (_d, app) = app().await;
+    let (st, created) = call(&app, "POST", "/api/api-keys", Some(json!({"name": "member"})), Some(KEY)).await;
+    assert_eq!(st, StatusCode::OK, "{created}");
+    let member = created["value"].as_str().unwrap().to_string();
+    for (method, path) in [("GET", "/api/nodes"), ("POST", "/api/nodes/x/drain"), ("POST", "/api/nodes/x/undrain")] {
+        let (st, body) = call(&app, method, path, None, Some(&member)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("only an admin API key"), "{body}");
+        let (st, body) = call(&app, method, path, None, Some(KEY)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("nodes need --database-url"), "{body}");
+        assert_eq!(call(&app, method, path, None, None).await.0, StatusCode::UNAUTHORIZED);
+    }
 }

@@ -79,6 +79,18 @@ struct ServerArgs {
     /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (logged without the password).
     #[arg(long, env = "COVE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// With --database-url: how often this node records its heartbeat and looks for lost
+    /// nodes (`2s`, `500ms`, or seconds: `1.5`).
+    #[arg(long, env = "COVE_NODE_HEARTBEAT", default_value = "2s", value_parser = cove_server::config::parse_duration)]
+    node_heartbeat: Duration,
+    /// With --database-url: a node whose last heartbeat is older than this is marked lost and
+    /// its running sandboxes `error` "node lost" (at least two heartbeats).
+    #[arg(long, env = "COVE_NODE_LOST_AFTER", default_value = "10s", value_parser = cove_server::config::parse_duration)]
+    node_lost_after: Duration,
+    /// With --database-url: this node's API base URL as other nodes reach it (default:
+    /// --public-url).
+    #[arg(long, env = "COVE_NODE_ADDRESS")]
+    node_address: Option<String>,
     /// HOST=URL: try URL before HOST when pulling (repeatable), e.g. docker.io=http://127.0.0.1:5000.
     #[arg(long = "registry-mirror", env = "COVE_REGISTRY_MIRROR", value_delimiter = ',', value_parser = parse_mirror)]
     registry_mirrors: Vec<(String, String)>,
@@ -266,6 +278,9 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         .filter(|u| !u.trim().is_empty())
         .map(|u| cove_server::config::DatabaseUrl::parse(&u))
         .transpose()?;
+    let node_timing =
+        cove_server::service::nodes::NodeTiming { heartbeat: a.node_heartbeat, lost_after: a.node_lost_after }
+            .validate()?;
     let mut registries = cove_server::config::RegistryConfig::default();
     for (host, url) in a.registry_mirrors {
         registries.mirrors.entry(host).or_default().push(url);
@@ -383,6 +398,8 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
             ecr: a.ecr_endpoint.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
         },
         database,
+        node_timing,
+        node_address: a.node_address.map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()),
     };
     let prepared = cove_server::prepare(&cfg).await.context("start cove server")?;
     if let Some(key) = &prepared.generated_key {

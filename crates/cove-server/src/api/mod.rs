@@ -6,6 +6,7 @@ mod docker_registry;
 mod error;
 mod extract;
 mod keys;
+mod nodes;
 mod object_storage;
 mod preview;
 mod quotas;
@@ -34,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .merge(snapshots::router())
         .merge(keys::router())
         .merge(quotas::router())
+        .merge(nodes::router())
         .merge(docker_registry::router())
         .merge(object_storage::router())
         .merge(registry_push::router())

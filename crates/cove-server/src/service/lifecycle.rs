@@ -233,6 +233,9 @@ struct Inner {
     content: ContentStore,
     minute: Duration,
     state: Mutex<Memory>,
+    /// This node's id (`service::nodes`): the sweep and the reconciliation touch only its
+    /// sandboxes. `None`: a single-node server, every sandbox.
+    node: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -323,8 +326,22 @@ impl LifecycleService {
     /// A service whose minutes last `minute`.
     pub fn new(store: Arc<dyn Store>, runtime: Arc<Runtime>, content: ContentStore, minute: Duration) -> Self {
         LifecycleService {
-            inner: Arc::new(Inner { store, runtime, content, minute, state: Mutex::new(Memory::default()) }),
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                content,
+                minute,
+                state: Mutex::new(Memory::default()),
+                node: None,
+            }),
         }
+    }
+
+    /// Confines the sweep and the reconciliation to one node's sandboxes (`None`: all).
+    /// Called on the service [`LifecycleService::new`] returned, before it is shared.
+    pub fn on_node(mut self, node: Option<String>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("configured before the service is cloned").node = node;
+        self
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -400,7 +417,12 @@ impl LifecycleService {
             }
             m.loaded = true;
         }
-        let all = self.inner.store.all_sandboxes_for_job().await.map_err(store_err("list sandboxes"))?;
+        let all = self
+            .inner
+            .store
+            .node_sandboxes_for_job(self.inner.node.as_deref())
+            .await
+            .map_err(store_err("list sandboxes"))?;
         let now = now_millis();
         let mut todo = Vec::new();
         {
@@ -640,7 +662,7 @@ impl LifecycleService {
     /// the module doc). Called before anything else touches sandboxes.
     pub async fn reconcile(&self) -> Result<(), LifecycleError> {
         let st = &self.inner.store;
-        let all = st.all_sandboxes_for_job().await.map_err(store_err("list sandboxes"))?;
+        let all = st.node_sandboxes_for_job(self.inner.node.as_deref()).await.map_err(store_err("list sandboxes"))?;
         let lifecycles = st.sandbox_lifecycles().await.map_err(store_err("read sandbox archives"))?;
         for mut rec in all {
             let from = rec.state;

@@ -5,6 +5,7 @@ pub mod ecr;
 pub mod keys;
 pub mod lifecycle;
 pub mod network;
+pub mod nodes;
 pub mod pool;
 pub mod quotas;
 pub mod registries;

@@ -447,6 +447,7 @@ mod tests {
                 network_allow_list: None,
                 domain_allow_list: None,
                 linked_sandbox_id: None,
+                node_id: None,
             }
         }
 

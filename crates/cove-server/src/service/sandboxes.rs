@@ -177,6 +177,9 @@ pub enum SandboxError {
         #[source]
         source: ToolboxError,
     },
+    /// This node refuses creates (draining), or reading its state failed.
+    #[error(transparent)]
+    Node(#[from] super::nodes::NodeError),
     /// Archive, restore or an interval failed (`service::lifecycle`).
     #[error(transparent)]
     Lifecycle(#[from] super::lifecycle::LifecycleError),
@@ -218,6 +221,7 @@ impl SandboxError {
             Self::Runtime { .. } | Self::Agent { .. } => ErrorKind::Internal,
             Self::Store { source, .. } => source.kind(),
             Self::Lifecycle(e) => e.kind(),
+            Self::Node(e) => e.kind(),
         }
     }
 }
@@ -251,6 +255,11 @@ struct Inner {
     quotas: std::sync::OnceLock<QuotaService>,
     /// Activity, archive and restore ([`SandboxService::attach_lifecycle`]).
     lifecycle: std::sync::OnceLock<super::lifecycle::LifecycleService>,
+    /// This node's id, recorded on every sandbox it creates; reconciliation and the monitor
+    /// touch only its sandboxes. `None`: a single-node server (no `--database-url`).
+    node: Option<String>,
+    /// This node's drain state, which every create asks first ([`SandboxService::attach_nodes`]).
+    nodes: std::sync::OnceLock<super::nodes::NodeService>,
 }
 
 /// How many prepared sandboxes to keep per snapshot, and for how long after its last use.
@@ -289,6 +298,8 @@ impl SandboxService {
                 sockets: Default::default(),
                 quotas: Default::default(),
                 lifecycle: Default::default(),
+                node: None,
+                nodes: Default::default(),
             }),
         }
     }
@@ -298,6 +309,19 @@ impl SandboxService {
     pub fn allow_privileged(mut self, allow: bool) -> Self {
         Arc::get_mut(&mut self.inner).expect("configured before the service is cloned").allow_privileged = allow;
         self
+    }
+
+    /// Makes this the service of node `node` (`None`: a single-node server). Called on the
+    /// service [`SandboxService::new`] returned, before it is shared.
+    pub fn on_node(mut self, node: Option<String>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("configured before the service is cloned").node = node;
+        self
+    }
+
+    /// Installs the node service every create asks whether this node is draining (once, at
+    /// start; only with `--database-url`).
+    pub fn attach_nodes(&self, nodes: super::nodes::NodeService) {
+        let _ = self.inner.nodes.set(nodes);
     }
 
     /// Installs the quota service every create asks first (once, at start).
@@ -328,6 +352,9 @@ impl SandboxService {
     /// Creates a sandbox from a snapshot and answers once its agent is ready.
     #[tracing::instrument(skip_all, fields(org_id = %who.org_id))]
     pub async fn create(&self, who: &Principal, req: CreateSandbox) -> Result<SandboxDto, SandboxError> {
+        if let Some(nodes) = self.inner.nodes.get() {
+            nodes.admit_create().await?;
+        }
         if req.privileged == Some(true) {
             who.may_create_privileged(self.inner.allow_privileged)?;
         }
@@ -449,6 +476,7 @@ impl SandboxService {
             network_allow_list: net.policy.allow_list_string(),
             domain_allow_list: net.policy.domain_list_string(),
             linked_sandbox_id: net.link.clone(),
+            node_id: self.inner.node.clone(),
         };
         if let Err(e) = self.inner.store.insert_sandbox(&rec).await {
             self.inner.runtime.release_gpus(&id);
@@ -578,6 +606,7 @@ impl SandboxService {
             network_allow_list: net.policy.allow_list_string(),
             domain_allow_list: net.policy.domain_list_string(),
             linked_sandbox_id: net.link.clone(),
+            node_id: self.inner.node.clone(),
         };
         self.inner.store.insert_sandbox(&rec).await.map_err(|e| match e {
             StoreError::Duplicate { .. } => SandboxError::NameTaken { name: rec.name.clone() },
@@ -1002,6 +1031,10 @@ impl SandboxService {
     /// Brings records in line with what really runs, after a restart: sandboxes keep running
     /// while the server is down, so running ones are adopted, dead ones are marked with the
     /// reason, half-deleted ones are finished.
+    ///
+    /// On a node (`--database-url`), only the node's own sandboxes: rows without a node
+    /// (written before nodes) whose files are in this data dir are claimed first; those that
+    /// are not are left alone.
     pub async fn reconcile(&self) -> Result<(), SandboxError> {
         let all = self.inner.store.all_sandboxes_for_job().await.map_err(store("list sandboxes"))?;
         // Bundles without a record: warm-pool sandboxes of the previous run (a record is
@@ -1023,7 +1056,33 @@ impl SandboxService {
                 tracing::warn!(sandbox_id = %id, error = %cove_types::error::chain(&e), "cannot remove it");
             }
         }
+        let mut mine = Vec::with_capacity(all.len());
         for mut rec in all {
+            match (&self.inner.node, &rec.node_id) {
+                (None, _) => {}
+                (Some(me), Some(n)) if me == n => {}
+                (Some(_), Some(_)) => continue,
+                (Some(me), None) => {
+                    if on_disk.binary_search(&rec.id).is_err() {
+                        continue;
+                    }
+                    if !self.inner.store.claim_sandbox(&rec.id, me).await.map_err(store("claim sandbox"))? {
+                        continue;
+                    }
+                    tracing::info!(sandbox_id = %rec.id, node_id = %me, "sandbox from before nodes claimed by this node");
+                    rec.node_id = Some(me.clone());
+                }
+            }
+            mine.push(rec);
+        }
+        self.reconcile_records(mine).await
+    }
+
+    /// Brings these records (this node's) in line with what the runtime reports: the
+    /// reconciliation a restart runs, also used for sandboxes another node marked
+    /// `error` "node lost" while this node's heartbeats were late (`service::nodes`).
+    pub async fn reconcile_records(&self, recs: Vec<SandboxRecord>) -> Result<(), SandboxError> {
+        for mut rec in recs {
             if rec.state == SandboxState::Destroying {
                 if let Err(e) = self.inner.runtime.destroy(&rec.id).await {
                     tracing::error!(sandbox_id = %rec.id, error = %e, "cannot finish destroying sandbox");
@@ -1079,6 +1138,9 @@ impl SandboxService {
                 }
                 // Nothing on disk: a failed sandbox keeps its reason, anything else could not
                 // start either, so it is never reported `stopped`.
+                Ok(SandboxStatus::Missing) if rec.error_reason.as_deref() == Some(super::nodes::NODE_LOST) => {
+                    (SandboxState::Error, Some(FILES_MISSING.into()))
+                }
                 Ok(SandboxStatus::Missing) if matches!(from, SandboxState::Error | SandboxState::BuildFailed) => {
                     (from, rec.error_reason.clone())
                 }
@@ -1123,7 +1185,7 @@ impl SandboxService {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            let Ok(all) = self.inner.store.all_sandboxes_for_job().await else { continue };
+            let Ok(all) = self.inner.store.node_sandboxes_for_job(self.inner.node.as_deref()).await else { continue };
             let failed_disks = self.inner.runtime.failed_disks();
             for mut rec in all.into_iter().filter(|r| r.state == SandboxState::Started) {
                 if let Some(options) = failed_disks.get(&rec.id) {

@@ -14,7 +14,7 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 
@@ -236,6 +236,85 @@ pub struct SandboxRecord {
     pub domain_allow_list: Option<String>,
     /// The sandbox linked to this one at create (each reaches the other).
     pub linked_sandbox_id: Option<String>,
+    /// The node it lives on (migration 0012); `None`: the installation's only node (a
+    /// server without `--database-url`, or a row written before nodes).
+    pub node_id: Option<String>,
+}
+
+/// A node's state (migration 0012; `service::nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Heartbeating and taking new sandboxes.
+    Ready,
+    /// Heartbeating; its sandboxes stay, new ones are refused (`cove node drain`).
+    Draining,
+    /// Its heartbeat is older than the limit: marked by another node's sweep.
+    Lost,
+}
+
+impl NodeState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ready" => Some(Self::Ready),
+            "draining" => Some(Self::Draining),
+            "lost" => Some(Self::Lost),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node's row (migration 0012).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Stable id (`<data-dir>/node-id`).
+    pub id: String,
+    /// The region it serves.
+    pub region: String,
+    /// Its API base URL as other nodes reach it.
+    pub address: String,
+    /// CPUs of the machine.
+    pub cpus: i64,
+    /// Memory of the machine, MiB.
+    pub memory_mib: i64,
+    /// Size of the data filesystem, MiB.
+    pub disk_mib: i64,
+    /// GPUs the runtime found.
+    pub gpus: i64,
+    /// State.
+    pub state: NodeState,
+    /// When the node's process started.
+    pub started_at: Millis,
+    /// Its last heartbeat.
+    pub heartbeat_at: Millis,
+    /// The `cove` version it runs.
+    pub version: String,
+}
+
+/// What [`Store::heartbeat_node`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The node was ready or draining; its heartbeat time is updated.
+    Beat,
+    /// The node had been marked lost; it is ready again (its sandboxes need reconciling).
+    Revived,
+    /// There is no row for the node (it must register again).
+    Missing,
 }
 
 /// A private registry of an organization (`/api/docker-registry`).
@@ -464,6 +543,37 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError>;
     /// Every sandbox row in all organizations (for reconciling at start).
     async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// The sandbox rows of one node (`None`: every row, a single-node server's), in all
+    /// organizations, for the node's own jobs (monitor, lifecycle, reconciliation).
+    async fn node_sandboxes_for_job(&self, node: Option<&str>) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Records `node` as the node of a sandbox that has none yet; returns whether it did.
+    async fn claim_sandbox(&self, id: &str, node: &str) -> Result<bool, StoreError>;
+    /// Sets a sandbox `error` with `reason`, only while its row is exactly as `seen` left it
+    /// (same state and `updated_at`), so nothing written since is overwritten; returns the
+    /// row as written, or `None` when it changed.
+    async fn fail_sandbox_if_unchanged(
+        &self,
+        seen: &SandboxRecord,
+        reason: &str,
+        at: Millis,
+    ) -> Result<Option<SandboxRecord>, StoreError>;
+
+    /// Registers a node, or updates its row at a restart (address, capacity, version, start
+    /// and heartbeat times); a `lost` node becomes `ready`, a `draining` one stays draining.
+    async fn register_node(&self, n: &NodeRecord) -> Result<(), StoreError>;
+    /// Records a node's heartbeat at `at`; a `lost` node becomes `ready` again.
+    async fn heartbeat_node(&self, id: &str, at: Millis) -> Result<Heartbeat, StoreError>;
+    /// A node by id.
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// Every node, by region and id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Marks a node `lost` only if it is not already and its heartbeat is older than
+    /// `heartbeat_before` (a compare-and-set: of several sweepers, exactly one gets `true`).
+    async fn mark_node_lost_if(&self, id: &str, heartbeat_before: Millis) -> Result<bool, StoreError>;
+    /// Moves a node to `to` only while it is in one of `from`; returns whether it did.
+    async fn set_node_state_if(&self, id: &str, to: NodeState, from: &[NodeState]) -> Result<bool, StoreError>;
+    /// Sandboxes not `destroyed`, per node (`None`: rows without a node).
+    async fn sandbox_counts_by_node(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
 
     /// Inserts a registry.
     async fn insert_registry(&self, r: &RegistryRecord) -> Result<(), StoreError>;

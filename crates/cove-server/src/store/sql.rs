@@ -28,9 +28,9 @@ use std::str::FromStr;
 use cove_types::{SandboxState, SnapshotState};
 
 use super::{
-    ApiKeyRecord, BuildSpec, Change, KeyHashScheme, Millis, Organization, PreviewTokenRecord, QuotaRecord,
-    RegistryRecord, Revoked, SandboxArchive, SandboxLifecycle, SandboxRecord, SandboxUsage, SnapshotQuery,
-    SnapshotRecord, SnapshotSort, Store, StoreError,
+    ApiKeyRecord, BuildSpec, Change, Heartbeat, KeyHashScheme, Millis, NodeRecord, NodeState, Organization,
+    PreviewTokenRecord, QuotaRecord, RegistryRecord, Revoked, SandboxArchive, SandboxLifecycle, SandboxRecord,
+    SandboxUsage, SnapshotQuery, SnapshotRecord, SnapshotSort, Store, StoreError,
 };
 
 /// One value bound to a statement.
@@ -245,8 +245,10 @@ const SNAPSHOT_COLUMN_COUNT: usize = 21;
 const SANDBOX_COLUMNS: &str = "id, org_id, name, snapshot_id, snapshot_name, image_digest, user_name, env, labels, public, \
      network_block_all, privileged, region_id, cpu, gpu, mem, disk, state, desired_state, error_reason, auto_stop, \
      auto_archive, auto_delete, daemon_version, created_at, updated_at, build_dockerfile, build_context_hashes, \
-     network_allow_list, domain_allow_list, linked_sandbox_id";
-const SANDBOX_COLUMN_COUNT: usize = 31;
+     network_allow_list, domain_allow_list, linked_sandbox_id, node_id";
+const SANDBOX_COLUMN_COUNT: usize = 32;
+const NODE_COLUMNS: &str =
+    "id, region, address, cpus, memory_mib, disk_mib, gpus, state, started_at, heartbeat_at, version";
 const REGISTRY_COLUMNS: &str =
     "id, org_id, name, url, username, secret, project, provider, role_arn, created_at, updated_at";
 const REGISTRY_COLUMN_COUNT: usize = 11;
@@ -360,6 +362,25 @@ fn sandbox_from_row(r: &impl RowExt) -> Result<SandboxRecord, StoreError> {
         network_allow_list: r.opt_text("network_allow_list")?,
         domain_allow_list: r.opt_text("domain_allow_list")?,
         linked_sandbox_id: r.opt_text("linked_sandbox_id")?,
+        node_id: r.opt_text("node_id")?,
+    })
+}
+
+fn node_from_row(r: &impl RowExt) -> Result<NodeRecord, StoreError> {
+    let state = r.text("state")?;
+    Ok(NodeRecord {
+        id: r.text("id")?,
+        region: r.text("region")?,
+        address: r.text("address")?,
+        cpus: r.int("cpus")?,
+        memory_mib: r.int("memory_mib")?,
+        disk_mib: r.int("disk_mib")?,
+        gpus: r.int("gpus")?,
+        state: NodeState::parse(&state)
+            .ok_or_else(|| StoreError::Decode { what: "node state", why: format!("unknown state {state:?}") })?,
+        started_at: r.int("started_at")?,
+        heartbeat_at: r.int("heartbeat_at")?,
+        version: r.text("version")?,
     })
 }
 
@@ -409,6 +430,7 @@ fn bind_sandbox(q: Stmt, s: &SandboxRecord) -> Stmt {
         .bind(&s.network_allow_list)
         .bind(&s.domain_allow_list)
         .bind(&s.linked_sandbox_id)
+        .bind(&s.node_id)
 }
 
 /// Binds every column of [`SNAPSHOT_COLUMNS`], in its order (`$1` is the id).
@@ -756,6 +778,121 @@ impl<E: Engine> Store for E {
     async fn all_sandboxes_for_job(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at");
         all(self, Stmt::new(sql), sandbox_from_row, "list all sandboxes").await
+    }
+
+    async fn node_sandboxes_for_job(&self, node: Option<&str>) -> Result<Vec<SandboxRecord>, StoreError> {
+        let Some(node) = node else { return self.all_sandboxes_for_job().await };
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE node_id = $1 ORDER BY created_at, id");
+        all(self, Stmt::new(sql).bind(node), sandbox_from_row, "list a node's sandboxes").await
+    }
+
+    async fn claim_sandbox(&self, id: &str, node: &str) -> Result<bool, StoreError> {
+        let s = Stmt::new("UPDATE sandboxes SET node_id = $1 WHERE id = $2 AND node_id IS NULL").bind(node).bind(id);
+        Ok(self.execute(s).await.map_err(q("claim sandbox for a node"))? == 1)
+    }
+
+    async fn fail_sandbox_if_unchanged(
+        &self,
+        seen: &SandboxRecord,
+        reason: &str,
+        at: Millis,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        let s = Stmt::new(
+            "UPDATE sandboxes SET state = $1, error_reason = $2, updated_at = $3 \
+             WHERE id = $4 AND state = $5 AND updated_at = $6",
+        )
+        .bind(SandboxState::Error.as_str())
+        .bind(reason)
+        .bind(at)
+        .bind(&seen.id)
+        .bind(seen.state.as_str())
+        .bind(seen.updated_at);
+        if self.execute(s).await.map_err(q("mark sandbox failed"))? != 1 {
+            return Ok(None);
+        }
+        let record = SandboxRecord {
+            state: SandboxState::Error,
+            error_reason: Some(reason.to_string()),
+            updated_at: at,
+            ..seen.clone()
+        };
+        let _ = self.change_feed().send(Change::Sandbox {
+            record: record.clone(),
+            created: false,
+            previous: Some(seen.state),
+        });
+        Ok(Some(record))
+    }
+
+    async fn register_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({}) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address, \
+             cpus = excluded.cpus, memory_mib = excluded.memory_mib, disk_mib = excluded.disk_mib, \
+             gpus = excluded.gpus, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+             version = excluded.version, \
+             state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE excluded.state END",
+            params(1, 11)
+        );
+        let s = Stmt::new(sql)
+            .bind(&n.id)
+            .bind(&n.region)
+            .bind(&n.address)
+            .bind(n.cpus)
+            .bind(n.memory_mib)
+            .bind(n.disk_mib)
+            .bind(n.gpus)
+            .bind(n.state.as_str())
+            .bind(n.started_at)
+            .bind(n.heartbeat_at)
+            .bind(&n.version);
+        self.execute(s).await.map_err(q("register node"))?;
+        Ok(())
+    }
+
+    async fn heartbeat_node(&self, id: &str, at: Millis) -> Result<Heartbeat, StoreError> {
+        let beat = Stmt::new("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2 AND state != 'lost'").bind(at).bind(id);
+        if self.execute(beat).await.map_err(q("record node heartbeat"))? == 1 {
+            return Ok(Heartbeat::Beat);
+        }
+        let revive = Stmt::new("UPDATE nodes SET heartbeat_at = $1, state = 'ready' WHERE id = $2 AND state = 'lost'")
+            .bind(at)
+            .bind(id);
+        Ok(match self.execute(revive).await.map_err(q("revive lost node"))? {
+            1 => Heartbeat::Revived,
+            _ => Heartbeat::Missing,
+        })
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1");
+        one(self, Stmt::new(sql).bind(id), node_from_row, "get node").await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY region, id");
+        all(self, Stmt::new(sql), node_from_row, "list nodes").await
+    }
+
+    async fn mark_node_lost_if(&self, id: &str, heartbeat_before: Millis) -> Result<bool, StoreError> {
+        // READ COMMITTED re-evaluates the WHERE on the newest row version after waiting for a
+        // concurrent writer: a second sweeper finds `lost` and changes nothing.
+        let s = Stmt::new("UPDATE nodes SET state = 'lost' WHERE id = $1 AND state != 'lost' AND heartbeat_at < $2")
+            .bind(id)
+            .bind(heartbeat_before);
+        Ok(self.execute(s).await.map_err(q("mark node lost"))? == 1)
+    }
+
+    async fn set_node_state_if(&self, id: &str, to: NodeState, from: &[NodeState]) -> Result<bool, StoreError> {
+        let (rq, list) = bind_states(Stmt::new("").bind(to.as_str()).bind(id), 3, from.iter().map(|s| s.as_str()));
+        let sql = format!("UPDATE nodes SET state = $1 WHERE id = $2 AND state IN ({list})");
+        Ok(self.execute(Stmt { sql: sql.into(), ..rq }).await.map_err(q("change node state"))? == 1)
+    }
+
+    async fn sandbox_counts_by_node(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        let s = Stmt::new("SELECT node_id, COUNT(*) AS n FROM sandboxes WHERE state != $1 GROUP BY node_id")
+            .bind(SandboxState::Destroyed.as_str());
+        all(self, s, |r| Ok((r.opt_text("node_id")?, r.int("n")?)), "count sandboxes per node").await
     }
 
     async fn insert_registry(&self, r: &RegistryRecord) -> Result<(), StoreError> {

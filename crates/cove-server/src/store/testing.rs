@@ -72,7 +72,7 @@ struct Cluster {
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// A new database on the cluster (started at first use), as a URL.
-pub(super) async fn fresh_database() -> DatabaseUrl {
+pub(crate) async fn fresh_database() -> DatabaseUrl {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let cluster = match CLUSTER.get_or_init(Cluster::start) {
         Ok(c) => c,

@@ -31,7 +31,123 @@ each_store!(
     an_archive_is_recorded_only_while_the_sandbox_is_in_the_expected_state,
     every_image_a_snapshot_sandbox_or_archive_names_is_referenced,
     writes_are_reported_to_change_subscribers,
+    a_node_registers_heartbeats_and_keeps_its_drain_across_a_restart,
+    a_node_is_marked_lost_only_once_and_only_when_its_heartbeat_is_old,
+    a_lost_node_that_heartbeats_again_is_ready,
+    a_sandbox_is_failed_only_while_its_row_is_as_it_was_read,
+    sandboxes_are_listed_and_counted_per_node_and_old_rows_can_be_claimed_once,
 );
+
+pub(super) fn node(id: &str, heartbeat_at: Millis) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        region: "us".into(),
+        address: format!("http://{id}:3000"),
+        cpus: 8,
+        memory_mib: 16384,
+        disk_mib: 100_000,
+        gpus: 0,
+        state: NodeState::Ready,
+        started_at: heartbeat_at,
+        heartbeat_at,
+        version: "0.1.0".into(),
+    }
+}
+
+async fn a_node_registers_heartbeats_and_keeps_its_drain_across_a_restart(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    s.register_node(&node("a", 1000)).await.unwrap();
+    assert_eq!(s.get_node("a").await.unwrap(), Some(node("a", 1000)));
+    assert_eq!(s.heartbeat_node("a", 2000).await.unwrap(), Heartbeat::Beat);
+    assert_eq!(s.get_node("a").await.unwrap().unwrap().heartbeat_at, 2000);
+    assert_eq!(s.heartbeat_node("nobody", 2000).await.unwrap(), Heartbeat::Missing);
+    assert!(s.set_node_state_if("a", NodeState::Draining, &[NodeState::Ready]).await.unwrap());
+    assert!(!s.set_node_state_if("a", NodeState::Draining, &[NodeState::Ready]).await.unwrap(), "compare-and-set");
+    let restarted = NodeRecord { address: "http://a2:3000".into(), cpus: 16, ..node("a", 3000) };
+    s.register_node(&restarted).await.unwrap();
+    let got = s.get_node("a").await.unwrap().unwrap();
+    assert_eq!(
+        (got.state, got.address.as_str(), got.cpus, got.heartbeat_at),
+        (NodeState::Draining, "http://a2:3000", 16, 3000)
+    );
+    s.register_node(&node("b", 3000)).await.unwrap();
+    let ids: Vec<_> = s.list_nodes().await.unwrap().into_iter().map(|n| n.id).collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+async fn a_node_is_marked_lost_only_once_and_only_when_its_heartbeat_is_old(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    s.register_node(&node("a", 1000)).await.unwrap();
+    assert!(!s.mark_node_lost_if("a", 1000).await.unwrap(), "a heartbeat at the limit is not old");
+    let sweeps = (0..8).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.mark_node_lost_if("a", 1001).await.unwrap() })
+    });
+    let won = futures_util::future::join_all(sweeps).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1, "exactly one sweeper marks the node lost");
+    assert_eq!(s.get_node("a").await.unwrap().unwrap().state, NodeState::Lost);
+}
+
+async fn a_lost_node_that_heartbeats_again_is_ready(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    s.register_node(&node("a", 1000)).await.unwrap();
+    assert!(s.mark_node_lost_if("a", 5000).await.unwrap());
+    assert_eq!(s.heartbeat_node("a", 6000).await.unwrap(), Heartbeat::Revived);
+    assert_eq!(s.heartbeat_node("a", 7000).await.unwrap(), Heartbeat::Beat);
+    let got = s.get_node("a").await.unwrap().unwrap();
+    assert_eq!((got.state, got.heartbeat_at), (NodeState::Ready, 7000));
+    assert!(s.mark_node_lost_if("a", 9000).await.unwrap());
+    s.register_node(&node("a", 9500)).await.unwrap();
+    assert_eq!(s.get_node("a").await.unwrap().unwrap().state, NodeState::Ready, "a restart registers it ready");
+}
+
+async fn a_sandbox_is_failed_only_while_its_row_is_as_it_was_read(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    let mut rec = sandbox("x", "o1", SandboxState::Started);
+    rec.node_id = Some("a".into());
+    s.insert_sandbox(&rec).await.unwrap();
+    let mut changes = s.changes();
+    // The node wrote meanwhile (same state, a later updated_at): the stale read loses.
+    let mut newer = rec.clone();
+    newer.labels.insert("k".into(), "v".into());
+    newer.updated_at += 1;
+    assert!(s.update_sandbox_if(&newer, &[SandboxState::Started]).await.unwrap());
+    let _ = changes.recv().await.unwrap();
+    assert_eq!(s.fail_sandbox_if_unchanged(&rec, "node lost", 99).await.unwrap(), None);
+    let failed = s.fail_sandbox_if_unchanged(&newer, "node lost", 99).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.state, failed.error_reason.as_deref(), failed.updated_at),
+        (SandboxState::Error, Some("node lost"), 99)
+    );
+    let stored = s.get_sandbox("o1", "x").await.unwrap().unwrap();
+    assert_eq!(stored, failed, "only state, reason and time changed; the labels stay");
+    assert!(matches!(changes.recv().await.unwrap(), Change::Sandbox { previous: Some(SandboxState::Started), .. }));
+}
+
+async fn sandboxes_are_listed_and_counted_per_node_and_old_rows_can_be_claimed_once(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    for (id, node, state) in [
+        ("a1", Some("a"), SandboxState::Started),
+        ("a2", Some("a"), SandboxState::Destroyed),
+        ("b1", Some("b"), SandboxState::Stopped),
+        ("old", None, SandboxState::Started),
+    ] {
+        s.insert_sandbox(&SandboxRecord { node_id: node.map(Into::into), ..sandbox(id, "o1", state) }).await.unwrap();
+    }
+    let on = |n: Option<&'static str>| {
+        let s = s.clone();
+        async move { s.node_sandboxes_for_job(n).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(on(Some("a")).await, ["a1", "a2"]);
+    assert_eq!(on(None).await.len(), 4, "no node: every row");
+    let mut counts = s.sandbox_counts_by_node().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [(None, 1), (Some("a".into()), 1), (Some("b".into()), 1)]);
+    assert!(s.claim_sandbox("old", "b").await.unwrap());
+    assert!(!s.claim_sandbox("old", "a").await.unwrap(), "claimed once");
+    assert!(!s.claim_sandbox("a1", "b").await.unwrap(), "a node's sandbox is never claimed");
+    assert_eq!(on(Some("b")).await, ["b1", "old"]);
+}
 
 pub(super) fn snap(id: &str, org: &str, name: &str, created: Millis) -> SnapshotRecord {
     SnapshotRecord {
@@ -58,7 +174,7 @@ pub(super) fn snap(id: &str, org: &str, name: &str, created: Millis) -> Snapshot
     }
 }
 
-pub(super) fn sandbox(id: &str, org: &str, state: SandboxState) -> SandboxRecord {
+pub(crate) fn sandbox(id: &str, org: &str, state: SandboxState) -> SandboxRecord {
     SandboxRecord {
         id: id.into(),
         org_id: org.into(),
@@ -90,6 +206,7 @@ pub(super) fn sandbox(id: &str, org: &str, state: SandboxState) -> SandboxRecord
         network_allow_list: None,
         domain_allow_list: None,
         linked_sandbox_id: None,
+        node_id: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The command-line client: `cove login`, `cove snapshot …`, `cove sandbox …`,
-//! `cove registry …`, `cove api-key …`, `cove image bootstrap`. It speaks the same HTTP API as the SDKs.
+//! `cove registry …`, `cove api-key …`, `cove node …`, `cove image bootstrap`. It speaks the same HTTP API as the SDKs.
 //!
 //! Configuration: `cove login` stores the API URL and key in `$XDG_CONFIG_HOME/cove/config.json`
 //! (or `~/.config/cove/config.json`, mode 0600); `COVE_API_URL`/`COVE_API_KEY` (or the
@@ -11,6 +11,7 @@ mod context;
 mod debian;
 mod image;
 mod keys;
+mod nodes;
 mod output;
 mod pin;
 mod push;
@@ -70,6 +71,9 @@ pub enum ClientCommand {
     /// API keys of your organization.
     #[command(subcommand, name = "api-key")]
     ApiKey(keys::KeyCommand),
+    /// The installation's nodes (admin key, servers with --database-url): list, drain, undrain.
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Sandbox images: `bootstrap` builds a Debian one with mmdebstrap (admin key).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -187,6 +191,7 @@ pub async fn run(cmd: ClientCommand, g: Global) -> anyhow::Result<()> {
         ClientCommand::Registry(c) => registries::run(connect()?, c, &g).await,
         ClientCommand::ApiKey(c) => keys::run(connect()?, c, &g).await,
         ClientCommand::Image(c) => image::run(connect()?, c, &g).await,
+        ClientCommand::Node(c) => nodes::run(connect()?, c, &g).await,
     }
 }
 
