@@ -693,7 +693,7 @@ impl SandboxService {
     /// `POST /sandbox/{id}/archive`: archives a stopped sandbox and answers once it is
     /// `archived` (an archived one is answered as it is).
     pub async fn archive(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
-        let rec = self.find(who, id_or_name).await?;
+        let rec = self.find_here(who, id_or_name).await?;
         let rec = self.lifecycle().archive(rec).await?;
         Ok(self.dto(&rec))
     }

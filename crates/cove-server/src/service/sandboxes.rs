@@ -50,6 +50,16 @@ pub enum SandboxError {
     /// A field is missing or out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The sandbox lives on another node, and requests are not forwarded between nodes yet.
+    #[error(
+        "sandbox {id} runs on node {node}, not on this one; send the request to that node (requests are not forwarded between nodes yet)"
+    )]
+    OnOtherNode {
+        /// The sandbox.
+        id: String,
+        /// The node that holds it.
+        node: String,
+    },
     /// Neither a snapshot in the request nor a server default.
     #[error(
         "no snapshot given and this server has no default snapshot; name one, or start the server with --default-snapshot NAME"
@@ -213,7 +223,9 @@ impl SandboxError {
             Self::NameTaken { .. } | Self::Busy { .. } => ErrorKind::AlreadyExists,
             Self::NotFound { .. } | Self::NoBuildInfo { .. } => ErrorKind::NotFound,
             Self::Forbidden(e) => e.kind(),
-            Self::WrongState { .. } | Self::NothingToStart { .. } => ErrorKind::FailedPrecondition,
+            Self::WrongState { .. } | Self::NothingToStart { .. } | Self::OnOtherNode { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             // The reason is the sandbox's own errorReason, which it reports anyway.
             Self::StartFailed { .. } => ErrorKind::Unavailable,
             Self::NoFreeGpu { .. } | Self::NoDiskRoom(_) => ErrorKind::Exhausted,
@@ -786,6 +798,17 @@ impl SandboxService {
             .ok_or_else(|| SandboxError::NotFound { id_or_name: id_or_name.to_string() })
     }
 
+    /// [`Self::find`] for a request this node's runtime must carry out (start, stop, delete,
+    /// archive, the toolbox, network changes): refused, naming the owner, when the sandbox
+    /// belongs to another node of the installation, whose runtime holds it.
+    pub(super) async fn find_here(&self, who: &Principal, id_or_name: &str) -> Result<SandboxRecord, SandboxError> {
+        let rec = self.find(who, id_or_name).await?;
+        match other_owner(self.inner.node.as_deref(), rec.node_id.as_deref()) {
+            Some(owner) => Err(SandboxError::OnOtherNode { id: rec.id.clone(), node: owner.to_string() }),
+            None => Ok(rec),
+        }
+    }
+
     /// One sandbox.
     pub async fn get(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
         Ok(self.dto(&self.find(who, id_or_name).await?))
@@ -793,7 +816,7 @@ impl SandboxService {
 
     /// Starts a stopped (or crashed) sandbox again; its files are where they were.
     pub async fn start(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
-        let mut rec = self.find(who, id_or_name).await?;
+        let mut rec = self.find_here(who, id_or_name).await?;
         if rec.state == SandboxState::Started {
             return Ok(self.dto(&rec));
         }
@@ -844,7 +867,7 @@ impl SandboxService {
     /// [`Self::stop`]; with `force` its processes are killed at once (no SIGTERM and grace
     /// period), as the SDKs' `stop(force=True)` asks.
     pub async fn stop_with(&self, who: &Principal, id_or_name: &str, force: bool) -> Result<SandboxDto, SandboxError> {
-        let mut rec = self.find(who, id_or_name).await?;
+        let mut rec = self.find_here(who, id_or_name).await?;
         if rec.auto_delete == 0 {
             return self.delete(who, id_or_name).await;
         }
@@ -877,7 +900,7 @@ impl SandboxService {
 
     /// Destroys a sandbox and everything it had on disk; answers with its final record.
     pub async fn delete(&self, who: &Principal, id_or_name: &str) -> Result<SandboxDto, SandboxError> {
-        let mut rec = self.find(who, id_or_name).await?;
+        let mut rec = self.find_here(who, id_or_name).await?;
         if !rec.state.can_delete() {
             return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
         }
@@ -1001,7 +1024,7 @@ impl SandboxService {
         if let Some(addr) = self.sockets().get(&key) {
             return Ok(addr.clone());
         }
-        let rec = self.find(who, id_or_name).await?;
+        let rec = self.find_here(who, id_or_name).await?;
         if !rec.state.can_use_toolbox() {
             return Err(SandboxError::WrongState { verb: "use the toolbox of", name: rec.name, state: rec.state });
         }
@@ -1239,7 +1262,7 @@ impl SandboxService {
         let link = match req.linked_sandbox.as_deref().filter(|l| !l.trim().is_empty()) {
             None => None,
             Some(l) => {
-                let peer = self.find(who, l).await.map_err(|e| match e {
+                let peer = self.find_here(who, l).await.map_err(|e| match e {
                     SandboxError::NotFound { id_or_name } => {
                         SandboxError::Invalid(format!("linkedSandbox {id_or_name} not found"))
                     }
@@ -1305,7 +1328,7 @@ impl SandboxService {
                 "at least one of networkBlockAll, networkAllowList or domainAllowList must be set".into(),
             ));
         }
-        let mut rec = self.find(who, id_or_name).await?;
+        let mut rec = self.find_here(who, id_or_name).await?;
         if rec.state.is_transitional() {
             return Err(SandboxError::Busy { name: rec.name.clone(), state: rec.state });
         }
@@ -1478,9 +1501,30 @@ fn death_reason(exit_code: Option<i32>, oom_killed: bool, mem_gib: i64) -> Strin
     }
 }
 
+/// The node that holds a sandbox, when it is not `me`. A server without nodes (SQLite) and a
+/// row from before nodes (`None`, claimed at start by the node whose data dir has its files)
+/// are this node's.
+fn other_owner<'a>(me: Option<&str>, owner: Option<&'a str>) -> Option<&'a str> {
+    match (me, owner) {
+        (Some(me), Some(owner)) if me != owner => Some(owner),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_of_another_node_is_refused_here_and_one_of_this_node_or_without_nodes_is_not() {
+        assert_eq!(other_owner(Some("a"), Some("b")), Some("b"));
+        assert_eq!(other_owner(Some("a"), Some("a")), None);
+        assert_eq!(other_owner(Some("a"), None), None, "a row from before nodes");
+        assert_eq!(other_owner(None, Some("b")), None, "a single server without --database-url");
+        let e = SandboxError::OnOtherNode { id: "s1".into(), node: "b".into() };
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.to_string().contains("runs on node b") && e.to_string().contains("not forwarded"), "{e}");
+    }
 
     #[test]
     fn an_oom_death_names_the_memory_limit() {
