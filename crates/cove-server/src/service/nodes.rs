@@ -204,6 +204,12 @@ pub fn load_or_create_id(data_dir: &Path) -> Result<String, NodeError> {
             let mut s = String::new();
             f.read_to_string(&mut s).map_err(|e| err("read", e))?;
             let id = s.trim();
+            if id.is_empty() {
+                // A crash between the exclusive create and the write's fsync: no id was ever
+                // handed out from it, so a new one is made.
+                std::fs::remove_file(&path).map_err(|e| err("remove the empty", e))?;
+                return load_or_create_id(data_dir);
+            }
             uuid::Uuid::parse_str(id).map_err(|e| {
                 err("read", std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a UUID: {e}")))
             })?;
@@ -666,6 +672,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "a member learns nothing, not even single-node");
         let e = for_admin(None, &admin).unwrap_err();
         assert!(matches!(e, NodeError::SingleNode) && e.to_string().contains("--database-url"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_node_id_file_left_by_a_crash_is_replaced_by_a_new_id() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(NODE_ID_FILE), b"").unwrap();
+        let id = load_or_create_id(dir.path()).unwrap();
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert_eq!(load_or_create_id(dir.path()).unwrap(), id, "and it is kept from then on");
     }
 
     #[test]
