@@ -3,7 +3,8 @@
 //! data dir, bridge, CIDR, cgroup parent, runc root and name prefix: a verb for a sandbox
 //! one node holds, sent to the other, is forwarded (`crate::forward`). The sandboxes are rows
 //! written through the store (no container runs): the verbs used (stop of a stopped sandbox,
-//! the toolbox of one whose agent is not there) answer without one.
+//! the toolbox of a stopped one) answer without one. The upgrade test registers a stand-in
+//! owner, a plain socket, to see exactly what a forwarded request carries.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -128,7 +129,11 @@ async fn installation() -> (tokio::sync::MutexGuard<'static, ()>, Node, Node) {
 
 /// A stopped sandbox row on `node`, in the bootstrap key's organization.
 async fn sandbox_on(node: &Node, id: &str) {
-    let store = &node.state.store;
+    sandbox_on_node(&node.state.store, &node.id, id).await;
+}
+
+/// A stopped sandbox row on the node `node_id`, in the bootstrap key's organization.
+async fn sandbox_on_node(store: &std::sync::Arc<dyn Store>, node_id: &str, id: &str) {
     let org = store.first_org().await.unwrap().unwrap();
     let rec = SandboxRecord {
         id: id.into(),
@@ -162,7 +167,7 @@ async fn sandbox_on(node: &Node, id: &str) {
         network_allow_list: None,
         domain_allow_list: None,
         linked_sandbox_id: None,
-        node_id: Some(node.id.clone()),
+        node_id: Some(node_id.to_string()),
     };
     store.insert_sandbox(&rec).await.unwrap();
 }
@@ -282,4 +287,79 @@ async fn a_forwarded_request_is_not_forwarded_again_and_a_lost_owner_gets_a_503_
     assert_eq!((st.as_u16(), answered_by), (503, None), "{body}");
     let msg = body["message"].as_str().unwrap();
     assert!(msg.contains(&b.id) && msg.contains("lost"), "{msg}");
+}
+
+/// A stand-in for a node at `listener`: reads one request head, hands it over, answers 101
+/// and then echoes what comes, as an upgraded toolbox connection would.
+async fn echoing_owner(listener: tokio::net::TcpListener, head_tx: tokio::sync::oneshot::Sender<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    head_tx.send(String::from_utf8(head).unwrap()).unwrap();
+    s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return;
+        }
+        s.write_all(&buf[..n]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_toolbox_upgrade_is_forwarded_with_the_callers_key_and_a_node_token_and_bridged_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_turn, a, b) = installation().await;
+    // The owner here is a stand-in registered as a node, to see exactly what arrives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let owner_url = format!("http://{}", listener.local_addr().unwrap());
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(echoing_owner(listener, head_tx));
+    let dir = tempfile::tempdir().unwrap();
+    let mut stand_in =
+        cove_server::service::nodes::this_machine("stand-in".into(), "us".into(), owner_url, dir.path(), 0);
+    stand_in.heartbeat_at = chrono::Utc::now().timestamp_millis();
+    a.state.store.register_node(&stand_in).await.unwrap();
+    sandbox_on_node(&b.state.store, "stand-in", "sb-on-stand-in").await;
+
+    let path = "/toolbox/sb-on-stand-in/process/session/s1/command/c1/logs?follow=true";
+    let mut conn = tokio::net::TcpStream::connect(a.url.trim_start_matches("http://")).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {KEY}\r\nconnection: upgrade\r\n\
+             upgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.unwrap();
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+
+    let head = head_rx.await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with(&format!("get {path} http/1.1\r\n")), "{head}");
+    assert!(head.contains(&format!("authorization: bearer {}", KEY.to_ascii_lowercase())), "{head}");
+    let token = head.lines().find_map(|l| l.strip_prefix("x-cove-node-token: ")).expect("a node token").trim();
+    let secret = secret(&a.state.store).await;
+    // The head was lower-cased above; node ids and hex are lower case already.
+    assert_eq!(cove_server::forward::verify(&secret, token, &Method::GET, path, now()).unwrap(), a.id);
+
+    conn.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"ping");
 }
