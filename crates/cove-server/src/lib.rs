@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod datadir;
 pub mod dns;
 pub mod events;
+pub mod forward;
 pub mod keyfile;
 pub mod preview;
 pub mod proxy;
@@ -91,6 +92,9 @@ pub enum StartError {
     /// The node could not be set up or registered (`--database-url`).
     #[error("register this node")]
     Node(#[source] service::nodes::NodeError),
+    /// The installation secret for forwarding between nodes could not be read or made.
+    #[error("set up forwarding between nodes")]
+    Forward(#[source] forward::ForwardError),
     /// Binding the listener failed.
     #[error("listen on {addr}")]
     Listen {
@@ -193,6 +197,10 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         }
     };
     let node_id = nodes.as_ref().map(|n| n.id().to_string());
+    let forwarder = match &node_id {
+        None => None,
+        Some(id) => Some(forward::Forwarder::open(store.clone(), id.clone()).await.map_err(StartError::Forward)?),
+    };
     let lifecycle =
         service::lifecycle::LifecycleService::new(store.clone(), runtime.clone(), content, cfg.lifecycle_minute)
             .on_node(node_id.clone());
@@ -239,6 +247,7 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
             preview,
             startup: gate,
             nodes,
+            forwarder,
             started_at: chrono::Utc::now(),
         },
         generated_key,

@@ -32,6 +32,8 @@ pub struct AppState {
     pub startup: crate::startup::Gate,
     /// This node (`--database-url`); `None` on a single-node server.
     pub nodes: Option<crate::service::nodes::NodeService>,
+    /// Forwarding to other nodes (`--database-url`); `None` on a single-node server.
+    pub forwarder: Option<crate::forward::Forwarder>,
     /// When this server started.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

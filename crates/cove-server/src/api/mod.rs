@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, envelope};
 
 use crate::state::AppState;
 
@@ -39,7 +39,7 @@ pub fn app(state: AppState) -> Router {
         .merge(docker_registry::router())
         .merge(object_storage::router())
         .merge(registry_push::router())
-        .merge(sandboxes::router())
+        .merge(sandboxes::router().route_layer(middleware::from_fn_with_state(state.clone(), crate::forward::to_owner)))
         .merge(preview::router())
         .merge(builds::router())
         .merge(system::authed_router())
@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().merge(system::public_router()).merge(authed);
     let toolbox = sandboxes::toolbox_router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::forward::to_owner))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
@@ -57,6 +58,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(middleware::from_fn(add_path_to_errors))
+        // A request forwarded by another node: its node token checked, its answer named.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::forward::accept))
         // Socket.IO events at `/api/socket.io/` (their own key check: `crate::events`).
         .layer(crate::events::layer(&state))
         // Preview host names and `/preview/…` are proxied before any route is matched.

@@ -18,8 +18,9 @@
 //!   reconciled with what the runtime reports (`SandboxService::reconcile_records`, the
 //!   reconciliation a restart runs), at every tick that finds some.
 //! - A `draining` node refuses creates ([`NodeService::admit_create`], 400 naming the
-//!   drain); its sandboxes stay and keep serving. Placement on other nodes, forwarding and
-//!   image transfer are not built yet.
+//!   drain); its sandboxes stay and keep serving. Requests for a sandbox on another node are
+//!   forwarded there (`crate::forward`); placement on other nodes and image transfer are
+//!   not built yet.
 //! - The node endpoints are for admin keys only ([`for_admin`]); without `--database-url`
 //!   they answer 400 [`NodeError::SingleNode`].
 

@@ -11,8 +11,9 @@
 mod postgres;
 mod sql;
 mod sqlite;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -572,6 +573,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn mark_node_lost_if(&self, id: &str, heartbeat_before: Millis) -> Result<bool, StoreError>;
     /// Moves a node to `to` only while it is in one of `from`; returns whether it did.
     async fn set_node_state_if(&self, id: &str, to: NodeState, from: &[NodeState]) -> Result<bool, StoreError>;
+    /// The installation secret `name`: `candidate` is stored if there is none yet (the first
+    /// node to ask wins), and the stored value is returned either way (migration 0013).
+    async fn installation_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
     /// Sandboxes not `destroyed`, per node (`None`: rows without a node).
     async fn sandbox_counts_by_node(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
 

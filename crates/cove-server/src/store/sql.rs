@@ -889,6 +889,20 @@ impl<E: Engine> Store for E {
         Ok(self.execute(Stmt { sql: sql.into(), ..rq }).await.map_err(q("change node state"))? == 1)
     }
 
+    async fn installation_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        // Both engines: an insert that keeps the first value, then read whichever won.
+        let s =
+            Stmt::new("INSERT INTO installation_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(candidate);
+        self.execute(s).await.map_err(q("store installation secret"))?;
+        let s = Stmt::new("SELECT value FROM installation_secrets WHERE name = $1").bind(name);
+        one(self, s, |r| r.text("value"), "read installation secret").await?.ok_or_else(|| StoreError::Decode {
+            what: "installation_secrets.value",
+            why: format!("no row {name} after its insert"),
+        })
+    }
+
     async fn sandbox_counts_by_node(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
         let s = Stmt::new("SELECT node_id, COUNT(*) AS n FROM sandboxes WHERE state != $1 GROUP BY node_id")
             .bind(SandboxState::Destroyed.as_str());

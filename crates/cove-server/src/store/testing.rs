@@ -1,6 +1,9 @@
 //! Stores for tests, of either engine: [`open`] makes a fresh, migrated one, and
 //! [`each_store!`](crate::store::testing::each_store) runs a test once per engine.
 //!
+//! Built for the crate's own tests and, with the `test-support` feature, for its
+//! integration tests (`tests/forward.rs`); not part of the server.
+//!
 //! PostgreSQL tests share one throw-away cluster per test binary, started at first use:
 //! `initdb` into a temp dir and `postgres` listening only on a unix socket in it (no TCP
 //! port, so parallel test binaries never collide), with a fresh database per test. As root it
@@ -22,7 +25,7 @@ use crate::config::DatabaseUrl;
 
 /// Which engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// The embedded file.
     Sqlite,
     /// A fresh database on the test binary's PostgreSQL cluster.
@@ -31,7 +34,7 @@ pub(crate) enum Kind {
 
 /// A fresh, empty, migrated store of `kind`; `dir` holds the SQLite file (and whatever else
 /// the test keeps there).
-pub(crate) async fn open(kind: Kind, dir: &Path) -> Arc<dyn Store> {
+pub async fn open(kind: Kind, dir: &Path) -> Arc<dyn Store> {
     match kind {
         Kind::Sqlite => Arc::new(SqliteStore::open(&dir.join("cove.db")).await.expect("open the SQLite store")),
         Kind::Postgres => Arc::new(PgStore::connect(&fresh_database().await).await.expect("open the PostgreSQL store")),
@@ -40,6 +43,7 @@ pub(crate) async fn open(kind: Kind, dir: &Path) -> Arc<dyn Store> {
 
 /// Runs each named `async fn(Kind)` once per engine, as the tests `<name>::on_sqlite` and
 /// `<name>::on_postgres`.
+#[cfg(test)]
 macro_rules! each_store {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -55,6 +59,7 @@ macro_rules! each_store {
         }
     )*};
 }
+#[cfg(test)]
 pub(crate) use each_store;
 
 /// The superuser `initdb` makes (trusted on the socket).
@@ -72,7 +77,7 @@ struct Cluster {
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// A new database on the cluster (started at first use), as a URL.
-pub(crate) async fn fresh_database() -> DatabaseUrl {
+pub async fn fresh_database() -> DatabaseUrl {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let cluster = match CLUSTER.get_or_init(Cluster::start) {
         Ok(c) => c,

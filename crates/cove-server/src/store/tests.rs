@@ -32,6 +32,7 @@ each_store!(
     every_image_a_snapshot_sandbox_or_archive_names_is_referenced,
     writes_are_reported_to_change_subscribers,
     a_node_registers_heartbeats_and_keeps_its_drain_across_a_restart,
+    the_first_installation_secret_stored_is_the_one_every_node_reads,
     a_node_is_marked_lost_only_once_and_only_when_its_heartbeat_is_old,
     a_lost_node_that_heartbeats_again_is_ready,
     a_sandbox_is_failed_only_while_its_row_is_as_it_was_read,
@@ -52,6 +53,13 @@ pub(super) fn node(id: &str, heartbeat_at: Millis) -> NodeRecord {
         heartbeat_at,
         version: "0.1.0".into(),
     }
+}
+
+async fn the_first_installation_secret_stored_is_the_one_every_node_reads(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    assert_eq!(s.installation_secret("node-token", "first").await.unwrap(), "first");
+    assert_eq!(s.installation_secret("node-token", "second").await.unwrap(), "first");
+    assert_eq!(s.installation_secret("other", "its own").await.unwrap(), "its own");
 }
 
 async fn a_node_registers_heartbeats_and_keeps_its_drain_across_a_restart(kind: Kind) {
