@@ -54,6 +54,7 @@ bench: setup bench-setup build
 	.venv/bin/python bench/archive.py
 	.venv/bin/python bench/burst.py
 	.venv/bin/python bench/dind.py
+	.venv/bin/python bench/forward.py
 
 ## 1,000 idle sandboxes on one server and the host memory each costs (issue 15); minutes.
 bench-density: setup build
