@@ -10,13 +10,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::http::Method;
-use cove_server::config::{DatabaseUrl, RegistryConfig, RuntimeConfig};
+use cove_server::config::DatabaseUrl;
 use cove_server::forward::{NODE_HEADER, TOKEN_HEADER};
 use cove_server::store::testing::fresh_database;
 use cove_server::store::{SandboxRecord, Store};
 use cove_server::{AppState, ServerConfig, api, prepare};
 use cove_types::SandboxState;
 use serde_json::Value;
+
+mod common;
 
 const KEY: &str = "forward-test-key";
 
@@ -38,16 +40,7 @@ impl Drop for Node {
     /// Stops serving and takes down the node's bridge and nftables tables (no sandbox runs).
     fn drop(&mut self) {
         self.serving.abort();
-        for family in ["inet", "bridge"] {
-            let _ = std::process::Command::new("nft")
-                .args(["delete", "table", family, &format!("cove_{}", self.bridge)])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        common::remove_bridge(&self.bridge);
     }
 }
 
@@ -57,45 +50,13 @@ async fn node(db: &DatabaseUrl, n: u8) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let bridge = format!("covefw{n}");
+    let (cidr, cgroup, prefix) =
+        (format!("10.214.{}.0/24", 20 + n), format!("/cove-forward-test-{n}"), format!("cvf{n}"));
+    let net = common::Plumbing { bridge: &bridge, cidr: &cidr, cgroup_parent: &cgroup, name_prefix: &prefix };
     let cfg = ServerConfig {
         listen: listener.local_addr().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        registries: RegistryConfig::default(),
-        max_unpack_ratio: cove_server::config::DEFAULT_MAX_UNPACK_RATIO,
-        disk_reserve: 0,
         regions: vec!["us".into()],
-        api_key: Some(KEY.into()),
-        inactive_after: Duration::from_secs(3600),
-        sweep_interval: Duration::from_secs(3600),
-        runtime: RuntimeConfig {
-            root: dir.path().join("sandboxes"),
-            runc_root: dir.path().join("runc"),
-            agent_binary: "/bin/busybox".into(),
-            bridge: bridge.clone(),
-            cidr: format!("10.214.{}.0/24", 20 + n),
-            cgroup_parent: format!("/cove-forward-test-{n}"),
-            name_prefix: format!("cvf{n}"),
-            seccomp_profile: None,
-            userns: "100000:65536".parse().unwrap(),
-            ca_bundle: None,
-            egress: false,
-            allow_private: vec![],
-            cdi_spec_dirs: vec![],
-            sparse_disks: false,
-            native_launcher: true,
-        },
-        default_snapshot: None,
         public_url: url.clone(),
-        s3_listen: "127.0.0.1:0".parse().unwrap(),
-        monitor_interval: Duration::from_secs(3600),
-        pids_limit: 64,
-        warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
-        allow_privileged: false,
-        aws: Default::default(),
-        org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
-        preview_domain: None,
-        lifecycle_minute: Duration::from_secs(60),
-        uploads: Default::default(),
         database: Some(db.clone()),
         // No node is marked lost behind the tests' backs; they mark one themselves.
         node_timing: cove_server::service::nodes::NodeTiming {
@@ -103,6 +64,7 @@ async fn node(db: &DatabaseUrl, n: u8) -> Node {
             lost_after: Duration::from_secs(7200),
         },
         node_address: Some(url.clone()),
+        ..common::server_config(dir.path(), KEY, net)
     };
     let p = prepare(&cfg).await.unwrap();
     let id = p.state.nodes.as_ref().unwrap().id().to_string();

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cove_server::config::{RegistryConfig, RuntimeConfig};
-use cove_server::{ServerConfig, api, prepare};
+use cove_server::{api, prepare};
+
+mod common;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -27,74 +28,24 @@ struct Held {
 const BRIDGE: &str = "covert0";
 
 impl Drop for Held {
-    /// Takes down what the server made on the host and leaves when it stops (its sandboxes
-    /// would outlive it; these tests start none): the bridge and its two nftables tables.
     /// Runs while the turn is still held, before the next test's server makes them again.
     fn drop(&mut self) {
-        for family in ["inet", "bridge"] {
-            let _ = std::process::Command::new("nft")
-                .args(["delete", "table", family, &format!("cove_{BRIDGE}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", BRIDGE])
-            .stderr(std::process::Stdio::null())
-            .status();
+        common::remove_bridge(BRIDGE);
     }
 }
 
 async fn app() -> (Held, axum::Router) {
     let turn = ONE_SERVER.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        registries: RegistryConfig::default(),
-        max_unpack_ratio: cove_server::config::DEFAULT_MAX_UNPACK_RATIO,
-        disk_reserve: 0,
-        regions: vec!["us".into(), "eu".into()],
-        api_key: Some(KEY.into()),
-        inactive_after: Duration::from_secs(3600),
-        sweep_interval: Duration::from_secs(3600),
-        // These tests start no sandbox; the runtime only needs valid settings and a bridge
-        // of its own (shared by the tests in this file).
-        runtime: RuntimeConfig {
-            root: dir.path().join("sandboxes"),
-            runc_root: dir.path().join("runc"),
-            agent_binary: "/bin/busybox".into(),
-            bridge: BRIDGE.into(),
-            cidr: "10.214.7.0/24".into(),
-            cgroup_parent: "/cove-router-test".into(),
-            name_prefix: "cvrt".into(),
-            seccomp_profile: None,
-            userns: "100000:65536".parse().unwrap(),
-            ca_bundle: None,
-            // No NAT: these tests must not turn on forwarding on the host's uplink.
-            egress: false,
-            allow_private: vec![],
-            cdi_spec_dirs: vec![],
-            sparse_disks: false,
-            native_launcher: true,
-        },
-        default_snapshot: None,
-        // Not the host of the images below: those must be remote (unreachable) registries,
-        // not this server's built-in one.
-        public_url: "http://127.0.0.1:2".into(),
-        s3_listen: "127.0.0.1:0".parse().unwrap(),
-        monitor_interval: Duration::from_secs(3600),
-        pids_limit: 64,
-        warm_pool: cove_server::service::sandboxes::WarmPoolConfig { size: 0, idle: Duration::from_secs(60) },
-        allow_privileged: false,
-        aws: Default::default(),
-        org_quota: cove_server::service::quotas::DEFAULT_LIMITS,
-        preview_domain: None,
-        lifecycle_minute: Duration::from_secs(60),
-        uploads: Default::default(),
-        database: None,
-        node_timing: Default::default(),
-        node_address: None,
+    // These tests start no sandbox; the runtime only needs valid settings and a bridge of its
+    // own (shared by the tests in this file).
+    let net = common::Plumbing {
+        bridge: BRIDGE,
+        cidr: "10.214.7.0/24",
+        cgroup_parent: "/cove-router-test",
+        name_prefix: "cvrt",
     };
+    let cfg = common::server_config(dir.path(), KEY, net);
     let p = prepare(&cfg).await.unwrap();
     (Held { _dir: dir, _dns: p.dns, _turn: turn }, api::app(p.state))
 }
