@@ -97,39 +97,19 @@ async fn sandbox_on(node: &Node, id: &str) {
 /// A stopped sandbox row on the node `node_id`, in the bootstrap key's organization.
 async fn sandbox_on_node(store: &std::sync::Arc<dyn Store>, node_id: &str, id: &str) {
     let org = store.first_org().await.unwrap().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
     let rec = SandboxRecord {
-        id: id.into(),
-        org_id: org.id,
         name: format!("name-{id}"),
-        snapshot_id: None,
-        snapshot_name: None,
         image_digest: "sha256:00".into(),
-        user: "root".into(),
-        env: Default::default(),
-        labels: Default::default(),
-        public: false,
-        network_block_all: false,
-        privileged: false,
-        region_id: "us".into(),
-        cpu: 1,
-        gpu: 0,
         mem: 1,
         disk: 1,
-        state: SandboxState::Stopped,
         desired_state: "stopped".into(),
-        error_reason: None,
-        auto_stop: 15,
         // Not due for archiving (a lifecycle sweep would start one).
         auto_archive: 7 * 24 * 60,
-        auto_delete: -1,
-        daemon_version: None,
-        created_at: chrono::Utc::now().timestamp_millis(),
-        updated_at: chrono::Utc::now().timestamp_millis(),
-        build: None,
-        network_allow_list: None,
-        domain_allow_list: None,
-        linked_sandbox_id: None,
+        created_at: now,
+        updated_at: now,
         node_id: Some(node_id.to_string()),
+        ..cove_server::store::testing::sandbox(id, &org.id, SandboxState::Stopped)
     };
     store.insert_sandbox(&rec).await.unwrap();
 }

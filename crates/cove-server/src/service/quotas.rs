@@ -417,37 +417,14 @@ mod tests {
 
         fn sandbox(id: &str, org: &str, state: cove_types::SandboxState) -> crate::store::SandboxRecord {
             crate::store::SandboxRecord {
-                id: id.into(),
-                org_id: org.into(),
-                name: id.into(),
-                snapshot_id: None,
-                snapshot_name: None,
                 image_digest: String::new(),
-                user: "root".into(),
-                env: Default::default(),
-                labels: Default::default(),
-                public: false,
-                network_block_all: false,
-                privileged: false,
-                region_id: "us".into(),
                 cpu: 2,
-                gpu: 0,
                 mem: 4,
                 disk: 10,
-                state,
-                desired_state: "started".into(),
-                error_reason: None,
                 auto_stop: 0,
-                auto_archive: 0,
-                auto_delete: -1,
-                daemon_version: None,
                 created_at: 0,
                 updated_at: 0,
-                build: None,
-                network_allow_list: None,
-                domain_allow_list: None,
-                linked_sandbox_id: None,
-                node_id: None,
+                ..crate::store::testing::sandbox(id, org, state)
             }
         }
 

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 
-use super::{PgStore, SqliteStore, Store};
+use super::{PgStore, SandboxRecord, SqliteStore, Store};
 use crate::config::DatabaseUrl;
+use cove_types::SandboxState;
 
 /// Which engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,4 +229,42 @@ fn nobody() -> Option<(u32, u32)> {
     let line = passwd.lines().find(|l| l.starts_with("nobody:"))?;
     let mut fields = line.split(':').skip(2);
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// A sandbox row of organization `org` in `state`, with small resources and nothing else
+/// set; tests change what they need with struct update syntax.
+pub fn sandbox(id: &str, org: &str, state: SandboxState) -> SandboxRecord {
+    SandboxRecord {
+        id: id.into(),
+        org_id: org.into(),
+        name: id.into(),
+        snapshot_id: None,
+        snapshot_name: None,
+        image_digest: format!("sha256:{id}"),
+        user: "root".into(),
+        env: Default::default(),
+        labels: Default::default(),
+        public: false,
+        network_block_all: false,
+        privileged: false,
+        region_id: "us".into(),
+        cpu: 1,
+        gpu: 0,
+        mem: 2,
+        disk: 3,
+        state,
+        desired_state: "started".into(),
+        error_reason: None,
+        auto_stop: 15,
+        auto_archive: 0,
+        auto_delete: -1,
+        daemon_version: None,
+        created_at: 1,
+        updated_at: 1,
+        build: None,
+        network_allow_list: None,
+        domain_allow_list: None,
+        linked_sandbox_id: None,
+        node_id: None,
+    }
 }

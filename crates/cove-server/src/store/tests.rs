@@ -182,41 +182,7 @@ pub(super) fn snap(id: &str, org: &str, name: &str, created: Millis) -> Snapshot
     }
 }
 
-pub(crate) fn sandbox(id: &str, org: &str, state: SandboxState) -> SandboxRecord {
-    SandboxRecord {
-        id: id.into(),
-        org_id: org.into(),
-        name: id.into(),
-        snapshot_id: None,
-        snapshot_name: None,
-        image_digest: format!("sha256:{id}"),
-        user: "root".into(),
-        env: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        public: false,
-        network_block_all: false,
-        privileged: false,
-        region_id: "us".into(),
-        cpu: 1,
-        gpu: 0,
-        mem: 2,
-        disk: 3,
-        state,
-        desired_state: "started".into(),
-        error_reason: None,
-        auto_stop: 15,
-        auto_archive: 0,
-        auto_delete: -1,
-        daemon_version: None,
-        created_at: 1,
-        updated_at: 1,
-        build: None,
-        network_allow_list: None,
-        domain_allow_list: None,
-        linked_sandbox_id: None,
-        node_id: None,
-    }
-}
+pub(crate) use super::testing::sandbox;
 
 pub(super) fn key(id: &str, org: &str, hash: &str, admin: bool) -> ApiKeyRecord {
     ApiKeyRecord {
