@@ -215,9 +215,7 @@ async fn format_image(
         }
         return Err(DiskError::CreateImage { path: path.into(), source });
     }
-    let args: [&std::ffi::OsStr; 10] = [
-        "-n".as_ref(),
-        "19".as_ref(),
+    let mkfs: [&std::ffi::OsStr; 7] = [
         "mkfs.ext4".as_ref(),
         "-q".as_ref(),
         "-F".as_ref(),
@@ -225,10 +223,16 @@ async fn format_image(
         "0".as_ref(),
         "-E".as_ref(),
         "lazy_itable_init=1,lazy_journal_init=1,nodiscard".as_ref(),
-        path.as_os_str(),
     ];
-    let run =
-        if background { cmd::run("nice", &args, None).await } else { cmd::run("mkfs.ext4", &args[3..], None).await };
+    let mut args: Vec<&std::ffi::OsStr> = mkfs[1..].to_vec();
+    args.push(path.as_os_str());
+    let run = if background {
+        // `nice -n 19 mkfs.ext4 …`: the lowest CPU priority, set before mkfs runs.
+        let niced: Vec<&std::ffi::OsStr> = ["-n".as_ref(), "19".as_ref(), mkfs[0]].into_iter().chain(args).collect();
+        cmd::run("nice", &niced, None).await
+    } else {
+        cmd::run("mkfs.ext4", &args, None).await
+    };
     run.map_err(|source| DiskError::Format { path: path.into(), source })?;
     Ok(())
 }
